@@ -1,0 +1,340 @@
+//! The `bcl` command-line tool: parses arguments, loads configurations, calls the library and
+//! prints. No logic of its own.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bcl::data::Scenario;
+use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics, DEFAULT_KS};
+use bcl::loss::Method;
+use bcl::model::Embedder;
+use bcl::pipeline::{self, parse_device, RunConfig, StepOptions};
+use bcl::report::rows_markdown;
+use clap::{Args, Parser, Subcommand};
+
+/// Backward-compatible learning for retrieval: train new embedding models whose queries can be
+/// searched against a gallery embedded by the old model.
+#[derive(Parser)]
+#[command(name = "bcl", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train the old model (classification only) on the old part of the split.
+    TrainOld(TrainOldArgs),
+    /// Train a new model against a frozen old model with a compatibility method.
+    TrainNew(TrainNewArgs),
+    /// Evaluate models on the test set: every (query model, gallery model) pair, leave-one-out.
+    Eval(EvalArgs),
+    /// Retrieval metrics from feature files (.npy), printed as JSON.
+    Metrics(MetricsArgs),
+    /// The whole extended-data protocol on Fashion-MNIST: old model, independent, l2 and bct.
+    Demo(DemoArgs),
+    /// Training throughput (images/s) of the configured model on random data, as JSON.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// TOML configuration (see `bcl demo` run directories for a complete one); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory of MNIST-layout IDX files (plain or .gz).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto (CUDA when present).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Training epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Training seed (initialisation, order, augmentation).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Use the quick preset (small subset, narrow model) as the base configuration.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Args)]
+struct TrainOldArgs {
+    #[command(flatten)]
+    common: Common,
+    /// extended-data, extended-class, open-data or open-class.
+    #[arg(long)]
+    scenario: Option<Scenario>,
+    /// Share of each class's images (data scenarios) or of the classes (class scenarios) for the old model.
+    #[arg(long)]
+    fraction: Option<f64>,
+    /// Seed of the split.
+    #[arg(long)]
+    split_seed: Option<u64>,
+    /// Output directory of the run.
+    #[arg(long, default_value = "runs/old")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct TrainNewArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Directory written by `bcl train-old` (or its model.json).
+    #[arg(long)]
+    old: PathBuf,
+    /// Compatibility method: independent, l2 or bct.
+    #[arg(long)]
+    method: Method,
+    /// Weight λ of the compatibility loss.
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Output directory (default runs/new-METHOD).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model directories (repeat); new models are paired with the model they claim compatibility with.
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// Directory of MNIST-layout IDX files (default: the first model's run configuration).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use only the first N test images per class.
+    #[arg(long)]
+    test_per_class: Option<usize>,
+    /// Write results.md/.csv, metrics.json and plots here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args)]
+struct MetricsArgs {
+    /// Query features, an [N, d] float32/float64 .npy matrix.
+    #[arg(long)]
+    query: PathBuf,
+    /// Query labels, a 1-D integer .npy array.
+    #[arg(long)]
+    query_labels: PathBuf,
+    /// Gallery features; leave-one-out over the queries when absent.
+    #[arg(long, requires = "gallery_labels")]
+    gallery: Option<PathBuf>,
+    /// Gallery labels.
+    #[arg(long, requires = "gallery")]
+    gallery_labels: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Output directory of the run.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// TOML configuration whose model and head are measured.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128)]
+    batch: i64,
+    /// Timed steps.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn base_config(c: &Common) -> Result<RunConfig> {
+    let mut cfg = match (&c.config, c.quick) {
+        (Some(p), _) => RunConfig::from_toml_file(p)?,
+        (None, true) => RunConfig::quick(),
+        (None, false) => RunConfig::default(),
+    };
+    if let Some(d) = &c.data {
+        cfg.data.dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn options(c: &Common) -> Result<StepOptions> {
+    Ok(StepOptions {
+        resume: c.resume,
+        device: parse_device(&c.device)?,
+        progress: std::io::stderr().is_terminal(),
+        probe_test: false,
+    })
+}
+
+fn print_history(name: &str, h: &[bcl::train::EpochStats]) {
+    if let Some(last) = h.last() {
+        println!(
+            "{name}: {} epochs, final loss {:.4}, train accuracy {:.3}, {:.0} images/s",
+            last.epoch, last.loss_total, last.train_acc, last.images_per_s
+        );
+    }
+}
+
+fn old_dir_of(p: &Path) -> PathBuf {
+    if p.is_file() {
+        p.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::TrainOld(a) => {
+            let mut cfg = base_config(&a.common)?;
+            if let Some(s) = a.scenario {
+                cfg.split.scenario = s;
+            }
+            if let Some(f) = a.fraction {
+                cfg.split.fraction = f;
+            }
+            if let Some(s) = a.split_seed {
+                cfg.split.seed = s;
+            }
+            if let Some(e) = a.common.epochs {
+                cfg.old.epochs = e;
+            }
+            if let Some(s) = a.common.seed {
+                cfg.old.seed = s;
+            }
+            let o = pipeline::train_old(&cfg, &a.out, &options(&a.common)?)?;
+            print_history("old", &o.history);
+            println!("model {} written to {}", o.card.id, o.dir.display());
+        }
+        Command::TrainNew(a) => {
+            let old = old_dir_of(&a.old);
+            let mut cfg = match (&a.common.config, a.common.quick) {
+                (None, false) => pipeline::old_run(&old)
+                    .map(|(c, _)| c)
+                    .with_context(|| format!("reading the old run in {}", old.display()))?,
+                _ => base_config(&a.common)?,
+            };
+            if let Some(d) = &a.common.data {
+                cfg.data.dir = d.clone();
+            }
+            if let Some(e) = a.common.epochs {
+                cfg.new.epochs = e;
+            }
+            if let Some(s) = a.common.seed {
+                cfg.new.seed = s;
+            }
+            if let Some(l) = a.lambda {
+                if !(l >= 0.0 && l.is_finite()) {
+                    bail!("--lambda must be a finite number >= 0, got {l}");
+                }
+                cfg.compat.lambda = l;
+            }
+            let out = a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("runs/new-{}", a.method)));
+            let o = pipeline::train_new(&cfg, &old, a.method, &out, &options(&a.common)?)?;
+            print_history(&format!("new-{}", a.method), &o.history);
+            println!("model {} written to {}", o.card.id, o.dir.display());
+        }
+        Command::Eval(a) => {
+            let device = parse_device(&a.device)?;
+            let models = a
+                .models
+                .iter()
+                .map(|p| Embedder::load(p, device))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut data_cfg = pipeline::old_run(&models[0].dir)
+                .map(|(c, _)| c.data)
+                .unwrap_or_default();
+            if let Some(d) = a.data {
+                data_cfg.dir = d;
+            }
+            if a.test_per_class.is_some() {
+                data_cfg.test_per_class = a.test_per_class;
+            }
+            let (_, test) = pipeline::load_data(&data_cfg)?;
+            let report = pipeline::evaluate_models(&models, &test, 512)?;
+            println!("{}", rows_markdown(&report.rows));
+            println!("compatibility matrix (mAP), rows query model, columns gallery model:");
+            print!("{}", bcl::report::matrix_csv(&report.matrix));
+            if let Some(out) = a.out {
+                pipeline::write_report(&out, &report, &[])?;
+                println!("report written to {}", out.display());
+            }
+        }
+        Command::Metrics(a) => {
+            let q = read_features_npy(&a.query)?;
+            let ql = read_labels_npy(&a.query_labels)?;
+            let m = match (&a.gallery, &a.gallery_labels) {
+                (Some(g), Some(gl)) => {
+                    let gf = read_features_npy(g)?;
+                    let gll = read_labels_npy(gl)?;
+                    retrieval_metrics(&q, &ql, &gf, &gll, false, &DEFAULT_KS)?
+                }
+                _ => retrieval_metrics(&q, &ql, &q, &ql, true, &DEFAULT_KS)?,
+            };
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        Command::Demo(a) => {
+            let mut cfg = base_config(&a.common)?;
+            if let Some(e) = a.common.epochs {
+                cfg.old.epochs = e;
+                cfg.new.epochs = e;
+            }
+            let t0 = std::time::Instant::now();
+            let report = pipeline::demo(&cfg, &a.out, &options(&a.common)?)?;
+            println!(
+                "extended-data {:.0}% on {} test items, {:.0} s",
+                cfg.split.fraction * 100.0,
+                report.test_items,
+                t0.elapsed().as_secs_f64()
+            );
+            println!("{}", rows_markdown(&report.rows));
+            println!("run directory: {}", a.out.display());
+        }
+        Command::Bench(a) => {
+            let cfg = match &a.config {
+                Some(p) => RunConfig::from_toml_file(p)?,
+                None => RunConfig::default(),
+            };
+            let device = parse_device(&a.device)?;
+            let r = pipeline::bench_train_step(&cfg, a.batch, a.steps, a.warmup, device)?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BCL_LOG")
+                .unwrap_or_else(|_| "bcl=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,279 @@
+//! The `bcl` binary: `metrics` against the golden file through .npy files, and clear errors
+//! (non-zero exit, the file and the reason) for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::Tensor;
+
+fn bcl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bcl"))
+}
+
+fn golden() -> serde_json::Value {
+    let dir = std::env::var_os("BCL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    serde_json::from_str(&std::fs::read_to_string(dir.join("golden/class_retrieval.json")).unwrap())
+        .unwrap()
+}
+
+fn write_matrix(path: &Path, v: &serde_json::Value) {
+    let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
+    let d = rows[0].len() as i64;
+    Tensor::from_slice(&rows.concat())
+        .view([-1, d])
+        .write_npy(path)
+        .unwrap();
+}
+
+fn write_labels(path: &Path, v: &serde_json::Value) {
+    let l: Vec<i64> = serde_json::from_value(v.clone()).unwrap();
+    Tensor::from_slice(&l).write_npy(path).unwrap();
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "unexpected success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    err
+}
+
+fn close(a: &serde_json::Value, b: &serde_json::Value) {
+    let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+    assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+}
+
+#[test]
+fn metrics_command_matches_golden() {
+    let g = golden();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    write_matrix(&p("f.npy"), &g["leave_one_out"]["F"]);
+    write_labels(&p("fl.npy"), &g["leave_one_out"]["labels"]);
+    let out: serde_json::Value = serde_json::from_str(&run_ok(
+        bcl()
+            .arg("metrics")
+            .arg("--query")
+            .arg(p("f.npy"))
+            .arg("--query-labels")
+            .arg(p("fl.npy")),
+    ))
+    .unwrap();
+    let e = &g["leave_one_out"]["expected"];
+    close(&out["map"], &e["map"]);
+    for k in ["1", "5", "10"] {
+        close(&out["recall_at"][k], &e["recall_at"][k]);
+    }
+
+    let s = &g["query_gallery"];
+    write_matrix(&p("q.npy"), &s["Q"]);
+    write_labels(&p("ql.npy"), &s["query_labels"]);
+    write_matrix(&p("g.npy"), &s["G"]);
+    write_labels(&p("gl.npy"), &s["gallery_labels"]);
+    let out: serde_json::Value = serde_json::from_str(&run_ok(
+        bcl()
+            .arg("metrics")
+            .args([
+                "--query",
+                p("q.npy").to_str().unwrap(),
+                "--query-labels",
+                p("ql.npy").to_str().unwrap(),
+            ])
+            .args([
+                "--gallery",
+                p("g.npy").to_str().unwrap(),
+                "--gallery-labels",
+                p("gl.npy").to_str().unwrap(),
+            ]),
+    ))
+    .unwrap();
+    close(&out["map"], &s["expected"]["map"]);
+    close(&out["map_at_100"], &s["expected"]["map_at_100"]);
+    for k in ["1", "5", "10"] {
+        close(&out["recall_at"][k], &s["expected"]["recall_at"][k]);
+    }
+
+    // mismatched label count: a clear error
+    let err = run_err(
+        bcl()
+            .arg("metrics")
+            .arg("--query")
+            .arg(p("q.npy"))
+            .arg("--query-labels")
+            .arg(p("fl.npy")),
+    );
+    assert!(err.contains("labels"), "{err}");
+    // a gallery without its labels is refused by the argument parser
+    let err = run_err(
+        bcl()
+            .arg("metrics")
+            .arg("--query")
+            .arg(p("q.npy"))
+            .arg("--query-labels")
+            .arg(p("ql.npy"))
+            .arg("--gallery")
+            .arg(p("g.npy")),
+    );
+    assert!(err.contains("--gallery-labels"), "{err}");
+    // a missing file names itself
+    let err = run_err(
+        bcl()
+            .arg("metrics")
+            .arg("--query")
+            .arg(p("nope.npy"))
+            .arg("--query-labels")
+            .arg(p("ql.npy")),
+    );
+    assert!(
+        err.contains("nope.npy") && err.contains("cannot open"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_training_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // a data directory without IDX files
+    let err = run_err(
+        bcl()
+            .args(["train-old", "--device", "cpu", "--data"])
+            .arg(dir.path())
+            .arg("--out")
+            .arg(dir.path().join("o")),
+    );
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("--data"),
+        "{err}"
+    );
+    // an unknown method
+    let err = run_err(bcl().args(["train-new", "--old", "x", "--method", "magic"]));
+    assert!(err.contains("unknown method 'magic'"), "{err}");
+    // an --old that is not a run directory
+    let err = run_err(
+        bcl()
+            .args(["train-new", "--device", "cpu", "--method", "bct", "--old"])
+            .arg(dir.path()),
+    );
+    assert!(err.contains("config.toml"), "{err}");
+    // a fraction out of range
+    let (tr, te) = bcl::data::synthetic(3, 4, 2, 1);
+    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[data]\ndir = {:?}\nclasses = 3\n", dir.path().join("d")),
+    )
+    .unwrap();
+    let err = run_err(
+        bcl()
+            .args([
+                "train-old",
+                "--device",
+                "cpu",
+                "--fraction",
+                "1.5",
+                "--config",
+            ])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(dir.path().join("o")),
+    );
+    assert!(err.contains("fraction"), "{err}");
+    // an unknown configuration key
+    std::fs::write(&cfg, "[model]\nwidht = 3\n").unwrap();
+    let err = run_err(
+        bcl()
+            .args(["train-old", "--device", "cpu", "--config"])
+            .arg(&cfg),
+    );
+    assert!(err.contains("c.toml") && err.contains("widht"), "{err}");
+    // an unavailable device is an error, not a crash (this machine has no CUDA)
+    if !tch::Cuda::is_available() {
+        let err = run_err(bcl().args(["bench", "--device", "cuda", "--steps", "1"]));
+        assert!(err.contains("no CUDA device"), "{err}");
+    }
+}
+
+#[test]
+fn train_eval_round_trip_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tr, te) = bcl::data::synthetic(4, 30, 10, 2);
+    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndir = {:?}\nclasses = 4\n[model]\nwidth = 4\ndim = 16\n[old]\nepochs = 1\nbatch_size = 16\n[new]\nepochs = 1\nbatch_size = 16\n",
+            dir.path().join("d")
+        ),
+    )
+    .unwrap();
+    let old = dir.path().join("old");
+    let new = dir.path().join("new");
+    run_ok(
+        bcl()
+            .args(["train-old", "--device", "cpu", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&old),
+    );
+    // the same output again without --resume is refused
+    let err = run_err(
+        bcl()
+            .args(["train-old", "--device", "cpu", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&old),
+    );
+    assert!(err.contains("--resume"), "{err}");
+    run_ok(
+        bcl()
+            .args([
+                "train-new",
+                "--device",
+                "cpu",
+                "--method",
+                "bct",
+                "--lambda",
+                "2",
+                "--old",
+            ])
+            .arg(&old)
+            .arg("--out")
+            .arg(&new),
+    );
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(new.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["method"], "bct");
+    assert!(card["note"].as_str().unwrap().contains("lambda=2"));
+    let out = run_ok(
+        bcl()
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(&old)
+            .arg("--model")
+            .arg(&new)
+            .arg("--out")
+            .arg(dir.path().join("r")),
+    );
+    assert!(out.contains("| bct |"), "{out}");
+    assert!(dir.path().join("r/compat_matrix.svg").is_file());
+}

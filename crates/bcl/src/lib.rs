@@ -1,0 +1,15 @@
+//! `bcl`: backward-compatible learning for retrieval, with prototype perturbation.
+//!
+//! A new embedding model is trained so that its query vectors can be searched against a
+//! gallery embedded by an older model (no backfilling). The modules follow the concepts of
+//! the project's METHOD.md: [`data`], [`model`], [`loss`], [`perturb`], [`train`], [`eval`],
+//! [`report`], with [`pipeline`] wiring them into the steps the `bcl` binary exposes.
+
+pub mod data;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod perturb;
+pub mod pipeline;
+pub mod report;
+pub mod train;

@@ -1,0 +1,581 @@
+//! Pipeline: the run configuration and the steps the CLI exposes (train the old model, train a
+//! new model against it, evaluate a set of models, the whole demo), wired from the concept
+//! modules. No method-specific logic lives here: methods come from [`Method::build`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{load_idx_dir, DataError, Dataset, Split, SplitConfig, DEFAULT_DATA_DIR};
+use crate::eval::{is_compatible, update_gain, CompatMatrix, EvalError};
+use crate::loss::{CompatConfig, Method};
+use crate::model::{Embedder, ModelConfig, ModelError};
+use crate::perturb::{class_prototypes, PrototypeError};
+use crate::report::{
+    matrix_csv, plot_curves, plot_matrix, rows_csv, rows_markdown, write_atomic, ReportError,
+    ResultRow,
+};
+use crate::train::{train, EpochStats, TrainConfig, TrainError, TrainJob, TrainOutcome};
+
+/// Errors of a pipeline step; each variant carries the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Data reading or splitting.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Model files.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Training.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Evaluation.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// Reports.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// Prototypes.
+    #[error(transparent)]
+    Prototype(#[from] PrototypeError),
+    /// A configuration file.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Anything else the user must fix, with the reason.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where the data come from and how much of it to use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Directory of MNIST-layout IDX files (plain or gzipped).
+    pub dir: PathBuf,
+    /// Number of classes the labels range over.
+    pub classes: usize,
+    /// Use only the first N training images of each class (quick runs).
+    pub train_per_class: Option<usize>,
+    /// Use only the first N test images of each class (quick runs).
+    pub test_per_class: Option<usize>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEFAULT_DATA_DIR),
+            classes: 10,
+            train_per_class: None,
+            test_per_class: None,
+        }
+    }
+}
+
+/// The whole configuration of a run; saved as `config.toml` in every run directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Data.
+    pub data: DataConfig,
+    /// Old/new split.
+    pub split: SplitConfig,
+    /// Architecture (shared by old and new models).
+    pub model: ModelConfig,
+    /// Training of the old model.
+    pub old: TrainConfig,
+    /// Training of new models (its seed differs from the old model's: METHOD.md section 6).
+    pub new: TrainConfig,
+    /// The compatibility term.
+    pub compat: CompatConfig,
+    /// Methods the demo trains.
+    pub methods: Vec<Method>,
+    /// Images per batch when embedding for evaluation.
+    pub eval_batch: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        let old = TrainConfig {
+            epochs: 8,
+            seed: 1,
+            ..TrainConfig::default()
+        };
+        let new = TrainConfig {
+            epochs: 3,
+            seed: 2,
+            ..TrainConfig::default()
+        };
+        Self {
+            data: DataConfig::default(),
+            split: SplitConfig::default(),
+            model: ModelConfig::default(),
+            old,
+            new,
+            compat: CompatConfig::default(),
+            methods: vec![Method::Independent, Method::L2, Method::Bct],
+            eval_batch: 512,
+        }
+    }
+}
+
+impl RunConfig {
+    /// The `--quick` preset: a small balanced subset, a narrow model, one or two epochs.
+    pub fn quick() -> Self {
+        let mut c = Self::default();
+        c.data.train_per_class = Some(400);
+        c.data.test_per_class = Some(100);
+        c.model.width = 8;
+        c.model.dim = 64;
+        c.old.epochs = 3;
+        c.new.epochs = 2;
+        c.old.batch_size = 64;
+        c.new.batch_size = 64;
+        c
+    }
+
+    /// Reads a TOML file over the defaults (unknown keys are errors).
+    pub fn from_toml_file(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Config {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        toml::from_str(&text).map_err(|e| PipelineError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
+pub fn parse_device(s: &str) -> Result<Device, PipelineError> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err(PipelineError::Invalid(
+                    "--device cuda: no CUDA device is available here; use --device cpu or auto"
+                        .into(),
+                ))
+            }
+        }
+        s if s.starts_with("cuda:") => {
+            let i: usize = s[5..].parse().map_err(|_| {
+                PipelineError::Invalid(format!("--device {s}: expected cuda:N with N a number"))
+            })?;
+            if i < tch::Cuda::device_count() as usize {
+                Ok(Device::Cuda(i))
+            } else {
+                Err(PipelineError::Invalid(format!(
+                    "--device {s}: only {} CUDA devices here",
+                    tch::Cuda::device_count()
+                )))
+            }
+        }
+        _ => Err(PipelineError::Invalid(format!(
+            "--device {s}: expected cpu, cuda, cuda:N or auto"
+        ))),
+    }
+}
+
+/// Reads the train and test sets the configuration names (with its per-class limits).
+pub fn load_data(cfg: &DataConfig) -> Result<(Dataset, Dataset), PipelineError> {
+    let (mut train, mut test) = load_idx_dir(&cfg.dir, cfg.classes)?;
+    if let Some(n) = cfg.train_per_class {
+        train = train.take_per_class(n);
+    }
+    if let Some(n) = cfg.test_per_class {
+        test = test.take_per_class(n);
+    }
+    Ok((train, test))
+}
+
+/// Options common to training steps.
+#[derive(Debug, Clone)]
+pub struct StepOptions {
+    /// Continue from checkpoints.
+    pub resume: bool,
+    /// Where to run.
+    pub device: Device,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Also embed the test set with the in-memory model (returned in the outcome), so a caller
+    /// can check that the saved model reproduces it.
+    pub probe_test: bool,
+}
+
+fn relabel(data: &Dataset, indices: &[usize], classes: &[i64]) -> Dataset {
+    let mut sub = data.subset(indices);
+    let mut map = vec![-1i64; data.classes];
+    for (i, &c) in classes.iter().enumerate() {
+        map[c as usize] = i as i64;
+    }
+    for l in sub.labels.iter_mut() {
+        *l = map[*l as usize];
+    }
+    sub.classes = classes.len();
+    sub
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), PipelineError> {
+    Ok(write_atomic(
+        path,
+        serde_json::to_string_pretty(v)
+            .expect("serialises")
+            .as_bytes(),
+    )?)
+}
+
+/// Trains the old model (classification only) on the split's old part; writes `config.toml`,
+/// `split.json` and the model into `out`.
+pub fn train_old(
+    cfg: &RunConfig,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<TrainOutcome, PipelineError> {
+    let (train_set, test_set) = load_data(&cfg.data)?;
+    let split = Split::new(&cfg.split, &train_set.labels, cfg.data.classes)?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+    write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    write_json(&out.join("split.json"), &split)?;
+    let data = relabel(&train_set, &split.old_indices, &split.old_classes);
+    Ok(train(TrainJob {
+        name: "old".into(),
+        role: "old".into(),
+        data: &data,
+        classes: split.old_classes.clone(),
+        model: cfg.model.clone(),
+        train: cfg.old.clone(),
+        compat: Method::Independent.build(&cfg.compat, None),
+        old: None,
+        split_fingerprint: split.fingerprint.clone(),
+        out_dir: out.to_path_buf(),
+        resume: opts.resume,
+        device: opts.device,
+        note: String::new(),
+        progress: opts.progress,
+        stop_after: None,
+        probe: opts.probe_test.then_some(&test_set),
+    })?)
+}
+
+/// Reads the old run's configuration and split and checks the split still reproduces.
+pub fn old_run(old_dir: &Path) -> Result<(RunConfig, Split), PipelineError> {
+    let cfg = RunConfig::from_toml_file(&old_dir.join("config.toml"))?;
+    let split_path = old_dir.join("split.json");
+    let text = std::fs::read_to_string(&split_path).map_err(|e| PipelineError::Config {
+        path: split_path.clone(),
+        reason: format!("cannot read ({e}); --old must be a directory written by `bcl train-old`"),
+    })?;
+    let split: Split = serde_json::from_str(&text).map_err(|e| PipelineError::Config {
+        path: split_path.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((cfg, split))
+}
+
+/// Trains a new model with `method` against the frozen old model in `old_dir`; the data and
+/// split are the old run's, `cfg` gives the new model's settings.
+pub fn train_new(
+    cfg: &RunConfig,
+    old_dir: &Path,
+    method: Method,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<TrainOutcome, PipelineError> {
+    let (_, saved_split) = old_run(old_dir)?;
+    let (train_set, test_set) = load_data(&cfg.data)?;
+    let split = Split::new(&saved_split.config, &train_set.labels, cfg.data.classes)?;
+    if split.fingerprint != saved_split.fingerprint {
+        return Err(PipelineError::Invalid(format!(
+            "{}: the split no longer reproduces (fingerprint {} vs saved {}): the data differ from the old model's run",
+            old_dir.join("split.json").display(),
+            split.fingerprint,
+            saved_split.fingerprint
+        )));
+    }
+    let old = Embedder::load(old_dir, opts.device)?;
+    if old.card.role != "old" && old.card.compatible_with.is_none() {
+        return Err(PipelineError::Invalid(format!(
+            "{}: not an old model",
+            old_dir.display()
+        )));
+    }
+    let classes: Vec<i64> = (0..cfg.data.classes as i64).collect();
+    let data = relabel(&train_set, &split.new_indices, &classes);
+    let prototypes = if method.needs_prototypes() {
+        let g = old
+            .embed_dataset(&data, cfg.eval_batch)
+            .to_device(opts.device);
+        let y = Tensor::from_slice(&data.labels)
+            .to_kind(Kind::Int64)
+            .to_device(opts.device);
+        Some(class_prototypes(&g, &y, classes.len() as i64)?.detach())
+    } else {
+        None
+    };
+    std::fs::create_dir_all(out)
+        .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+    let mut saved = cfg.clone();
+    saved.split = split.config.clone();
+    write_atomic(&out.join("config.toml"), saved.to_toml().as_bytes())?;
+    write_json(&out.join("split.json"), &split)?;
+    let note = format!("lambda={} scale={}", cfg.compat.lambda, cfg.compat.scale);
+    Ok(train(TrainJob {
+        name: format!("new-{method}"),
+        role: "new".into(),
+        data: &data,
+        classes,
+        model: cfg.model.clone(),
+        train: cfg.new.clone(),
+        compat: method.build(&cfg.compat, prototypes),
+        old: Some(&old),
+        split_fingerprint: split.fingerprint.clone(),
+        out_dir: out.to_path_buf(),
+        resume: opts.resume,
+        device: opts.device,
+        note,
+        progress: opts.progress,
+        stop_after: None,
+        probe: opts.probe_test.then_some(&test_set),
+    })?)
+}
+
+/// Results of evaluating a set of models on one test set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Number of test items.
+    pub test_items: usize,
+    /// The compatibility matrix over all models.
+    pub matrix: CompatMatrix,
+    /// One row per new model: self-test, cross-test against its old model, criterion and gain.
+    pub rows: Vec<ResultRow>,
+}
+
+/// Embeds `test` with every model and computes the matrix and the per-method rows.
+pub fn evaluate_models(
+    models: &[Embedder],
+    test: &Dataset,
+    batch: usize,
+) -> Result<EvalReport, PipelineError> {
+    if models.is_empty() {
+        return Err(PipelineError::Invalid("no model to evaluate".into()));
+    }
+    let names: Vec<String> = models.iter().map(|m| m.card.name.clone()).collect();
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(PipelineError::Invalid(format!(
+                "two models are named '{n}'"
+            )));
+        }
+    }
+    for m in models {
+        let shape = [test.channels, test.rows, test.cols];
+        if m.card.input_shape != shape {
+            return Err(PipelineError::Invalid(format!(
+                "{}: the model expects images of shape {:?}, the test set has {:?}",
+                m.dir.display(),
+                m.card.input_shape,
+                shape
+            )));
+        }
+    }
+    let feats: Vec<Tensor> = models
+        .iter()
+        .map(|m| m.embed_dataset(test, batch))
+        .collect();
+    let matrix = CompatMatrix::compute(&names, &feats, &test.labels)?;
+    let indep = models
+        .iter()
+        .position(|m| m.card.role == "new" && m.card.method == "independent");
+    let mut rows = Vec::new();
+    for (i, m) in models.iter().enumerate() {
+        if m.card.role != "new" {
+            continue;
+        }
+        // The old model: the one this model claims compatibility with, else the only old one.
+        let old = match &m.card.compatible_with {
+            Some(id) => models.iter().position(|o| &o.card.id == id),
+            None => {
+                let olds: Vec<usize> = (0..models.len())
+                    .filter(|&j| models[j].card.role == "old")
+                    .collect();
+                (olds.len() == 1).then(|| olds[0])
+            }
+        };
+        let Some(o) = old else { continue };
+        let oo = &matrix.cells[o][o];
+        let cross = &matrix.cells[i][o];
+        let selft = &matrix.cells[i][i];
+        let gain = indep.and_then(|k| update_gain(cross.map, oo.map, matrix.cells[k][k].map));
+        rows.push(ResultRow {
+            method: m.card.method.clone(),
+            old_old_map: oo.map,
+            self_map: selft.map,
+            cross_map: cross.map,
+            self_r1: selft.recall_at[&1],
+            cross_r1: cross.recall_at[&1],
+            compatible: is_compatible(cross.map, oo.map),
+            gain,
+        });
+    }
+    Ok(EvalReport {
+        test_items: test.len(),
+        matrix,
+        rows,
+    })
+}
+
+/// Writes an evaluation's tables and plots into `dir`: results.md/.csv, metrics.json,
+/// matrix.csv, compat_matrix.svg and (when given) training_curves.svg.
+pub fn write_report(
+    dir: &Path,
+    report: &EvalReport,
+    curves: &[(String, Vec<EpochStats>)],
+) -> Result<(), PipelineError> {
+    write_atomic(
+        &dir.join("results.md"),
+        rows_markdown(&report.rows).as_bytes(),
+    )?;
+    write_atomic(&dir.join("results.csv"), rows_csv(&report.rows).as_bytes())?;
+    write_atomic(
+        &dir.join("matrix.csv"),
+        matrix_csv(&report.matrix).as_bytes(),
+    )?;
+    write_json(&dir.join("metrics.json"), report)?;
+    plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
+    if !curves.is_empty() {
+        plot_curves(curves, &dir.join("training_curves.svg"))?;
+    }
+    Ok(())
+}
+
+/// The whole extended-data (or configured) protocol: old model, each configured new method,
+/// evaluation on the test set, report. Resumable: finished models are reused with `resume`.
+pub fn demo(cfg: &RunConfig, out: &Path, opts: &StepOptions) -> Result<EvalReport, PipelineError> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+    write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let old_dir = out.join("old");
+    let mut curves = vec![("old".to_string(), train_old(cfg, &old_dir, opts)?.history)];
+    let mut dirs = vec![old_dir.clone()];
+    for &m in &cfg.methods {
+        let d = out.join(format!("new-{m}"));
+        let o = train_new(cfg, &old_dir, m, &d, opts)?;
+        curves.push((format!("new-{m}"), o.history));
+        dirs.push(d);
+    }
+    let models = dirs
+        .iter()
+        .map(|d| Embedder::load(d, opts.device))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (_, test) = load_data(&cfg.data)?;
+    let report = evaluate_models(&models, &test, cfg.eval_batch)?;
+    write_report(out, &report, &curves)?;
+    Ok(report)
+}
+
+/// Result of [`bench_train_step`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// Implementation measured.
+    pub r#impl: String,
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// Model width.
+    pub width: i64,
+    /// Blocks per stage.
+    pub blocks: i64,
+    /// Embedding dimension.
+    pub dim: i64,
+    /// Images per step.
+    pub batch: i64,
+    /// Timed steps.
+    pub steps: usize,
+    /// Wall time of the timed steps.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+}
+
+/// Times the training step of the configured model (forward, head loss, backward, SGD update)
+/// on a fixed random batch: the same step as `bench/torch_reference.py`.
+pub fn bench_train_step(
+    cfg: &RunConfig,
+    batch: i64,
+    steps: usize,
+    warmup: usize,
+    device: Device,
+) -> Result<BenchResult, PipelineError> {
+    use crate::loss::ClassifierHead;
+    use crate::model::EmbeddingNet;
+    use crate::train::Sgd;
+    if batch < 1 || steps < 1 {
+        return Err(PipelineError::Invalid(
+            "--batch and --steps must be >= 1".into(),
+        ));
+    }
+    cfg.model.validate()?;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let net = EmbeddingNet::new(&(vs.root() / "net"), &cfg.model);
+    let classes = cfg.data.classes as i64;
+    let head = ClassifierHead::new(
+        &(vs.root() / "classifier"),
+        &cfg.old.head,
+        cfg.model.dim,
+        classes,
+    );
+    let mut opt = Sgd::new(&vs, cfg.old.momentum, cfg.old.weight_decay);
+    let x = Tensor::randn(
+        [batch, cfg.model.in_channels, 28, 28],
+        (Kind::Float, device),
+    );
+    let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
+    let mut step = || {
+        opt.zero_grad();
+        let f = net.forward_t(&x, true);
+        let loss = head.loss(&f, &y);
+        loss.backward();
+        opt.step(0.05);
+    };
+    for _ in 0..warmup {
+        step();
+    }
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let t0 = std::time::Instant::now();
+    for _ in 0..steps {
+        step();
+    }
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(BenchResult {
+        r#impl: "bcl (tch)".into(),
+        threads: tch::get_num_threads(),
+        width: cfg.model.width,
+        blocks: cfg.model.blocks,
+        dim: cfg.model.dim,
+        batch,
+        steps,
+        seconds,
+        images_per_s: (steps as i64 * batch) as f64 / seconds,
+    })
+}

@@ -1,0 +1,641 @@
+//! Training: one loop for every model (old or new, any compatibility method): learning-rate
+//! schedule with warm-up, SGD with momentum, per-epoch checkpoints written atomically, resume,
+//! progress and the per-epoch history.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{epoch_order, rng_for, AugmentConfig, Dataset, Normalization};
+use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
+use crate::model::{
+    file_id, Embedder, EmbeddingNet, ModelCard, ModelConfig, CARD_FILE, WEIGHTS_FILE,
+};
+use crate::report::{write_atomic, ReportError};
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Writing or reading the run's files failed.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// A model file could not be handled.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// libtorch failed on a checkpoint file.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The output directory already holds a run and `--resume` was not given.
+    #[error(
+        "{0}: already holds a training run; pass --resume to continue it or choose another --out"
+    )]
+    Exists(PathBuf),
+    /// The checkpoint belongs to a run with another configuration.
+    #[error("{path}: the checkpoint was made with another configuration; resume needs the same settings (or choose another --out)")]
+    ConfigChanged {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "training diverged at epoch {epoch}, step {step} (loss {loss}); lower the learning rate"
+    )]
+    Diverged {
+        /// Epoch.
+        epoch: usize,
+        /// Step within the epoch.
+        step: usize,
+        /// The loss value.
+        loss: f64,
+    },
+    /// The run stopped early on request; its checkpoint can be resumed.
+    #[error("{dir}: stopped after {epochs_done} epochs as requested; resume with --resume")]
+    Interrupted {
+        /// Epochs completed so far.
+        epochs_done: usize,
+        /// The run directory.
+        dir: PathBuf,
+    },
+    /// A configuration that cannot run.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Schedule {
+    /// Cosine decay from the base rate to zero over the steps after warm-up.
+    Cosine,
+    /// Multiply by `gamma` at each listed epoch.
+    Step {
+        /// Epochs at which the rate drops.
+        milestones: Vec<usize>,
+        /// Factor per drop.
+        gamma: f64,
+    },
+}
+
+/// Optimisation settings shared by every model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training items.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Linear warm-up length in epochs (fractional allowed).
+    pub warmup_epochs: f64,
+    /// Schedule after warm-up.
+    pub schedule: Schedule,
+    /// Seed of initialisation, data order and augmentation.
+    pub seed: u64,
+    /// Augmentation.
+    pub augment: AugmentConfig,
+    /// Classification head.
+    pub head: HeadConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 4,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 0.3,
+            schedule: Schedule::Cosine,
+            seed: 1,
+            augment: AugmentConfig::default(),
+            head: HeadConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the configuration is usable.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(TrainError::Config(
+                "epochs and batch_size must be >= 1".into(),
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite() && (0.0..1.0).contains(&self.momentum))
+            || self.weight_decay < 0.0
+        {
+            return Err(TrainError::Config(format!(
+                "need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr {}, momentum {}, weight_decay {}",
+                self.lr, self.momentum, self.weight_decay
+            )));
+        }
+        if self.warmup_epochs < 0.0 || self.warmup_epochs > self.epochs as f64 {
+            return Err(TrainError::Config(
+                "warmup_epochs must lie in [0, epochs]".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The learning rate at global step `step` (0-based) of `total` steps with `per_epoch` per epoch.
+pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize, per_epoch: usize) -> f64 {
+    let warm = (cfg.warmup_epochs * per_epoch as f64).round() as usize;
+    if step < warm {
+        return cfg.lr * (step + 1) as f64 / warm as f64;
+    }
+    match &cfg.schedule {
+        Schedule::Cosine => {
+            let span = total.saturating_sub(warm).max(1) as f64;
+            let t = (step - warm) as f64 / span;
+            0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+        Schedule::Step { milestones, gamma } => {
+            let epoch = step / per_epoch.max(1);
+            let drops = milestones.iter().filter(|&&m| epoch >= m).count();
+            cfg.lr * gamma.powi(drops as i32)
+        }
+    }
+}
+
+/// SGD with momentum and decoupled-from-nothing (PyTorch-style) weight decay.
+///
+/// Written here rather than using `tch::nn::Sgd` because a resumable checkpoint needs the
+/// momentum buffers, which tch's optimiser wrapper does not expose.
+pub struct Sgd {
+    params: Vec<(String, Tensor)>,
+    bufs: Vec<Option<Tensor>>,
+    momentum: f64,
+    weight_decay: f64,
+}
+
+impl Sgd {
+    /// An optimiser over the trainable variables of `vs`.
+    pub fn new(vs: &nn::VarStore, momentum: f64, weight_decay: f64) -> Self {
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let bufs = params.iter().map(|_| None).collect();
+        Self {
+            params,
+            bufs,
+            momentum,
+            weight_decay,
+        }
+    }
+
+    /// Clears the gradients.
+    pub fn zero_grad(&mut self) {
+        for (_, p) in self.params.iter_mut() {
+            p.zero_grad();
+        }
+    }
+
+    /// One update with learning rate `lr`: `buf = μ·buf + (g + wd·w)`, `w -= lr·buf`.
+    pub fn step(&mut self, lr: f64) {
+        tch::no_grad(|| {
+            for ((_, p), buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let d = if self.weight_decay > 0.0 {
+                    &g + &*p * self.weight_decay
+                } else {
+                    g
+                };
+                let b = match buf.take() {
+                    None => d,
+                    Some(mut b) => {
+                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
+                        b
+                    }
+                };
+                let _ = p.g_sub_(&(&b * lr));
+                *buf = Some(b);
+            }
+        });
+    }
+
+    /// The momentum buffers by variable name, for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .zip(&self.bufs)
+            .filter_map(|((n, _), b)| b.as_ref().map(|b| (n.clone(), b.shallow_clone())))
+            .collect()
+    }
+
+    /// Restores momentum buffers saved by [`Sgd::state`].
+    pub fn load_state(&mut self, state: Vec<(String, Tensor)>, device: Device) {
+        let map: std::collections::HashMap<String, Tensor> = state.into_iter().collect();
+        for ((n, _), b) in self.params.iter().zip(self.bufs.iter_mut()) {
+            *b = map.get(n).map(|t| t.to_device(device));
+        }
+    }
+}
+
+/// Figures of one epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochStats {
+    /// Epoch number (1-based).
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean classification loss.
+    pub loss_cls: f64,
+    /// Mean (unweighted) compatibility loss; 0 for none.
+    pub loss_comp: f64,
+    /// Mean total loss.
+    pub loss_total: f64,
+    /// Training accuracy of the head (no margin) on augmented batches.
+    pub train_acc: f64,
+    /// Wall time of the epoch in seconds.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    epochs_done: usize,
+    config: String,
+    history: Vec<EpochStats>,
+}
+
+/// Everything one training run needs.
+pub struct TrainJob<'a> {
+    /// Model name for the card (e.g. "old", "new-bct").
+    pub name: String,
+    /// "old" or "new".
+    pub role: String,
+    /// The training items, labels already in classifier order `0..classes.len()`.
+    pub data: &'a Dataset,
+    /// Original labels of the classifier's classes.
+    pub classes: Vec<i64>,
+    /// Architecture.
+    pub model: ModelConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+    /// The compatibility term.
+    pub compat: Box<dyn CompatLoss + 'a>,
+    /// The frozen old model, for methods that need its embeddings.
+    pub old: Option<&'a Embedder>,
+    /// Fingerprint of the split the data come from.
+    pub split_fingerprint: String,
+    /// Where the model, its card, history and checkpoints go.
+    pub out_dir: PathBuf,
+    /// Continue from the last checkpoint in `out_dir`.
+    pub resume: bool,
+    /// Where to train.
+    pub device: Device,
+    /// Extra text for the card (e.g. λ).
+    pub note: String,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Stop after this many epochs in this call, leaving a checkpoint (a deliberate
+    /// interruption: budgeted runs and resume tests); `None` trains to the end.
+    pub stop_after: Option<usize>,
+    /// Items to embed with the trained in-memory model before it is saved (lets a caller check
+    /// that the saved model reproduces it); `None` for none.
+    pub probe: Option<&'a Dataset>,
+}
+
+/// The result of a training run.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The written model's card.
+    pub card: ModelCard,
+    /// Per-epoch figures.
+    pub history: Vec<EpochStats>,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// Embeddings of [`TrainJob::probe`] by the in-memory model, when asked.
+    pub probe_features: Option<Tensor>,
+}
+
+fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Saves named tensors as safetensors atomically (temp file in the same directory, then rename).
+pub fn save_safetensors_atomic(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+) -> Result<(), TrainError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp.safetensors",
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("weights"),
+        std::process::id()
+    ));
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ckpt_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e))?;
+    Ok(())
+}
+
+fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Maps a batch normalised for one model to another model's normalisation.
+pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor {
+    if from == to {
+        return x.shallow_clone();
+    }
+    (x * from.std + from.mean - to.mean) / to.std
+}
+
+/// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
+pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
+    job.train.validate()?;
+    job.model.validate()?;
+    if job.data.is_empty() {
+        return Err(TrainError::Config("no training items".into()));
+    }
+    let out = &job.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| ckpt_err(out, e))?;
+    let ckpt_dir = out.join("checkpoint");
+    let state_path = ckpt_dir.join("state.json");
+    let card_path = out.join(CARD_FILE);
+    let config_str = serde_json::to_string(&(
+        &job.model,
+        &job.train,
+        job.compat.name(),
+        &job.note,
+        &job.split_fingerprint,
+    ))
+    .expect("config serialises");
+
+    if (card_path.exists() || state_path.exists()) && !job.resume {
+        return Err(TrainError::Exists(out.clone()));
+    }
+    let mut start_epoch = 0;
+    let mut history = Vec::new();
+    let mut loaded_state: Option<CheckpointState> = None;
+    if job.resume && state_path.exists() {
+        let text = std::fs::read_to_string(&state_path).map_err(|e| ckpt_err(&state_path, e))?;
+        let st: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| ckpt_err(&state_path, e))?;
+        if st.config != config_str {
+            return Err(TrainError::ConfigChanged { path: state_path });
+        }
+        loaded_state = Some(st);
+    }
+    if job.resume && card_path.exists() {
+        if let Some(st) = &loaded_state {
+            if st.epochs_done == job.train.epochs {
+                let card = ModelCard::read(&card_path)?;
+                return Ok(TrainOutcome {
+                    card,
+                    history: st.history.clone(),
+                    dir: out.clone(),
+                    probe_features: None,
+                });
+            }
+        }
+    }
+
+    let (mean, std) = job.data.pixel_stats();
+    let norm = Normalization { mean, std };
+    let n_classes = job.classes.len() as i64;
+    tch::manual_seed(job.train.seed as i64);
+    let mut vs = nn::VarStore::new(job.device);
+    let net = EmbeddingNet::new(&(vs.root() / "net"), &job.model);
+    let head = ClassifierHead::new(
+        &(vs.root() / "classifier"),
+        &job.train.head,
+        job.model.dim,
+        n_classes,
+    );
+    let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
+
+    if let Some(st) = loaded_state {
+        let w = ckpt_dir.join("weights.safetensors");
+        vs.load(&w).map_err(|e| ckpt_err(&w, e))?;
+        let o = ckpt_dir.join("optimizer.safetensors");
+        let state = Tensor::read_safetensors(&o).map_err(|e| ckpt_err(&o, e))?;
+        opt.load_state(state, job.device);
+        start_epoch = st.epochs_done;
+        history = st.history;
+        tracing::info!(epoch = start_epoch, "resumed from checkpoint");
+    }
+
+    let n = job.data.len();
+    let per_epoch = n.div_ceil(job.train.batch_size);
+    let total = per_epoch * job.train.epochs;
+    let old_norm = job.old.map(|o| o.card.normalization);
+    let needs_old = job.compat.needs_old_embeddings();
+    if needs_old && job.old.is_none() {
+        return Err(TrainError::Config(format!(
+            "method {} needs the old model",
+            job.compat.name()
+        )));
+    }
+
+    for epoch in start_epoch..job.train.epochs {
+        if job.stop_after.is_some_and(|k| epoch >= start_epoch + k) {
+            return Err(TrainError::Interrupted {
+                epochs_done: epoch,
+                dir: out.clone(),
+            });
+        }
+        let t0 = Instant::now();
+        let order = epoch_order(n, job.train.seed, epoch);
+        let mut rng = rng_for(job.train.seed, 2_000 + epoch as u64);
+        tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
+        let bar = if job.progress {
+            let b = ProgressBar::new(per_epoch as u64);
+            b.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.set_prefix(format!(
+                "{} epoch {}/{}",
+                job.name,
+                epoch + 1,
+                job.train.epochs
+            ));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let (mut s_cls, mut s_comp, mut s_tot, mut correct, mut seen) =
+            (0f64, 0f64, 0f64, 0i64, 0usize);
+        let mut lr = job.train.lr;
+        for (bi, chunk) in order.chunks(job.train.batch_size).enumerate() {
+            let step = epoch * per_epoch + bi;
+            lr = lr_at(&job.train, step, total, per_epoch);
+            let (x, y) = job.data.batch(
+                chunk,
+                norm,
+                Some((&job.train.augment, &mut rng)),
+                job.device,
+            );
+            let old_emb = match (needs_old, job.old) {
+                (true, Some(o)) => {
+                    Some(o.embed_batch(&renormalize(&x, norm, old_norm.expect("old present"))))
+                }
+                _ => None,
+            };
+            let f = net.forward_t(&x, true);
+            let l_cls = head.loss(&f, &y);
+            let comp = job.compat.loss(&CompatInputs {
+                new: &f,
+                labels: &y,
+                old: old_emb.as_ref(),
+            });
+            let total_loss = match &comp {
+                Some(c) => &l_cls + c * job.compat.weight(),
+                None => l_cls.shallow_clone(),
+            };
+            let tl = total_loss.double_value(&[]);
+            if !tl.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    step: bi,
+                    loss: tl,
+                });
+            }
+            opt.zero_grad();
+            total_loss.backward();
+            opt.step(lr);
+            let b = chunk.len();
+            s_cls += l_cls.double_value(&[]) * b as f64;
+            s_comp += comp.as_ref().map(|c| c.double_value(&[])).unwrap_or(0.0) * b as f64;
+            s_tot += tl * b as f64;
+            tch::no_grad(|| {
+                let pred = head.plain_logits(&f.detach()).argmax(1, false);
+                correct += pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+            });
+            seen += b;
+            bar.inc(1);
+            if bi % 20 == 0 {
+                bar.set_message(format!("loss {:.3}", s_tot / seen as f64));
+            }
+        }
+        bar.finish_and_clear();
+        let secs = t0.elapsed().as_secs_f64();
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            lr,
+            loss_cls: s_cls / seen as f64,
+            loss_comp: s_comp / seen as f64,
+            loss_total: s_tot / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            seconds: secs,
+            images_per_s: seen as f64 / secs,
+        };
+        tracing::info!(
+            model = %job.name, epoch = stats.epoch, loss = stats.loss_total, acc = stats.train_acc,
+            img_s = stats.images_per_s, "epoch done"
+        );
+        history.push(stats);
+        // Checkpoint: weights and optimiser first, then the state file that names them.
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| ckpt_err(&ckpt_dir, e))?;
+        save_safetensors_atomic(&ckpt_dir.join("weights.safetensors"), &named_vars(&vs))?;
+        save_safetensors_atomic(&ckpt_dir.join("optimizer.safetensors"), &opt.state())?;
+        let st = CheckpointState {
+            epochs_done: epoch + 1,
+            config: config_str.clone(),
+            history: history.clone(),
+        };
+        write_atomic(
+            &state_path,
+            serde_json::to_string_pretty(&st)
+                .expect("serialises")
+                .as_bytes(),
+        )?;
+    }
+
+    let probe_features = job.probe.map(|p| {
+        let idx: Vec<usize> = (0..p.len()).collect();
+        let parts: Vec<Tensor> = idx
+            .chunks(256)
+            .map(|c| {
+                let (x, _) = p.batch(c, norm, None, job.device);
+                tch::no_grad(|| net.forward_t(&x, false)).to_device(Device::Cpu)
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    });
+    let wpath = out.join(WEIGHTS_FILE);
+    save_safetensors_atomic(&wpath, &named_vars(&vs))?;
+    let card = ModelCard {
+        format: 1,
+        id: file_id(&wpath)?,
+        name: job.name.clone(),
+        role: job.role.clone(),
+        // An old model is trained for classification only.
+        method: if job.role == "old" {
+            "none".into()
+        } else {
+            job.compat.name().to_string()
+        },
+        arch: job.model.clone(),
+        classes: job.classes.clone(),
+        normalization: norm,
+        input_shape: [job.data.channels, job.data.rows, job.data.cols],
+        split_fingerprint: job.split_fingerprint.clone(),
+        train_images: n,
+        seed: job.train.seed,
+        epochs: job.train.epochs,
+        // An unconstrained model claims no compatibility, even when trained beside an old one.
+        compatible_with: job
+            .old
+            .filter(|_| job.compat.weight() > 0.0)
+            .map(|o| o.card.id.clone()),
+        note: job.note.clone(),
+    };
+    write_atomic(
+        &out.join("history.json"),
+        serde_json::to_string_pretty(&history)
+            .expect("serialises")
+            .as_bytes(),
+    )?;
+    write_atomic(
+        &card_path,
+        serde_json::to_string_pretty(&card)
+            .expect("serialises")
+            .as_bytes(),
+    )?;
+    Ok(TrainOutcome {
+        card,
+        history,
+        dir: out.clone(),
+        probe_features,
+    })
+}

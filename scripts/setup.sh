@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine with Rust and Python 3 lacks, then builds `bcl`.
+# Idempotent: a second run skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.13.0   # the version tch 0.26 requires
+DATA_DIR=/usr/share/datasets/fashion-mnist
+
+if [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: no apt-get; point bcl at your own copy with --data DIR" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1)" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION from PyPI into .venv (about 4.7 GB, a few minutes)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy
+fi
+TORCH_DIR=$(.venv/bin/python -c "import torch, os; print(os.path.dirname(torch.__file__))")
+ln -sfn "$TORCH_DIR" .venv/torch
+
+echo "setup: building bcl (release)"
+cargo build --release --quiet -p bcl-cli
+echo "setup: done; the binary is target/release/bcl"
