@@ -150,7 +150,7 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
 /// Draws the compatibility matrix (mAP) as an SVG heat map with the values in the cells.
 pub fn plot_matrix(m: &CompatMatrix, path: &Path) -> Result<(), ReportError> {
     let n = m.models.len();
-    let cell = 110i32;
+    let cell = 140i32;
     let (left, top) = (150i32, 60i32);
     let size = (
         (left + cell * n as i32 + 20) as u32,
@@ -180,7 +180,7 @@ pub fn plot_matrix(m: &CompatMatrix, path: &Path) -> Result<(), ReportError> {
                 .map_err(|e| plot_err(path, e))?;
                 root.draw(&Text::new(
                     format!("{:.3}", c.map),
-                    (x0 + 30, y0 + cell / 2 - 8),
+                    (x0 + cell / 2 - 20, y0 + cell / 2 - 8),
                     style.clone(),
                 ))
                 .map_err(|e| plot_err(path, e))?;
