@@ -61,6 +61,10 @@ struct Common {
     /// Use the quick preset (small subset, narrow model) as the base configuration.
     #[arg(long)]
     quick: bool,
+    /// Stop after N epochs of this call, leaving a checkpoint to continue with --resume
+    /// (fits a long run into time slots).
+    #[arg(long)]
+    stop_after: Option<usize>,
 }
 
 #[derive(Args)]
@@ -88,7 +92,7 @@ struct TrainNewArgs {
     /// Directory written by `bcl train-old` (or its model.json).
     #[arg(long)]
     old: PathBuf,
-    /// Compatibility method: independent, l2 or bct.
+    /// Compatibility method: independent, l2, bct, ndpp or odpp.
     #[arg(long)]
     method: Method,
     /// Weight λ of the compatibility loss.
@@ -180,6 +184,7 @@ fn options(c: &Common) -> Result<StepOptions> {
         device: parse_device(&c.device)?,
         progress: std::io::stderr().is_terminal(),
         probe_test: false,
+        stop_after: c.stop_after,
     })
 }
 

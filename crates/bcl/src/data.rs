@@ -686,6 +686,21 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// Up to `per_class` indices of each class, drawn at random by `rng` (ascending within the result).
+pub fn per_class_sample(labels: &[i64], per_class: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        by_class.entry(l).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for idx in by_class.values_mut() {
+        idx.shuffle(rng);
+        out.extend_from_slice(&idx[..per_class.min(idx.len())]);
+    }
+    out.sort_unstable();
+    out
+}
+
 /// A made-up image data set for tests and smoke runs: each class is a random pattern of
 /// bright blobs over a pattern all classes share; each item is its class pattern shifted by
 /// up to 2 pixels, at a random contrast, with strong noise (so that classes overlap and more

@@ -7,6 +7,10 @@ use tch::nn;
 use tch::{Kind, Reduction, Tensor};
 
 use crate::model::l2_normalize;
+use crate::perturb::{
+    class_prototypes, geometry_stats, pseudo_old, Ndpp, NdppConfig, Odpp, OdppConfig, Perturbation,
+    RefreshInputs, RefreshStats,
+};
 
 /// Which classification head the model trains with.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -156,6 +160,238 @@ pub trait CompatLoss {
     fn weight(&self) -> f64;
     /// The unweighted scalar loss on a batch; `None` for a method without one.
     fn loss(&self, inputs: &CompatInputs) -> Option<Tensor>;
+    /// Whether the method refreshes state from the new model (then the loop calls
+    /// [`CompatLoss::refresh`] as [`RefreshConfig`] schedules it).
+    fn refresh_config(&self) -> Option<&RefreshConfig> {
+        None
+    }
+    /// Refreshes state from a bank of current new features (normalised, detached).
+    fn refresh(
+        &mut self,
+        _bank: &Tensor,
+        _labels: &Tensor,
+        _epoch: usize,
+        _step: usize,
+    ) -> Option<RefreshStats> {
+        None
+    }
+    /// Sees each batch's detached new features (for moving-average prototypes).
+    fn observe(&mut self, _new: &Tensor, _labels: &Tensor) {}
+    /// State to checkpoint so that a resumed run continues exactly.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Restores [`CompatLoss::state`].
+    fn load_state(&mut self, _state: &[(String, Tensor)]) {}
+}
+
+/// When and how a method that perturbs prototypes refreshes them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Refresh every R steps; `None`: at the start of each epoch.
+    pub every_steps: Option<usize>,
+    /// First epoch with a refresh. Before it Δ = 0 (plain BCT): at step 0 the new model's
+    /// features are random and say nothing about which classes it separates.
+    pub start_epoch: usize,
+    /// New features per class in the bank `Fⁿ` drawn by each refresh's feature pass.
+    pub bank_per_class: usize,
+    /// Where the new prototypes come from: the refresh's feature pass, or a moving average
+    /// of the batch features.
+    pub new_prototypes: NewPrototypes,
+    /// Momentum of the moving average (weight of the previous value).
+    pub ema_momentum: f64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            every_steps: None,
+            start_epoch: 1,
+            bank_per_class: 100,
+            new_prototypes: NewPrototypes::Bank,
+            ema_momentum: 0.9,
+        }
+    }
+}
+
+/// Source of the new prototypes `Pⁿ`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NewPrototypes {
+    /// Class means of the refresh's feature bank.
+    Bank,
+    /// Exponential moving average of the batch features, per class.
+    Ema,
+}
+
+/// `ndpp` / `odpp`: the influence loss against pseudo-old prototypes `normalize(P° + Δ)`,
+/// with Δ refreshed by a [`Perturbation`]. With Δ = 0 it is exactly [`Bct`].
+pub struct PerturbedBct {
+    /// λ.
+    pub lambda: f64,
+    /// Scale `s`.
+    pub scale: f64,
+    /// Old prototypes `P°` (constant).
+    pub old: Tensor,
+    /// The current perturbation Δ.
+    pub delta: Tensor,
+    pseudo: Tensor,
+    ema: Option<Tensor>,
+    refresh: RefreshConfig,
+    strategy: Box<dyn Perturbation>,
+}
+
+impl std::fmt::Debug for PerturbedBct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerturbedBct")
+            .field("method", &self.strategy.name())
+            .finish()
+    }
+}
+
+impl PerturbedBct {
+    /// A perturbed influence loss starting from Δ = 0.
+    pub fn new(
+        lambda: f64,
+        scale: f64,
+        old: Tensor,
+        refresh: RefreshConfig,
+        strategy: Box<dyn Perturbation>,
+    ) -> Self {
+        let delta = old.zeros_like();
+        Self {
+            lambda,
+            scale,
+            pseudo: old.shallow_clone(),
+            old,
+            delta,
+            ema: None,
+            refresh,
+            strategy,
+        }
+    }
+
+    /// Sets Δ (and the pseudo-old prototypes it defines).
+    pub fn set_delta(&mut self, delta: Tensor) {
+        self.pseudo = pseudo_old(&self.old, &delta).detach();
+        self.delta = delta.detach();
+    }
+
+    /// The current pseudo-old prototypes.
+    pub fn pseudo_old(&self) -> &Tensor {
+        &self.pseudo
+    }
+}
+
+impl CompatLoss for PerturbedBct {
+    fn name(&self) -> &'static str {
+        self.strategy.name()
+    }
+    fn weight(&self) -> f64 {
+        self.lambda
+    }
+    fn loss(&self, inputs: &CompatInputs) -> Option<Tensor> {
+        Some(Bct::influence(
+            inputs.new,
+            &self.pseudo,
+            inputs.labels,
+            self.scale,
+        ))
+    }
+    fn refresh_config(&self) -> Option<&RefreshConfig> {
+        Some(&self.refresh)
+    }
+    fn observe(&mut self, new: &Tensor, labels: &Tensor) {
+        if self.refresh.new_prototypes != NewPrototypes::Ema {
+            return;
+        }
+        tch::no_grad(|| {
+            let c = self.old.size()[0];
+            let d = new.size()[1];
+            let sums = Tensor::zeros([c, d], (Kind::Float, new.device())).index_add(0, labels, new);
+            let counts = Tensor::zeros([c], (Kind::Float, new.device())).index_add(
+                0,
+                labels,
+                &Tensor::ones([labels.size()[0]], (Kind::Float, new.device())),
+            );
+            let present = counts.gt(0.0).unsqueeze(1);
+            let batch_mean = l2_normalize(&sums);
+            let m = self.refresh.ema_momentum;
+            let next = match &self.ema {
+                None => batch_mean.where_self(&present, &self.old),
+                Some(prev) => (prev * m + &batch_mean * (1.0 - m)).where_self(&present, prev),
+            };
+            self.ema = Some(l2_normalize(&next));
+        });
+    }
+    fn refresh(
+        &mut self,
+        bank: &Tensor,
+        labels: &Tensor,
+        epoch: usize,
+        step: usize,
+    ) -> Option<RefreshStats> {
+        let t0 = std::time::Instant::now();
+        let c = self.old.size()[0];
+        let new_protos = match (&self.refresh.new_prototypes, &self.ema) {
+            (NewPrototypes::Ema, Some(e)) => e.shallow_clone(),
+            _ => match class_prototypes(bank, labels, c) {
+                Ok(p) => p,
+                // a class missing from the bank keeps its old prototype as the new one
+                Err(_) => {
+                    let d = bank.size()[1];
+                    let sums = Tensor::zeros([c, d], (Kind::Float, bank.device()))
+                        .index_add(0, labels, bank);
+                    let empty = sums
+                        .abs()
+                        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+                        .eq(0.0);
+                    l2_normalize(&sums.where_self(&empty.logical_not(), &self.old))
+                }
+            },
+        };
+        let (delta, j) = self.strategy.refresh(&RefreshInputs {
+            old: &self.old,
+            new: &new_protos,
+            new_bank: bank,
+            new_bank_labels: labels,
+        });
+        self.set_delta(delta);
+        let (mean_delta, max_delta, nn_sim_before, nn_sim_after, own_nearest_share) =
+            geometry_stats(&self.old, &self.delta);
+        Some(RefreshStats {
+            epoch,
+            step,
+            mean_delta,
+            max_delta,
+            nn_sim_before,
+            nn_sim_after,
+            own_nearest_share,
+            j_before: j.map(|j| j.0),
+            j_after: j.map(|j| j.1),
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("delta".to_string(), self.delta.shallow_clone())];
+        if let Some(e) = &self.ema {
+            v.push(("ema".to_string(), e.shallow_clone()));
+        }
+        v.extend(self.strategy.state());
+        v
+    }
+    fn load_state(&mut self, state: &[(String, Tensor)]) {
+        let dev = self.old.device();
+        for (n, t) in state {
+            match n.as_str() {
+                "delta" => self.set_delta(t.to_device(dev)),
+                "ema" => self.ema = Some(t.to_device(dev)),
+                _ => {}
+            }
+        }
+        self.strategy.load_state(state);
+    }
 }
 
 /// `independent`: no compatibility term (the upper bound, not compatible).
@@ -253,11 +489,21 @@ pub enum Method {
     L2,
     /// Influence loss against the old prototypes (BCT).
     Bct,
+    /// Influence loss against NDPP's pseudo-old prototypes.
+    Ndpp,
+    /// Influence loss against ODPP's pseudo-old prototypes.
+    Odpp,
 }
 
 impl Method {
     /// Every registered method.
-    pub const ALL: [Method; 3] = [Method::Independent, Method::L2, Method::Bct];
+    pub const ALL: [Method; 5] = [
+        Method::Independent,
+        Method::L2,
+        Method::Bct,
+        Method::Ndpp,
+        Method::Odpp,
+    ];
 
     /// The CLI name.
     pub fn as_str(&self) -> &'static str {
@@ -265,24 +511,60 @@ impl Method {
             Method::Independent => "independent",
             Method::L2 => "l2",
             Method::Bct => "bct",
+            Method::Ndpp => "ndpp",
+            Method::Odpp => "odpp",
         }
     }
 
     /// Whether the method needs the old model's class prototypes.
     pub fn needs_prototypes(&self) -> bool {
-        matches!(self, Method::Bct)
+        matches!(self, Method::Bct | Method::Ndpp | Method::Odpp)
     }
 
-    /// Builds the loss; `prototypes` must be given when [`Method::needs_prototypes`].
-    pub fn build(&self, cfg: &CompatConfig, prototypes: Option<Tensor>) -> Box<dyn CompatLoss> {
+    /// Whether the method needs a bank of old features of training images (`F°`).
+    pub fn needs_old_bank(&self) -> bool {
+        matches!(self, Method::Odpp)
+    }
+
+    /// Builds the loss from what the pipeline prepared: `ctx.prototypes` when
+    /// [`Method::needs_prototypes`], `ctx.old_bank` when [`Method::needs_old_bank`].
+    /// Panics if they are missing: a programming error, not bad input.
+    pub fn build(&self, cfg: &CompatConfig, ctx: BuildContext) -> Box<dyn CompatLoss> {
+        let protos = || {
+            ctx.prototypes
+                .as_ref()
+                .expect("this method needs old prototypes")
+                .shallow_clone()
+        };
         match self {
             Method::Independent => Box::new(Independent),
             Method::L2 => Box::new(L2 { lambda: cfg.lambda }),
             Method::Bct => Box::new(Bct {
                 lambda: cfg.lambda,
                 scale: cfg.scale,
-                prototypes: prototypes.expect("bct needs prototypes"),
+                prototypes: protos(),
             }),
+            Method::Ndpp => Box::new(PerturbedBct::new(
+                cfg.lambda,
+                cfg.scale,
+                protos(),
+                cfg.refresh.clone(),
+                Box::new(Ndpp {
+                    cfg: cfg.ndpp.clone(),
+                }),
+            )),
+            Method::Odpp => {
+                let p = protos();
+                let (c, d) = p.size2().expect("prototypes are [C, d]");
+                let (bank, labels) = ctx.old_bank.expect("odpp needs the old feature bank");
+                Box::new(PerturbedBct::new(
+                    cfg.lambda,
+                    cfg.scale,
+                    p,
+                    cfg.refresh.clone(),
+                    Box::new(Odpp::new(cfg.odpp.clone(), bank, labels, c, d)),
+                ))
+            }
         }
     }
 }
@@ -306,6 +588,15 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// What [`Method::build`] may need beyond the configuration.
+#[derive(Default)]
+pub struct BuildContext {
+    /// Old prototypes `P°` `[C, d]`.
+    pub prototypes: Option<Tensor>,
+    /// Old features of training images and their labels (`F°`).
+    pub old_bank: Option<(Tensor, Tensor)>,
+}
+
 /// Configuration of the compatibility term.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -314,6 +605,12 @@ pub struct CompatConfig {
     pub lambda: f64,
     /// Scale `s` of the influence loss's cosine logits.
     pub scale: f64,
+    /// When the perturbation methods refresh Δ.
+    pub refresh: RefreshConfig,
+    /// NDPP's hyper-parameters.
+    pub ndpp: NdppConfig,
+    /// ODPP's hyper-parameters.
+    pub odpp: OdppConfig,
 }
 
 impl Default for CompatConfig {
@@ -321,6 +618,9 @@ impl Default for CompatConfig {
         Self {
             lambda: 1.0,
             scale: 16.0,
+            refresh: RefreshConfig::default(),
+            ndpp: NdppConfig::default(),
+            odpp: OdppConfig::default(),
         }
     }
 }

@@ -1,8 +1,11 @@
-//! Prototype tables: class prototypes `p_k = normalize(mean{f_i : y_i = k})` computed from
-//! embeddings. The perturbation strategies of METHOD.md sections 4 and 5 (NDPP, ODPP) will
-//! refresh a perturbation Δ on top of these tables; `bct` is the perturbation-free case.
+//! Prototype tables and perturbations: class prototypes `p_k = normalize(mean{f_i : y_i = k})`,
+//! and the strategies that refresh the perturbation Δ of the old prototypes between training
+//! steps (METHOD.md sections 4 and 5): NDPP (closed form from old and new geometry) and ODPP
+//! (projected Adam on J(Δ)). The pseudo-old prototypes are `p̃_k = normalize(p°_k + δ_k)`;
+//! `bct` is the case Δ = 0.
 
-use tch::{Kind, Tensor};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
 use crate::model::l2_normalize;
 
@@ -31,10 +34,371 @@ pub fn class_prototypes(
         labels,
         &Tensor::ones([labels.size()[0]], (Kind::Float, features.device())),
     );
-    let counts_v: Vec<f32> =
-        Vec::try_from(&counts.to_device(tch::Device::Cpu)).expect("counts to vec");
+    let counts_v: Vec<f32> = Vec::try_from(&counts.to_device(Device::Cpu)).expect("counts to vec");
     if let Some(k) = counts_v.iter().position(|&c| c == 0.0) {
         return Err(PrototypeError::EmptyClass(k as i64));
     }
     Ok(l2_normalize(&sums))
+}
+
+/// Pseudo-old prototypes `normalize(P° + Δ)`.
+pub fn pseudo_old(old: &Tensor, delta: &Tensor) -> Tensor {
+    l2_normalize(&(old + delta))
+}
+
+/// Cosine similarity matrix of prototype rows with the diagonal set to −∞ (no self-neighbour).
+fn off_diagonal_similarity(p: &Tensor) -> Tensor {
+    let s = p.matmul(&p.tr());
+    let c = s.size()[0];
+    let eye = Tensor::eye(c, (Kind::Bool, p.device()));
+    s.masked_fill(&eye, f64::NEG_INFINITY)
+}
+
+/// Angle (radians) from each old prototype to its nearest other old prototype.
+pub fn nearest_angles(old: &Tensor) -> Tensor {
+    off_diagonal_similarity(old)
+        .max_dim(1, false)
+        .0
+        .clamp(-1.0, 1.0)
+        .acos()
+}
+
+/// Diagnostics of one refresh of Δ (written to the run's history).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefreshStats {
+    /// Epoch (0-based) at whose start, or within which, the refresh ran.
+    pub epoch: usize,
+    /// Global step at the refresh.
+    pub step: usize,
+    /// Mean ‖δ_k‖.
+    pub mean_delta: f64,
+    /// Max ‖δ_k‖.
+    pub max_delta: f64,
+    /// Mean cosine similarity of each old prototype to its nearest other old prototype.
+    pub nn_sim_before: f64,
+    /// The same for the pseudo-old prototypes.
+    pub nn_sim_after: f64,
+    /// Share of classes whose pseudo-old prototype is still nearest to its own old prototype.
+    pub own_nearest_share: f64,
+    /// J(Δ) before the refresh's optimisation (ODPP only).
+    pub j_before: Option<f64>,
+    /// J(Δ) after it (ODPP only).
+    pub j_after: Option<f64>,
+    /// Wall time of the refresh, in seconds (feature pass excluded).
+    pub seconds: f64,
+}
+
+/// Fills the geometry fields of [`RefreshStats`] for old prototypes and a perturbation.
+pub fn geometry_stats(old: &Tensor, delta: &Tensor) -> (f64, f64, f64, f64, f64) {
+    tch::no_grad(|| {
+        let norms = delta.norm_scalaropt_dim(2, [1i64].as_slice(), false);
+        let pseudo = pseudo_old(old, delta);
+        let before = off_diagonal_similarity(old)
+            .max_dim(1, false)
+            .0
+            .mean(Kind::Float);
+        let after = off_diagonal_similarity(&pseudo)
+            .max_dim(1, false)
+            .0
+            .mean(Kind::Float);
+        let c = old.size()[0];
+        let own = pseudo.matmul(&old.tr()).argmax(1, false);
+        let share = own
+            .eq_tensor(&Tensor::arange(c, (Kind::Int64, old.device())))
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
+        (
+            norms.mean(Kind::Float).double_value(&[]),
+            norms.max().double_value(&[]),
+            before.double_value(&[]),
+            after.double_value(&[]),
+            share.double_value(&[]),
+        )
+    })
+}
+
+/// What a perturbation refresh may use.
+pub struct RefreshInputs<'a> {
+    /// Old prototypes `P°` `[C, d]`.
+    pub old: &'a Tensor,
+    /// Current new prototypes `Pⁿ` `[C, d]`.
+    pub new: &'a Tensor,
+    /// A bank of current new features `Fⁿ` `[M, d]` (normalised, detached).
+    pub new_bank: &'a Tensor,
+    /// Labels of `new_bank`.
+    pub new_bank_labels: &'a Tensor,
+}
+
+/// A strategy that computes Δ from the old prototypes and the new model's current state.
+pub trait Perturbation {
+    /// The method's name.
+    fn name(&self) -> &'static str;
+    /// Computes the new Δ `[C, d]`; may return J(Δ) before and after (for optimised methods).
+    fn refresh(&mut self, inputs: &RefreshInputs) -> (Tensor, Option<(f64, f64)>);
+    /// Internal state to checkpoint (beyond Δ itself).
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    /// Restores [`Perturbation::state`] (and Δ, passed under the name "delta").
+    fn load_state(&mut self, _state: &[(String, Tensor)]) {}
+}
+
+/// Hyper-parameters of NDPP (METHOD.md section 4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NdppConfig {
+    /// Neighbours `K` per class.
+    pub k: usize,
+    /// Softmax temperature `τ` of the neighbour weights.
+    pub tau: f64,
+    /// Mixing `α` of old (α) and new (1−α) geometry in the joint similarity.
+    pub alpha: f64,
+    /// Step `ε`: `‖δ_k‖ = ε·‖d_k‖`.
+    pub eps: f64,
+    /// Optional cap `‖δ_k‖ ≤ β·θ_k` (θ_k: angle to the nearest old neighbour), β < 1/2.
+    pub beta: Option<f64>,
+}
+
+impl Default for NdppConfig {
+    fn default() -> Self {
+        Self {
+            k: 3,
+            tau: 0.1,
+            alpha: 0.5,
+            eps: 0.3,
+            beta: None,
+        }
+    }
+}
+
+/// NDPP: push each old prototype along the tangent away from its most confusable neighbours.
+#[derive(Debug, Clone)]
+pub struct Ndpp {
+    /// Its configuration.
+    pub cfg: NdppConfig,
+}
+
+impl Ndpp {
+    /// The closed-form Δ for old prototypes `old` and new prototypes `new` (both `[C, d]`, normalised).
+    pub fn delta(&self, old: &Tensor, new: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let c = old.size()[0];
+            let k = (self.cfg.k as i64).min(c - 1).max(1);
+            // 1. joint similarity, diagonal excluded (masked after mixing: −∞·0 would be NaN)
+            let joint = old.matmul(&old.tr()) * self.cfg.alpha
+                + new.matmul(&new.tr()) * (1.0 - self.cfg.alpha);
+            let s = joint.masked_fill(
+                &Tensor::eye(c, (Kind::Bool, old.device())),
+                f64::NEG_INFINITY,
+            );
+            // 2. the K most similar classes
+            let (top, idx) = s.topk(k, 1, true, true);
+            // 3. softmax weights over the neighbours
+            let a = (top / self.cfg.tau).softmax(1, Kind::Float); // [C, K]
+                                                                  // 4. unit tangent at p°_k pointing away from p°_j
+            let pk = old.unsqueeze(1); // [C, 1, d]
+            let pj = old.index_select(0, &idx.view([-1])).view([c, k, -1]); // [C, K, d]
+            let diff = &pk - &pj;
+            let along = (&diff * &pk).sum_dim_intlist([2i64].as_slice(), true, Kind::Float);
+            let tangent = l2_normalize(&(diff - along * &pk));
+            let d =
+                (a.unsqueeze(2) * tangent).sum_dim_intlist([1i64].as_slice(), false, Kind::Float); // [C, d]
+                                                                                                   // 5. magnitude ε‖d_k‖ along d_k, optionally capped at β θ_k
+            let mut delta = d * self.cfg.eps;
+            if let Some(beta) = self.cfg.beta {
+                let cap = nearest_angles(old) * beta;
+                let norm = delta
+                    .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+                    .clamp_min(1e-12);
+                let factor = (cap.unsqueeze(1) / &norm).clamp_max(1.0);
+                delta *= factor;
+            }
+            delta
+        })
+    }
+}
+
+impl Perturbation for Ndpp {
+    fn name(&self) -> &'static str {
+        "ndpp"
+    }
+    fn refresh(&mut self, inputs: &RefreshInputs) -> (Tensor, Option<(f64, f64)>) {
+        (self.delta(inputs.old, inputs.new), None)
+    }
+}
+
+/// Hyper-parameters of ODPP (METHOD.md section 5).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OdppConfig {
+    /// Adam steps `T` per refresh.
+    pub steps: usize,
+    /// Adam learning rate `η`.
+    pub lr: f64,
+    /// Weight `μ` of the compatibility term `CE_s(F°, P̃)`.
+    pub mu: f64,
+    /// Weight `γ` of `Σ‖δ_k‖²`.
+    pub gamma: f64,
+    /// Bound `ε` on each `‖δ_k‖` (projection).
+    pub eps: f64,
+    /// Scale `s` of the cosine logits in `CE_s`.
+    pub scale: f64,
+    /// Old features per class in the bank `F°` (computed once).
+    pub old_bank_per_class: usize,
+}
+
+impl Default for OdppConfig {
+    fn default() -> Self {
+        Self {
+            steps: 50,
+            lr: 0.01,
+            mu: 1.0,
+            gamma: 0.1,
+            eps: 0.3,
+            scale: 16.0,
+            old_bank_per_class: 128,
+        }
+    }
+}
+
+/// ODPP: Δ as a free variable, optimised by projected Adam on J(Δ), warm-started.
+pub struct Odpp {
+    /// Its configuration.
+    pub cfg: OdppConfig,
+    old_bank: Tensor,
+    old_bank_labels: Tensor,
+    delta: Tensor,
+    adam_m: Tensor,
+    adam_v: Tensor,
+    adam_t: i64,
+}
+
+impl std::fmt::Debug for Odpp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Odpp").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// Mean cross-entropy of `s·⟨f_i, p_k⟩` against `y_i`.
+pub fn prototype_ce(features: &Tensor, labels: &Tensor, prototypes: &Tensor, scale: f64) -> Tensor {
+    (features.matmul(&prototypes.tr()) * scale).cross_entropy_loss::<Tensor>(
+        labels,
+        None,
+        tch::Reduction::Mean,
+        -100,
+        0.0,
+    )
+}
+
+impl Odpp {
+    /// An ODPP state for `classes` prototypes of dimension `dim`, with the old-feature bank `F°`.
+    pub fn new(
+        cfg: OdppConfig,
+        old_bank: Tensor,
+        old_bank_labels: Tensor,
+        classes: i64,
+        dim: i64,
+    ) -> Self {
+        let dev = old_bank.device();
+        let z = || Tensor::zeros([classes, dim], (Kind::Float, dev));
+        Self {
+            cfg,
+            old_bank,
+            old_bank_labels,
+            delta: z(),
+            adam_m: z(),
+            adam_v: z(),
+            adam_t: 0,
+        }
+    }
+
+    /// J(Δ) for the given banks.
+    pub fn objective(
+        &self,
+        old: &Tensor,
+        delta: &Tensor,
+        new_bank: &Tensor,
+        new_labels: &Tensor,
+    ) -> Tensor {
+        let p = pseudo_old(old, delta);
+        prototype_ce(new_bank, new_labels, &p, self.cfg.scale)
+            + prototype_ce(&self.old_bank, &self.old_bank_labels, &p, self.cfg.scale) * self.cfg.mu
+            + delta.square().sum(Kind::Float) * self.cfg.gamma
+    }
+
+    /// Projects each row of Δ onto the ball of radius ε.
+    fn project(&self, delta: &Tensor) -> Tensor {
+        let norm = delta
+            .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+        delta * (Tensor::from(self.cfg.eps).to_device(delta.device()) / norm).clamp_max(1.0)
+    }
+
+    /// The current Δ.
+    pub fn current(&self) -> &Tensor {
+        &self.delta
+    }
+
+    /// Runs the `T` projected Adam steps; returns J before and after and the J trace.
+    pub fn optimise(&mut self, old: &Tensor, new_bank: &Tensor, new_labels: &Tensor) -> Vec<f64> {
+        // Written by hand (a few lines) rather than with tch's Adam so that the state stays
+        // with Δ across refreshes (warm start) without a variable store.
+        let (b1, b2, eps_adam) = (0.9f64, 0.999f64, 1e-8f64);
+        let mut trace = Vec::with_capacity(self.cfg.steps + 1);
+        let old = old.detach();
+        let new_bank = new_bank.detach();
+        for _ in 0..self.cfg.steps {
+            let d = self.delta.detach().set_requires_grad(true);
+            let j = self.objective(&old, &d, &new_bank, new_labels);
+            trace.push(j.double_value(&[]));
+            j.backward();
+            let g = d.grad();
+            tch::no_grad(|| {
+                self.adam_t += 1;
+                self.adam_m = &self.adam_m * b1 + &g * (1.0 - b1);
+                self.adam_v = &self.adam_v * b2 + g.square() * (1.0 - b2);
+                let mhat = &self.adam_m / (1.0 - b1.powi(self.adam_t as i32));
+                let vhat = &self.adam_v / (1.0 - b2.powi(self.adam_t as i32));
+                let step = mhat / (vhat.sqrt() + eps_adam) * self.cfg.lr;
+                self.delta = self.project(&(d.detach() - step));
+            });
+        }
+        let j = tch::no_grad(|| {
+            self.objective(&old, &self.delta, &new_bank, new_labels)
+                .double_value(&[])
+        });
+        trace.push(j);
+        trace
+    }
+}
+
+impl Perturbation for Odpp {
+    fn name(&self) -> &'static str {
+        "odpp"
+    }
+    fn refresh(&mut self, inputs: &RefreshInputs) -> (Tensor, Option<(f64, f64)>) {
+        let trace = self.optimise(inputs.old, inputs.new_bank, inputs.new_bank_labels);
+        let before = trace.first().copied().unwrap_or(f64::NAN);
+        let after = trace.last().copied().unwrap_or(f64::NAN);
+        (self.delta.shallow_clone(), Some((before, after)))
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("odpp_adam_m".into(), self.adam_m.shallow_clone()),
+            ("odpp_adam_v".into(), self.adam_v.shallow_clone()),
+            ("odpp_adam_t".into(), Tensor::from_slice(&[self.adam_t])),
+        ]
+    }
+    fn load_state(&mut self, state: &[(String, Tensor)]) {
+        let dev = self.delta.device();
+        for (n, t) in state {
+            match n.as_str() {
+                "delta" => self.delta = t.to_device(dev),
+                "odpp_adam_m" => self.adam_m = t.to_device(dev),
+                "odpp_adam_v" => self.adam_v = t.to_device(dev),
+                "odpp_adam_t" => self.adam_t = t.int64_value(&[0]),
+                _ => {}
+            }
+        }
+    }
 }

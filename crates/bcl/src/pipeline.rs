@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{load_idx_dir, DataError, Dataset, Split, SplitConfig, DEFAULT_DATA_DIR};
+use crate::data::{
+    load_idx_dir, per_class_sample, rng_for, DataError, Dataset, Split, SplitConfig,
+    DEFAULT_DATA_DIR,
+};
 use crate::eval::{is_compatible, update_gain, CompatMatrix, EvalError};
-use crate::loss::{CompatConfig, Method};
+use crate::loss::{BuildContext, CompatConfig, Method};
 use crate::model::{Embedder, ModelConfig, ModelError};
 use crate::perturb::{class_prototypes, PrototypeError};
 use crate::report::{
@@ -215,6 +218,8 @@ pub struct StepOptions {
     /// Also embed the test set with the in-memory model (returned in the outcome), so a caller
     /// can check that the saved model reproduces it.
     pub probe_test: bool,
+    /// Stop after this many epochs of this call, leaving a resumable checkpoint.
+    pub stop_after: Option<usize>,
 }
 
 fn relabel(data: &Dataset, indices: &[usize], classes: &[i64]) -> Dataset {
@@ -260,7 +265,7 @@ pub fn train_old(
         classes: split.old_classes.clone(),
         model: cfg.model.clone(),
         train: cfg.old.clone(),
-        compat: Method::Independent.build(&cfg.compat, None),
+        compat: Method::Independent.build(&cfg.compat, BuildContext::default()),
         old: None,
         split_fingerprint: split.fingerprint.clone(),
         out_dir: out.to_path_buf(),
@@ -268,7 +273,7 @@ pub fn train_old(
         device: opts.device,
         note: String::new(),
         progress: opts.progress,
-        stop_after: None,
+        stop_after: opts.stop_after,
         probe: opts.probe_test.then_some(&test_set),
     })?)
 }
@@ -317,17 +322,26 @@ pub fn train_new(
     }
     let classes: Vec<i64> = (0..cfg.data.classes as i64).collect();
     let data = relabel(&train_set, &split.new_indices, &classes);
-    let prototypes = if method.needs_prototypes() {
+    // Old prototypes over the whole new training set, computed once with the frozen old model
+    // (this covers classes the old model never saw); F° is a seeded per-class sample of the
+    // same old features.
+    let mut ctx = BuildContext::default();
+    if method.needs_prototypes() {
         let g = old
             .embed_dataset(&data, cfg.eval_batch)
             .to_device(opts.device);
         let y = Tensor::from_slice(&data.labels)
             .to_kind(Kind::Int64)
             .to_device(opts.device);
-        Some(class_prototypes(&g, &y, classes.len() as i64)?.detach())
-    } else {
-        None
-    };
+        ctx.prototypes = Some(class_prototypes(&g, &y, classes.len() as i64)?.detach());
+        if method.needs_old_bank() {
+            let mut rng = rng_for(cfg.new.seed, 4_000_000);
+            let idx = per_class_sample(&data.labels, cfg.compat.odpp.old_bank_per_class, &mut rng);
+            let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                .to_device(opts.device);
+            ctx.old_bank = Some((g.index_select(0, &idx_t), y.index_select(0, &idx_t)));
+        }
+    }
     std::fs::create_dir_all(out)
         .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
     let mut saved = cfg.clone();
@@ -342,7 +356,7 @@ pub fn train_new(
         classes,
         model: cfg.model.clone(),
         train: cfg.new.clone(),
-        compat: method.build(&cfg.compat, prototypes),
+        compat: method.build(&cfg.compat, ctx),
         old: Some(&old),
         split_fingerprint: split.fingerprint.clone(),
         out_dir: out.to_path_buf(),
@@ -350,7 +364,7 @@ pub fn train_new(
         device: opts.device,
         note,
         progress: opts.progress,
-        stop_after: None,
+        stop_after: opts.stop_after,
         probe: opts.probe_test.then_some(&test_set),
     })?)
 }

@@ -10,11 +10,12 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{epoch_order, rng_for, AugmentConfig, Dataset, Normalization};
+use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset, Normalization};
 use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
 use crate::model::{
     file_id, Embedder, EmbeddingNet, ModelCard, ModelConfig, CARD_FILE, WEIGHTS_FILE,
 };
+use crate::perturb::RefreshStats;
 use crate::report::{write_atomic, ReportError};
 
 /// Errors of a training run.
@@ -279,6 +280,8 @@ struct CheckpointState {
     epochs_done: usize,
     config: String,
     history: Vec<EpochStats>,
+    #[serde(default)]
+    refreshes: Vec<RefreshStats>,
 }
 
 /// Everything one training run needs.
@@ -330,6 +333,8 @@ pub struct TrainOutcome {
     pub dir: PathBuf,
     /// Embeddings of [`TrainJob::probe`] by the in-memory model, when asked.
     pub probe_features: Option<Tensor>,
+    /// Diagnostics of every refresh of the compatibility method's state (NDPP, ODPP).
+    pub refreshes: Vec<RefreshStats>,
 }
 
 fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -378,6 +383,24 @@ pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor
     (x * from.std + from.mean - to.mean) / to.std
 }
 
+/// Normalised embeddings (eval mode, no gradient) of the items `idx` of `data`, with their labels.
+fn embed_items(
+    net: &EmbeddingNet,
+    data: &Dataset,
+    idx: &[usize],
+    norm: Normalization,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let mut feats = Vec::new();
+    let mut labels = Vec::new();
+    for c in idx.chunks(256) {
+        let (x, y) = data.batch(c, norm, None, device);
+        feats.push(tch::no_grad(|| net.forward_t(&x, false)));
+        labels.push(y);
+    }
+    (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
+}
+
 /// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
 pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     job.train.validate()?;
@@ -423,6 +446,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
                     history: st.history.clone(),
                     dir: out.clone(),
                     probe_features: None,
+                    refreshes: st.refreshes.clone(),
                 });
             }
         }
@@ -441,6 +465,8 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         n_classes,
     );
     let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
+    let mut compat = job.compat;
+    let mut refreshes: Vec<RefreshStats> = Vec::new();
 
     if let Some(st) = loaded_state {
         let w = ckpt_dir.join("weights.safetensors");
@@ -448,8 +474,14 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         let o = ckpt_dir.join("optimizer.safetensors");
         let state = Tensor::read_safetensors(&o).map_err(|e| ckpt_err(&o, e))?;
         opt.load_state(state, job.device);
+        let c = ckpt_dir.join("compat.safetensors");
+        if c.exists() {
+            let state = Tensor::read_safetensors(&c).map_err(|e| ckpt_err(&c, e))?;
+            compat.load_state(&state);
+        }
         start_epoch = st.epochs_done;
         history = st.history;
+        refreshes = st.refreshes;
         tracing::info!(epoch = start_epoch, "resumed from checkpoint");
     }
 
@@ -457,11 +489,11 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     let per_epoch = n.div_ceil(job.train.batch_size);
     let total = per_epoch * job.train.epochs;
     let old_norm = job.old.map(|o| o.card.normalization);
-    let needs_old = job.compat.needs_old_embeddings();
+    let needs_old = compat.needs_old_embeddings();
     if needs_old && job.old.is_none() {
         return Err(TrainError::Config(format!(
             "method {} needs the old model",
-            job.compat.name()
+            compat.name()
         )));
     }
 
@@ -499,6 +531,26 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         for (bi, chunk) in order.chunks(job.train.batch_size).enumerate() {
             let step = epoch * per_epoch + bi;
             lr = lr_at(&job.train, step, total, per_epoch);
+            if let Some(rc) = compat.refresh_config().cloned() {
+                let due = epoch >= rc.start_epoch
+                    && match rc.every_steps {
+                        None => bi == 0,
+                        Some(r) => step.is_multiple_of(r.max(1)),
+                    };
+                if due {
+                    let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
+                    let idx = per_class_sample(&job.data.labels, rc.bank_per_class, &mut brng);
+                    let (bank, labels) = embed_items(&net, job.data, &idx, norm, job.device);
+                    if let Some(s) = compat.refresh(&bank, &labels, epoch, step) {
+                        tracing::info!(
+                            model = %job.name, epoch, step, mean_delta = s.mean_delta, max_delta = s.max_delta,
+                            nn_before = s.nn_sim_before, nn_after = s.nn_sim_after, own = s.own_nearest_share,
+                            j_before = ?s.j_before, j_after = ?s.j_after, "refreshed prototypes"
+                        );
+                        refreshes.push(s);
+                    }
+                }
+            }
             let (x, y) = job.data.batch(
                 chunk,
                 norm,
@@ -513,13 +565,13 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             };
             let f = net.forward_t(&x, true);
             let l_cls = head.loss(&f, &y);
-            let comp = job.compat.loss(&CompatInputs {
+            let comp = compat.loss(&CompatInputs {
                 new: &f,
                 labels: &y,
                 old: old_emb.as_ref(),
             });
             let total_loss = match &comp {
-                Some(c) => &l_cls + c * job.compat.weight(),
+                Some(c) => &l_cls + c * compat.weight(),
                 None => l_cls.shallow_clone(),
             };
             let tl = total_loss.double_value(&[]);
@@ -533,6 +585,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             opt.zero_grad();
             total_loss.backward();
             opt.step(lr);
+            compat.observe(&f.detach(), &y);
             let b = chunk.len();
             s_cls += l_cls.double_value(&[]) * b as f64;
             s_comp += comp.as_ref().map(|c| c.double_value(&[])).unwrap_or(0.0) * b as f64;
@@ -568,10 +621,15 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| ckpt_err(&ckpt_dir, e))?;
         save_safetensors_atomic(&ckpt_dir.join("weights.safetensors"), &named_vars(&vs))?;
         save_safetensors_atomic(&ckpt_dir.join("optimizer.safetensors"), &opt.state())?;
+        let cstate = compat.state();
+        if !cstate.is_empty() {
+            save_safetensors_atomic(&ckpt_dir.join("compat.safetensors"), &cstate)?;
+        }
         let st = CheckpointState {
             epochs_done: epoch + 1,
             config: config_str.clone(),
             history: history.clone(),
+            refreshes: refreshes.clone(),
         };
         write_atomic(
             &state_path,
@@ -583,14 +641,9 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
 
     let probe_features = job.probe.map(|p| {
         let idx: Vec<usize> = (0..p.len()).collect();
-        let parts: Vec<Tensor> = idx
-            .chunks(256)
-            .map(|c| {
-                let (x, _) = p.batch(c, norm, None, job.device);
-                tch::no_grad(|| net.forward_t(&x, false)).to_device(Device::Cpu)
-            })
-            .collect();
-        Tensor::cat(&parts, 0)
+        embed_items(&net, p, &idx, norm, job.device)
+            .0
+            .to_device(Device::Cpu)
     });
     let wpath = out.join(WEIGHTS_FILE);
     save_safetensors_atomic(&wpath, &named_vars(&vs))?;
@@ -603,7 +656,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         method: if job.role == "old" {
             "none".into()
         } else {
-            job.compat.name().to_string()
+            compat.name().to_string()
         },
         arch: job.model.clone(),
         classes: job.classes.clone(),
@@ -616,7 +669,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         // An unconstrained model claims no compatibility, even when trained beside an old one.
         compatible_with: job
             .old
-            .filter(|_| job.compat.weight() > 0.0)
+            .filter(|_| compat.weight() > 0.0)
             .map(|o| o.card.id.clone()),
         note: job.note.clone(),
     };
@@ -626,6 +679,14 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             .expect("serialises")
             .as_bytes(),
     )?;
+    if !refreshes.is_empty() {
+        write_atomic(
+            &out.join("refreshes.json"),
+            serde_json::to_string_pretty(&refreshes)
+                .expect("serialises")
+                .as_bytes(),
+        )?;
+    }
     write_atomic(
         &card_path,
         serde_json::to_string_pretty(&card)
@@ -637,5 +698,6 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         history,
         dir: out.clone(),
         probe_features,
+        refreshes,
     })
 }

@@ -34,6 +34,7 @@ fn opts() -> StepOptions {
         device: Device::Cpu,
         progress: false,
         probe_test: true,
+        stop_after: None,
     }
 }
 
@@ -161,7 +162,7 @@ fn small_job<'a>(
             seed: 5,
             ..Default::default()
         },
-        compat: Method::Independent.build(&Default::default(), None),
+        compat: Method::Independent.build(&Default::default(), Default::default()),
         old: None,
         split_fingerprint: "test".into(),
         out_dir: out.to_path_buf(),
@@ -219,4 +220,91 @@ fn interrupted_training_resumes_to_the_same_weights() {
         train(job).err().unwrap(),
         TrainError::ConfigChanged { .. }
     ));
+}
+
+#[test]
+fn perturbation_methods_train_refresh_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (train_set, test_set) = synthetic(6, 60, 10, 21);
+    write_idx_dir(&data, &train_set, &test_set).unwrap();
+    let mut cfg = config(&data);
+    cfg.data.classes = 6;
+    cfg.old.epochs = 2;
+    cfg.new.epochs = 3;
+    cfg.compat.refresh.bank_per_class = 20;
+    cfg.compat.odpp.steps = 10;
+    cfg.compat.odpp.old_bank_per_class = 20;
+    let out = dir.path().join("run");
+    let mut o = opts();
+    o.probe_test = false;
+    let old = pipeline::train_old(&cfg, &out.join("old"), &o).unwrap();
+    let old_id = old.card.id.clone();
+
+    for m in [Method::Ndpp, Method::Odpp] {
+        let full = pipeline::train_new(
+            &cfg,
+            &out.join("old"),
+            m,
+            &out.join(format!("{m}-full")),
+            &o,
+        )
+        .unwrap();
+        // refreshes at the start of epochs 1 and 2 (epoch 0 is plain BCT)
+        assert_eq!(full.refreshes.len(), 2, "{m}");
+        assert_eq!(full.refreshes[0].epoch, 1);
+        for r in &full.refreshes {
+            assert!(
+                r.mean_delta > 0.0 && r.max_delta <= 0.3 + 1e-5,
+                "{m}: {r:?}"
+            );
+            assert!((0.0..=1.0).contains(&r.own_nearest_share));
+            if m == Method::Odpp {
+                assert!(
+                    r.j_after.unwrap() < r.j_before.unwrap(),
+                    "J did not fall: {r:?}"
+                );
+            } else {
+                assert!(r.j_before.is_none());
+            }
+        }
+        assert!(out.join(format!("{m}-full/refreshes.json")).is_file());
+        // the loss falls
+        assert!(
+            full.history[2].loss_cls < full.history[0].loss_cls,
+            "{m}: {:?}",
+            full.history
+        );
+
+        // interrupt after 2 epochs (one refresh done), resume: identical model, identical refreshes
+        let part = out.join(format!("{m}-part"));
+        let mut o2 = o.clone();
+        o2.stop_after = Some(2);
+        let e = pipeline::train_new(&cfg, &out.join("old"), m, &part, &o2).unwrap_err();
+        assert!(e.to_string().contains("stopped after 2 epochs"), "{e}");
+        o2.stop_after = None;
+        o2.resume = true;
+        let again = pipeline::train_new(&cfg, &out.join("old"), m, &part, &o2).unwrap();
+        assert_eq!(
+            again.card.id, full.card.id,
+            "{m}: same seed, different model"
+        );
+        let strip = |r: &[bcl::perturb::RefreshStats]| {
+            r.iter()
+                .map(|s| bcl::perturb::RefreshStats {
+                    seconds: 0.0,
+                    ..s.clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&again.refreshes), strip(&full.refreshes));
+    }
+    // the frozen old model was not touched by any new model's training
+    let reloaded = Embedder::load(&out.join("old"), Device::Cpu).unwrap();
+    assert_eq!(reloaded.card.id, old_id);
+    let (x, _) = test_set.batch(&[0, 1, 2], reloaded.card.normalization, None, Device::Cpu);
+    assert!(
+        !reloaded.embed_batch(&x).requires_grad(),
+        "old embeddings must carry no gradient"
+    );
 }

@@ -1,0 +1,204 @@
+//! Prototype perturbation: NDPP's closed form and ODPP's projected optimisation, checked by
+//! properties (bounds, geometry, monotone objective) and against BCT (Δ = 0).
+
+use bcl::loss::{Bct, CompatInputs, CompatLoss, PerturbedBct, RefreshConfig};
+use bcl::model::l2_normalize;
+use bcl::perturb::{nearest_angles, pseudo_old, Ndpp, NdppConfig, Odpp, OdppConfig};
+use proptest::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+fn protos(c: i64, d: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    l2_normalize(&Tensor::randn([c, d], (Kind::Float, Device::Cpu)))
+}
+
+fn row_norms(t: &Tensor) -> Vec<f64> {
+    Vec::<f32>::try_from(t.norm_scalaropt_dim(2, [1i64].as_slice(), false))
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+#[test]
+fn zero_perturbation_is_exactly_bct() {
+    let old = protos(6, 8, 1);
+    tch::manual_seed(2);
+    let f0 = l2_normalize(&Tensor::randn([5, 8], (Kind::Float, Device::Cpu)));
+    let y = Tensor::from_slice(&[0i64, 3, 5, 1, 3]);
+    let bct = Bct {
+        lambda: 1.0,
+        scale: 16.0,
+        prototypes: old.shallow_clone(),
+    };
+    for strategy in [
+        Box::new(Ndpp {
+            cfg: NdppConfig::default(),
+        }) as Box<dyn bcl::perturb::Perturbation>,
+        Box::new(Odpp::new(
+            OdppConfig::default(),
+            f0.shallow_clone(),
+            y.shallow_clone(),
+            6,
+            8,
+        )),
+    ] {
+        let p = PerturbedBct::new(
+            1.0,
+            16.0,
+            old.shallow_clone(),
+            RefreshConfig::default(),
+            strategy,
+        );
+        let fa = f0.detach().set_requires_grad(true);
+        let fb = f0.detach().set_requires_grad(true);
+        let la = bct
+            .loss(&CompatInputs {
+                new: &fa,
+                labels: &y,
+                old: None,
+            })
+            .unwrap();
+        let lb = p
+            .loss(&CompatInputs {
+                new: &fb,
+                labels: &y,
+                old: None,
+            })
+            .unwrap();
+        assert_eq!(la.double_value(&[]), lb.double_value(&[]), "losses differ");
+        la.backward();
+        lb.backward();
+        assert!(fa.grad().equal(&fb.grad()), "gradients differ");
+    }
+}
+
+#[test]
+fn ndpp_moves_a_crowded_cluster_apart() {
+    // three prototypes close together (a confusable cluster) and three far apart
+    let v = |a: f64, b: f64, c: f64| [a, b, c, 0.0, 0.0, 0.0];
+    let raw: Vec<f64> = [v(1.0, 0.1, 0.0), v(1.0, -0.05, 0.1), v(1.0, 0.0, -0.1)]
+        .concat()
+        .into_iter()
+        .chain([
+            0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            1.0,
+        ])
+        .collect();
+    let old = l2_normalize(&Tensor::from_slice(&raw).to_kind(Kind::Float).view([6, 6]));
+    let ndpp = Ndpp {
+        cfg: NdppConfig {
+            k: 2,
+            eps: 0.1,
+            ..Default::default()
+        },
+    };
+    let delta = ndpp.delta(&old, &old);
+    let pseudo = pseudo_old(&old, &delta);
+    let before = old.matmul(&old.tr());
+    let after = pseudo.matmul(&old.tr());
+    // each cluster member is less similar to the other two than before
+    for k in 0..3 {
+        for j in 0..3 {
+            if j != k {
+                assert!(
+                    after.double_value(&[k, j]) < before.double_value(&[k, j]),
+                    "{k} vs {j}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn odpp_objective_decreases_and_projection_holds() {
+    let (c, d) = (10i64, 16i64);
+    let old = protos(c, d, 3);
+    tch::manual_seed(4);
+    let labels = Tensor::arange(c, (Kind::Int64, Device::Cpu)).repeat([20]);
+    // new features: noisy copies of a *different* geometry (so Δ has something to do)
+    let target = protos(c, d, 5);
+    let new_bank = l2_normalize(
+        &(target.index_select(0, &labels)
+            + Tensor::randn([c * 20, d], (Kind::Float, Device::Cpu)) * 0.3),
+    );
+    let old_bank = l2_normalize(
+        &(old.index_select(0, &labels)
+            + Tensor::randn([c * 20, d], (Kind::Float, Device::Cpu)) * 0.3),
+    );
+    let cfg = OdppConfig {
+        steps: 40,
+        lr: 0.02,
+        eps: 0.25,
+        mu: 0.5,
+        gamma: 0.01,
+        ..Default::default()
+    };
+    let mut odpp = Odpp::new(cfg, old_bank, labels.shallow_clone(), c, d);
+    let trace = odpp.optimise(&old, &new_bank, &labels);
+    assert_eq!(trace.len(), 41);
+    assert!(
+        trace.last().unwrap() < &(trace[0] - 1e-3),
+        "J did not fall: {trace:?}"
+    );
+    // mostly monotone (Adam with a small step): no step raises J by more than a hair
+    for w in trace.windows(2) {
+        assert!(w[1] <= w[0] + 1e-3, "J rose: {trace:?}");
+    }
+    for n in row_norms(odpp.current()) {
+        assert!(n <= 0.25 + 1e-5, "projection violated: {n}");
+    }
+    // warm start: a second refresh starts where the first ended
+    let again = odpp.optimise(&old, &new_bank, &labels);
+    assert!((again[0] - trace.last().unwrap()).abs() < 1e-6);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40))]
+
+    #[test]
+    fn ndpp_respects_its_bound(c in 3i64..20, d in 2i64..24, seed in 0i64..10_000, eps in 0.01f64..1.0, k in 1usize..6,
+                               alpha in 0.0f64..1.0, tau in 0.02f64..1.0) {
+        let old = protos(c, d, seed);
+        let new = protos(c, d, seed + 1);
+        let delta = Ndpp { cfg: NdppConfig { k, eps, alpha, tau, beta: None } }.delta(&old, &new);
+        for n in row_norms(&delta) {
+            prop_assert!(n <= eps + 1e-5, "‖δ‖ = {n} > ε = {eps}");
+        }
+        // δ_k is tangent at p°_k
+        let along = (&delta * &old).sum_dim_intlist([1i64].as_slice(), false, Kind::Float).abs().max().double_value(&[]);
+        prop_assert!(along < 1e-5);
+    }
+
+    #[test]
+    fn ndpp_cap_keeps_each_pseudo_prototype_nearest_its_own(c in 3i64..20, d in 2i64..24, seed in 0i64..10_000,
+                                                             beta in 0.05f64..0.49, k in 1usize..6) {
+        let old = protos(c, d, seed);
+        let new = protos(c, d, seed + 7);
+        let delta = Ndpp { cfg: NdppConfig { k, eps: 5.0, beta: Some(beta), ..Default::default() } }.delta(&old, &new);
+        let caps = Vec::<f32>::try_from(nearest_angles(&old) * beta).unwrap();
+        for (n, cap) in row_norms(&delta).into_iter().zip(caps) {
+            prop_assert!(n <= cap as f64 + 1e-5, "‖δ‖ = {n} above the cap {cap}");
+        }
+        let own = pseudo_old(&old, &delta).matmul(&old.tr()).argmax(1, false);
+        prop_assert!(own.equal(&Tensor::arange(c, (Kind::Int64, Device::Cpu))), "a pseudo-old prototype crossed a bisector");
+    }
+
+    #[test]
+    fn ndpp_with_one_neighbour_lowers_the_similarity_to_it(c in 3i64..20, d in 3i64..24, seed in 0i64..10_000,
+                                                            eps in 0.01f64..0.5) {
+        let old = protos(c, d, seed);
+        // α = 1: the neighbour is the nearest old prototype
+        let delta = Ndpp { cfg: NdppConfig { k: 1, eps, alpha: 1.0, ..Default::default() } }.delta(&old, &old);
+        let sims = old.matmul(&old.tr()) - Tensor::eye(c, (Kind::Float, Device::Cpu)) * 10.0;
+        let nn = sims.argmax(1, false);
+        let after = pseudo_old(&old, &delta).matmul(&old.tr());
+        for kk in 0..c {
+            let j = nn.int64_value(&[kk]);
+            let b = sims.double_value(&[kk, j]);
+            if b > -0.9 {
+                prop_assert!(after.double_value(&[kk, j]) < b, "class {kk}: {} !< {b}", after.double_value(&[kk, j]));
+            }
+        }
+    }
+}
