@@ -36,6 +36,43 @@ enum Command {
     Demo(DemoArgs),
     /// Training throughput (images/s) of the configured model on random data, as JSON.
     Bench(BenchArgs),
+    /// Run (or resume) an experiment: scenarios x methods x seeds, plus knob sweeps, from one
+    /// TOML file; writes results.md/.csv (mean ± std), frontier.csv and plots.
+    Experiment(ExperimentArgs),
+    /// Time ODPP refreshes on synthetic prototypes and banks (JSON lines, one per class count).
+    BenchOdpp(BenchOdppArgs),
+}
+
+#[derive(Args)]
+struct BenchOdppArgs {
+    /// Class counts C to time (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+    classes: Vec<i64>,
+    /// Embedding dimension d.
+    #[arg(long, default_value_t = 256)]
+    dim: i64,
+    /// Features per class in each bank.
+    #[arg(long, default_value_t = 8)]
+    bank_per_class: i64,
+    /// Adam steps to time per class count.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct ExperimentArgs {
+    /// The experiment's TOML file (see experiments/ for examples).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output directory (rerun with the same one to resume).
+    #[arg(long)]
+    out: PathBuf,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args, Clone)]
@@ -316,6 +353,36 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("{}", rows_markdown(&report.rows));
             println!("run directory: {}", a.out.display());
+        }
+        Command::Experiment(a) => {
+            let cfg = bcl::experiment::ExperimentConfig::from_toml_file(&a.config)?;
+            let opts = StepOptions {
+                resume: true,
+                device: parse_device(&a.device)?,
+                progress: std::io::stderr().is_terminal(),
+                probe_test: false,
+                stop_after: None,
+            };
+            let t0 = std::time::Instant::now();
+            let report = bcl::experiment::run_experiment(&cfg, &a.out, &opts)?;
+            println!("{}", bcl::experiment::aggregate_markdown(&report.table));
+            println!(
+                "{} runs, {:.0} s; report in {}",
+                report.runs.len(),
+                t0.elapsed().as_secs_f64(),
+                a.out.display()
+            );
+        }
+        Command::BenchOdpp(a) => {
+            let device = parse_device(&a.device)?;
+            if a.dim < 2 || a.bank_per_class < 1 || a.steps < 1 || a.classes.iter().any(|&c| c < 2)
+            {
+                bail!("need --dim >= 2, --bank-per-class >= 1, --steps >= 1 and every class count >= 2");
+            }
+            for &c in &a.classes {
+                let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, a.steps, device);
+                println!("{}", serde_json::to_string(&t)?);
+            }
         }
         Command::Bench(a) => {
             let cfg = match &a.config {

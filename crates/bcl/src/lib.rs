@@ -7,6 +7,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod experiment;
 pub mod loss;
 pub mod model;
 pub mod perturb;

@@ -189,7 +189,7 @@ pub trait CompatLoss {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RefreshConfig {
-    /// Refresh every R steps; `None`: at the start of each epoch.
+    /// Refresh every R steps (at steps R, 2R, ...); `None`: at the start of each epoch.
     pub every_steps: Option<usize>,
     /// First epoch with a refresh. Before it Δ = 0 (plain BCT): at step 0 the new model's
     /// features are random and say nothing about which classes it separates.
@@ -374,7 +374,11 @@ impl CompatLoss for PerturbedBct {
         })
     }
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("delta".to_string(), self.delta.shallow_clone())];
+        // The old prototypes are constant; they are saved so that reports can plot Δ.
+        let mut v = vec![
+            ("delta".to_string(), self.delta.shallow_clone()),
+            ("old_prototypes".to_string(), self.old.shallow_clone()),
+        ];
         if let Some(e) = &self.ema {
             v.push(("ema".to_string(), e.shallow_clone()));
         }

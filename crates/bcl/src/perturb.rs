@@ -402,3 +402,67 @@ impl Perturbation for Odpp {
         }
     }
 }
+
+/// Timing of one ODPP refresh on synthetic prototypes and banks (see [`bench_odpp`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OdppTiming {
+    /// Classes C.
+    pub classes: i64,
+    /// Dimension d.
+    pub dim: i64,
+    /// Features per class in each bank (new and old).
+    pub bank_per_class: i64,
+    /// Adam steps timed.
+    pub steps: usize,
+    /// Wall time of the timed steps.
+    pub seconds: f64,
+    /// Seconds per Adam step.
+    pub seconds_per_step: f64,
+    /// J before and after the timed steps.
+    pub j: (f64, f64),
+}
+
+/// Times `steps` projected-Adam steps of ODPP for `classes` random prototypes of dimension
+/// `dim` with banks of `bank_per_class` noisy features per class (new and old).
+pub fn bench_odpp(
+    classes: i64,
+    dim: i64,
+    bank_per_class: i64,
+    steps: usize,
+    device: Device,
+) -> OdppTiming {
+    tch::manual_seed(0);
+    let opts = (Kind::Float, device);
+    let old = l2_normalize(&Tensor::randn([classes, dim], opts));
+    let labels = Tensor::arange(classes, (Kind::Int64, device)).repeat([bank_per_class]);
+    let noisy = |p: &Tensor| {
+        l2_normalize(
+            &(p.index_select(0, &labels)
+                + Tensor::randn([classes * bank_per_class, dim], opts) * 0.5),
+        )
+    };
+    let new_bank = noisy(&l2_normalize(
+        &(&old + Tensor::randn([classes, dim], opts) * 0.3),
+    ));
+    let old_bank = noisy(&old);
+    let cfg = OdppConfig {
+        steps,
+        ..OdppConfig::default()
+    };
+    let mut odpp = Odpp::new(cfg, old_bank, labels.shallow_clone(), classes, dim);
+    let t0 = std::time::Instant::now();
+    let trace = odpp.optimise(&old, &new_bank, &labels);
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    OdppTiming {
+        classes,
+        dim,
+        bank_per_class,
+        steps,
+        seconds,
+        seconds_per_step: seconds / steps.max(1) as f64,
+        j: (trace[0], *trace.last().unwrap_or(&f64::NAN)),
+    }
+}

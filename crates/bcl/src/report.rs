@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
 use crate::eval::CompatMatrix;
 use crate::train::EpochStats;
@@ -258,6 +259,194 @@ pub fn plot_curves(curves: &[(String, Vec<EpochStats>)], path: &Path) -> Result<
             .border_style(BLACK)
             .draw()
             .map_err(|e| plot_err(path, e))?;
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    write_atomic(path, svg.as_bytes())
+}
+
+/// One curve of a frontier plot: (cross-test mAP, self-test mAP, label) points.
+#[derive(Debug, Clone)]
+pub struct FrontierSeries {
+    /// Legend name.
+    pub name: String,
+    /// Points; drawn in order of cross-test mAP.
+    pub points: Vec<(f64, f64, String)>,
+}
+
+/// Draws self-test mAP against cross-test mAP, one curve per series, with old→old as a
+/// vertical line (right of it: compatible).
+pub fn plot_frontier(
+    series: &[FrontierSeries],
+    old_old: f64,
+    title: &str,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| (p.0, p.1)))
+        .collect();
+    let (mut x0, mut x1, mut y0, mut y1) = (old_old, old_old, f64::MAX, f64::MIN);
+    for &(x, y) in &all {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if all.is_empty() {
+        y0 = 0.0;
+        y1 = 1.0;
+    }
+    let pad = |a: f64, b: f64| ((b - a) * 0.1).max(0.005);
+    let (px, py) = (pad(x0, x1), pad(y0, y1));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (820, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc("cross-test mAP (new→old)")
+            .y_desc("self-test mAP (new→new)")
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(old_old, y0 - py), (old_old, y1 + py)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(|e| plot_err(path, e))?
+            .label(format!("old→old = {old_old:.3}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let mut pts = s.points.clone();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|p| (p.0, p.1)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| plot_err(path, e))?
+                .label(s.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
+                )
+                .map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|p| Text::new(p.2.clone(), (p.0, p.1), ("sans-serif", 11))),
+                )
+                .map_err(|e| plot_err(path, e))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    write_atomic(path, svg.as_bytes())
+}
+
+/// Points in a plane.
+pub type Points2 = Vec<(f64, f64)>;
+
+/// 2-D principal-component coordinates of the rows of `[a; b]` (both `[C, d]`).
+pub fn pca_2d(a: &Tensor, b: &Tensor) -> (Points2, Points2) {
+    let x =
+        Tensor::cat(&[a.to_kind(Kind::Float), b.to_kind(Kind::Float)], 0).to_device(Device::Cpu);
+    let mean = x.mean_dim([0i64].as_slice(), true, Kind::Float);
+    let xc = &x - mean;
+    let (_, _, v) = xc.svd(true, true);
+    let k = v.size()[1].min(2);
+    let proj = xc.matmul(&v.narrow(1, 0, k));
+    let proj = if k < 2 {
+        Tensor::cat(&[proj.shallow_clone(), proj.zeros_like()], 1)
+    } else {
+        proj
+    };
+    let c = a.size()[0];
+    let pts = |t: Tensor| -> Vec<(f64, f64)> {
+        let v: Vec<f32> = Vec::try_from(t.contiguous().view([-1])).expect("floats");
+        v.chunks(2).map(|p| (p[0] as f64, p[1] as f64)).collect()
+    };
+    (pts(proj.narrow(0, 0, c)), pts(proj.narrow(0, c, c)))
+}
+
+/// Draws old prototypes (circles) and their pseudo-old prototypes (crosses), joined by
+/// arrows, in the first two principal components of both sets.
+pub fn plot_prototypes_pca(
+    old: &Tensor,
+    pseudo: &Tensor,
+    title: &str,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let (a, b) = pca_2d(old, pseudo);
+    let all: Vec<&(f64, f64)> = a.iter().chain(&b).collect();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in &all {
+        x0 = x0.min(p.0);
+        x1 = x1.max(p.0);
+        y0 = y0.min(p.1);
+        y1 = y1.max(p.1);
+    }
+    let (px, py) = (((x1 - x0) * 0.1).max(1e-3), ((y1 - y0) * 0.1).max(1e-3));
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (700, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("old (o) and pseudo-old (x) prototypes, PCA: {title}"),
+                ("sans-serif", 16),
+            )
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(50)
+            .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc("PC 1")
+            .y_desc("PC 2")
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        for (k, (p, q)) in a.iter().zip(&b).enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![*p, *q],
+                    color.stroke_width(1),
+                )))
+                .map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(std::iter::once(Circle::new(*p, 5, color.stroke_width(2))))
+                .map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(std::iter::once(Cross::new(*q, 5, color.stroke_width(2))))
+                .map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{k}"),
+                    (p.0, p.1),
+                    ("sans-serif", 12),
+                )))
+                .map_err(|e| plot_err(path, e))?;
+        }
         root.present().map_err(|e| plot_err(path, e))?;
     }
     write_atomic(path, svg.as_bytes())

@@ -535,7 +535,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
                 let due = epoch >= rc.start_epoch
                     && match rc.every_steps {
                         None => bi == 0,
-                        Some(r) => step.is_multiple_of(r.max(1)),
+                        Some(r) => step > 0 && step.is_multiple_of(r.max(1)),
                     };
                 if due {
                     let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);

@@ -1,0 +1,547 @@
+//! Experiments: one configuration file describes scenarios, methods, seeds and knob sweeps;
+//! `run_experiment` trains what is missing (finished models are reused, interrupted ones
+//! resumed), evaluates each (scenario, seed) once, and writes the aggregated table
+//! (mean ± std over seeds), the frontier of self-test against cross-test, and plots.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::data::Scenario;
+use crate::eval::leave_one_out;
+use crate::loss::Method;
+use crate::model::{l2_normalize, Embedder};
+use crate::pipeline::{
+    evaluate_models, load_data, train_new, train_old, EvalReport, PipelineError, RunConfig,
+    StepOptions,
+};
+use crate::report::{
+    plot_frontier, plot_matrix, plot_prototypes_pca, write_atomic, FrontierSeries, ResultRow,
+};
+
+/// A knob a sweep turns.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Knob {
+    /// λ of the compatibility loss.
+    Lambda,
+    /// NDPP's ε.
+    NdppEps,
+    /// NDPP's β cap.
+    NdppBeta,
+    /// ODPP's ε.
+    OdppEps,
+    /// ODPP's μ.
+    OdppMu,
+}
+
+impl Knob {
+    /// Name used in directory names and tables.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Knob::Lambda => "lambda",
+            Knob::NdppEps => "ndpp-eps",
+            Knob::NdppBeta => "ndpp-beta",
+            Knob::OdppEps => "odpp-eps",
+            Knob::OdppMu => "odpp-mu",
+        }
+    }
+
+    /// The configuration with this knob set to `v`.
+    pub fn apply(&self, cfg: &RunConfig, v: f64) -> RunConfig {
+        let mut c = cfg.clone();
+        match self {
+            Knob::Lambda => c.compat.lambda = v,
+            Knob::NdppEps => c.compat.ndpp.eps = v,
+            Knob::NdppBeta => c.compat.ndpp.beta = Some(v),
+            Knob::OdppEps => c.compat.odpp.eps = v,
+            Knob::OdppMu => c.compat.odpp.mu = v,
+        }
+        c
+    }
+
+    /// The knob's value in the base configuration (the sweep's default point).
+    pub fn base_value(&self, cfg: &RunConfig) -> Option<f64> {
+        match self {
+            Knob::Lambda => Some(cfg.compat.lambda),
+            Knob::NdppEps => Some(cfg.compat.ndpp.eps),
+            Knob::NdppBeta => cfg.compat.ndpp.beta,
+            Knob::OdppEps => Some(cfg.compat.odpp.eps),
+            Knob::OdppMu => Some(cfg.compat.odpp.mu),
+        }
+    }
+}
+
+/// One sweep: a method trained at several values of one knob.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// The method.
+    pub method: Method,
+    /// The knob.
+    pub knob: Knob,
+    /// Its values (the base configuration's value is added as a point from the main runs).
+    pub values: Vec<f64>,
+}
+
+/// The whole experiment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Settings shared by every run (data, model, training, compatibility defaults).
+    pub base: RunConfig,
+    /// Scenarios to run.
+    pub scenarios: Vec<Scenario>,
+    /// Methods of the main table.
+    pub methods: Vec<Method>,
+    /// Seeds: seed s sets the split seed to s, the old model's to 1000 + s, new models' to 2000 + s.
+    pub seeds: Vec<u64>,
+    /// Frontier sweeps.
+    pub sweeps: Vec<Sweep>,
+    /// Scenarios the sweeps run in (default: all).
+    pub sweep_scenarios: Option<Vec<Scenario>>,
+    /// Seeds the sweeps run with (default: the first seed).
+    pub sweep_seeds: Option<Vec<u64>>,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            base: RunConfig::default(),
+            scenarios: vec![Scenario::ExtendedData, Scenario::ExtendedClass],
+            methods: Method::ALL.to_vec(),
+            seeds: vec![1, 2, 3],
+            sweeps: Vec::new(),
+            sweep_scenarios: None,
+            sweep_seeds: None,
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// Reads a TOML file over the defaults (unknown keys are errors).
+    pub fn from_toml_file(path: &Path) -> Result<Self, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Config {
+            path: path.to_path_buf(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| PipelineError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if cfg.seeds.is_empty() || cfg.scenarios.is_empty() || cfg.methods.is_empty() {
+            return Err(PipelineError::Config {
+                path: path.to_path_buf(),
+                reason: "seeds, scenarios and methods must each name at least one".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// The run configuration of one (scenario, seed).
+    pub fn run_config(&self, scenario: Scenario, seed: u64) -> RunConfig {
+        let mut c = self.base.clone();
+        c.split.scenario = scenario;
+        c.split.seed = seed;
+        c.old.seed = 1000 + seed;
+        c.new.seed = 2000 + seed;
+        c
+    }
+}
+
+/// One row of the aggregated table: a method in a scenario, over seeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AggregateRow {
+    /// Scenario.
+    pub scenario: String,
+    /// Method.
+    pub method: String,
+    /// Seeds aggregated.
+    pub seeds: usize,
+    /// (mean, std) of old→old mAP.
+    pub old_old_map: (f64, f64),
+    /// (mean, std) of self-test mAP.
+    pub self_map: (f64, f64),
+    /// (mean, std) of cross-test mAP.
+    pub cross_map: (f64, f64),
+    /// (mean, std) of self-test R@1.
+    pub self_r1: (f64, f64),
+    /// (mean, std) of cross-test R@1.
+    pub cross_r1: (f64, f64),
+    /// Seeds meeting the criterion.
+    pub compatible: usize,
+    /// (mean, std) of the update gain over the seeds where it is defined.
+    pub gain: Option<(f64, f64)>,
+}
+
+/// One point of a frontier.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FrontierPoint {
+    /// Scenario.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Method.
+    pub method: String,
+    /// Knob.
+    pub knob: String,
+    /// Knob value.
+    pub value: f64,
+    /// Self-test mAP.
+    pub self_map: f64,
+    /// Cross-test mAP.
+    pub cross_map: f64,
+    /// old→old mAP of the run.
+    pub old_old_map: f64,
+}
+
+/// Everything an experiment produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentReport {
+    /// Per-run evaluations, by "scenario/seed-N".
+    pub runs: BTreeMap<String, EvalReport>,
+    /// The aggregated table.
+    pub table: Vec<AggregateRow>,
+    /// Frontier points.
+    pub frontier: Vec<FrontierPoint>,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// Aggregates per-run rows into mean ± std (sample standard deviation) per scenario and method.
+pub fn aggregate(runs: &[(Scenario, u64, Vec<ResultRow>)]) -> Vec<AggregateRow> {
+    let mut groups: BTreeMap<(String, String), Vec<&ResultRow>> = BTreeMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for (sc, _, rows) in runs {
+        for r in rows {
+            let key = (sc.to_string(), r.method.clone());
+            if !groups.contains_key(&key) {
+                order.push(key.clone());
+            }
+            groups.entry(key).or_default().push(r);
+        }
+    }
+    order
+        .into_iter()
+        .map(|key| {
+            let rs = &groups[&key];
+            let col = |f: &dyn Fn(&ResultRow) -> f64| {
+                mean_std(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
+            let gains: Vec<f64> = rs.iter().filter_map(|r| r.gain).collect();
+            AggregateRow {
+                scenario: key.0.clone(),
+                method: key.1.clone(),
+                seeds: rs.len(),
+                old_old_map: col(&|r| r.old_old_map),
+                self_map: col(&|r| r.self_map),
+                cross_map: col(&|r| r.cross_map),
+                self_r1: col(&|r| r.self_r1),
+                cross_r1: col(&|r| r.cross_r1),
+                compatible: rs.iter().filter(|r| r.compatible).count(),
+                gain: (!gains.is_empty()).then(|| mean_std(&gains)),
+            }
+        })
+        .collect()
+}
+
+fn pm(v: (f64, f64)) -> String {
+    format!("{:.4} ± {:.4}", v.0, v.1)
+}
+
+/// The aggregated table as Markdown.
+pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
+    let mut s = String::from(
+        "| scenario | method | seeds | old→old mAP | self mAP | cross mAP | self R@1 | cross R@1 | compatible | gain |\n|---|---|---:|---:|---:|---:|---:|---:|:---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |\n",
+            r.scenario,
+            r.method,
+            r.seeds,
+            pm(r.old_old_map),
+            pm(r.self_map),
+            pm(r.cross_map),
+            pm(r.self_r1),
+            pm(r.cross_r1),
+            r.compatible,
+            r.seeds,
+            r.gain
+                .map(|g| format!("{:.3} ± {:.3}", g.0, g.1))
+                .unwrap_or_else(|| "–".into()),
+        ));
+    }
+    s
+}
+
+/// The aggregated table as CSV (means and standard deviations in separate columns).
+pub fn aggregate_csv(rows: &[AggregateRow]) -> String {
+    let mut s = String::from(
+        "scenario,method,seeds,old_old_map,old_old_map_std,self_map,self_map_std,cross_map,cross_map_std,self_r1,self_r1_std,cross_r1,cross_r1_std,compatible,gain,gain_std\n",
+    );
+    for r in rows {
+        let (g, gs) = r
+            .gain
+            .map(|g| (format!("{:.6}", g.0), format!("{:.6}", g.1)))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{}\n",
+            r.scenario,
+            r.method,
+            r.seeds,
+            r.old_old_map.0,
+            r.old_old_map.1,
+            r.self_map.0,
+            r.self_map.1,
+            r.cross_map.0,
+            r.cross_map.1,
+            r.self_r1.0,
+            r.self_r1.1,
+            r.cross_r1.0,
+            r.cross_r1.1,
+            r.compatible,
+            g,
+            gs
+        ));
+    }
+    s
+}
+
+fn run_key(scenario: Scenario, seed: u64) -> String {
+    format!("{scenario}/seed-{seed}")
+}
+
+fn sweep_dir_name(s: &Sweep, v: f64) -> String {
+    format!("sweep-{}-{}-{v}", s.method, s.knob.as_str())
+}
+
+/// Reads the old and pseudo-old prototypes a perturbation run saved in its checkpoint.
+pub fn saved_prototypes(model_dir: &Path) -> Option<(Tensor, Tensor)> {
+    let state = Tensor::read_safetensors(model_dir.join("checkpoint/compat.safetensors")).ok()?;
+    let get = |n: &str| {
+        state
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let old = get("old_prototypes")?;
+    let delta = get("delta")?;
+    let pseudo = l2_normalize(&(&old + &delta));
+    Some((old, pseudo))
+}
+
+/// Runs (or resumes) the experiment into `out` and writes its report files there.
+pub fn run_experiment(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<ExperimentReport, PipelineError> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+    write_atomic(
+        &out.join("experiment.toml"),
+        toml::to_string_pretty(cfg).expect("serialises").as_bytes(),
+    )?;
+    let opts = StepOptions {
+        resume: true,
+        ..opts.clone()
+    };
+    let mut runs = BTreeMap::new();
+    let mut table_in = Vec::new();
+    let mut frontier = Vec::new();
+    let sweep_scenarios = cfg
+        .sweep_scenarios
+        .clone()
+        .unwrap_or_else(|| cfg.scenarios.clone());
+    let sweep_seeds = cfg
+        .sweep_seeds
+        .clone()
+        .unwrap_or_else(|| vec![cfg.seeds[0]]);
+    for &scenario in &cfg.scenarios {
+        for &seed in &cfg.seeds {
+            let rc = cfg.run_config(scenario, seed);
+            let dir = out.join(scenario.to_string()).join(format!("seed-{seed}"));
+            let old_dir = dir.join("old");
+            tracing::info!(%scenario, seed, "experiment run");
+            train_old(&rc, &old_dir, &opts)?;
+            let mut dirs = vec![old_dir.clone()];
+            for &m in &cfg.methods {
+                let d = dir.join(format!("new-{m}"));
+                train_new(&rc, &old_dir, m, &d, &opts)?;
+                dirs.push(d);
+            }
+            let do_sweeps = sweep_scenarios.contains(&scenario) && sweep_seeds.contains(&seed);
+            let mut sweep_dirs = Vec::new();
+            if do_sweeps {
+                for s in &cfg.sweeps {
+                    for &v in &s.values {
+                        let d = dir.join(sweep_dir_name(s, v));
+                        train_new(&s.knob.apply(&rc, v), &old_dir, s.method, &d, &opts)?;
+                        sweep_dirs.push((s.clone(), v, d));
+                    }
+                }
+            }
+            // Evaluation, cached per run (recomputed only when a model changed).
+            let cache = dir.join("eval.json");
+            let ids: Vec<String> = dirs
+                .iter()
+                .chain(sweep_dirs.iter().map(|(_, _, d)| d))
+                .map(|d| {
+                    crate::model::ModelCard::read(&d.join(crate::model::CARD_FILE)).map(|c| c.id)
+                })
+                .collect::<Result<_, _>>()?;
+            let cached: Option<(Vec<String>, EvalReport, Vec<FrontierPoint>)> =
+                std::fs::read_to_string(&cache)
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .filter(|c: &(Vec<String>, EvalReport, Vec<FrontierPoint>)| c.0 == ids);
+            let (report, points) = match cached {
+                Some((_, r, p)) => (r, p),
+                None => {
+                    let (_, test) = load_data(&rc.data)?;
+                    let models = dirs
+                        .iter()
+                        .map(|d| Embedder::load(d, opts.device))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let report = evaluate_models(&models, &test, rc.eval_batch)?;
+                    let old_feats = models[0].embed_dataset(&test, rc.eval_batch);
+                    let oo = report.matrix.cells[0][0].map;
+                    let mut points = Vec::new();
+                    for (s, v, d) in &sweep_dirs {
+                        let m = Embedder::load(d, opts.device)?;
+                        let f = m.embed_dataset(&test, rc.eval_batch);
+                        points.push(FrontierPoint {
+                            scenario: scenario.to_string(),
+                            seed,
+                            method: s.method.to_string(),
+                            knob: s.knob.as_str().into(),
+                            value: *v,
+                            self_map: leave_one_out(&f, &f, &test.labels)?.map,
+                            cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
+                            old_old_map: oo,
+                        });
+                    }
+                    let text =
+                        serde_json::to_string(&(&ids, &report, &points)).expect("serialises");
+                    write_atomic(&cache, text.as_bytes())?;
+                    (report, points)
+                }
+            };
+            if seed == cfg.seeds[0] {
+                plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
+                for m in [Method::Ndpp, Method::Odpp] {
+                    if let Some((o, p)) = saved_prototypes(&dir.join(format!("new-{m}"))) {
+                        plot_prototypes_pca(
+                            &o,
+                            &p,
+                            &format!("{m}, {scenario}, seed {seed}"),
+                            &dir.join(format!("prototypes-{m}.svg")),
+                        )?;
+                    }
+                }
+            }
+            // the main runs give each swept knob its base-value point
+            if do_sweeps {
+                let mut base_points = Vec::new();
+                for s in &cfg.sweeps {
+                    if let (Some(v), Some(r)) = (
+                        s.knob.base_value(&rc),
+                        report.rows.iter().find(|r| r.method == s.method.as_str()),
+                    ) {
+                        base_points.push(FrontierPoint {
+                            scenario: scenario.to_string(),
+                            seed,
+                            method: s.method.to_string(),
+                            knob: s.knob.as_str().into(),
+                            value: v,
+                            self_map: r.self_map,
+                            cross_map: r.cross_map,
+                            old_old_map: r.old_old_map,
+                        });
+                    }
+                }
+                frontier.extend(base_points);
+                frontier.extend(points);
+            }
+            table_in.push((scenario, seed, report.rows.clone()));
+            runs.insert(run_key(scenario, seed), report);
+        }
+    }
+    let table = aggregate(&table_in);
+    write_atomic(
+        &out.join("results.md"),
+        aggregate_markdown(&table).as_bytes(),
+    )?;
+    write_atomic(&out.join("results.csv"), aggregate_csv(&table).as_bytes())?;
+    frontier.sort_by(|a, b| {
+        (&a.scenario, &a.method, &a.knob)
+            .cmp(&(&b.scenario, &b.method, &b.knob))
+            .then(a.value.total_cmp(&b.value))
+    });
+    let mut fcsv = String::from("scenario,seed,method,knob,value,self_map,cross_map,old_old_map\n");
+    for p in &frontier {
+        fcsv.push_str(&format!(
+            "{},{},{},{},{},{:.6},{:.6},{:.6}\n",
+            p.scenario, p.seed, p.method, p.knob, p.value, p.self_map, p.cross_map, p.old_old_map
+        ));
+    }
+    write_atomic(&out.join("frontier.csv"), fcsv.as_bytes())?;
+    for sc in &sweep_scenarios {
+        let pts: Vec<&FrontierPoint> = frontier
+            .iter()
+            .filter(|p| p.scenario == sc.to_string())
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let mut series: BTreeMap<String, Vec<(f64, f64, String)>> = BTreeMap::new();
+        for p in &pts {
+            series
+                .entry(format!("{} ({})", p.method, p.knob))
+                .or_default()
+                .push((p.cross_map, p.self_map, format!("{}", p.value)));
+        }
+        let series: Vec<FrontierSeries> = series
+            .into_iter()
+            .map(|(name, points)| FrontierSeries { name, points })
+            .collect();
+        let oo = pts.iter().map(|p| p.old_old_map).sum::<f64>() / pts.len() as f64;
+        plot_frontier(
+            &series,
+            oo,
+            &format!("{sc}: self-test vs cross-test mAP"),
+            &out.join(format!("frontier-{sc}.svg")),
+        )?;
+    }
+    let report = ExperimentReport {
+        runs,
+        table,
+        frontier,
+    };
+    write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .expect("serialises")
+            .as_bytes(),
+    )?;
+    Ok(report)
+}
+
+/// The directory of one run's model, for callers that want to read it.
+pub fn model_dir(out: &Path, scenario: Scenario, seed: u64, method: Method) -> PathBuf {
+    out.join(scenario.to_string())
+        .join(format!("seed-{seed}"))
+        .join(format!("new-{method}"))
+}

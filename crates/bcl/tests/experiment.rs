@@ -1,0 +1,105 @@
+//! `run_experiment` on a generated data set: every method and a sweep train, the aggregated
+//! table and the frontier come out, and a second call resumes without training anything.
+
+use bcl::data::{synthetic, write_idx_dir, Scenario};
+use bcl::experiment::{aggregate, run_experiment, ExperimentConfig, Knob, Sweep};
+use bcl::loss::Method;
+use bcl::pipeline::StepOptions;
+use bcl::report::ResultRow;
+use tch::Device;
+
+#[test]
+fn a_small_experiment_runs_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (tr, te) = synthetic(6, 60, 15, 8);
+    write_idx_dir(&data, &tr, &te).unwrap();
+    let mut cfg = ExperimentConfig::default();
+    cfg.base.data.dir = data;
+    cfg.base.data.classes = 6;
+    cfg.base.model.width = 4;
+    cfg.base.model.dim = 16;
+    for t in [&mut cfg.base.old, &mut cfg.base.new] {
+        t.epochs = 2;
+        t.batch_size = 32;
+        t.lr = 0.05;
+    }
+    cfg.base.compat.refresh.bank_per_class = 10;
+    cfg.base.compat.odpp.steps = 5;
+    cfg.base.compat.odpp.old_bank_per_class = 10;
+    cfg.scenarios = vec![Scenario::ExtendedClass];
+    cfg.seeds = vec![1, 2];
+    cfg.methods = vec![Method::Independent, Method::Bct, Method::Ndpp, Method::Odpp];
+    cfg.sweeps = vec![Sweep {
+        method: Method::Bct,
+        knob: Knob::Lambda,
+        values: vec![4.0],
+    }];
+    let out = dir.path().join("exp");
+    let opts = StepOptions {
+        resume: true,
+        device: Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after: None,
+    };
+    let report = run_experiment(&cfg, &out, &opts).unwrap();
+    assert_eq!(report.runs.len(), 2);
+    assert_eq!(report.table.len(), 4);
+    for r in &report.table {
+        assert_eq!(r.seeds, 2);
+        assert!(r.self_map.0 > 0.0 && r.self_map.0 <= 1.0);
+    }
+    // the sweep point and the base point (λ = 1 from the main bct run), first seed only
+    assert_eq!(report.frontier.len(), 2);
+    assert_eq!(report.frontier[0].value, 1.0);
+    assert_eq!(report.frontier[1].value, 4.0);
+    for f in [
+        "results.md",
+        "results.csv",
+        "frontier.csv",
+        "report.json",
+        "frontier-extended-class.svg",
+        "extended-class/seed-1/compat_matrix.svg",
+        "extended-class/seed-1/prototypes-ndpp.svg",
+        "extended-class/seed-1/prototypes-odpp.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // resume: nothing is retrained, evaluation comes from the cache, figures are identical
+    let card = out.join("extended-class/seed-2/new-odpp/model.json");
+    let before = std::fs::metadata(&card).unwrap().modified().unwrap();
+    let again = run_experiment(&cfg, &out, &opts).unwrap();
+    assert_eq!(
+        std::fs::metadata(&card).unwrap().modified().unwrap(),
+        before
+    );
+    assert_eq!(
+        serde_json::to_string(&again.table).unwrap(),
+        serde_json::to_string(&report.table).unwrap()
+    );
+}
+
+#[test]
+fn aggregation_by_hand() {
+    let row = |m: &str, cross: f64, gain: Option<f64>| ResultRow {
+        method: m.into(),
+        old_old_map: 0.5,
+        self_map: 0.7,
+        cross_map: cross,
+        self_r1: 0.8,
+        cross_r1: 0.6,
+        compatible: cross > 0.5,
+        gain,
+    };
+    let t = aggregate(&[
+        (Scenario::ExtendedData, 1, vec![row("bct", 0.6, Some(0.5))]),
+        (Scenario::ExtendedData, 2, vec![row("bct", 0.4, None)]),
+    ]);
+    assert_eq!(t.len(), 1);
+    assert!((t[0].cross_map.0 - 0.5).abs() < 1e-12);
+    // sample standard deviation of {0.6, 0.4}
+    assert!((t[0].cross_map.1 - (0.02f64).sqrt()).abs() < 1e-12);
+    assert_eq!(t[0].compatible, 1);
+    assert_eq!(t[0].gain, Some((0.5, 0.0)));
+}
