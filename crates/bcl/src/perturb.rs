@@ -157,6 +157,21 @@ pub struct NdppConfig {
     pub eps: f64,
     /// Optional cap `‖δ_k‖ ≤ β·θ_k` (θ_k: angle to the nearest old neighbour), β < 1/2.
     pub beta: Option<f64>,
+    /// How the neighbour weights are normalised.
+    pub weights: NdppWeights,
+}
+
+/// Normalisation of NDPP's neighbour weights `a_kj`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NdppWeights {
+    /// `softmax_{j∈N_k}(S_kj/τ)` (METHOD.md): the weights sum to one whatever the distances,
+    /// so an isolated prototype moves as far as a crowded one.
+    Neighbours,
+    /// The softmax also runs over the class itself at similarity 1:
+    /// `a_kj = e^{S_kj/τ} / (e^{1/τ} + Σ_{i∈N_k} e^{S_ki/τ})`, the probability that class k is
+    /// taken for j. Pushes shrink with distance: an isolated prototype barely moves.
+    Confusion,
 }
 
 impl Default for NdppConfig {
@@ -167,6 +182,7 @@ impl Default for NdppConfig {
             alpha: 0.5,
             eps: 0.3,
             beta: None,
+            weights: NdppWeights::Neighbours,
         }
     }
 }
@@ -193,9 +209,16 @@ impl Ndpp {
             );
             // 2. the K most similar classes
             let (top, idx) = s.topk(k, 1, true, true);
-            // 3. softmax weights over the neighbours
-            let a = (top / self.cfg.tau).softmax(1, Kind::Float); // [C, K]
-                                                                  // 4. unit tangent at p°_k pointing away from p°_j
+            // 3. softmax weights over the neighbours (and, for `Confusion`, over the class itself)
+            let a = match self.cfg.weights {
+                NdppWeights::Neighbours => (top / self.cfg.tau).softmax(1, Kind::Float), // [C, K]
+                NdppWeights::Confusion => {
+                    let own = Tensor::ones([c, 1], (Kind::Float, old.device()));
+                    let all = Tensor::cat(&[own, top], 1) / self.cfg.tau;
+                    all.softmax(1, Kind::Float).narrow(1, 1, k)
+                }
+            };
+            // 4. unit tangent at p°_k pointing away from p°_j
             let pk = old.unsqueeze(1); // [C, 1, d]
             let pj = old.index_select(0, &idx.view([-1])).view([c, k, -1]); // [C, K, d]
             let diff = &pk - &pj;

@@ -3,7 +3,7 @@
 
 use bcl::loss::{Bct, CompatInputs, CompatLoss, PerturbedBct, RefreshConfig};
 use bcl::model::l2_normalize;
-use bcl::perturb::{nearest_angles, pseudo_old, Ndpp, NdppConfig, Odpp, OdppConfig};
+use bcl::perturb::{nearest_angles, pseudo_old, Ndpp, NdppConfig, NdppWeights, Odpp, OdppConfig};
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -111,6 +111,38 @@ fn ndpp_moves_a_crowded_cluster_apart() {
 }
 
 #[test]
+fn an_isolated_prototype_barely_moves_with_confusion_weights() {
+    // classes 0 and 1 nearly coincide; class 2 is orthogonal to both (no close neighbour)
+    let raw = [1.0, 0.05, 0.0, 1.0, -0.05, 0.0, 0.0, 0.0, 1.0];
+    let old = l2_normalize(&Tensor::from_slice(&raw).to_kind(Kind::Float).view([3, 3]));
+    let eps = 0.3;
+    let conf = Ndpp {
+        cfg: NdppConfig {
+            k: 2,
+            eps,
+            weights: NdppWeights::Confusion,
+            ..Default::default()
+        },
+    };
+    let n = row_norms(&conf.delta(&old, &old));
+    assert!(n[2] < 0.01 * eps, "isolated prototype moved {}", n[2]);
+    assert!(
+        n[0] > 0.3 * eps && n[1] > 0.3 * eps,
+        "the confused pair should move: {n:?}"
+    );
+    // METHOD.md's plain neighbour softmax normalises the weights away: the isolated one moves too
+    let plain = Ndpp {
+        cfg: NdppConfig {
+            k: 2,
+            eps,
+            ..Default::default()
+        },
+    };
+    let n = row_norms(&plain.delta(&old, &old));
+    assert!(n[2] > 0.5 * eps, "{n:?}");
+}
+
+#[test]
 fn odpp_objective_decreases_and_projection_holds() {
     let (c, d) = (10i64, 16i64);
     let old = protos(c, d, 3);
@@ -158,10 +190,11 @@ proptest! {
 
     #[test]
     fn ndpp_respects_its_bound(c in 3i64..20, d in 2i64..24, seed in 0i64..10_000, eps in 0.01f64..1.0, k in 1usize..6,
-                               alpha in 0.0f64..1.0, tau in 0.02f64..1.0) {
+                               alpha in 0.0f64..1.0, tau in 0.02f64..1.0, confusion in any::<bool>()) {
         let old = protos(c, d, seed);
         let new = protos(c, d, seed + 1);
-        let delta = Ndpp { cfg: NdppConfig { k, eps, alpha, tau, beta: None } }.delta(&old, &new);
+        let weights = if confusion { NdppWeights::Confusion } else { NdppWeights::Neighbours };
+        let delta = Ndpp { cfg: NdppConfig { k, eps, alpha, tau, beta: None, weights } }.delta(&old, &new);
         for n in row_norms(&delta) {
             prop_assert!(n <= eps + 1e-5, "‖δ‖ = {n} > ε = {eps}");
         }
