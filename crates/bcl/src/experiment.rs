@@ -206,6 +206,103 @@ pub struct ExperimentReport {
     pub table: Vec<AggregateRow>,
     /// Frontier points.
     pub frontier: Vec<FrontierPoint>,
+    /// Refresh diagnostics of the perturbation runs.
+    pub diagnostics: Vec<DiagnosticsRow>,
+}
+
+/// Summary of one perturbation run's refreshes (from its `refreshes.json` and `history.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiagnosticsRow {
+    /// Scenario.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Method.
+    pub method: String,
+    /// Number of refreshes.
+    pub refreshes: usize,
+    /// Mean over refreshes of mean ‖δ_k‖.
+    pub mean_delta: f64,
+    /// Max over refreshes of max ‖δ_k‖.
+    pub max_delta: f64,
+    /// Mean nearest-neighbour similarity of the old prototypes.
+    pub nn_sim_old: f64,
+    /// The same for the pseudo-old prototypes at the last refresh.
+    pub nn_sim_pseudo: f64,
+    /// Lowest share, over refreshes, of classes still nearest their own old prototype.
+    pub own_nearest_min: f64,
+    /// J before and after the last refresh (ODPP).
+    pub j_last: Option<(f64, f64)>,
+    /// Total refresh time in seconds (feature pass excluded).
+    pub refresh_seconds: f64,
+    /// Total training time in seconds (all epochs).
+    pub train_seconds: f64,
+}
+
+/// Reads the refresh diagnostics of every main ndpp/odpp run under `out`.
+pub fn diagnostics(cfg: &ExperimentConfig, out: &Path) -> Vec<DiagnosticsRow> {
+    let mut rows = Vec::new();
+    for &scenario in &cfg.scenarios {
+        for &seed in &cfg.seeds {
+            for m in [Method::Ndpp, Method::Odpp] {
+                let dir = model_dir(out, scenario, seed, m);
+                let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+                let (Some(r), Some(h)) = (read("refreshes.json"), read("history.json")) else {
+                    continue;
+                };
+                let (Ok(r), Ok(h)) = (
+                    serde_json::from_str::<Vec<crate::perturb::RefreshStats>>(&r),
+                    serde_json::from_str::<Vec<crate::train::EpochStats>>(&h),
+                ) else {
+                    continue;
+                };
+                let Some(last) = r.last() else { continue };
+                rows.push(DiagnosticsRow {
+                    scenario: scenario.to_string(),
+                    seed,
+                    method: m.to_string(),
+                    refreshes: r.len(),
+                    mean_delta: r.iter().map(|s| s.mean_delta).sum::<f64>() / r.len() as f64,
+                    max_delta: r.iter().map(|s| s.max_delta).fold(0.0, f64::max),
+                    nn_sim_old: last.nn_sim_before,
+                    nn_sim_pseudo: last.nn_sim_after,
+                    own_nearest_min: r.iter().map(|s| s.own_nearest_share).fold(1.0, f64::min),
+                    j_last: last.j_before.zip(last.j_after),
+                    refresh_seconds: r.iter().map(|s| s.seconds).sum(),
+                    train_seconds: h.iter().map(|e| e.seconds).sum(),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// The diagnostics as a Markdown table.
+pub fn diagnostics_markdown(rows: &[DiagnosticsRow]) -> String {
+    let mut s = String::from(
+        "| scenario | seed | method | refreshes | mean ‖δ‖ | max ‖δ‖ | NN sim old | NN sim pseudo-old | own-nearest (min) | J before→after (last) | refresh s / train s |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {:.2} / {:.0} ({:.2}%) |\n",
+            r.scenario,
+            r.seed,
+            r.method,
+            r.refreshes,
+            r.mean_delta,
+            r.max_delta,
+            r.nn_sim_old,
+            r.nn_sim_pseudo,
+            r.own_nearest_min,
+            r.j_last
+                .map(|j| format!("{:.3} → {:.3}", j.0, j.1))
+                .unwrap_or_else(|| "–".into()),
+            r.refresh_seconds,
+            r.train_seconds,
+            100.0 * r.refresh_seconds / r.train_seconds.max(1e-9),
+        ));
+    }
+    s
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -525,10 +622,16 @@ pub fn run_experiment(
             &out.join(format!("frontier-{sc}.svg")),
         )?;
     }
+    let diag = diagnostics(cfg, out);
+    write_atomic(
+        &out.join("diagnostics.md"),
+        diagnostics_markdown(&diag).as_bytes(),
+    )?;
     let report = ExperimentReport {
         runs,
         table,
         frontier,
+        diagnostics: diag,
     };
     write_atomic(
         &out.join("report.json"),

@@ -54,7 +54,17 @@ fn a_small_experiment_runs_and_resumes() {
     assert_eq!(report.frontier.len(), 2);
     assert_eq!(report.frontier[0].value, 1.0);
     assert_eq!(report.frontier[1].value, 4.0);
+    // refresh diagnostics of ndpp and odpp, both seeds
+    assert_eq!(report.diagnostics.len(), 4);
+    for d in &report.diagnostics {
+        assert!(
+            d.refreshes >= 1 && d.mean_delta > 0.0 && d.train_seconds > 0.0,
+            "{d:?}"
+        );
+        assert_eq!(d.j_last.is_some(), d.method == "odpp");
+    }
     for f in [
+        "diagnostics.md",
         "results.md",
         "results.csv",
         "frontier.csv",
