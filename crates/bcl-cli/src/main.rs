@@ -41,6 +41,37 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Time ODPP refreshes on synthetic prototypes and banks (JSON lines, one per class count).
     BenchOdpp(BenchOdppArgs),
+    /// Exact top-k search of query features in gallery features (.npy), blocked so that memory
+    /// stays bounded; prints timing JSON, writes the indices and scores as .npy.
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// Query features, an [N, d] float32/float64 .npy matrix.
+    #[arg(long)]
+    query: PathBuf,
+    /// Gallery features, an [M, d] .npy matrix.
+    #[arg(long)]
+    gallery: PathBuf,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Where to write the [N, k] int64 indices (.npy).
+    #[arg(long)]
+    out_indices: Option<PathBuf>,
+    /// Where to write the [N, k] scores (.npy).
+    #[arg(long)]
+    out_scores: Option<PathBuf>,
+    /// Queries per block.
+    #[arg(long, default_value_t = 1024)]
+    query_block: i64,
+    /// Gallery rows per block.
+    #[arg(long, default_value_t = 32768)]
+    gallery_block: i64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -57,6 +88,9 @@ struct BenchOdppArgs {
     /// Adam steps to time per class count.
     #[arg(long, default_value_t = 50)]
     steps: usize,
+    /// Adam learning rate η (default: ODPP's default).
+    #[arg(long)]
+    lr: Option<f64>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -129,7 +163,7 @@ struct TrainNewArgs {
     /// Directory written by `bcl train-old` (or its model.json).
     #[arg(long)]
     old: PathBuf,
-    /// Compatibility method: independent, l2, bct, ndpp or odpp.
+    /// Compatibility method: independent, l2, bct, ndpp, odpp, lce, unibct, ract or advbct.
     #[arg(long)]
     method: Method,
     /// Weight λ of the compatibility loss.
@@ -161,18 +195,38 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct MetricsArgs {
+    /// Protocol: `class` (labels; leave-one-out without a gallery) or `revisited`
+    /// (Revisited Oxford/Paris Easy/Medium/Hard with `--gnd`).
+    #[arg(long, default_value = "class")]
+    protocol: Protocol,
     /// Query features, an [N, d] float32/float64 .npy matrix.
     #[arg(long)]
     query: PathBuf,
-    /// Query labels, a 1-D integer .npy array.
+    /// Query labels, a 1-D integer .npy array (class protocol).
     #[arg(long)]
-    query_labels: PathBuf,
-    /// Gallery features; leave-one-out over the queries when absent.
-    #[arg(long, requires = "gallery_labels")]
+    query_labels: Option<PathBuf>,
+    /// Gallery (database) features; for the class protocol leave-one-out over the queries
+    /// when absent.
+    #[arg(long)]
     gallery: Option<PathBuf>,
-    /// Gallery labels.
-    #[arg(long, requires = "gallery")]
+    /// Gallery labels (class protocol).
+    #[arg(long)]
     gallery_labels: Option<PathBuf>,
+    /// Ground-truth pickle of the revisited protocol (gnd_roxford5k.pkl, gnd_rparis6k.pkl).
+    #[arg(long)]
+    gnd: Option<PathBuf>,
+    /// k of mP@k for the revisited protocol.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    kappas: Vec<usize>,
+}
+
+/// Retrieval protocols of `bcl metrics`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Protocol {
+    /// Same label = relevant.
+    Class,
+    /// Revisited Oxford/Paris.
+    Revisited,
 }
 
 #[derive(Args)]
@@ -324,19 +378,38 @@ fn run(cli: Cli) -> Result<()> {
                 println!("report written to {}", out.display());
             }
         }
-        Command::Metrics(a) => {
-            let q = read_features_npy(&a.query)?;
-            let ql = read_labels_npy(&a.query_labels)?;
-            let m = match (&a.gallery, &a.gallery_labels) {
-                (Some(g), Some(gl)) => {
-                    let gf = read_features_npy(g)?;
-                    let gll = read_labels_npy(gl)?;
-                    retrieval_metrics(&q, &ql, &gf, &gll, false, &DEFAULT_KS)?
+        Command::Metrics(a) => match a.protocol {
+            Protocol::Class => {
+                let (Some(qlp), None) = (&a.query_labels, &a.gnd) else {
+                    bail!("the class protocol needs --query-labels (and takes no --gnd; use --protocol revisited)");
+                };
+                let q = read_features_npy(&a.query)?;
+                let ql = read_labels_npy(qlp)?;
+                let m = match (&a.gallery, &a.gallery_labels) {
+                    (Some(g), Some(gl)) => {
+                        let gf = read_features_npy(g)?;
+                        let gll = read_labels_npy(gl)?;
+                        retrieval_metrics(&q, &ql, &gf, &gll, false, &DEFAULT_KS)?
+                    }
+                    (None, None) => retrieval_metrics(&q, &ql, &q, &ql, true, &DEFAULT_KS)?,
+                    _ => bail!("--gallery and --gallery-labels go together"),
+                };
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            }
+            Protocol::Revisited => {
+                let (Some(gnd), Some(g)) = (&a.gnd, &a.gallery) else {
+                    bail!("the revisited protocol needs --gnd FILE and --gallery X.npy (the database features)");
+                };
+                if a.query_labels.is_some() || a.gallery_labels.is_some() {
+                    bail!("the revisited protocol takes its ground truth from --gnd, not from label files");
                 }
-                _ => retrieval_metrics(&q, &ql, &q, &ql, true, &DEFAULT_KS)?,
-            };
-            println!("{}", serde_json::to_string_pretty(&m)?);
-        }
+                let gt = bcl::eval::revisited::RevisitedGnd::read(gnd)?;
+                let q = read_features_npy(&a.query)?;
+                let x = read_features_npy(g)?;
+                let m = bcl::eval::revisited::revisited_metrics(&q, &x, &gt, &a.kappas)?;
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            }
+        },
         Command::Demo(a) => {
             let mut cfg = base_config(&a.common)?;
             if let Some(e) = a.common.epochs {
@@ -373,14 +446,60 @@ fn run(cli: Cli) -> Result<()> {
                 a.out.display()
             );
         }
+        Command::Search(a) => {
+            let device = parse_device(&a.device)?;
+            let q = read_features_npy(&a.query)?.to_device(device);
+            let g = read_features_npy(&a.gallery)?.to_device(device);
+            let t0 = std::time::Instant::now();
+            let r = bcl::eval::search::topk_search(
+                &q,
+                &g,
+                a.k,
+                bcl::eval::search::SearchBlocks {
+                    query: a.query_block,
+                    gallery: a.gallery_block,
+                },
+            )?;
+            let _ = r.scores.size(); // the result is materialised (CUDA runs asynchronously)
+            if let tch::Device::Cuda(_) = device {
+                tch::Cuda::synchronize(0);
+            }
+            let seconds = t0.elapsed().as_secs_f64();
+            for (path, t) in [(&a.out_indices, &r.indices), (&a.out_scores, &r.scores)] {
+                if let Some(p) = path {
+                    write_npy_atomic(p, &t.to_device(tch::Device::Cpu))?;
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impl": "bcl",
+                    "queries": q.size()[0],
+                    "gallery": g.size()[0],
+                    "dim": q.size()[1],
+                    "k": a.k,
+                    "seconds": seconds,
+                })
+            );
+        }
         Command::BenchOdpp(a) => {
             let device = parse_device(&a.device)?;
             if a.dim < 2 || a.bank_per_class < 1 || a.steps < 1 || a.classes.iter().any(|&c| c < 2)
             {
                 bail!("need --dim >= 2, --bank-per-class >= 1, --steps >= 1 and every class count >= 2");
             }
+            let mut cfg = bcl::perturb::OdppConfig {
+                steps: a.steps,
+                ..Default::default()
+            };
+            if let Some(lr) = a.lr {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    bail!("--lr must be a positive number, got {lr}");
+                }
+                cfg.lr = lr;
+            }
             for &c in &a.classes {
-                let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, a.steps, device);
+                let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device);
                 println!("{}", serde_json::to_string(&t)?);
             }
         }
@@ -394,6 +513,19 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
     }
+    Ok(())
+}
+
+/// Writes a tensor as .npy next to its destination, then renames it into place.
+fn write_npy_atomic(path: &Path, t: &tch::Tensor) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp.npy", std::process::id()));
+    t.write_npy(&tmp)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 

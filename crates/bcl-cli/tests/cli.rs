@@ -277,3 +277,63 @@ fn train_eval_round_trip_through_the_cli() {
     assert!(out.contains("| bct |"), "{out}");
     assert!(dir.path().join("r/compat_matrix.svg").is_file());
 }
+
+#[test]
+fn metrics_revisited_matches_golden() {
+    let dir = std::env::var_os("BCL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .join("golden");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("revisited.json")).unwrap())
+            .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    write_matrix(&p("q.npy"), &g["Q"]);
+    write_matrix(&p("x.npy"), &g["X"]);
+    let gnd = dir.join("revisited_gnd.pkl");
+    let out: serde_json::Value = serde_json::from_str(&run_ok(bcl().args([
+        "metrics",
+        "--protocol",
+        "revisited",
+        "--gnd",
+        gnd.to_str().unwrap(),
+        "--query",
+        p("q.npy").to_str().unwrap(),
+        "--gallery",
+        p("x.npy").to_str().unwrap(),
+    ])))
+    .unwrap();
+    for setup in ["easy", "medium", "hard"] {
+        let e = &g["expected"][setup];
+        close(&out[setup]["map"], &e["map"]);
+        for k in ["1", "5", "10"] {
+            close(&out[setup]["mp_at"][k], &e["mp_at"][k]);
+        }
+    }
+    assert!(out["easy"]["ap_per_query"][0].is_null());
+    // query and database swapped: the counts do not fit the ground truth
+    let err = run_err(bcl().args([
+        "metrics",
+        "--protocol",
+        "revisited",
+        "--gnd",
+        gnd.to_str().unwrap(),
+        "--query",
+        p("x.npy").to_str().unwrap(),
+        "--gallery",
+        p("q.npy").to_str().unwrap(),
+    ]));
+    assert!(err.contains("ground truth lists 7 queries"), "{err}");
+    // no ground truth: told what to give
+    let err = run_err(bcl().args([
+        "metrics",
+        "--protocol",
+        "revisited",
+        "--query",
+        p("q.npy").to_str().unwrap(),
+        "--gallery",
+        p("x.npy").to_str().unwrap(),
+    ]));
+    assert!(err.contains("--gnd"), "{err}");
+}

@@ -1,6 +1,9 @@
 //! Evaluation: exact blocked search, retrieval metrics (mAP, mAP@100, Recall@K), leave-one-out
 //! and query/gallery protocols, the compatibility matrix, the criterion and the update gain.
 
+pub mod revisited;
+pub mod search;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +25,14 @@ pub enum EvalError {
     /// Inputs that do not fit together.
     #[error("{0}")]
     Mismatch(String),
+    /// A ground-truth file that cannot be read or does not hold together.
+    #[error("{path}: {reason}")]
+    Ground {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Retrieval metrics averaged over the queries that have at least one relevant item.

@@ -1,7 +1,10 @@
 //! Experiments: one configuration file describes scenarios, methods, seeds and knob sweeps;
 //! `run_experiment` trains what is missing (finished models are reused, interrupted ones
 //! resumed), evaluates each (scenario, seed) once, and writes the aggregated table
-//! (mean ± std over seeds), the frontier of self-test against cross-test, and plots.
+//! (mean ± std over seeds), the frontier of self-test against cross-test, and plots; the
+//! sequential-upgrade chains live in [`sequential`].
+
+pub mod sequential;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -104,6 +107,8 @@ pub struct ExperimentConfig {
     pub sweep_scenarios: Option<Vec<Scenario>>,
     /// Seeds the sweeps run with (default: the first seed).
     pub sweep_seeds: Option<Vec<u64>>,
+    /// Sequential upgrades (none by default).
+    pub sequential: Option<sequential::SequentialConfig>,
 }
 
 impl Default for ExperimentConfig {
@@ -116,6 +121,7 @@ impl Default for ExperimentConfig {
             sweeps: Vec::new(),
             sweep_scenarios: None,
             sweep_seeds: None,
+            sequential: None,
         }
     }
 }
@@ -136,6 +142,12 @@ impl ExperimentConfig {
                 path: path.to_path_buf(),
                 reason: "seeds, scenarios and methods must each name at least one".into(),
             });
+        }
+        if let Some(seq) = &cfg.sequential {
+            seq.validate().map_err(|reason| PipelineError::Config {
+                path: path.to_path_buf(),
+                reason,
+            })?;
         }
         Ok(cfg)
     }
@@ -208,6 +220,8 @@ pub struct ExperimentReport {
     pub frontier: Vec<FrontierPoint>,
     /// Refresh diagnostics of the perturbation runs.
     pub diagnostics: Vec<DiagnosticsRow>,
+    /// Sequential-upgrade chains (empty without a `[sequential]` section).
+    pub sequential: Vec<sequential::ChainRun>,
 }
 
 /// Summary of one perturbation run's refreshes (from its `refreshes.json` and `history.json`).
@@ -244,7 +258,7 @@ pub fn diagnostics(cfg: &ExperimentConfig, out: &Path) -> Vec<DiagnosticsRow> {
     let mut rows = Vec::new();
     for &scenario in &cfg.scenarios {
         for &seed in &cfg.seeds {
-            for m in [Method::Ndpp, Method::Odpp] {
+            for m in [Method::Ndpp, Method::Odpp, Method::Unibct] {
                 let dir = model_dir(out, scenario, seed, m);
                 let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
                 let (Some(r), Some(h)) = (read("refreshes.json"), read("history.json")) else {
@@ -305,7 +319,7 @@ pub fn diagnostics_markdown(rows: &[DiagnosticsRow]) -> String {
     s
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let m = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {
@@ -622,6 +636,19 @@ pub fn run_experiment(
             &out.join(format!("frontier-{sc}.svg")),
         )?;
     }
+    let mut chains = Vec::new();
+    if let Some(seq) = &cfg.sequential {
+        chains = sequential::run_sequential(cfg, seq, out, &opts)?;
+        let summary = sequential::summarise(&chains, &seq.fractions);
+        write_atomic(
+            &out.join("sequential.md"),
+            sequential::sequential_markdown(&summary, seq.reference).as_bytes(),
+        )?;
+        write_atomic(
+            &out.join("sequential.csv"),
+            sequential::sequential_csv(&chains).as_bytes(),
+        )?;
+    }
     let diag = diagnostics(cfg, out);
     write_atomic(
         &out.join("diagnostics.md"),
@@ -632,6 +659,7 @@ pub fn run_experiment(
         table,
         frontier,
         diagnostics: diag,
+        sequential: chains,
     };
     write_atomic(
         &out.join("report.json"),

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Reduction, Tensor};
 
+pub mod zoo;
+
 use crate::model::l2_normalize;
 use crate::perturb::{
     class_prototypes, geometry_stats, pseudo_old, Ndpp, NdppConfig, Odpp, OdppConfig, Perturbation,
@@ -85,6 +87,11 @@ impl ClassifierHead {
         margin_logits(f, &self.weight, self.bias.as_ref(), y, &self.cfg)
     }
 
+    /// The weight rows `[C, d]` (with gradient).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
     /// Logits without margin (for evaluation of classification accuracy).
     pub fn plain_logits(&self, f: &Tensor) -> Tensor {
         match self.cfg.kind {
@@ -146,6 +153,23 @@ pub struct CompatInputs<'a> {
     pub labels: &'a Tensor,
     /// Old embeddings `g` of the same images from the frozen old model, when the method asks.
     pub old: Option<&'a Tensor>,
+    /// The new classifier's weight rows `W_new` `[C, d]` (with gradient), when available.
+    pub classifier: Option<&'a Tensor>,
+    /// Training progress in [0, 1] (step / total steps), for scheduled terms.
+    pub progress: f64,
+}
+
+impl<'a> CompatInputs<'a> {
+    /// Inputs with only the new embeddings and labels (no old embeddings, no classifier).
+    pub fn new(new: &'a Tensor, labels: &'a Tensor) -> Self {
+        Self {
+            new,
+            labels,
+            old: None,
+            classifier: None,
+            progress: 0.0,
+        }
+    }
 }
 
 /// A backward-compatibility loss `L_comp`; the training loop adds `λ · L_comp` to `L_cls`.
@@ -158,6 +182,10 @@ pub trait CompatLoss {
     }
     /// The loss weight λ.
     fn weight(&self) -> f64;
+    /// Creates the method's own trainable variables (a discriminator, learned radii) under
+    /// `p`, in the model's variable store: the optimiser updates them and checkpoints keep
+    /// them; they are left out of the final model file. Called once before training.
+    fn init_params(&mut self, _p: &nn::Path) {}
     /// The unweighted scalar loss on a batch; `None` for a method without one.
     fn loss(&self, inputs: &CompatInputs) -> Option<Tensor>;
     /// Whether the method refreshes state from the new model (then the loop calls
@@ -497,16 +525,28 @@ pub enum Method {
     Ndpp,
     /// Influence loss against ODPP's pseudo-old prototypes.
     Odpp,
+    /// LCE: new classifier aligned with old centres, plus the old-class boundary.
+    Lce,
+    /// UniBCT: influence loss against old prototypes refined over the new class graph.
+    Unibct,
+    /// Hot-Refresh's RACT: contrastive against old features with new→new negatives.
+    Ract,
+    /// AdvBCT: adversarial discriminator plus elastic boundary.
+    Advbct,
 }
 
 impl Method {
     /// Every registered method.
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 9] = [
         Method::Independent,
         Method::L2,
         Method::Bct,
         Method::Ndpp,
         Method::Odpp,
+        Method::Lce,
+        Method::Unibct,
+        Method::Ract,
+        Method::Advbct,
     ];
 
     /// The CLI name.
@@ -517,17 +557,53 @@ impl Method {
             Method::Bct => "bct",
             Method::Ndpp => "ndpp",
             Method::Odpp => "odpp",
+            Method::Lce => "lce",
+            Method::Unibct => "unibct",
+            Method::Ract => "ract",
+            Method::Advbct => "advbct",
         }
     }
 
     /// Whether the method needs the old model's class prototypes.
     pub fn needs_prototypes(&self) -> bool {
-        matches!(self, Method::Bct | Method::Ndpp | Method::Odpp)
+        matches!(
+            self,
+            Method::Bct
+                | Method::Ndpp
+                | Method::Odpp
+                | Method::Lce
+                | Method::Unibct
+                | Method::Advbct
+        )
     }
 
     /// Whether the method needs a bank of old features of training images (`F°`).
     pub fn needs_old_bank(&self) -> bool {
-        matches!(self, Method::Odpp)
+        matches!(self, Method::Odpp | Method::Lce | Method::Advbct)
+    }
+
+    /// The part of `cfg` this method reads, as JSON: two runs of the method with the same
+    /// view train the same loss (used to refuse resuming a run under other settings).
+    pub fn config_view(&self, cfg: &CompatConfig) -> serde_json::Value {
+        use serde_json::json;
+        let bank = cfg.odpp.old_bank_per_class;
+        match self {
+            Method::Independent => json!({}),
+            Method::L2 => json!({ "lambda": cfg.lambda }),
+            Method::Bct => json!({ "lambda": cfg.lambda, "scale": cfg.scale }),
+            Method::Ndpp => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
+                "refresh": cfg.refresh, "ndpp": cfg.ndpp }),
+            Method::Odpp => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
+                "refresh": cfg.refresh, "odpp": cfg.odpp }),
+            Method::Lce => {
+                json!({ "lambda": cfg.lambda, "old_bank_per_class": bank, "lce": cfg.lce })
+            }
+            Method::Unibct => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
+                "refresh": cfg.refresh, "unibct": cfg.unibct }),
+            Method::Ract => json!({ "lambda": cfg.lambda, "ract": cfg.ract }),
+            Method::Advbct => json!({ "lambda": cfg.lambda, "old_bank_per_class": bank,
+                "advbct": cfg.advbct }),
+        }
     }
 
     /// Builds the loss from what the pipeline prepared: `ctx.prototypes` when
@@ -567,6 +643,39 @@ impl Method {
                     p,
                     cfg.refresh.clone(),
                     Box::new(Odpp::new(cfg.odpp.clone(), bank, labels, c, d)),
+                ))
+            }
+            Method::Lce => {
+                let (bank, labels) = ctx.old_bank.expect("lce needs the old feature bank");
+                Box::new(zoo::Lce::new(
+                    cfg.lambda,
+                    cfg.lce.clone(),
+                    protos(),
+                    &bank,
+                    &labels,
+                ))
+            }
+            Method::Unibct => Box::new(PerturbedBct::new(
+                cfg.lambda,
+                cfg.scale,
+                protos(),
+                cfg.refresh.clone(),
+                Box::new(zoo::UnibctRefine {
+                    cfg: cfg.unibct.clone(),
+                }),
+            )),
+            Method::Ract => Box::new(zoo::Ract {
+                lambda: cfg.lambda,
+                cfg: cfg.ract.clone(),
+            }),
+            Method::Advbct => {
+                let (bank, labels) = ctx.old_bank.expect("advbct needs the old feature bank");
+                Box::new(zoo::Advbct::new(
+                    cfg.lambda,
+                    cfg.advbct.clone(),
+                    protos(),
+                    &bank,
+                    &labels,
                 ))
             }
         }
@@ -613,8 +722,17 @@ pub struct CompatConfig {
     pub refresh: RefreshConfig,
     /// NDPP's hyper-parameters.
     pub ndpp: NdppConfig,
-    /// ODPP's hyper-parameters.
+    /// ODPP's hyper-parameters (its `old_bank_per_class` also sizes the old feature bank of
+    /// `lce` and `advbct`).
     pub odpp: OdppConfig,
+    /// LCE's hyper-parameters.
+    pub lce: zoo::LceConfig,
+    /// UniBCT's hyper-parameters.
+    pub unibct: zoo::UnibctConfig,
+    /// RACT's hyper-parameters.
+    pub ract: zoo::RactConfig,
+    /// AdvBCT's hyper-parameters.
+    pub advbct: zoo::AdvbctConfig,
 }
 
 impl Default for CompatConfig {
@@ -625,6 +743,10 @@ impl Default for CompatConfig {
             refresh: RefreshConfig::default(),
             ndpp: NdppConfig::default(),
             odpp: OdppConfig::default(),
+            lce: Default::default(),
+            unibct: Default::default(),
+            ract: Default::default(),
+            advbct: Default::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{
-    load_idx_dir, per_class_sample, rng_for, DataError, Dataset, Split, SplitConfig,
+    load_idx_dir, per_class_sample, rng_for, DataError, Dataset, Scenario, Split, SplitConfig,
     DEFAULT_DATA_DIR,
 };
 use crate::eval::{is_compatible, update_gain, CompatMatrix, EvalError};
@@ -19,7 +19,10 @@ use crate::report::{
     matrix_csv, plot_curves, plot_matrix, rows_csv, rows_markdown, write_atomic, ReportError,
     ResultRow,
 };
-use crate::train::{train, EpochStats, TrainConfig, TrainError, TrainJob, TrainOutcome};
+use crate::train::{
+    finished_run, job_config_string, train, EpochStats, TrainConfig, TrainError, TrainJob,
+    TrainOutcome,
+};
 
 /// Errors of a pipeline step; each variant carries the file or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -302,7 +305,60 @@ pub fn train_new(
     out: &Path,
     opts: &StepOptions,
 ) -> Result<TrainOutcome, PipelineError> {
+    train_successor(cfg, old_dir, method, None, out, opts)
+}
+
+/// As [`train_new`], on a share of each class's training images when `fraction` is given
+/// (a step of a sequential upgrade). The shares are nested: with the split's seed, the images
+/// of fraction 0.3 are among those of 0.6 (the same per-class shuffle, a longer prefix).
+pub fn train_successor(
+    cfg: &RunConfig,
+    old_dir: &Path,
+    method: Method,
+    fraction: Option<f64>,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<TrainOutcome, PipelineError> {
     let (_, saved_split) = old_run(old_dir)?;
+    let mut note = format!("lambda={} scale={}", cfg.compat.lambda, cfg.compat.scale);
+    if let Some(r) = fraction {
+        if !(r > 0.0 && r <= 1.0) {
+            return Err(PipelineError::Invalid(format!(
+                "train fraction must lie in (0, 1], got {r}"
+            )));
+        }
+        note.push_str(&format!(" train_fraction={r}"));
+    }
+    // Resuming under other settings of the method would mix two runs in one directory (the
+    // checkpoint's key covers the model, training and λ, not every knob of every method).
+    let saved_cfg = out.join("config.toml");
+    if opts.resume && saved_cfg.exists() {
+        let saved = RunConfig::from_toml_file(&saved_cfg)?;
+        let (was, now) = (
+            method.config_view(&saved.compat),
+            method.config_view(&cfg.compat),
+        );
+        if was != now {
+            return Err(PipelineError::Invalid(format!(
+                "{}: this run was made with other {method} settings ({was} there, {now} now); \
+                 delete the directory to retrain it or choose another output directory",
+                out.display()
+            )));
+        }
+    }
+    // A finished run of the same configuration is returned before anything is embedded.
+    if opts.resume {
+        let key = job_config_string(
+            &cfg.model,
+            &cfg.new,
+            method.as_str(),
+            &note,
+            &saved_split.fingerprint,
+        );
+        if let Some(done) = finished_run(out, &key, cfg.new.epochs)? {
+            return Ok(done);
+        }
+    }
     let (train_set, test_set) = load_data(&cfg.data)?;
     let split = Split::new(&saved_split.config, &train_set.labels, cfg.data.classes)?;
     if split.fingerprint != saved_split.fingerprint {
@@ -321,7 +377,26 @@ pub fn train_new(
         )));
     }
     let classes: Vec<i64> = (0..cfg.data.classes as i64).collect();
-    let data = relabel(&train_set, &split.new_indices, &classes);
+    let indices = match fraction {
+        Some(r) if r < 1.0 => {
+            if !matches!(
+                split.config.scenario,
+                Scenario::ExtendedData | Scenario::OpenData
+            ) {
+                return Err(PipelineError::Invalid(format!(
+                    "a train fraction needs a data scenario, not {}",
+                    split.config.scenario
+                )));
+            }
+            let sub = SplitConfig {
+                fraction: r,
+                ..split.config.clone()
+            };
+            Split::new(&sub, &train_set.labels, cfg.data.classes)?.old_indices
+        }
+        _ => split.new_indices.clone(),
+    };
+    let data = relabel(&train_set, &indices, &classes);
     // Old prototypes over the whole new training set, computed once with the frozen old model
     // (this covers classes the old model never saw); F° is a seeded per-class sample of the
     // same old features.
@@ -348,7 +423,6 @@ pub fn train_new(
     saved.split = split.config.clone();
     write_atomic(&out.join("config.toml"), saved.to_toml().as_bytes())?;
     write_json(&out.join("split.json"), &split)?;
-    let note = format!("lambda={} scale={}", cfg.compat.lambda, cfg.compat.scale);
     Ok(train(TrainJob {
         name: format!("new-{method}"),
         role: "new".into(),

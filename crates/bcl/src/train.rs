@@ -359,7 +359,7 @@ pub fn save_safetensors_atomic(
     ));
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu)))
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
         .collect();
     Tensor::write_safetensors(&cpu, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
     std::fs::File::open(&tmp)
@@ -368,6 +368,9 @@ pub fn save_safetensors_atomic(
     std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e))?;
     Ok(())
 }
+
+/// Name of the variable-store path under which a compatibility loss keeps its variables.
+pub const COMPAT_VARS: &str = "compat";
 
 fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
@@ -401,6 +404,48 @@ fn embed_items(
     (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
 }
 
+/// The string a checkpoint records to tell whether a resumed run is the same run.
+pub fn job_config_string(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    method: &str,
+    note: &str,
+    split_fingerprint: &str,
+) -> String {
+    serde_json::to_string(&(model, train, method, note, split_fingerprint))
+        .expect("config serialises")
+}
+
+/// The outcome of a run in `out` that already finished with the same configuration string
+/// (so that callers can skip preparing a job that would do nothing); `None` when there is no
+/// finished run there. A checkpoint of another configuration is an error.
+pub fn finished_run(
+    out: &Path,
+    config_str: &str,
+    epochs: usize,
+) -> Result<Option<TrainOutcome>, TrainError> {
+    let state_path = out.join("checkpoint").join("state.json");
+    let card_path = out.join(CARD_FILE);
+    if !(state_path.exists() && card_path.exists()) {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&state_path).map_err(|e| ckpt_err(&state_path, e))?;
+    let st: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(&state_path, e))?;
+    if st.config != config_str {
+        return Err(TrainError::ConfigChanged { path: state_path });
+    }
+    if st.epochs_done != epochs {
+        return Ok(None);
+    }
+    Ok(Some(TrainOutcome {
+        card: ModelCard::read(&card_path)?,
+        history: st.history,
+        dir: out.to_path_buf(),
+        probe_features: None,
+        refreshes: st.refreshes,
+    }))
+}
+
 /// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
 pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     job.train.validate()?;
@@ -413,14 +458,13 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     let ckpt_dir = out.join("checkpoint");
     let state_path = ckpt_dir.join("state.json");
     let card_path = out.join(CARD_FILE);
-    let config_str = serde_json::to_string(&(
+    let config_str = job_config_string(
         &job.model,
         &job.train,
         job.compat.name(),
         &job.note,
         &job.split_fingerprint,
-    ))
-    .expect("config serialises");
+    );
 
     if (card_path.exists() || state_path.exists()) && !job.resume {
         return Err(TrainError::Exists(out.clone()));
@@ -437,18 +481,9 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         }
         loaded_state = Some(st);
     }
-    if job.resume && card_path.exists() {
-        if let Some(st) = &loaded_state {
-            if st.epochs_done == job.train.epochs {
-                let card = ModelCard::read(&card_path)?;
-                return Ok(TrainOutcome {
-                    card,
-                    history: st.history.clone(),
-                    dir: out.clone(),
-                    probe_features: None,
-                    refreshes: st.refreshes.clone(),
-                });
-            }
+    if job.resume {
+        if let Some(done) = finished_run(out, &config_str, job.train.epochs)? {
+            return Ok(done);
         }
     }
 
@@ -464,8 +499,9 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         job.model.dim,
         n_classes,
     );
-    let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
     let mut compat = job.compat;
+    compat.init_params(&(vs.root() / COMPAT_VARS));
+    let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
     let mut refreshes: Vec<RefreshStats> = Vec::new();
 
     if let Some(st) = loaded_state {
@@ -569,6 +605,8 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
                 new: &f,
                 labels: &y,
                 old: old_emb.as_ref(),
+                classifier: Some(head.weight()),
+                progress: step as f64 / total as f64,
             });
             let total_loss = match &comp {
                 Some(c) => &l_cls + c * compat.weight(),
@@ -646,7 +684,13 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             .to_device(Device::Cpu)
     });
     let wpath = out.join(WEIGHTS_FILE);
-    save_safetensors_atomic(&wpath, &named_vars(&vs))?;
+    // The model file holds the model: a method's own variables (a discriminator) stay in the
+    // checkpoint only.
+    let model_vars: Vec<(String, Tensor)> = named_vars(&vs)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(&format!("{COMPAT_VARS}.")))
+        .collect();
+    save_safetensors_atomic(&wpath, &model_vars)?;
     let card = ModelCard {
         format: 1,
         id: file_id(&wpath)?,

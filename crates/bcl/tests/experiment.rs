@@ -2,8 +2,11 @@
 //! table and the frontier come out, and a second call resumes without training anything.
 
 use bcl::data::{synthetic, write_idx_dir, Scenario};
+use bcl::eval::{CompatMatrix, RetrievalMetrics};
+use bcl::experiment::sequential::{pairs_meeting_criterion, ChainReference, SequentialConfig};
 use bcl::experiment::{aggregate, run_experiment, ExperimentConfig, Knob, Sweep};
 use bcl::loss::Method;
+use bcl::model::ModelCard;
 use bcl::pipeline::StepOptions;
 use bcl::report::ResultRow;
 use tch::Device;
@@ -35,6 +38,12 @@ fn a_small_experiment_runs_and_resumes() {
         knob: Knob::Lambda,
         values: vec![4.0],
     }];
+    cfg.sequential = Some(SequentialConfig {
+        fractions: vec![0.3, 0.6, 1.0],
+        methods: vec![Method::Bct],
+        reference: ChainReference::Previous,
+        seeds: Some(vec![1]),
+    });
     let out = dir.path().join("exp");
     let opts = StepOptions {
         resume: true,
@@ -73,10 +82,39 @@ fn a_small_experiment_runs_and_resumes() {
         "extended-class/seed-1/compat_matrix.svg",
         "extended-class/seed-1/prototypes-ndpp.svg",
         "extended-class/seed-1/prototypes-odpp.svg",
+        "sequential.md",
+        "sequential.csv",
+        "sequential/seed-1/matrix-bct.svg",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    // resume: nothing is retrained, evaluation comes from the cache, figures are identical
+    // the chain: nested shares of each class's 60 images, each model against the previous
+    assert_eq!(report.sequential.len(), 1);
+    let chain = &report.sequential[0];
+    assert_eq!(chain.matrix.models.len(), 3);
+    assert_eq!(chain.pairs_total, 3);
+    let images = |d: &str| {
+        ModelCard::read(&out.join("sequential/seed-1").join(d).join("model.json"))
+            .unwrap()
+            .train_images
+    };
+    assert_eq!(
+        [images("m0"), images("bct/m1"), images("bct/m2")],
+        [6 * 18, 6 * 36, 6 * 60]
+    );
+    let m2 = ModelCard::read(&out.join("sequential/seed-1/bct/m2/model.json")).unwrap();
+    let m1 = ModelCard::read(&out.join("sequential/seed-1/bct/m1/model.json")).unwrap();
+    assert_eq!(m2.compatible_with.as_deref(), Some(m1.id.as_str()));
+    // resume: nothing is retrained, evaluation comes from the cache, figures are identical;
+    // a finished run is recognised before anything is embedded, so the old models' weights
+    // are not even read
+    for d in [
+        "extended-class/seed-1/old",
+        "extended-class/seed-2/old",
+        "sequential/seed-1/m0",
+    ] {
+        std::fs::remove_file(out.join(d).join("model.safetensors")).unwrap();
+    }
     let card = out.join("extended-class/seed-2/new-odpp/model.json");
     let before = std::fs::metadata(&card).unwrap().modified().unwrap();
     let again = run_experiment(&cfg, &out, &opts).unwrap();
@@ -87,6 +125,16 @@ fn a_small_experiment_runs_and_resumes() {
     assert_eq!(
         serde_json::to_string(&again.table).unwrap(),
         serde_json::to_string(&report.table).unwrap()
+    );
+    // other settings of a method are refused, not silently mixed with the finished run
+    let mut changed = cfg.clone();
+    changed.base.compat.odpp.mu = 2.0;
+    let e = run_experiment(&changed, &out, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("other odpp settings") && e.contains("new-odpp"),
+        "{e}"
     );
 }
 
@@ -112,4 +160,53 @@ fn aggregation_by_hand() {
     assert!((t[0].cross_map.1 - (0.02f64).sqrt()).abs() < 1e-12);
     assert_eq!(t[0].compatible, 1);
     assert_eq!(t[0].gain, Some((0.5, 0.0)));
+}
+
+fn cell(map: f64) -> RetrievalMetrics {
+    RetrievalMetrics {
+        map,
+        map_at_100: map,
+        recall_at: Default::default(),
+        queries: 1,
+    }
+}
+
+#[test]
+fn chain_pairs_by_hand() {
+    // M(1→0) = 0.55 > M(0→0) = 0.5: met; M(2→0) = 0.45: not; M(2→1) = 0.65 > M(1→1) = 0.6: met
+    let v = [[0.5, 0.1, 0.1], [0.55, 0.6, 0.1], [0.45, 0.65, 0.7]];
+    let m = CompatMatrix {
+        models: vec!["a".into(), "b".into(), "c".into()],
+        cells: v
+            .iter()
+            .map(|r| r.iter().map(|&x| cell(x)).collect())
+            .collect(),
+    };
+    assert_eq!(pairs_meeting_criterion(&m), (2, 3));
+    // equality is not compatibility (strict)
+    let m = CompatMatrix {
+        models: vec!["a".into(), "b".into()],
+        cells: vec![vec![cell(0.5), cell(0.0)], vec![cell(0.5), cell(0.9)]],
+    };
+    assert_eq!(pairs_meeting_criterion(&m), (0, 1));
+}
+
+#[test]
+fn bad_sequential_configs_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    for (body, needle) in [
+        ("fractions = [0.3]", "at least two"),
+        ("fractions = [0.6, 0.3]", "increase strictly"),
+        ("fractions = [0.3, 1.5]", "(0, 1]"),
+        ("fractions = [1.0, 1.0]", "cannot see all"),
+        ("methods = []", "at least one method"),
+        ("refrence = \"first\"", "unknown field"),
+    ] {
+        let p = dir.path().join("e.toml");
+        std::fs::write(&p, format!("[sequential]\n{body}\n")).unwrap();
+        let e = ExperimentConfig::from_toml_file(&p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle) && e.contains("e.toml"), "{body}: {e}");
+    }
 }

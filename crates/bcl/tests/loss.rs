@@ -30,6 +30,8 @@ fn bct_influence_loss_by_hand() {
             new: &f,
             labels: &y,
             old: None,
+            classifier: None,
+            progress: 0.0,
         })
         .unwrap()
         .double_value(&[]);
@@ -52,6 +54,8 @@ fn bct_gradient_reaches_the_new_features_only() {
         new: &f,
         labels: &y,
         old: None,
+        classifier: None,
+        progress: 0.0,
     })
     .unwrap()
     .backward();
@@ -77,6 +81,8 @@ fn l2_loss_by_hand() {
             new: &f,
             labels: &y,
             old: Some(&g),
+            classifier: None,
+            progress: 0.0,
         })
         .unwrap();
     // (0.4^2 + 0.8^2 + 0) / 2
@@ -86,7 +92,9 @@ fn l2_loss_by_hand() {
         .loss(&CompatInputs {
             new: &f,
             labels: &y,
-            old: None
+            old: None,
+            classifier: None,
+            progress: 0.0,
         })
         .is_none());
 }

@@ -1,0 +1,341 @@
+//! Sequential upgrades (METHOD.md section 6): a chain of models on growing shares of each
+//! class's images (e.g. 30% → 60% → 100%), each trained against the previous model or the
+//! first; every chain is evaluated as a full compatibility matrix, with the share of ordered
+//! pairs (later model as query, earlier model as gallery) that meet the criterion.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{mean_std, ExperimentConfig};
+use crate::data::Scenario;
+use crate::eval::{is_compatible, CompatMatrix};
+use crate::loss::Method;
+use crate::model::{Embedder, ModelCard, CARD_FILE};
+use crate::pipeline::{load_data, train_old, train_successor, PipelineError, StepOptions};
+use crate::report::{plot_matrix, write_atomic};
+
+/// Which earlier model each successor of a chain is trained against.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChainReference {
+    /// The model just before it (each step compatible with the last).
+    Previous,
+    /// The first model (every step aligned with the first gallery directly).
+    First,
+}
+
+/// The sequential-upgrade part of an experiment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequentialConfig {
+    /// Share of each class's training images for each model, strictly increasing, in (0, 1];
+    /// the first model is an old model (classification only) on the first share.
+    pub fractions: Vec<f64>,
+    /// Methods to chain; every successor of a chain uses the same method.
+    pub methods: Vec<Method>,
+    /// Which model a successor is trained against.
+    pub reference: ChainReference,
+    /// Seeds (default: the experiment's seeds).
+    pub seeds: Option<Vec<u64>>,
+}
+
+impl Default for SequentialConfig {
+    fn default() -> Self {
+        Self {
+            fractions: vec![0.3, 0.6, 1.0],
+            methods: vec![Method::Bct, Method::Ndpp, Method::Odpp],
+            reference: ChainReference::Previous,
+            seeds: None,
+        }
+    }
+}
+
+impl SequentialConfig {
+    /// Checks the fractions and methods; the reason is the user's to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.fractions.len() < 2 {
+            return Err(
+                "sequential.fractions needs at least two shares (a chain of two models)".into(),
+            );
+        }
+        if self.fractions.iter().any(|&r| !(r > 0.0 && r <= 1.0)) {
+            return Err(format!(
+                "sequential.fractions must lie in (0, 1], got {:?}",
+                self.fractions
+            ));
+        }
+        if self.fractions[0] >= 1.0 {
+            return Err("sequential.fractions: the first model cannot see all the data".into());
+        }
+        if self.fractions.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(format!(
+                "sequential.fractions must increase strictly, got {:?}",
+                self.fractions
+            ));
+        }
+        if self.methods.is_empty() {
+            return Err("sequential.methods must name at least one method".into());
+        }
+        Ok(())
+    }
+}
+
+/// Ordered pairs `(i, j)`, `i > j`, of a chain's matrix with `M(i→j) > M(j→j)`: (met, total).
+pub fn pairs_meeting_criterion(m: &CompatMatrix) -> (usize, usize) {
+    let n = m.models.len();
+    let mut met = 0;
+    let mut total = 0;
+    for i in 0..n {
+        for j in 0..i {
+            total += 1;
+            if is_compatible(m.cells[i][j].map, m.cells[j][j].map) {
+                met += 1;
+            }
+        }
+    }
+    (met, total)
+}
+
+/// One evaluated chain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChainRun {
+    /// Method.
+    pub method: String,
+    /// Seed.
+    pub seed: u64,
+    /// The chain's compatibility matrix (model i trained on `fractions[i]`).
+    pub matrix: CompatMatrix,
+    /// Ordered pairs meeting the criterion.
+    pub pairs_met: usize,
+    /// Ordered pairs in all.
+    pub pairs_total: usize,
+}
+
+/// A chain's figures over seeds: mean ± std per matrix cell and the pooled pair share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChainSummary {
+    /// Method.
+    pub method: String,
+    /// Seeds aggregated.
+    pub seeds: usize,
+    /// The shares of the chain's models.
+    pub fractions: Vec<f64>,
+    /// (mean, std) of mAP per cell `[query][gallery]`.
+    pub cells: Vec<Vec<(f64, f64)>>,
+    /// Pairs meeting the criterion, over all seeds.
+    pub pairs_met: usize,
+    /// Pairs in all, over all seeds.
+    pub pairs_total: usize,
+}
+
+fn model_names(fractions: &[f64]) -> Vec<String> {
+    fractions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("m{i} ({:.0}%)", r * 100.0))
+        .collect()
+}
+
+/// Trains (or reuses) every chain of `seq` under `out/sequential` and evaluates it.
+pub fn run_sequential(
+    cfg: &ExperimentConfig,
+    seq: &SequentialConfig,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<Vec<ChainRun>, PipelineError> {
+    seq.validate().map_err(PipelineError::Invalid)?;
+    let seeds = seq.seeds.clone().unwrap_or_else(|| cfg.seeds.clone());
+    let mut runs = Vec::new();
+    for &seed in &seeds {
+        let mut rc = cfg.run_config(Scenario::ExtendedData, seed);
+        rc.split.fraction = seq.fractions[0];
+        // The first model is the main table's extended-data old model when that is the same run.
+        let main_old = out
+            .join(Scenario::ExtendedData.to_string())
+            .join(format!("seed-{seed}"))
+            .join("old");
+        let same_as_main = cfg.scenarios.contains(&Scenario::ExtendedData)
+            && rc == cfg.run_config(Scenario::ExtendedData, seed);
+        let seq_dir = out.join("sequential").join(format!("seed-{seed}"));
+        let first: PathBuf = if same_as_main {
+            main_old
+        } else {
+            seq_dir.join("m0")
+        };
+        tracing::info!(seed, "sequential chain: first model");
+        train_old(&rc, &first, opts)?;
+        for &method in &seq.methods {
+            let mut dirs = vec![first.clone()];
+            for (i, &r) in seq.fractions.iter().enumerate().skip(1) {
+                let reference = match seq.reference {
+                    ChainReference::Previous => dirs[i - 1].clone(),
+                    ChainReference::First => first.clone(),
+                };
+                let mut step = rc.clone();
+                // a seed of its own per link: no two models of a chain share an initialisation
+                step.new.seed = rc.new.seed + 100 * i as u64;
+                let d = seq_dir.join(method.to_string()).join(format!("m{i}"));
+                tracing::info!(seed, %method, link = i, fraction = r, "sequential chain");
+                train_successor(&step, &reference, method, Some(r), &d, opts)?;
+                dirs.push(d);
+            }
+            runs.push(evaluate_chain(
+                &rc, seq, method, seed, &dirs, &seq_dir, opts,
+            )?);
+        }
+    }
+    Ok(runs)
+}
+
+fn evaluate_chain(
+    rc: &crate::pipeline::RunConfig,
+    seq: &SequentialConfig,
+    method: Method,
+    seed: u64,
+    dirs: &[PathBuf],
+    seq_dir: &Path,
+    opts: &StepOptions,
+) -> Result<ChainRun, PipelineError> {
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|d| ModelCard::read(&d.join(CARD_FILE)).map(|c| c.id))
+        .collect::<Result<_, _>>()?;
+    let cache = seq_dir.join(format!("eval-{method}.json"));
+    let cached: Option<(Vec<String>, ChainRun)> = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|c: &(Vec<String>, ChainRun)| c.0 == ids);
+    let run = match cached {
+        Some((_, r)) => r,
+        None => {
+            let (_, test) = load_data(&rc.data)?;
+            let feats = dirs
+                .iter()
+                .map(|d| Ok(Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch)))
+                .collect::<Result<Vec<_>, PipelineError>>()?;
+            let matrix = CompatMatrix::compute(&model_names(&seq.fractions), &feats, &test.labels)?;
+            let (met, total) = pairs_meeting_criterion(&matrix);
+            let run = ChainRun {
+                method: method.to_string(),
+                seed,
+                matrix,
+                pairs_met: met,
+                pairs_total: total,
+            };
+            write_atomic(
+                &cache,
+                serde_json::to_string(&(&ids, &run))
+                    .expect("serialises")
+                    .as_bytes(),
+            )?;
+            run
+        }
+    };
+    plot_matrix(&run.matrix, &seq_dir.join(format!("matrix-{method}.svg")))?;
+    Ok(run)
+}
+
+/// Mean ± std of each cell and the pooled pair share, per method.
+pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
+    let mut by: BTreeMap<&str, Vec<&ChainRun>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for r in runs {
+        if !by.contains_key(r.method.as_str()) {
+            order.push(r.method.as_str());
+        }
+        by.entry(r.method.as_str()).or_default().push(r);
+    }
+    order
+        .into_iter()
+        .map(|m| {
+            let rs = &by[m];
+            let n = fractions.len();
+            let cells = (0..n)
+                .map(|q| {
+                    (0..n)
+                        .map(|g| {
+                            let v: Vec<f64> = rs.iter().map(|r| r.matrix.cells[q][g].map).collect();
+                            mean_std(&v)
+                        })
+                        .collect()
+                })
+                .collect();
+            ChainSummary {
+                method: m.to_string(),
+                seeds: rs.len(),
+                fractions: fractions.to_vec(),
+                cells,
+                pairs_met: rs.iter().map(|r| r.pairs_met).sum(),
+                pairs_total: rs.iter().map(|r| r.pairs_total).sum(),
+            }
+        })
+        .collect()
+}
+
+/// The summaries as Markdown: one table per method (the mean matrix) and a pair-share line.
+pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> String {
+    let mut s = format!(
+        "Sequential upgrades, each model trained against the {} one; mAP mean ± std over seeds; rows query model, columns gallery model. A pair (i > j) meets the criterion when M(i→j) > M(j→j).\n\n",
+        match reference {
+            ChainReference::Previous => "previous",
+            ChainReference::First => "first",
+        }
+    );
+    s.push_str("| method | seeds | pairs meeting the criterion | share |\n|---|---:|---:|---:|\n");
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {}/{} | {:.2} |\n",
+            r.method,
+            r.seeds,
+            r.pairs_met,
+            r.pairs_total,
+            r.pairs_met as f64 / r.pairs_total.max(1) as f64
+        ));
+    }
+    for r in rows {
+        let names = model_names(&r.fractions);
+        s.push_str(&format!("\n**{}**\n\n| query \\ gallery |", r.method));
+        for n in &names {
+            s.push_str(&format!(" {n} |"));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(names.len()));
+        s.push('\n');
+        for (q, row) in r.cells.iter().enumerate() {
+            s.push_str(&format!("| {} |", names[q]));
+            for (g, (m, sd)) in row.iter().enumerate() {
+                // only pairs with the query model no older than the gallery model matter
+                if g <= q {
+                    s.push_str(&format!(" {m:.4} ± {sd:.4} |"));
+                } else {
+                    s.push_str(" – |");
+                }
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// CSV of every cell of every chain.
+pub fn sequential_csv(runs: &[ChainRun]) -> String {
+    let mut s = String::from("method,seed,query,gallery,map,r1\n");
+    for r in runs {
+        for (q, row) in r.matrix.cells.iter().enumerate() {
+            for (g, c) in row.iter().enumerate() {
+                s.push_str(&format!(
+                    "{},{},{},{},{:.6},{:.6}\n",
+                    r.method,
+                    r.seed,
+                    r.matrix.models[q],
+                    r.matrix.models[g],
+                    c.map,
+                    c.recall_at.get(&1).copied().unwrap_or(f64::NAN)
+                ));
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,256 @@
+//! The baseline zoo (lce, unibct, ract, advbct): each loss against numbers computed by hand,
+//! and each trained on a tiny generated data set, where its compatibility loss must fall.
+
+use bcl::data::{synthetic, write_idx_dir};
+use bcl::loss::zoo::{
+    dann_coefficient, gradient_reversal, old_class_radii, Advbct, AdvbctConfig, Lce, LceConfig,
+    Ract, RactConfig, UnibctConfig, UnibctRefine,
+};
+use bcl::loss::{CompatInputs, CompatLoss, Method};
+use bcl::perturb::{Perturbation, RefreshInputs};
+use bcl::pipeline::{self, RunConfig, StepOptions};
+use tch::{nn, Device, Kind, Tensor};
+
+fn t(v: &[f64], shape: &[i64]) -> Tensor {
+    Tensor::from_slice(v).to_kind(Kind::Float).view(shape)
+}
+
+fn close(a: f64, b: f64, tol: f64) {
+    assert!((a - b).abs() < tol, "{a} vs {b}");
+}
+
+/// Old centres e1, e2; an old bank whose worst sample of each class sits at cosine distance 0.2.
+fn centres_and_bank() -> (Tensor, Tensor, Tensor) {
+    let p = t(&[1.0, 0.0, 0.0, 1.0], &[2, 2]);
+    let bank = t(&[1.0, 0.0, 0.8, 0.6, 0.0, 1.0, 0.6, 0.8], &[4, 2]);
+    let labels = Tensor::from_slice(&[0i64, 0, 1, 1]);
+    (p, bank, labels)
+}
+
+#[test]
+fn old_radii_are_the_worst_sample_distance() {
+    let (p, bank, labels) = centres_and_bank();
+    let r = old_class_radii(&p, &bank, &labels);
+    close(r.double_value(&[0]), 0.2, 1e-6);
+    close(r.double_value(&[1]), 0.2, 1e-6);
+}
+
+#[test]
+fn lce_by_hand_and_its_gradient_reaches_the_classifier() {
+    let (p, bank, labels) = centres_and_bank();
+    let lce = Lce::new(1.0, LceConfig::default(), p.shallow_clone(), &bank, &labels);
+    // classifier rows (2, 0) and (1, 1): normalised e1 and (1, 1)/√2
+    let w = t(&[2.0, 0.0, 1.0, 1.0], &[2, 2]).set_requires_grad(true);
+    // f0 = (0.6, 0.8) of class 0: distance 0.4 to e1, 0.2 past the radius; f1 = e2: inside
+    let f = t(&[0.6, 0.8, 0.0, 1.0], &[2, 2]).set_requires_grad(true);
+    let y = Tensor::from_slice(&[0i64, 1]);
+    let l = lce
+        .loss(&CompatInputs {
+            classifier: Some(&w),
+            ..CompatInputs::new(&f, &y)
+        })
+        .unwrap();
+    let align = (1.0 - 0.5f64.sqrt()) / 2.0;
+    let bound = 0.2 / 2.0;
+    close(l.double_value(&[]), align + bound, 1e-6);
+    l.backward();
+    assert!(w.grad().defined(), "the classifier must be aligned");
+    // d/d f0 of 0.5·(1 − ⟨f0, e1⟩) = (−0.5, 0); f1 is inside its boundary: no gradient
+    close(f.grad().double_value(&[0, 0]), -0.5, 1e-6);
+    close(f.grad().double_value(&[1, 1]), 0.0, 1e-9);
+    assert!(
+        !p.grad().defined(),
+        "the old centres must receive no gradient"
+    );
+}
+
+#[test]
+fn unibct_refinement_by_hand() {
+    let old = Tensor::eye(3, (Kind::Float, Device::Cpu));
+    // new prototypes: classes 0 and 1 close (cos 0.8), class 2 alone
+    let new = t(&[1.0, 0.0, 0.0, 0.8, 0.6, 0.0, 0.0, 0.0, 1.0], &[3, 3]);
+    let r = UnibctRefine {
+        cfg: UnibctConfig { k: 1, alpha: 0.5 },
+    };
+    // A = [[0,1,0],[1,0,0],[0,0,0]]; 0.5·(I − 0.5A)^{-1} = [[2/3,1/3,0],[1/3,2/3,0],[0,0,0.5]]
+    let p = r.refine(&old, &new);
+    let s5 = 5f64.sqrt();
+    let expected = t(
+        &[
+            2.0 / s5,
+            1.0 / s5,
+            0.0,
+            1.0 / s5,
+            2.0 / s5,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+        ],
+        &[3, 3],
+    );
+    assert!(
+        p.allclose(&expected, 1e-5, 1e-6, false),
+        "{p:?} vs {expected:?}"
+    );
+    // α = 0 is bct: the old prototypes unchanged
+    let r0 = UnibctRefine {
+        cfg: UnibctConfig { k: 1, alpha: 0.0 },
+    };
+    assert!(r0.refine(&old, &new).equal(&old));
+    // as a perturbation: normalize(P° + Δ) gives the refined table
+    let mut r = r;
+    let bank = new.shallow_clone();
+    let labels = Tensor::from_slice(&[0i64, 1, 2]);
+    let (delta, _) = r.refresh(&RefreshInputs {
+        old: &old,
+        new: &new,
+        new_bank: &bank,
+        new_bank_labels: &labels,
+    });
+    let pseudo = bcl::perturb::pseudo_old(&old, &delta);
+    assert!(pseudo.allclose(&expected, 1e-5, 1e-6, false));
+}
+
+#[test]
+fn ract_by_hand_excludes_same_class_negatives() {
+    let f = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 0.0], &[3, 2]);
+    let g = t(&[0.6, 0.8, 0.8, 0.6, 0.6, 0.8], &[3, 2]);
+    let y = Tensor::from_slice(&[0i64, 1, 0]);
+    let ract = Ract {
+        lambda: 1.0,
+        cfg: RactConfig { temperature: 1.0 },
+    };
+    assert!(ract.needs_old_embeddings());
+    let l = ract
+        .loss(&CompatInputs {
+            old: Some(&g),
+            ..CompatInputs::new(&f, &y)
+        })
+        .unwrap();
+    // samples 0 and 2: positive 0.6; negatives of class 1 only: g1 (0.8), f1 (0)
+    let l0 = -0.6 + (0.6f64.exp() + 0.8f64.exp() + 1.0).ln();
+    // sample 1: positive 0.6; negatives g0, g2 (0.8 each), f0, f2 (0 each)
+    let l1 = -0.6 + (0.6f64.exp() + 2.0 * 0.8f64.exp() + 2.0).ln();
+    close(l.double_value(&[]), (2.0 * l0 + l1) / 3.0, 1e-5);
+    assert_eq!(RactConfig::default().temperature, 0.01);
+}
+
+#[test]
+fn gradient_reversal_and_dann_schedule() {
+    let x = t(&[0.5, -1.0], &[2]).set_requires_grad(true);
+    let y = gradient_reversal(&x, 0.3);
+    assert!(
+        y.allclose(&x, 1e-7, 1e-7, false),
+        "the value must pass unchanged"
+    );
+    y.sum(Kind::Float).backward();
+    close(x.grad().double_value(&[0]), -0.3, 1e-6);
+    close(x.grad().double_value(&[1]), -0.3, 1e-6);
+    close(dann_coefficient(0.0, 10.0), 0.0, 1e-12);
+    close(
+        dann_coefficient(0.5, 10.0),
+        2.0 / (1.0 + (-5f64).exp()) - 1.0,
+        1e-12,
+    );
+    assert!(dann_coefficient(1.0, 10.0) > 0.9999);
+}
+
+#[test]
+fn advbct_by_hand_with_a_silent_discriminator() {
+    let (p, bank, labels) = centres_and_bank();
+    let mut adv = Advbct::new(1.0, AdvbctConfig::default(), p, &bank, &labels);
+    let vs = nn::VarStore::new(Device::Cpu);
+    adv.init_params(&(vs.root() / "compat"));
+    // a discriminator with zero weights says 0 (p = ½) to everything: BCE = ln 2 on both sides
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            if name.contains("disc") {
+                let _ = v.zero_();
+            }
+        }
+    });
+    assert_eq!(
+        vs.variables().len(),
+        5,
+        "two linear layers and the radii live in the store"
+    );
+    let f = t(&[0.6, 0.8, 0.0, 1.0], &[2, 2]).set_requires_grad(true);
+    let g = t(&[1.0, 0.0, 0.0, 1.0], &[2, 2]);
+    let y = Tensor::from_slice(&[0i64, 1]);
+    let l = adv
+        .loss(&CompatInputs {
+            old: Some(&g),
+            progress: 0.5,
+            ..CompatInputs::new(&f, &y)
+        })
+        .unwrap();
+    // adversarial ln 2, hinge (0.4 − 0.2)/2, elastic 0 at the initial radii
+    close(l.double_value(&[]), 2f64.ln() + 0.1, 1e-6);
+    l.backward();
+    // the radius of class 0 is pushed out by the violating sample: ∂/∂r0 = −1/2
+    let r = adv.radii().unwrap();
+    close(r.grad().double_value(&[0]), -0.5, 1e-6);
+}
+
+fn tiny_config(data: &std::path::Path) -> RunConfig {
+    let mut cfg = RunConfig::default();
+    cfg.data.dir = data.to_path_buf();
+    cfg.data.classes = 6;
+    cfg.model.width = 8;
+    cfg.model.dim = 32;
+    for t in [&mut cfg.old, &mut cfg.new] {
+        t.batch_size = 32;
+        t.lr = 0.05;
+    }
+    cfg.old.epochs = 6;
+    cfg.new.epochs = 3;
+    cfg.compat.refresh.bank_per_class = 20;
+    cfg.compat.odpp.old_bank_per_class = 30;
+    cfg
+}
+
+#[test]
+fn every_zoo_loss_falls_on_a_tiny_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (train_set, test_set) = synthetic(6, 200, 10, 5);
+    write_idx_dir(&data, &train_set, &test_set).unwrap();
+    let cfg = tiny_config(&data);
+    let opts = StepOptions {
+        resume: false,
+        device: Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after: None,
+    };
+    let old_dir = dir.path().join("old");
+    pipeline::train_old(&cfg, &old_dir, &opts).unwrap();
+    for m in [Method::Lce, Method::Unibct, Method::Ract, Method::Advbct] {
+        let out = dir.path().join(format!("new-{m}"));
+        let o = pipeline::train_new(&cfg, &old_dir, m, &out, &opts).unwrap();
+        eprintln!(
+            "{m}: {:?}",
+            o.history.iter().map(|h| h.loss_comp).collect::<Vec<_>>()
+        );
+        let first = o.history.first().unwrap().loss_comp;
+        let last = o.history.last().unwrap().loss_comp;
+        assert!(first.is_finite() && last.is_finite(), "{m}: {first} {last}");
+        assert!(last < first, "{m}: compatibility loss {first} -> {last}");
+        assert_eq!(o.card.method, m.as_str());
+        // the model file holds the model only (AdvBCT's discriminator stays in the checkpoint)
+        let names: Vec<String> = Tensor::read_safetensors(out.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with("compat.")),
+            "{m}: {names:?}"
+        );
+        if m == Method::Advbct {
+            let ck = Tensor::read_safetensors(out.join("checkpoint/weights.safetensors")).unwrap();
+            assert!(ck.iter().any(|(n, _)| n == "compat.radii"));
+        }
+    }
+}
