@@ -207,8 +207,9 @@ pub fn leave_one_out(
 pub struct CompatMatrix {
     /// Model names, in row (and column) order.
     pub models: Vec<String>,
-    /// `cells[q][g]`: metrics with queries from model q against a gallery from model g.
-    pub cells: Vec<Vec<RetrievalMetrics>>,
+    /// `cells[q][g]`: metrics with queries from model q against a gallery from model g;
+    /// `None` for a pair that was not computed.
+    pub cells: Vec<Vec<Option<RetrievalMetrics>>>,
 }
 
 impl CompatMatrix {
@@ -218,12 +219,29 @@ impl CompatMatrix {
         features: &[Tensor],
         labels: &[i64],
     ) -> Result<Self, EvalError> {
+        Self::compute_pairs(names, features, labels, |_, _| true)
+    }
+
+    /// Computes the pairs `(q, g)` for which `want(q, g)` holds (each leave-one-out mAP over
+    /// the full ranking costs a sort per query, so an experiment skips the pairs no table uses).
+    pub fn compute_pairs(
+        names: &[String],
+        features: &[Tensor],
+        labels: &[i64],
+        want: impl Fn(usize, usize) -> bool,
+    ) -> Result<Self, EvalError> {
         let cells = features
             .iter()
-            .map(|q| {
+            .enumerate()
+            .map(|(qi, q)| {
                 features
                     .iter()
-                    .map(|g| leave_one_out(q, g, labels))
+                    .enumerate()
+                    .map(|(gi, g)| {
+                        want(qi, gi)
+                            .then(|| leave_one_out(q, g, labels))
+                            .transpose()
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -233,11 +251,18 @@ impl CompatMatrix {
         })
     }
 
-    /// The cell of two named models.
+    /// The cell of two named models (`None` when unknown or not computed).
     pub fn get(&self, query: &str, gallery: &str) -> Option<&RetrievalMetrics> {
         let q = self.models.iter().position(|m| m == query)?;
         let g = self.models.iter().position(|m| m == gallery)?;
-        Some(&self.cells[q][g])
+        self.cells[q][g].as_ref()
+    }
+
+    /// The cell at row `q`, column `g`, which the caller asked to compute.
+    pub fn at(&self, q: usize, g: usize) -> &RetrievalMetrics {
+        self.cells[q][g]
+            .as_ref()
+            .expect("a cell the evaluation computed")
     }
 }
 

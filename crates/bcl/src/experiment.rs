@@ -17,8 +17,8 @@ use crate::eval::leave_one_out;
 use crate::loss::Method;
 use crate::model::{l2_normalize, Embedder};
 use crate::pipeline::{
-    evaluate_models, load_data, train_new, train_old, EvalReport, PipelineError, RunConfig,
-    StepOptions,
+    evaluate_models_with, load_data, train_new, train_old, EvalReport, MatrixCells, PipelineError,
+    RunConfig, StepOptions,
 };
 use crate::report::{
     plot_frontier, plot_matrix, plot_prototypes_pca, write_atomic, FrontierSeries, ResultRow,
@@ -526,9 +526,10 @@ pub fn run_experiment(
                         .iter()
                         .map(|d| Embedder::load(d, opts.device))
                         .collect::<Result<Vec<_>, _>>()?;
-                    let report = evaluate_models(&models, &test, rc.eval_batch)?;
+                    let report =
+                        evaluate_models_with(&models, &test, rc.eval_batch, MatrixCells::Table)?;
                     let old_feats = models[0].embed_dataset(&test, rc.eval_batch);
-                    let oo = report.matrix.cells[0][0].map;
+                    let oo = report.matrix.at(0, 0).map;
                     let mut points = Vec::new();
                     for (s, v, d) in &sweep_dirs {
                         let m = Embedder::load(d, opts.device)?;

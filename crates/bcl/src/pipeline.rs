@@ -454,11 +454,31 @@ pub struct EvalReport {
     pub rows: Vec<ResultRow>,
 }
 
-/// Embeds `test` with every model and computes the matrix and the per-method rows.
+/// Embeds `test` with every model and computes the full matrix and the per-method rows.
 pub fn evaluate_models(
     models: &[Embedder],
     test: &Dataset,
     batch: usize,
+) -> Result<EvalReport, PipelineError> {
+    evaluate_models_with(models, test, batch, MatrixCells::All)
+}
+
+/// Which cells of the compatibility matrix an evaluation computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixCells {
+    /// Every (query model, gallery model) pair.
+    All,
+    /// What the results table needs: each model against itself and against the old models
+    /// (new-against-new pairs skipped: with ten models, 19 cells instead of 100).
+    Table,
+}
+
+/// As [`evaluate_models`], computing the cells `cells` asks for.
+pub fn evaluate_models_with(
+    models: &[Embedder],
+    test: &Dataset,
+    batch: usize,
+    cells: MatrixCells,
 ) -> Result<EvalReport, PipelineError> {
     if models.is_empty() {
         return Err(PipelineError::Invalid("no model to evaluate".into()));
@@ -486,7 +506,9 @@ pub fn evaluate_models(
         .iter()
         .map(|m| m.embed_dataset(test, batch))
         .collect();
-    let matrix = CompatMatrix::compute(&names, &feats, &test.labels)?;
+    let matrix = CompatMatrix::compute_pairs(&names, &feats, &test.labels, |q, g| {
+        cells == MatrixCells::All || q == g || models[g].card.role == "old"
+    })?;
     let indep = models
         .iter()
         .position(|m| m.card.role == "new" && m.card.method == "independent");
@@ -506,10 +528,10 @@ pub fn evaluate_models(
             }
         };
         let Some(o) = old else { continue };
-        let oo = &matrix.cells[o][o];
-        let cross = &matrix.cells[i][o];
-        let selft = &matrix.cells[i][i];
-        let gain = indep.and_then(|k| update_gain(cross.map, oo.map, matrix.cells[k][k].map));
+        let oo = matrix.at(o, o);
+        let cross = matrix.at(i, o);
+        let selft = matrix.at(i, i);
+        let gain = indep.and_then(|k| update_gain(cross.map, oo.map, matrix.at(k, k).map));
         rows.push(ResultRow {
             method: m.card.method.clone(),
             old_old_map: oo.map,

@@ -135,7 +135,14 @@ pub fn rows_csv(rows: &[ResultRow]) -> String {
 pub fn matrix_csv(m: &CompatMatrix) -> String {
     let mut s = format!("query\\gallery,{}\n", m.models.join(","));
     for (q, row) in m.models.iter().zip(&m.cells) {
-        let cells: Vec<String> = row.iter().map(|c| format!("{:.6}", c.map)).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map(|c| format!("{:.6}", c.map))
+                    .unwrap_or_default()
+            })
+            .collect();
         s.push_str(&format!("{q},{}\n", cells.join(",")));
     }
     s
@@ -172,15 +179,24 @@ pub fn plot_matrix(m: &CompatMatrix, path: &Path) -> Result<(), ReportError> {
             for (g, c) in row.iter().enumerate() {
                 let x0 = left + g as i32 * cell;
                 let y0 = top + q as i32 * cell;
-                let v = c.map.clamp(0.0, 1.0);
-                let color = RGBColor((255.0 - 200.0 * v) as u8, (255.0 - 120.0 * v) as u8, 255);
+                let (color, label) = match c {
+                    Some(c) => {
+                        let v = c.map.clamp(0.0, 1.0);
+                        (
+                            RGBColor((255.0 - 200.0 * v) as u8, (255.0 - 120.0 * v) as u8, 255),
+                            format!("{:.3}", c.map),
+                        )
+                    }
+                    // a pair the evaluation skipped
+                    None => (RGBColor(235, 235, 235), "–".to_string()),
+                };
                 root.draw(&Rectangle::new(
                     [(x0, y0), (x0 + cell - 2, y0 + cell - 2)],
                     color.filled(),
                 ))
                 .map_err(|e| plot_err(path, e))?;
                 root.draw(&Text::new(
-                    format!("{:.3}", c.map),
+                    label,
                     (x0 + cell / 2 - 20, y0 + cell / 2 - 8),
                     style.clone(),
                 ))

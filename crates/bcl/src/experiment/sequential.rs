@@ -90,7 +90,7 @@ pub fn pairs_meeting_criterion(m: &CompatMatrix) -> (usize, usize) {
     for i in 0..n {
         for j in 0..i {
             total += 1;
-            if is_compatible(m.cells[i][j].map, m.cells[j][j].map) {
+            if is_compatible(m.at(i, j).map, m.at(j, j).map) {
                 met += 1;
             }
         }
@@ -256,7 +256,7 @@ pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
                 .map(|q| {
                     (0..n)
                         .map(|g| {
-                            let v: Vec<f64> = rs.iter().map(|r| r.matrix.cells[q][g].map).collect();
+                            let v: Vec<f64> = rs.iter().map(|r| r.matrix.at(q, g).map).collect();
                             mean_std(&v)
                         })
                         .collect()
@@ -325,6 +325,7 @@ pub fn sequential_csv(runs: &[ChainRun]) -> String {
     for r in runs {
         for (q, row) in r.matrix.cells.iter().enumerate() {
             for (g, c) in row.iter().enumerate() {
+                let Some(c) = c else { continue };
                 s.push_str(&format!(
                     "{},{},{},{},{:.6},{:.6}\n",
                     r.method,
