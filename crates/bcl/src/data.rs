@@ -1,5 +1,9 @@
 //! Data: the IDX reader (MNIST layout, plain or gzipped), in-memory image datasets, the
-//! deterministic scenario splits of METHOD.md section 6, and training-time augmentation.
+//! deterministic scenario splits of METHOD.md section 6, and training-time augmentation;
+//! `cifar` reads CIFAR-100's binary files, `lists` the image lists of the retrieval benchmarks.
+
+pub mod cifar;
+pub mod lists;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -94,6 +98,16 @@ pub enum DataError {
     /// A split configuration that cannot be applied.
     #[error("invalid split: {0}")]
     InvalidSplit(String),
+    /// A list or binary file that does not follow its published layout.
+    #[error("{path}{}: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Format {
+        /// The file (or directory).
+        path: PathBuf,
+        /// The 1-based line, where one is at fault.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;

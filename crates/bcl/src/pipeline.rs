@@ -58,11 +58,24 @@ pub enum PipelineError {
     Invalid(String),
 }
 
+/// The on-disk layout of a data directory.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// MNIST-layout IDX files (Fashion-MNIST, MNIST), plain or gzipped.
+    #[default]
+    Idx,
+    /// CIFAR-100's binary version (`train.bin`, `test.bin`; 3 × 32 × 32, 100 fine classes).
+    Cifar100,
+}
+
 /// Where the data come from and how much of it to use.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Directory of MNIST-layout IDX files (plain or gzipped).
+    /// Layout of `dir`.
+    pub format: DataFormat,
+    /// Directory of the data files (IDX files, or CIFAR-100's binary files).
     pub dir: PathBuf,
     /// Number of classes the labels range over.
     pub classes: usize,
@@ -75,6 +88,7 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
+            format: DataFormat::Idx,
             dir: PathBuf::from(DEFAULT_DATA_DIR),
             classes: 10,
             train_per_class: None,
@@ -199,7 +213,18 @@ pub fn parse_device(s: &str) -> Result<Device, PipelineError> {
 
 /// Reads the train and test sets the configuration names (with its per-class limits).
 pub fn load_data(cfg: &DataConfig) -> Result<(Dataset, Dataset), PipelineError> {
-    let (mut train, mut test) = load_idx_dir(&cfg.dir, cfg.classes)?;
+    let (mut train, mut test) = match cfg.format {
+        DataFormat::Idx => load_idx_dir(&cfg.dir, cfg.classes)?,
+        DataFormat::Cifar100 => {
+            if cfg.classes != 100 {
+                return Err(PipelineError::Invalid(format!(
+                    "data.classes is {} but CIFAR-100 has 100 (fine) classes",
+                    cfg.classes
+                )));
+            }
+            crate::data::cifar::load_cifar100_dir(&cfg.dir)?
+        }
+    };
     if let Some(n) = cfg.train_per_class {
         train = train.take_per_class(n);
     }

@@ -453,6 +453,12 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     if job.data.is_empty() {
         return Err(TrainError::Config("no training items".into()));
     }
+    if job.model.in_channels as usize != job.data.channels {
+        return Err(TrainError::Config(format!(
+            "model.in_channels is {} but the images have {} channels (set [model] in_channels = {})",
+            job.model.in_channels, job.data.channels, job.data.channels
+        )));
+    }
     let out = &job.out_dir;
     std::fs::create_dir_all(out).map_err(|e| ckpt_err(out, e))?;
     let ckpt_dir = out.join("checkpoint");

@@ -106,3 +106,47 @@ pub fn topk_search(
         indices: Tensor::cat(&all_i, 0),
     })
 }
+
+/// mAP@k against explicit relevance lists (the GLDv2 retrieval metric at k = 100):
+/// `mean_q 1/min(m_q, k) · Σ_{i ≤ k} P_q(i)·rel_q(i)`, with `ranked[q]` the gallery positions
+/// returned for query q (best first; only the first k count) and `relevant[q]` its `m_q`
+/// relevant positions. Queries without a relevant item are an error (the solution file skips
+/// them).
+pub fn map_at_k_lists(
+    ranked: &[Vec<usize>],
+    relevant: &[Vec<usize>],
+    k: usize,
+) -> Result<f64, EvalError> {
+    if ranked.len() != relevant.len() {
+        return Err(EvalError::Mismatch(format!(
+            "{} ranked lists for {} queries",
+            ranked.len(),
+            relevant.len()
+        )));
+    }
+    if ranked.is_empty() || k == 0 {
+        return Err(EvalError::Mismatch(
+            "mAP@k needs at least one query and k >= 1".into(),
+        ));
+    }
+    let mut total = 0.0;
+    for (q, (r, rel)) in ranked.iter().zip(relevant).enumerate() {
+        let rel: std::collections::BTreeSet<usize> = rel.iter().copied().collect();
+        if rel.is_empty() {
+            return Err(EvalError::Mismatch(format!(
+                "query {q} has no relevant item"
+            )));
+        }
+        let (mut hits, mut ap) = (0usize, 0.0);
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, g) in r.iter().take(k).enumerate() {
+            // a position returned twice counts once
+            if rel.contains(g) && seen.insert(*g) {
+                hits += 1;
+                ap += hits as f64 / (i + 1) as f64;
+            }
+        }
+        total += ap / rel.len().min(k) as f64;
+    }
+    Ok(total / ranked.len() as f64)
+}
