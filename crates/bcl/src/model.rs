@@ -42,23 +42,77 @@ pub enum ModelError {
     Config(String),
 }
 
-/// Architecture of the ResNet-style backbone and embedding head.
+/// Which backbone the embedding network uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backbone {
+    /// The small three-stage ResNet-style net (`width`, `blocks`), for 28×28 and 32×32 images.
+    #[default]
+    Small,
+    /// ResNet-18 in torchvision's layout (variable names as its `state_dict`, without `fc`).
+    Resnet18,
+    /// ResNet-50 (v1.5: stride on the 3×3 convolution) in torchvision's layout.
+    Resnet50,
+}
+
+/// Global pooling of the last feature map.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// Average pooling.
+    #[default]
+    Avg,
+    /// Generalised mean `(mean x^p)^{1/p}` with a learned p (the usual choice for landmarks).
+    Gem,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_gem_default(p: &f64) -> bool {
+    *p == 3.0
+}
+
+fn gem_default() -> f64 {
+    3.0
+}
+
+/// Architecture of the backbone and embedding head. Settings at their defaults are left out
+/// when serialised, so configurations written before a setting existed keep their identity.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Channels of the first stage; stages 2 and 3 use 2x and 4x.
+    /// The backbone.
+    #[serde(skip_serializing_if = "is_default")]
+    pub backbone: Backbone,
+    /// Global pooling.
+    #[serde(skip_serializing_if = "is_default")]
+    pub pooling: Pooling,
+    /// Initial GeM exponent p (learned from there).
+    #[serde(skip_serializing_if = "is_gem_default", default = "gem_default")]
+    pub gem_p: f64,
+    /// Weights to start the backbone from: a `.safetensors` or `.npz` file with torchvision's
+    /// names (ImageNet weights converted once, see docs/benchmarks.md); never downloaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// Channels of the first stage of the small backbone; stages 2 and 3 use 2x and 4x.
     pub width: i64,
-    /// Basic blocks per stage (depth = 2 + 6 * blocks convolutions).
+    /// Basic blocks per stage of the small backbone (depth = 2 + 6 * blocks convolutions).
     pub blocks: i64,
-    /// Embedding dimension `d`.
+    /// Embedding dimension `d` (a linear projection from the backbone's width).
     pub dim: i64,
-    /// Input channels (1 for grey-scale).
+    /// Input channels (1 for grey-scale, 3 for colour).
     pub in_channels: i64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            backbone: Backbone::Small,
+            pooling: Pooling::Avg,
+            gem_p: 3.0,
+            pretrained: None,
             width: 16,
             blocks: 1,
             dim: 128,
@@ -73,6 +127,12 @@ impl ModelConfig {
         if self.width < 1 || self.blocks < 1 || self.dim < 2 || self.in_channels < 1 {
             return Err(ModelError::Config(format!(
                 "width, blocks and in_channels must be >= 1 and dim >= 2, got {self:?}"
+            )));
+        }
+        if !(self.gem_p >= 1.0 && self.gem_p.is_finite()) {
+            return Err(ModelError::Config(format!(
+                "gem_p must be a number >= 1, got {}",
+                self.gem_p
             )));
         }
         Ok(())
@@ -126,52 +186,217 @@ impl BasicBlock {
     }
 }
 
-/// The embedding network: backbone, global average pooling, linear head, L2 normalisation.
+/// A residual block of torchvision's ResNets: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1).
+#[derive(Debug)]
+struct TvBlock {
+    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+fn tv_conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
+    nn::conv2d(
+        p,
+        cin,
+        cout,
+        k,
+        nn::ConvConfig {
+            stride,
+            padding,
+            bias: false,
+            ..Default::default()
+        },
+    )
+}
+
+impl TvBlock {
+    fn new(p: &nn::Path, cin: i64, planes: i64, stride: i64, bottleneck: bool) -> (Self, i64) {
+        let bn = |n: &str, c: i64| nn::batch_norm2d(p / n, c, Default::default());
+        let (convs, cout) = if bottleneck {
+            let out = planes * 4;
+            (
+                vec![
+                    (
+                        tv_conv(p / "conv1", cin, planes, 1, 1, 0),
+                        bn("bn1", planes),
+                    ),
+                    (
+                        tv_conv(p / "conv2", planes, planes, 3, stride, 1),
+                        bn("bn2", planes),
+                    ),
+                    (tv_conv(p / "conv3", planes, out, 1, 1, 0), bn("bn3", out)),
+                ],
+                out,
+            )
+        } else {
+            (
+                vec![
+                    (
+                        tv_conv(p / "conv1", cin, planes, 3, stride, 1),
+                        bn("bn1", planes),
+                    ),
+                    (
+                        tv_conv(p / "conv2", planes, planes, 3, 1, 1),
+                        bn("bn2", planes),
+                    ),
+                ],
+                planes,
+            )
+        };
+        let downsample = (stride != 1 || cin != cout).then(|| {
+            let d = p / "downsample";
+            (
+                tv_conv(&d / "0", cin, cout, 1, stride, 0),
+                nn::batch_norm2d(&d / "1", cout, Default::default()),
+            )
+        });
+        (Self { convs, downsample }, cout)
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let last = self.convs.len() - 1;
+        let mut y = x.shallow_clone();
+        for (i, (c, b)) in self.convs.iter().enumerate() {
+            y = y.apply(c).apply_t(b, train);
+            if i < last {
+                y = y.relu();
+            }
+        }
+        let s = match &self.downsample {
+            None => x.shallow_clone(),
+            Some((c, b)) => x.apply(c).apply_t(b, train),
+        };
+        (y + s).relu()
+    }
+}
+
+#[derive(Debug)]
+enum Body {
+    Small {
+        stem: nn::Conv2D,
+        stem_bn: nn::BatchNorm,
+        blocks: Vec<BasicBlock>,
+    },
+    Torchvision {
+        conv1: nn::Conv2D,
+        bn1: nn::BatchNorm,
+        blocks: Vec<TvBlock>,
+    },
+}
+
+/// The embedding network: backbone, global pooling (average or GeM), a linear projection to
+/// `d`, L2 normalisation.
 #[derive(Debug)]
 pub struct EmbeddingNet {
-    stem: nn::Conv2D,
-    stem_bn: nn::BatchNorm,
-    blocks: Vec<BasicBlock>,
+    body: Body,
+    gem_p: Option<Tensor>,
     head: nn::Linear,
 }
+
+/// Variable-store path of the torchvision backbones (their `state_dict` names follow it).
+pub const BACKBONE_PATH: &str = "backbone";
 
 impl EmbeddingNet {
     /// Builds the network's variables under `p`.
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
-        let stem = conv(p / "stem", cfg.in_channels, cfg.width, 3, 1);
-        let stem_bn = nn::batch_norm2d(p / "stem_bn", cfg.width, Default::default());
-        let mut blocks = Vec::new();
-        let mut cin = cfg.width;
-        for s in 0..3 {
-            let cout = cfg.width << s;
-            for b in 0..cfg.blocks {
-                let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(
-                    &(p / format!("s{s}b{b}")),
+        let (body, width) = match cfg.backbone {
+            Backbone::Small => {
+                let stem = conv(p / "stem", cfg.in_channels, cfg.width, 3, 1);
+                let stem_bn = nn::batch_norm2d(p / "stem_bn", cfg.width, Default::default());
+                let mut blocks = Vec::new();
+                let mut cin = cfg.width;
+                for s in 0..3 {
+                    let cout = cfg.width << s;
+                    for b in 0..cfg.blocks {
+                        let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                        blocks.push(BasicBlock::new(
+                            &(p / format!("s{s}b{b}")),
+                            cin,
+                            cout,
+                            stride,
+                        ));
+                        cin = cout;
+                    }
+                }
+                (
+                    Body::Small {
+                        stem,
+                        stem_bn,
+                        blocks,
+                    },
                     cin,
-                    cout,
-                    stride,
-                ));
-                cin = cout;
+                )
             }
-        }
-        let head = nn::linear(p / "head", cin, cfg.dim, Default::default());
-        Self {
-            stem,
-            stem_bn,
-            blocks,
-            head,
+            Backbone::Resnet18 | Backbone::Resnet50 => {
+                let (depths, bottleneck) = match cfg.backbone {
+                    Backbone::Resnet18 => ([2, 2, 2, 2], false),
+                    _ => ([3, 4, 6, 3], true),
+                };
+                let bp = p / BACKBONE_PATH;
+                let conv1 = tv_conv(&bp / "conv1", cfg.in_channels, 64, 7, 2, 3);
+                let bn1 = nn::batch_norm2d(&bp / "bn1", 64, Default::default());
+                let mut blocks = Vec::new();
+                let mut cin = 64;
+                for (l, (&n, planes)) in depths.iter().zip([64, 128, 256, 512]).enumerate() {
+                    for b in 0..n {
+                        let stride = if l > 0 && b == 0 { 2 } else { 1 };
+                        let (blk, cout) = TvBlock::new(
+                            &(&bp / format!("layer{}", l + 1) / b.to_string()),
+                            cin,
+                            planes,
+                            stride,
+                            bottleneck,
+                        );
+                        blocks.push(blk);
+                        cin = cout;
+                    }
+                }
+                (Body::Torchvision { conv1, bn1, blocks }, cin)
+            }
+        };
+        let gem_p =
+            (cfg.pooling == Pooling::Gem).then(|| p.var("gem_p", &[1], nn::Init::Const(cfg.gem_p)));
+        let head = nn::linear(p / "head", width, cfg.dim, Default::default());
+        Self { body, gem_p, head }
+    }
+
+    /// The last feature map of the backbone.
+    fn features_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.body {
+            Body::Small {
+                stem,
+                stem_bn,
+                blocks,
+            } => {
+                let mut h = x.apply(stem).apply_t(stem_bn, train).relu();
+                for b in blocks {
+                    h = b.forward_t(&h, train);
+                }
+                h
+            }
+            Body::Torchvision { conv1, bn1, blocks } => {
+                let mut h = x.apply(conv1).apply_t(bn1, train).relu().max_pool2d(
+                    [3, 3],
+                    [2, 2],
+                    [1, 1],
+                    [1, 1],
+                    false,
+                );
+                for b in blocks {
+                    h = b.forward_t(&h, train);
+                }
+                h
+            }
         }
     }
 
     /// Unnormalised embedding `φ(x)`.
     pub fn raw_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.stem).apply_t(&self.stem_bn, train).relu();
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
-        }
-        h.mean_dim([2i64, 3].as_slice(), false, Kind::Float)
-            .apply(&self.head)
+        let h = self.features_t(x, train);
+        let pooled = match &self.gem_p {
+            None => h.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
+            Some(p) => gem(&h, p),
+        };
+        pooled.apply(&self.head)
     }
 
     /// L2-normalised embedding `φ(x)/‖φ(x)‖`.
@@ -180,10 +405,82 @@ impl EmbeddingNet {
     }
 }
 
+/// Generalised-mean pooling of a `[B, C, H, W]` map: `(mean_{h,w} max(x, 1e-6)^p)^{1/p}`;
+/// p = 1 is average pooling, large p approaches max pooling.
+pub fn gem(x: &Tensor, p: &Tensor) -> Tensor {
+    x.clamp_min(1e-6)
+        .pow(p)
+        .mean_dim([2i64, 3].as_slice(), false, Kind::Float)
+        .pow(&p.reciprocal())
+}
+
 impl ModuleT for EmbeddingNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         EmbeddingNet::forward_t(self, xs, train)
     }
+}
+
+/// Copies a torchvision ResNet `state_dict` (a `.safetensors` or `.npz` file) into the
+/// backbone variables under `prefix` (e.g. `net.backbone`); `fc.*` and `num_batches_tracked`
+/// are skipped. Every backbone variable must be found with its shape, and every name in the
+/// file must be known: a file of another architecture is an error, not a partial load.
+/// Returns the number of tensors copied.
+pub fn load_pretrained(vs: &nn::VarStore, path: &Path, prefix: &str) -> Result<usize, ModelError> {
+    let werr = |reason: String| ModelError::Weights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let is_npz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let tensors = if is_npz {
+        Tensor::read_npz(path)
+    } else {
+        Tensor::read_safetensors(path)
+    }
+    .map_err(|e| {
+        werr(format!(
+            "cannot read ({e}); expected a .safetensors or .npz state_dict"
+        ))
+    })?;
+    let vars = vs.variables();
+    let mut loaded = std::collections::HashSet::new();
+    tch::no_grad(|| -> Result<(), ModelError> {
+        for (name, t) in &tensors {
+            if name.starts_with("fc.") || name.ends_with("num_batches_tracked") {
+                continue;
+            }
+            let target = format!("{prefix}.{name}");
+            let Some(v) = vars.get(&target) else {
+                return Err(werr(format!(
+                    "'{name}' is not a variable of this backbone: the file holds another architecture"
+                )));
+            };
+            if v.size() != t.size() {
+                return Err(werr(format!(
+                    "'{name}' has shape {:?} in the file but {:?} here (in_channels = 3 for ImageNet weights)",
+                    t.size(),
+                    v.size()
+                )));
+            }
+            let mut v = v.shallow_clone();
+            v.copy_(&t.to_kind(v.kind()).to_device(v.device()));
+            loaded.insert(target);
+        }
+        Ok(())
+    })?;
+    let wanted = format!("{prefix}.");
+    if let Some(missing) = vars
+        .keys()
+        .filter(|k| k.starts_with(&wanted))
+        .find(|k| !loaded.contains(*k))
+    {
+        return Err(werr(format!(
+            "'{}' is missing from the file",
+            &missing[wanted.len()..]
+        )));
+    }
+    Ok(loaded.len())
 }
 
 /// Row-wise L2 normalisation with a small floor on the norm.

@@ -13,7 +13,8 @@ use tch::{Device, Kind, Tensor};
 use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset, Normalization};
 use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
 use crate::model::{
-    file_id, Embedder, EmbeddingNet, ModelCard, ModelConfig, CARD_FILE, WEIGHTS_FILE,
+    file_id, load_pretrained, Backbone, Embedder, EmbeddingNet, ModelCard, ModelConfig,
+    BACKBONE_PATH, CARD_FILE, WEIGHTS_FILE,
 };
 use crate::perturb::RefreshStats;
 use crate::report::{write_atomic, ReportError};
@@ -505,6 +506,15 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         job.model.dim,
         n_classes,
     );
+    if let (Some(w), None) = (&job.model.pretrained, &loaded_state) {
+        if job.model.backbone == Backbone::Small {
+            return Err(TrainError::Config(
+                "model.pretrained needs backbone = \"resnet18\" or \"resnet50\"".into(),
+            ));
+        }
+        let n = load_pretrained(&vs, w, &format!("net.{BACKBONE_PATH}"))?;
+        tracing::info!(tensors = n, file = %w.display(), "backbone initialised from pretrained weights");
+    }
     let mut compat = job.compat;
     compat.init_params(&(vs.root() / COMPAT_VARS));
     let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
