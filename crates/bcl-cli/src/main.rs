@@ -41,9 +41,41 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Time ODPP refreshes on synthetic prototypes and banks (JSON lines, one per class count).
     BenchOdpp(BenchOdppArgs),
+    /// Decoding throughput of the image loader (JPEG files of a class-folder tree, or
+    /// generated ones), to compare with the training step's (`bcl bench --size`).
+    BenchLoader(BenchLoaderArgs),
     /// Exact top-k search of query features in gallery features (.npy), blocked so that memory
     /// stays bounded; prints timing JSON, writes the indices and scores as .npy.
     Search(SearchArgs),
+}
+
+#[derive(Args)]
+struct BenchLoaderArgs {
+    /// A class-per-folder tree of images; without it, JPEGs are generated in a temporary
+    /// directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Number of generated images.
+    #[arg(long, default_value_t = 512)]
+    images: usize,
+    /// Width of the generated images.
+    #[arg(long, default_value_t = 500)]
+    width: u32,
+    /// Height of the generated images.
+    #[arg(long, default_value_t = 375)]
+    height: u32,
+    /// Shorter side after resize.
+    #[arg(long, default_value_t = 256)]
+    resize: u32,
+    /// Side of the square crop.
+    #[arg(long, default_value_t = 224)]
+    crop: u32,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Batches decoded ahead (the bound on memory).
+    #[arg(long, default_value_t = 4)]
+    prefetch: usize,
 }
 
 #[derive(Args)]
@@ -246,6 +278,9 @@ struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128)]
     batch: i64,
+    /// Side of the square input images.
+    #[arg(long, default_value_t = 28)]
+    size: i64,
     /// Timed steps.
     #[arg(long, default_value_t = 30)]
     steps: usize,
@@ -446,6 +481,50 @@ fn run(cli: Cli) -> Result<()> {
                 a.out.display()
             );
         }
+        Command::BenchLoader(a) => {
+            use bcl::data::images::{ImageLoader, ImagePrep};
+            let prep = ImagePrep {
+                resize: a.resize,
+                crop: a.crop,
+            };
+            prep.validate().map_err(anyhow::Error::msg)?;
+            let tmp = tempfile::tempdir()?;
+            let root = match &a.data {
+                Some(d) => d.clone(),
+                None => {
+                    bcl::data::images::write_noise_jpegs(tmp.path(), a.images, a.width, a.height)?;
+                    tmp.path().to_path_buf()
+                }
+            };
+            let list = bcl::data::lists::read_class_folders(&root)?;
+            let n = list.len();
+            let t0 = std::time::Instant::now();
+            let mut seen = 0;
+            for b in ImageLoader::start(
+                root,
+                list,
+                (0..n).collect(),
+                a.batch,
+                prep,
+                Some((0, 0)),
+                a.prefetch,
+            ) {
+                seen += b?.indices.len();
+            }
+            let s = t0.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "impl": "bcl-loader",
+                    "images": seen,
+                    "resize": a.resize,
+                    "crop": a.crop,
+                    "threads": rayon::current_num_threads(),
+                    "seconds": s,
+                    "images_per_s": seen as f64 / s,
+                })
+            );
+        }
         Command::Search(a) => {
             let device = parse_device(&a.device)?;
             let q = read_features_npy(&a.query)?.to_device(device);
@@ -509,7 +588,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => RunConfig::default(),
             };
             let device = parse_device(&a.device)?;
-            let r = pipeline::bench_train_step(&cfg, a.batch, a.steps, a.warmup, device)?;
+            let r = pipeline::bench_train_step(&cfg, a.batch, a.size, a.steps, a.warmup, device)?;
             println!("{}", serde_json::to_string(&r)?);
         }
     }

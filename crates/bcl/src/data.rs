@@ -1,8 +1,10 @@
 //! Data: the IDX reader (MNIST layout, plain or gzipped), in-memory image datasets, the
 //! deterministic scenario splits of METHOD.md section 6, and training-time augmentation;
-//! `cifar` reads CIFAR-100's binary files, `lists` the image lists of the retrieval benchmarks.
+//! `cifar` reads CIFAR-100's binary files, `lists` the image lists of the retrieval benchmarks,
+//! `images` decodes image files (and loads them in parallel).
 
 pub mod cifar;
+pub mod images;
 pub mod lists;
 
 use std::collections::BTreeMap;

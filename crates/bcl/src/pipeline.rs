@@ -67,6 +67,9 @@ pub enum DataFormat {
     Idx,
     /// CIFAR-100's binary version (`train.bin`, `test.bin`; 3 × 32 × 32, 100 fine classes).
     Cifar100,
+    /// Class-per-folder image trees `dir/train/<class>/` and `dir/test/<class>/` (JPEG/PNG),
+    /// decoded into memory at `[data.image]` size.
+    ImageFolder,
 }
 
 /// Where the data come from and how much of it to use.
@@ -75,6 +78,8 @@ pub enum DataFormat {
 pub struct DataConfig {
     /// Layout of `dir`.
     pub format: DataFormat,
+    /// Resize and crop of image files (`image-folder` only).
+    pub image: crate::data::images::ImagePrep,
     /// Directory of the data files (IDX files, or CIFAR-100's binary files).
     pub dir: PathBuf,
     /// Number of classes the labels range over.
@@ -89,6 +94,7 @@ impl Default for DataConfig {
     fn default() -> Self {
         Self {
             format: DataFormat::Idx,
+            image: Default::default(),
             dir: PathBuf::from(DEFAULT_DATA_DIR),
             classes: 10,
             train_per_class: None,
@@ -223,6 +229,18 @@ pub fn load_data(cfg: &DataConfig) -> Result<(Dataset, Dataset), PipelineError> 
                 )));
             }
             crate::data::cifar::load_cifar100_dir(&cfg.dir)?
+        }
+        DataFormat::ImageFolder => {
+            let (train, test) = crate::data::images::load_image_folder_dir(&cfg.dir, &cfg.image)?;
+            if train.classes != cfg.classes {
+                return Err(PipelineError::Invalid(format!(
+                    "{}: {} class folders, but data.classes is {}",
+                    cfg.dir.join("train").display(),
+                    train.classes,
+                    cfg.classes
+                )));
+            }
+            (train, test)
         }
     };
     if let Some(n) = cfg.train_per_class {
@@ -652,6 +670,7 @@ pub struct BenchResult {
 pub fn bench_train_step(
     cfg: &RunConfig,
     batch: i64,
+    size: i64,
     steps: usize,
     warmup: usize,
     device: Device,
@@ -659,9 +678,9 @@ pub fn bench_train_step(
     use crate::loss::ClassifierHead;
     use crate::model::EmbeddingNet;
     use crate::train::Sgd;
-    if batch < 1 || steps < 1 {
+    if batch < 1 || steps < 1 || size < 8 {
         return Err(PipelineError::Invalid(
-            "--batch and --steps must be >= 1".into(),
+            "--batch and --steps must be >= 1 and --size >= 8".into(),
         ));
     }
     cfg.model.validate()?;
@@ -677,7 +696,7 @@ pub fn bench_train_step(
     );
     let mut opt = Sgd::new(&vs, cfg.old.momentum, cfg.old.weight_decay);
     let x = Tensor::randn(
-        [batch, cfg.model.in_channels, 28, 28],
+        [batch, cfg.model.in_channels, size, size],
         (Kind::Float, device),
     );
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));

@@ -1,0 +1,292 @@
+//! Image files: JPEG/PNG decoding with the `image` crate, resize of the shorter side and a
+//! square crop (centre for evaluation, seeded random position and flip for training), query
+//! boxes (Revisited Oxford/Paris) cropped before the resize, and a parallel loader that
+//! decodes batches ahead of the training step with bounded memory (a fixed number of batches
+//! in flight). Small sets can be decoded once into an in-memory [`Dataset`].
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use image::imageops::FilterType;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::lists::ImageList;
+use super::{DataError, Dataset};
+use crate::eval::revisited::crop_rect;
+
+/// How an image file becomes a square RGB input.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagePrep {
+    /// The shorter side is resized to this many pixels first.
+    pub resize: u32,
+    /// Then a `crop × crop` square is cut (centre, or a random position when training).
+    pub crop: u32,
+}
+
+impl Default for ImagePrep {
+    /// 256 then 224: the usual ImageNet-style evaluation transform.
+    fn default() -> Self {
+        Self {
+            resize: 256,
+            crop: 224,
+        }
+    }
+}
+
+impl ImagePrep {
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.crop == 0 || self.resize < self.crop {
+            return Err(format!(
+                "image sizes need 0 < crop <= resize, got resize {} and crop {}",
+                self.resize, self.crop
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes of one prepared image (3 × crop × crop).
+    pub fn item_size(&self) -> usize {
+        3 * (self.crop as usize).pow(2)
+    }
+}
+
+/// Where a training crop goes: position offsets in [0, 1] and a horizontal flip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Jitter {
+    /// Horizontal position of the crop in the free margin, 0 (left) to 1 (right).
+    pub x: f64,
+    /// Vertical position, 0 (top) to 1 (bottom).
+    pub y: f64,
+    /// Mirror left-right.
+    pub flip: bool,
+}
+
+fn decode_err(path: &Path, reason: impl std::fmt::Display) -> DataError {
+    DataError::Format {
+        path: path.to_path_buf(),
+        line: None,
+        reason: format!("cannot decode the image: {reason}"),
+    }
+}
+
+/// Decodes `path`, optionally crops it to `bbx` (`[x1, y1, x2, y2]`, before anything else),
+/// resizes the shorter side to `prep.resize`, cuts the `prep.crop` square (centred, or where
+/// `jitter` says) and returns its pixels as CHW RGB bytes.
+pub fn load_image(
+    path: &Path,
+    prep: &ImagePrep,
+    bbx: Option<&[f64]>,
+    jitter: Option<Jitter>,
+) -> Result<Vec<u8>, DataError> {
+    let mut img = image::ImageReader::open(path)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .decode()
+        .map_err(|e| decode_err(path, e))?;
+    if let Some(b) = bbx {
+        let (l, t, w, h) =
+            crop_rect(b, img.width(), img.height()).map_err(|r| DataError::Format {
+                path: path.to_path_buf(),
+                line: None,
+                reason: r,
+            })?;
+        img = img.crop_imm(l, t, w, h);
+    }
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let s = prep.resize as f64 / w.min(h) as f64;
+    let (nw, nh) = (
+        ((w as f64 * s).round() as u32).max(prep.crop),
+        ((h as f64 * s).round() as u32).max(prep.crop),
+    );
+    let img = if (nw, nh) == (w, h) {
+        img.to_rgb8()
+    } else {
+        img.resize_exact(nw, nh, FilterType::Triangle).to_rgb8()
+    };
+    let (fx, fy, flip) = match jitter {
+        Some(j) => (j.x, j.y, j.flip),
+        None => (0.5, 0.5, false),
+    };
+    let x0 = ((nw - prep.crop) as f64 * fx.clamp(0.0, 1.0)).round() as u32;
+    let y0 = ((nh - prep.crop) as f64 * fy.clamp(0.0, 1.0)).round() as u32;
+    let c = prep.crop as usize;
+    let mut out = vec![0u8; 3 * c * c];
+    for y in 0..c {
+        for x in 0..c {
+            let sx = if flip { c - 1 - x } else { x };
+            let p = img.get_pixel(x0 + sx as u32, y0 + y as u32);
+            for ch in 0..3 {
+                out[ch * c * c + y * c + x] = p[ch];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes every image of `list` (paths under `root`) into an in-memory dataset, in parallel;
+/// the first unreadable file stops it with its path and reason.
+pub fn materialise(root: &Path, list: &ImageList, prep: &ImagePrep) -> Result<Dataset, DataError> {
+    prep.validate().map_err(|r| DataError::Format {
+        path: root.to_path_buf(),
+        line: None,
+        reason: r,
+    })?;
+    let parts: Vec<Vec<u8>> = list
+        .items
+        .par_iter()
+        .map(|it| load_image(&root.join(&it.path), prep, None, None))
+        .collect::<Result<_, _>>()?;
+    Ok(Dataset {
+        pixels: parts.concat(),
+        labels: list.labels(),
+        ids: (0..list.len()).collect(),
+        channels: 3,
+        rows: prep.crop as usize,
+        cols: prep.crop as usize,
+        classes: list.classes.len(),
+    })
+}
+
+/// One decoded batch: CHW RGB bytes of `indices.len()` images and their labels.
+#[derive(Debug)]
+pub struct ImageBatch {
+    /// Positions in the list.
+    pub indices: Vec<usize>,
+    /// Pixels, item-major.
+    pub pixels: Vec<u8>,
+    /// Labels.
+    pub labels: Vec<i64>,
+}
+
+/// A loader that decodes batches on a background thread (images of a batch in parallel with
+/// rayon) while the caller trains on the previous ones; at most `prefetch` batches wait in
+/// memory. Training batches get a seeded random crop and flip per (seed, epoch, item).
+pub struct ImageLoader {
+    rx: mpsc::Receiver<Result<ImageBatch, DataError>>,
+    _worker: std::thread::JoinHandle<()>,
+}
+
+impl ImageLoader {
+    /// Starts decoding `order` (positions in `list`) in batches of `batch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        root: PathBuf,
+        list: ImageList,
+        order: Vec<usize>,
+        batch: usize,
+        prep: ImagePrep,
+        train: Option<(u64, usize)>,
+        prefetch: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::sync_channel(prefetch.max(1));
+        let worker = std::thread::spawn(move || {
+            for chunk in order.chunks(batch.max(1)) {
+                let decoded: Result<Vec<Vec<u8>>, DataError> = chunk
+                    .par_iter()
+                    .map(|&i| {
+                        let jitter = train.map(|(seed, epoch)| {
+                            let mut r = ChaCha8Rng::seed_from_u64(
+                                seed ^ ((epoch as u64) << 40)
+                                    ^ (i as u64).wrapping_mul(0x9E37_79B9),
+                            );
+                            Jitter {
+                                x: r.random(),
+                                y: r.random(),
+                                flip: r.random_bool(0.5),
+                            }
+                        });
+                        load_image(&root.join(&list.items[i].path), &prep, None, jitter)
+                    })
+                    .collect();
+                let msg = decoded.map(|parts| ImageBatch {
+                    indices: chunk.to_vec(),
+                    pixels: parts.concat(),
+                    labels: chunk.iter().map(|&i| list.items[i].label).collect(),
+                });
+                let failed = msg.is_err();
+                // the receiver went away (the consumer stopped): nothing more to do
+                if tx.send(msg).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            _worker: worker,
+        }
+    }
+}
+
+impl Iterator for ImageLoader {
+    type Item = Result<ImageBatch, DataError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+/// Reads an image-folder data set: `dir/train/<class>/…` and `dir/test/<class>/…`, decoded
+/// into memory with `prep` (for sets that fit; the test set uses the training set's classes).
+pub fn load_image_folder_dir(
+    dir: &Path,
+    prep: &ImagePrep,
+) -> Result<(Dataset, Dataset), DataError> {
+    let train_list = super::lists::read_class_folders(&dir.join("train"))?;
+    let mut test_list = super::lists::read_class_folders(&dir.join("test"))?;
+    // the test set's labels follow the training set's class names
+    let map: std::collections::BTreeMap<&str, i64> = train_list
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as i64))
+        .collect();
+    for it in test_list.items.iter_mut() {
+        let name = &test_list.classes[it.label as usize];
+        it.label = *map.get(name.as_str()).ok_or_else(|| DataError::Format {
+            path: dir.join("test").join(name),
+            line: None,
+            reason: format!("class '{name}' has no training images"),
+        })?;
+    }
+    test_list.classes = train_list.classes.clone();
+    Ok((
+        materialise(&dir.join("train"), &train_list, prep)?,
+        materialise(&dir.join("test"), &test_list, prep)?,
+    ))
+}
+
+/// Writes `n` JPEGs of `width × height` random pixels into `dir/noise/` (a one-class tree),
+/// for loader benchmarks without a data set at hand.
+pub fn write_noise_jpegs(dir: &Path, n: usize, width: u32, height: u32) -> Result<(), DataError> {
+    let sub = dir.join("noise");
+    std::fs::create_dir_all(&sub).map_err(|source| DataError::Io {
+        path: sub.clone(),
+        source,
+    })?;
+    (0..n).into_par_iter().try_for_each(|i| {
+        let mut r = ChaCha8Rng::seed_from_u64(i as u64);
+        // smooth noise compresses like a photo more than white noise does
+        let (a, b, c) = (
+            r.random::<f32>() * 0.2,
+            r.random::<f32>() * 0.2,
+            r.random::<f32>() * 6.0,
+        );
+        let img = image::RgbImage::from_fn(width, height, |x, y| {
+            let v = ((x as f32 * a + c).sin() + (y as f32 * b).cos()) * 60.0 + 128.0;
+            image::Rgb([v as u8, (v * 0.8) as u8, (255.0 - v) as u8])
+        });
+        let p = sub.join(format!("{i:05}.jpg"));
+        img.save(&p).map_err(|e| decode_err(&p, e))
+    })
+}

@@ -1,0 +1,257 @@
+//! Image files: decoding, resize and crop by hand, query boxes, training jitter, the parallel
+//! loader (order, labels, errors), and a short end-to-end run on a generated image-folder set.
+
+use std::path::Path;
+
+use bcl::data::images::{load_image, materialise, ImageLoader, ImagePrep, Jitter};
+use bcl::data::lists::read_class_folders;
+use image::{Rgb, RgbImage};
+
+/// A w × h image whose pixel (x, y) is (x, y, 7).
+fn ramp(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| Rgb([x as u8, y as u8, 7]))
+}
+
+fn chw(v: &[u8], c: usize, ch: usize, y: usize, x: usize) -> u8 {
+    v[ch * c * c + y * c + x]
+}
+
+#[test]
+fn decode_crop_flip_and_boxes_by_hand() {
+    let d = tempfile::tempdir().unwrap();
+    let png = d.path().join("r.png");
+    ramp(6, 4).save(&png).unwrap();
+    // shorter side already 4: no resize; the centre 4x4 square starts at x = 1
+    let prep = ImagePrep { resize: 4, crop: 4 };
+    let v = load_image(&png, &prep, None, None).unwrap();
+    assert_eq!(v.len(), 3 * 16);
+    assert_eq!(chw(&v, 4, 0, 0, 0), 1, "x of the first column");
+    assert_eq!(chw(&v, 4, 1, 3, 0), 3, "y of the last row");
+    assert_eq!(chw(&v, 4, 2, 2, 2), 7);
+    // jitter: leftmost crop, mirrored
+    let j = Jitter {
+        x: 0.0,
+        y: 0.0,
+        flip: true,
+    };
+    let v = load_image(&png, &prep, None, Some(j)).unwrap();
+    assert_eq!(
+        chw(&v, 4, 0, 0, 0),
+        3,
+        "mirrored: the first column shows x = 3"
+    );
+    assert_eq!(chw(&v, 4, 0, 0, 3), 0);
+    // a box [2, 1, 5, 4] (3x3) first, then nothing to resize for resize = crop = 3
+    let v = load_image(
+        &png,
+        &ImagePrep { resize: 3, crop: 3 },
+        Some(&[2.0, 1.0, 5.0, 4.0]),
+        None,
+    )
+    .unwrap();
+    assert_eq!((chw(&v, 3, 0, 0, 0), chw(&v, 3, 1, 0, 0)), (2, 1));
+    // an inverted box is an error naming the file
+    let e = load_image(&png, &prep, Some(&[5.0, 1.0, 2.0, 4.0]), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("r.png") && e.contains("inverted"), "{e}");
+    // a larger resize: 6x4 -> 12x8, centre 8x8
+    let v = load_image(&png, &ImagePrep { resize: 8, crop: 8 }, None, None).unwrap();
+    assert_eq!(v.len(), 3 * 64);
+    // JPEG decodes too
+    let jpg = d.path().join("r.jpg");
+    ramp(20, 10).save(&jpg).unwrap();
+    assert_eq!(
+        load_image(
+            &jpg,
+            &ImagePrep {
+                resize: 10,
+                crop: 8
+            },
+            None,
+            None
+        )
+        .unwrap()
+        .len(),
+        3 * 64
+    );
+    // not an image, and a missing file
+    let bad = d.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let e = load_image(&bad, &prep, None, None).unwrap_err().to_string();
+    assert!(e.contains("bad.png") && e.contains("cannot decode"), "{e}");
+    let e = load_image(&d.path().join("no.png"), &prep, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no.png"), "{e}");
+    assert!(ImagePrep { resize: 4, crop: 5 }.validate().is_err());
+}
+
+/// Class folders of small coloured images: class k is a square of colour k on black at a
+/// random place.
+fn make_folder(root: &Path, classes: usize, per_class: usize, seed: u32) {
+    let colours = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]];
+    for c in 0..classes {
+        let dir = root.join(format!("class{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let h = (i as u32 * 7 + seed * 13 + c as u32 * 3) % 16;
+            let img = RgbImage::from_fn(40, 36, |x, y| {
+                if x >= h && x < h + 16 && y >= h / 2 && y < h / 2 + 16 {
+                    Rgb(colours[c % 4])
+                } else {
+                    Rgb([0, 0, 0])
+                }
+            });
+            img.save(dir.join(format!("{i:03}.png"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_loader_decodes_in_order_with_labels_and_stops_at_a_bad_file() {
+    let d = tempfile::tempdir().unwrap();
+    make_folder(d.path(), 3, 5, 1);
+    let list = read_class_folders(d.path()).unwrap();
+    let prep = ImagePrep {
+        resize: 20,
+        crop: 16,
+    };
+    let order: Vec<usize> = (0..list.len()).rev().collect();
+    let batches: Vec<_> = ImageLoader::start(
+        d.path().to_path_buf(),
+        list.clone(),
+        order.clone(),
+        4,
+        prep,
+        None,
+        2,
+    )
+    .collect::<Result<_, _>>()
+    .unwrap();
+    assert_eq!(
+        batches.iter().map(|b| b.indices.len()).collect::<Vec<_>>(),
+        [4, 4, 4, 3]
+    );
+    let seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+    assert_eq!(seen, order);
+    let all = materialise(d.path(), &list, &prep).unwrap();
+    for b in &batches {
+        for (k, &i) in b.indices.iter().enumerate() {
+            assert_eq!(b.labels[k], list.items[i].label);
+            // without jitter the loader's pixels are the materialised ones
+            let sz = prep.item_size();
+            assert_eq!(
+                &b.pixels[k * sz..(k + 1) * sz],
+                &all.pixels[i * sz..(i + 1) * sz]
+            );
+        }
+    }
+    // training jitter is seeded: the same (seed, epoch) gives the same pixels
+    let a: Vec<u8> = ImageLoader::start(
+        d.path().to_path_buf(),
+        list.clone(),
+        vec![0, 1],
+        2,
+        prep,
+        Some((9, 1)),
+        1,
+    )
+    .next()
+    .unwrap()
+    .unwrap()
+    .pixels;
+    let b: Vec<u8> = ImageLoader::start(
+        d.path().to_path_buf(),
+        list.clone(),
+        vec![0, 1],
+        2,
+        prep,
+        Some((9, 1)),
+        1,
+    )
+    .next()
+    .unwrap()
+    .unwrap()
+    .pixels;
+    assert_eq!(a, b);
+    // a corrupt file: the loader yields its error and ends
+    std::fs::write(d.path().join(&list.items[6].path), b"junk").unwrap();
+    let out: Vec<_> = ImageLoader::start(
+        d.path().to_path_buf(),
+        list.clone(),
+        (0..list.len()).collect(),
+        4,
+        prep,
+        None,
+        2,
+    )
+    .collect();
+    assert_eq!(out.len(), 2);
+    assert!(out[0].is_ok());
+    let e = out[1].as_ref().unwrap_err().to_string();
+    assert!(e.contains(list.items[6].path.to_str().unwrap()), "{e}");
+    let e = materialise(d.path(), &list, &prep).unwrap_err().to_string();
+    assert!(e.contains("cannot decode"), "{e}");
+}
+
+#[test]
+fn image_folder_end_to_end() {
+    use bcl::loss::Method;
+    use bcl::model::Embedder;
+    use bcl::pipeline::{self, DataFormat, RunConfig, StepOptions};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("shapes");
+    make_folder(&data.join("train"), 4, 24, 1);
+    make_folder(&data.join("test"), 4, 6, 2);
+    let mut cfg = RunConfig::default();
+    cfg.data.format = DataFormat::ImageFolder;
+    cfg.data.dir = data.clone();
+    cfg.data.classes = 4;
+    cfg.data.image = ImagePrep {
+        resize: 32,
+        crop: 28,
+    };
+    cfg.model.in_channels = 3;
+    cfg.model.width = 8;
+    cfg.model.dim = 32;
+    for t in [&mut cfg.old, &mut cfg.new] {
+        t.batch_size = 16;
+        t.lr = 0.05;
+    }
+    cfg.old.epochs = 4;
+    cfg.new.epochs = 2;
+    let opts = StepOptions {
+        resume: false,
+        device: tch::Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after: None,
+    };
+    pipeline::train_old(&cfg, &d.path().join("old"), &opts).unwrap();
+    pipeline::train_new(
+        &cfg,
+        &d.path().join("old"),
+        Method::Bct,
+        &d.path().join("bct"),
+        &opts,
+    )
+    .unwrap();
+    let models = [
+        Embedder::load(&d.path().join("old"), tch::Device::Cpu).unwrap(),
+        Embedder::load(&d.path().join("bct"), tch::Device::Cpu).unwrap(),
+    ];
+    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    assert_eq!((test.len(), test.channels, test.rows), (24, 3, 28));
+    let r = pipeline::evaluate_models(&models, &test, 16).unwrap();
+    let row = &r.rows[0];
+    assert!(row.self_map > 0.25 && row.cross_map > 0.25, "{row:?}");
+    // a test class without training images is refused
+    make_folder(&data.join("test").join("..").join("test2"), 1, 1, 3);
+    std::fs::rename(data.join("test2/class0"), data.join("test/zebra")).unwrap();
+    let e = pipeline::load_data(&cfg.data).unwrap_err().to_string();
+    assert!(
+        e.contains("zebra") && e.contains("no training images"),
+        "{e}"
+    );
+}
