@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bcl::data::Scenario;
-use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics, DEFAULT_KS};
+use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics};
 use bcl::loss::Method;
 use bcl::model::Embedder;
 use bcl::pipeline::{self, parse_device, RunConfig, StepOptions};
@@ -250,6 +250,9 @@ struct MetricsArgs {
     /// k of mP@k for the revisited protocol.
     #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
     kappas: Vec<usize>,
+    /// K of Recall@K for the class protocol (In-shop: 1,10,20,30,40,50; SOP: 1,10,100,1000).
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    ks: Vec<usize>,
 }
 
 /// Retrieval protocols of `bcl metrics`.
@@ -415,6 +418,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Metrics(a) => match a.protocol {
             Protocol::Class => {
+                if a.ks.contains(&0) {
+                    bail!("--ks: every K must be >= 1");
+                }
                 let (Some(qlp), None) = (&a.query_labels, &a.gnd) else {
                     bail!("the class protocol needs --query-labels (and takes no --gnd; use --protocol revisited)");
                 };
@@ -424,9 +430,9 @@ fn run(cli: Cli) -> Result<()> {
                     (Some(g), Some(gl)) => {
                         let gf = read_features_npy(g)?;
                         let gll = read_labels_npy(gl)?;
-                        retrieval_metrics(&q, &ql, &gf, &gll, false, &DEFAULT_KS)?
+                        retrieval_metrics(&q, &ql, &gf, &gll, false, &a.ks)?
                     }
-                    (None, None) => retrieval_metrics(&q, &ql, &q, &ql, true, &DEFAULT_KS)?,
+                    (None, None) => retrieval_metrics(&q, &ql, &q, &ql, true, &a.ks)?,
                     _ => bail!("--gallery and --gallery-labels go together"),
                 };
                 println!("{}", serde_json::to_string_pretty(&m)?);

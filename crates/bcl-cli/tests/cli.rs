@@ -337,3 +337,25 @@ fn metrics_revisited_matches_golden() {
     ]));
     assert!(err.contains("--gnd"), "{err}");
 }
+
+#[test]
+fn metrics_recall_ks_are_configurable() {
+    let g = golden();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    write_matrix(&p("f.npy"), &g["leave_one_out"]["F"]);
+    write_labels(&p("fl.npy"), &g["leave_one_out"]["labels"]);
+    let args = |ks: &str| {
+        let mut c = bcl();
+        c.args(["metrics", "--query", p("f.npy").to_str().unwrap()])
+            .args(["--query-labels", p("fl.npy").to_str().unwrap(), "--ks", ks]);
+        c
+    };
+    let out: serde_json::Value = serde_json::from_str(&run_ok(&mut args("1,10"))).unwrap();
+    let e = &g["leave_one_out"]["expected"];
+    close(&out["recall_at"]["1"], &e["recall_at"]["1"]);
+    close(&out["recall_at"]["10"], &e["recall_at"]["10"]);
+    assert!(out["recall_at"]["5"].is_null());
+    let err = run_err(&mut args("0,5"));
+    assert!(err.contains("--ks"), "{err}");
+}
