@@ -1,6 +1,7 @@
 //! Evaluation: exact blocked search, retrieval metrics (mAP, mAP@100, Recall@K), leave-one-out
 //! and query/gallery protocols, the compatibility matrix, the criterion and the update gain.
 
+pub mod deploy;
 pub mod revisited;
 pub mod search;
 

@@ -4,6 +4,7 @@
 //! (mean ± std over seeds), the frontier of self-test against cross-test, and plots; the
 //! sequential-upgrade chains live in [`sequential`].
 
+pub mod backfill;
 pub mod sequential;
 
 use std::collections::BTreeMap;
@@ -109,6 +110,8 @@ pub struct ExperimentConfig {
     pub sweep_seeds: Option<Vec<u64>>,
     /// Sequential upgrades (none by default).
     pub sequential: Option<sequential::SequentialConfig>,
+    /// Partial-backfill curves and flips (none by default).
+    pub backfill: Option<backfill::BackfillConfig>,
 }
 
 impl Default for ExperimentConfig {
@@ -122,6 +125,7 @@ impl Default for ExperimentConfig {
             sweep_scenarios: None,
             sweep_seeds: None,
             sequential: None,
+            backfill: None,
         }
     }
 }
@@ -142,6 +146,20 @@ impl ExperimentConfig {
                 path: path.to_path_buf(),
                 reason: "seeds, scenarios and methods must each name at least one".into(),
             });
+        }
+        if let Some(bf) = &cfg.backfill {
+            if let Some(m) = bf.methods.iter().find(|m| !cfg.methods.contains(m)) {
+                return Err(PipelineError::Config {
+                    path: path.to_path_buf(),
+                    reason: format!("backfill.methods names {m}, which is not among methods"),
+                });
+            }
+            if let Some(f) = bf.fractions.iter().find(|f| !(0.0..=1.0).contains(*f)) {
+                return Err(PipelineError::Config {
+                    path: path.to_path_buf(),
+                    reason: format!("backfill.fractions lie in [0, 1], got {f}"),
+                });
+            }
         }
         if let Some(seq) = &cfg.sequential {
             seq.validate().map_err(|reason| PipelineError::Config {
@@ -222,6 +240,8 @@ pub struct ExperimentReport {
     pub diagnostics: Vec<DiagnosticsRow>,
     /// Sequential-upgrade chains (empty without a `[sequential]` section).
     pub sequential: Vec<sequential::ChainRun>,
+    /// Deployment figures (empty without a `[backfill]` section).
+    pub backfill: Vec<backfill::DeployRun>,
 }
 
 /// Summary of one perturbation run's refreshes (from its `refreshes.json` and `history.json`).
@@ -472,6 +492,7 @@ pub fn run_experiment(
     let mut runs = BTreeMap::new();
     let mut table_in = Vec::new();
     let mut frontier = Vec::new();
+    let mut deploy = Vec::new();
     let sweep_scenarios = cfg
         .sweep_scenarios
         .clone()
@@ -587,6 +608,9 @@ pub fn run_experiment(
                 frontier.extend(base_points);
                 frontier.extend(points);
             }
+            if let Some(bf) = &cfg.backfill {
+                deploy.extend(backfill::deploy_run(&rc, bf, scenario, seed, &dir, &opts)?);
+            }
             table_in.push((scenario, seed, report.rows.clone()));
             runs.insert(run_key(scenario, seed), report);
         }
@@ -637,6 +661,9 @@ pub fn run_experiment(
             &out.join(format!("frontier-{sc}.svg")),
         )?;
     }
+    if !deploy.is_empty() {
+        backfill::write_backfill_reports(&deploy, out)?;
+    }
     let mut chains = Vec::new();
     if let Some(seq) = &cfg.sequential {
         chains = sequential::run_sequential(cfg, seq, out, &opts)?;
@@ -661,6 +688,7 @@ pub fn run_experiment(
         frontier,
         diagnostics: diag,
         sequential: chains,
+        backfill: deploy,
     };
     write_atomic(
         &out.join("report.json"),

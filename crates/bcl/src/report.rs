@@ -297,20 +297,53 @@ pub fn plot_frontier(
     title: &str,
     path: &Path,
 ) -> Result<(), ReportError> {
+    plot_xy(
+        series,
+        ("cross-test mAP (new→old)", "self-test mAP (new→new)"),
+        Reference::Vertical(old_old, format!("old→old = {old_old:.3}")),
+        title,
+        path,
+    )
+}
+
+/// A reference line of [`plot_xy`].
+#[derive(Debug, Clone)]
+pub enum Reference {
+    /// A vertical line at x, with its legend label.
+    Vertical(f64, String),
+    /// A horizontal line at y, with its legend label.
+    Horizontal(f64, String),
+}
+
+/// Draws labelled point series joined by lines (sorted by x), with axis descriptions and a
+/// reference line, as SVG.
+pub fn plot_xy(
+    series: &[FrontierSeries],
+    axes: (&str, &str),
+    reference: Reference,
+    title: &str,
+    path: &Path,
+) -> Result<(), ReportError> {
     let all: Vec<(f64, f64)> = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| (p.0, p.1)))
         .collect();
-    let (mut x0, mut x1, mut y0, mut y1) = (old_old, old_old, f64::MAX, f64::MIN);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    match &reference {
+        Reference::Vertical(v, _) => (x0, x1) = (*v, *v),
+        Reference::Horizontal(v, _) => (y0, y1) = (*v, *v),
+    }
     for &(x, y) in &all {
         x0 = x0.min(x);
         x1 = x1.max(x);
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
-    if all.is_empty() {
-        y0 = 0.0;
-        y1 = 1.0;
+    if x0 > x1 {
+        (x0, x1) = (0.0, 1.0);
+    }
+    if y0 > y1 {
+        (y0, y1) = (0.0, 1.0);
     }
     let pad = |a: f64, b: f64| ((b - a) * 0.1).max(0.005);
     let (px, py) = (pad(x0, x1), pad(y0, y1));
@@ -327,17 +360,18 @@ pub fn plot_frontier(
             .map_err(|e| plot_err(path, e))?;
         chart
             .configure_mesh()
-            .x_desc("cross-test mAP (new→old)")
-            .y_desc("self-test mAP (new→new)")
+            .x_desc(axes.0)
+            .y_desc(axes.1)
             .draw()
             .map_err(|e| plot_err(path, e))?;
+        let (line, label) = match &reference {
+            Reference::Vertical(v, l) => (vec![(*v, y0 - py), (*v, y1 + py)], l.clone()),
+            Reference::Horizontal(v, l) => (vec![(x0 - px, *v), (x1 + px, *v)], l.clone()),
+        };
         chart
-            .draw_series(LineSeries::new(
-                vec![(old_old, y0 - py), (old_old, y1 + py)],
-                BLACK.stroke_width(1),
-            ))
+            .draw_series(LineSeries::new(line, BLACK.stroke_width(1)))
             .map_err(|e| plot_err(path, e))?
-            .label(format!("old→old = {old_old:.3}"))
+            .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();

@@ -3,6 +3,7 @@
 
 use bcl::data::{synthetic, write_idx_dir, Scenario};
 use bcl::eval::{CompatMatrix, RetrievalMetrics};
+use bcl::experiment::backfill::BackfillConfig;
 use bcl::experiment::sequential::{pairs_meeting_criterion, ChainReference, SequentialConfig};
 use bcl::experiment::{aggregate, run_experiment, ExperimentConfig, Knob, Sweep};
 use bcl::loss::Method;
@@ -43,6 +44,11 @@ fn a_small_experiment_runs_and_resumes() {
         methods: vec![Method::Bct],
         reference: ChainReference::Previous,
         seeds: Some(vec![1]),
+    });
+    cfg.backfill = Some(BackfillConfig {
+        fractions: vec![0.0, 0.5, 1.0],
+        methods: vec![Method::Bct, Method::Ndpp],
+        seed: 0,
     });
     let out = dir.path().join("exp");
     let opts = StepOptions {
@@ -85,8 +91,20 @@ fn a_small_experiment_runs_and_resumes() {
         "sequential.md",
         "sequential.csv",
         "sequential/seed-1/matrix-bct.svg",
+        "backfill.md",
+        "backfill.csv",
+        "backfill-extended-class.svg",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // deployment: both seeds, both methods; the curve's ends are the table's cross and self
+    assert_eq!(report.backfill.len(), 4);
+    for d in &report.backfill {
+        let run = &report.runs[&format!("{}/seed-{}", d.scenario, d.seed)];
+        let row = run.rows.iter().find(|r| r.method == d.method).unwrap();
+        assert!((d.curve[0].1 - row.cross_map).abs() < 1e-9, "{d:?}");
+        assert!((d.curve[2].1 - row.self_map).abs() < 1e-9, "{d:?}");
+        assert!((0.0..=1.0).contains(&d.flips_cross.negative));
     }
     // the experiment computes the cells its table uses: no new-against-new pair
     let m = &report.runs["extended-class/seed-1"].matrix;
