@@ -115,7 +115,8 @@ pub enum DataError {
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+/// A file's bytes; an unreadable or empty file is an error naming it.
+pub(crate) fn read_nonempty(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -125,6 +126,11 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
             path: path.to_path_buf(),
         });
     }
+    Ok(raw)
+}
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    let raw = read_nonempty(path)?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&raw[..])

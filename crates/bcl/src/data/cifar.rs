@@ -19,15 +19,7 @@ fn format_err(path: &Path, reason: String) -> DataError {
 
 /// Reads one CIFAR-100 binary file (fine labels).
 pub fn read_cifar100_file(path: &Path) -> Result<Dataset, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if raw.is_empty() {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
+    let raw = super::read_nonempty(path)?;
     if raw.len() % RECORD != 0 {
         return Err(format_err(
             path,

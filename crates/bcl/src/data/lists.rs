@@ -76,15 +76,7 @@ fn err(path: &Path, line: Option<usize>, reason: impl Into<String>) -> DataError
 }
 
 fn read_text(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if bytes.is_empty() {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
+    let bytes = super::read_nonempty(path)?;
     String::from_utf8(bytes).map_err(|e| err(path, None, format!("not UTF-8 text: {e}")))
 }
 
