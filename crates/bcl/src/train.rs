@@ -417,6 +417,18 @@ pub fn job_config_string(
         .expect("config serialises")
 }
 
+/// Reads a checkpoint's state file; a checkpoint of another configuration is an error.
+fn read_checkpoint_state(path: &Path, config_str: &str) -> Result<CheckpointState, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ckpt_err(path, e))?;
+    let st: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(path, e))?;
+    if st.config != config_str {
+        return Err(TrainError::ConfigChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(st)
+}
+
 /// The outcome of a run in `out` that already finished with the same configuration string
 /// (so that callers can skip preparing a job that would do nothing); `None` when there is no
 /// finished run there. A checkpoint of another configuration is an error.
@@ -430,11 +442,7 @@ pub fn finished_run(
     if !(state_path.exists() && card_path.exists()) {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&state_path).map_err(|e| ckpt_err(&state_path, e))?;
-    let st: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(&state_path, e))?;
-    if st.config != config_str {
-        return Err(TrainError::ConfigChanged { path: state_path });
-    }
+    let st = read_checkpoint_state(&state_path, config_str)?;
     if st.epochs_done != epochs {
         return Ok(None);
     }
@@ -478,21 +486,16 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     }
     let mut start_epoch = 0;
     let mut history = Vec::new();
-    let mut loaded_state: Option<CheckpointState> = None;
-    if job.resume && state_path.exists() {
-        let text = std::fs::read_to_string(&state_path).map_err(|e| ckpt_err(&state_path, e))?;
-        let st: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| ckpt_err(&state_path, e))?;
-        if st.config != config_str {
-            return Err(TrainError::ConfigChanged { path: state_path });
-        }
-        loaded_state = Some(st);
-    }
     if job.resume {
         if let Some(done) = finished_run(out, &config_str, job.train.epochs)? {
             return Ok(done);
         }
     }
+    let loaded_state = if job.resume && state_path.exists() {
+        Some(read_checkpoint_state(&state_path, &config_str)?)
+    } else {
+        None
+    };
 
     let (mean, std) = job.data.pixel_stats();
     let norm = Normalization { mean, std };
