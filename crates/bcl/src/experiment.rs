@@ -609,7 +609,15 @@ pub fn run_experiment(
                 frontier.extend(points);
             }
             if let Some(bf) = &cfg.backfill {
-                deploy.extend(backfill::deploy_run(&rc, bf, scenario, seed, &dir, &opts)?);
+                deploy.extend(backfill::deploy_run(
+                    &rc,
+                    report.matrix.at(0, 0).map,
+                    bf,
+                    scenario,
+                    seed,
+                    &dir,
+                    &opts,
+                )?);
             }
             table_in.push((scenario, seed, report.rows.clone()));
             runs.insert(run_key(scenario, seed), report);

@@ -56,9 +56,12 @@ pub struct DeployRun {
     pub flips_self: Flips,
 }
 
-/// Computes (or reads from `dir/backfill.json`) the deployment figures of one run.
+/// Computes (or reads from `dir/backfill.json`) the deployment figures of one run;
+/// `old_old_map` comes from the run's evaluation (not recomputed).
+#[allow(clippy::too_many_arguments)]
 pub fn deploy_run(
     rc: &RunConfig,
+    old_old_map: f64,
     bf: &BackfillConfig,
     scenario: Scenario,
     seed: u64,
@@ -87,7 +90,7 @@ pub fn deploy_run(
     let (_, test) = load_data(&rc.data)?;
     let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
     let old_top1 = top1_labels(&old, &old, &test.labels)?;
-    let oo = crate::eval::leave_one_out(&old, &old, &test.labels)?.map;
+    let oo = old_old_map;
     let mut out = Vec::new();
     for (m, d) in bf.methods.iter().zip(&dirs[1..]) {
         let new = Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch);
