@@ -7,7 +7,21 @@ use bcl::perturb::{nearest_angles, pseudo_old, Ndpp, NdppConfig, NdppWeights, Od
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is global and the tests of this file run on parallel threads: every
+/// draw from it holds this lock, so that a test's data do not depend on the other tests.
+static TCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    TCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn protos(c: i64, d: i64, seed: i64) -> Tensor {
+    let _g = rng_lock();
+    protos_locked(c, d, seed)
+}
+
+/// [`protos`] for a caller that holds the lock.
+fn protos_locked(c: i64, d: i64, seed: i64) -> Tensor {
     tch::manual_seed(seed);
     l2_normalize(&Tensor::randn([c, d], (Kind::Float, Device::Cpu)))
 }
@@ -22,9 +36,11 @@ fn row_norms(t: &Tensor) -> Vec<f64> {
 
 #[test]
 fn zero_perturbation_is_exactly_bct() {
-    let old = protos(6, 8, 1);
+    let g = rng_lock();
+    let old = protos_locked(6, 8, 1);
     tch::manual_seed(2);
     let f0 = l2_normalize(&Tensor::randn([5, 8], (Kind::Float, Device::Cpu)));
+    drop(g);
     let y = Tensor::from_slice(&[0i64, 3, 5, 1, 3]);
     let bct = Bct {
         lambda: 1.0,
@@ -149,11 +165,12 @@ fn an_isolated_prototype_barely_moves_with_confusion_weights() {
 #[test]
 fn odpp_objective_decreases_and_projection_holds() {
     let (c, d) = (10i64, 16i64);
-    let old = protos(c, d, 3);
+    let g = rng_lock();
+    let old = protos_locked(c, d, 3);
     tch::manual_seed(4);
     let labels = Tensor::arange(c, (Kind::Int64, Device::Cpu)).repeat([20]);
     // new features: noisy copies of a *different* geometry (so Δ has something to do)
-    let target = protos(c, d, 5);
+    let target = protos_locked(c, d, 5);
     let new_bank = l2_normalize(
         &(target.index_select(0, &labels)
             + Tensor::randn([c * 20, d], (Kind::Float, Device::Cpu)) * 0.3),
@@ -162,6 +179,7 @@ fn odpp_objective_decreases_and_projection_holds() {
         &(old.index_select(0, &labels)
             + Tensor::randn([c * 20, d], (Kind::Float, Device::Cpu)) * 0.3),
     );
+    drop(g);
     let cfg = OdppConfig {
         steps: 40,
         lr: 0.02,
@@ -194,7 +212,10 @@ fn odpp_defaults_descend_at_realistic_width() {
     // d = 128 and 256 (the default model's width and the overhead benchmark's): every step of
     // the default projected Adam lowers J; η = 0.01 did not (J rose on 8 of 20 steps at d = 256)
     for d in [128, 256] {
-        let t = bcl::perturb::bench_odpp(10, d, 8, &OdppConfig::default(), Device::Cpu);
+        let t = {
+            let _g = rng_lock();
+            bcl::perturb::bench_odpp(10, d, 8, &OdppConfig::default(), Device::Cpu)
+        };
         assert!(t.j.1 < t.j.0 - 0.1, "d = {d}: {t:?}");
         assert_eq!(t.j_rises, 0, "d = {d}: {t:?}");
     }
@@ -203,7 +224,10 @@ fn odpp_defaults_descend_at_realistic_width() {
         steps: 20,
         ..Default::default()
     };
-    let t = bcl::perturb::bench_odpp(10, 256, 2, &fast, Device::Cpu);
+    let t = {
+        let _g = rng_lock();
+        bcl::perturb::bench_odpp(10, 256, 2, &fast, Device::Cpu)
+    };
     assert!(
         t.j_rises > 0,
         "the old default was expected to overshoot: {t:?}"
