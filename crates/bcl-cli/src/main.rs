@@ -13,6 +13,8 @@ use bcl::pipeline::{self, parse_device, RunConfig, StepOptions};
 use bcl::report::rows_markdown;
 use clap::{Args, Parser, Subcommand};
 
+mod gallery_cmd;
+
 /// Backward-compatible learning for retrieval: train new embedding models whose queries can be
 /// searched against a gallery embedded by the old model.
 #[derive(Parser)]
@@ -47,6 +49,12 @@ enum Command {
     /// Exact top-k search of query features in gallery features (.npy), blocked so that memory
     /// stays bounded; prints timing JSON, writes the indices and scores as .npy.
     Search(SearchArgs),
+    /// A gallery that outlives its model: build, add, search (lineage-checked), backfill,
+    /// status.
+    #[command(subcommand)]
+    Gallery(gallery_cmd::GalleryCommand),
+    /// HTTP service over a gallery: POST /search (vectors or an image), GET /health, GET /stats.
+    Serve(gallery_cmd::ServeArgs),
 }
 
 #[derive(Args)]
@@ -338,6 +346,8 @@ fn old_dir_of(p: &Path) -> PathBuf {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Gallery(c) => gallery_cmd::run_gallery(c)?,
+        Command::Serve(a) => gallery_cmd::run_serve(a)?,
         Command::TrainOld(a) => {
             let mut cfg = base_config(&a.common)?;
             if let Some(s) = a.scenario {

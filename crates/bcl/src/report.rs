@@ -47,6 +47,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     tmp.1.write_all(bytes).map_err(io)?;
     tmp.1.sync_all().map_err(io)?;
     std::fs::rename(&tmp.0, path).map_err(io)?;
+    // The rename is durable once the directory entry is: sync the directory too.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 

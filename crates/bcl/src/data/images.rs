@@ -290,3 +290,41 @@ pub fn write_noise_jpegs(dir: &Path, n: usize, width: u32, height: u32) -> Resul
         img.save(&p).map_err(|e| decode_err(&p, e))
     })
 }
+
+/// Decodes an encoded image (JPEG/PNG bytes) into the CHW bytes a model with input shape
+/// `[channels, rows, cols]` expects: the shorter side resized to fit, a centred crop, grey
+/// (1 channel) or RGB (3 channels). Used for query images sent to a server.
+pub fn image_for_model(bytes: &[u8], shape: [usize; 3]) -> Result<Vec<u8>, String> {
+    let [c, h, w] = shape;
+    if !(c == 1 || c == 3) || h == 0 || w == 0 {
+        return Err(format!("unsupported model input shape {shape:?}"));
+    }
+    let img =
+        image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?;
+    let (iw, ih) = (img.width().max(1), img.height().max(1));
+    let s = (w as f64 / iw as f64).max(h as f64 / ih as f64);
+    let (nw, nh) = (
+        ((iw as f64 * s).round() as u32).max(w as u32),
+        ((ih as f64 * s).round() as u32).max(h as u32),
+    );
+    let img = if (nw, nh) == (iw, ih) {
+        img
+    } else {
+        img.resize_exact(nw, nh, FilterType::Triangle)
+    };
+    let (x0, y0) = ((nw - w as u32) / 2, (nh - h as u32) / 2);
+    let img = img.crop_imm(x0, y0, w as u32, h as u32);
+    let mut out = vec![0u8; c * h * w];
+    if c == 1 {
+        let g = img.to_luma8();
+        out.copy_from_slice(g.as_raw());
+    } else {
+        let rgb = img.to_rgb8();
+        for (i, p) in rgb.pixels().enumerate() {
+            for ch in 0..3 {
+                out[ch * h * w + i] = p[ch];
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,542 @@
+//! `bcl gallery ...` and `bcl serve`: argument parsing and printing over `bcl::gallery`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use bcl::data::Dataset;
+use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
+use bcl::gallery::serve::{self, ServeConfig, ServeState};
+use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+use bcl::gallery::{self as gal, GalleryManifest, GalleryStore, Lineage, ModelInfo};
+use bcl::model::Embedder;
+use bcl::pipeline::{self, parse_device, DataConfig, RunConfig};
+use clap::{Args, Subcommand};
+
+/// Gallery commands.
+#[derive(Subcommand)]
+pub enum GalleryCommand {
+    /// Create a gallery and embed a data set's images with a model.
+    Build(BuildArgs),
+    /// Add items: a data set's images embedded by a model, or precomputed vectors (.npy).
+    Add(AddArgs),
+    /// Top-k of query images (embedded by a model) or query vectors, as JSON lines.
+    Search(SearchArgs),
+    /// Re-embed items with a new model until a share of the gallery is its (resumable).
+    Backfill(BackfillArgs),
+    /// Items per model, lineage and data source, as JSON.
+    Status(StatusArgs),
+}
+
+/// Where the images come from (defaults: the model's training data, test split).
+#[derive(Args)]
+pub struct DataArgs {
+    /// TOML run configuration whose [data] section names the data (default: the model's own).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// test or train.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Use only the first N images of each class of the split.
+    #[arg(long)]
+    per_class: Option<usize>,
+}
+
+/// Embedding options.
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Items per durable commit.
+    #[arg(long, default_value_t = 4096)]
+    commit: usize,
+    /// Print one line per durable commit ("committed N/M") for scripts that must know what
+    /// survived an interruption.
+    #[arg(long)]
+    print_commits: bool,
+}
+
+/// `bcl gallery build`.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Gallery directory (must not hold a gallery yet).
+    #[arg(long)]
+    store: PathBuf,
+    /// Model directory that embeds the gallery.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    embed: EmbedArgs,
+    /// HNSW graph degree (0: usearch's default, 16).
+    #[arg(long, default_value_t = 0)]
+    connectivity: usize,
+    /// HNSW candidate list while inserting (0: default, 128).
+    #[arg(long, default_value_t = 0)]
+    expansion_add: usize,
+    /// HNSW candidate list while searching (0: default, 64).
+    #[arg(long, default_value_t = 0)]
+    expansion_search: usize,
+}
+
+/// `bcl gallery add`.
+#[derive(Args)]
+pub struct AddArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Model directory that embeds the images.
+    #[arg(long, conflicts_with = "vectors")]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Precomputed vectors, float32 .npy of shape [n, dim] (needs --name).
+    #[arg(long, requires = "name")]
+    vectors: Option<PathBuf>,
+    /// The name of the model that computed --vectors (its identity in the lineage check).
+    #[arg(long)]
+    name: Option<String>,
+    /// Id of the first vector (default: one past the largest id in the gallery).
+    #[arg(long)]
+    first_id: Option<u64>,
+    /// Create the gallery (dimension of --vectors) if the directory holds none.
+    #[arg(long)]
+    create: bool,
+    /// Add even if the model fails the lineage check.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    embed: EmbedArgs,
+}
+
+/// `bcl gallery search`.
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Query model directory: embeds the data set's images, or vouches for --vectors.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Query vectors, float32 .npy [n, dim].
+    #[arg(long)]
+    vectors: Option<PathBuf>,
+    /// The name of the model that computed --vectors (when not a `bcl` model).
+    #[arg(long, conflicts_with = "model")]
+    name: Option<String>,
+    /// Results per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Exact search instead of the approximate index.
+    #[arg(long)]
+    exact: bool,
+    /// Search even if the query model fails the lineage check.
+    #[arg(long)]
+    force: bool,
+    /// Only the first N queries.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// `bcl gallery backfill`.
+#[derive(Args)]
+pub struct BackfillArgs {
+    /// Gallery directory (built from a data set with `bcl gallery build`).
+    #[arg(long)]
+    store: PathBuf,
+    /// The new model.
+    #[arg(long)]
+    model: PathBuf,
+    /// Share of the gallery the new model should have embedded when this call ends (0 to 1).
+    #[arg(long)]
+    fraction: f64,
+    /// Order of re-embedding: random (seeded) or id-order.
+    #[arg(long, value_enum, default_value = "random")]
+    strategy: StrategyArg,
+    /// Seed of the random order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Backfill even if the model fails the lineage check.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    embed: EmbedArgs,
+}
+
+/// Backfill orders on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StrategyArg {
+    /// Seeded random order.
+    Random,
+    /// Ascending item id.
+    IdOrder,
+}
+
+/// `bcl gallery status`.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Also measure recall@k of approximate against exact search with N gallery vectors
+    /// (taken from the store) as queries.
+    #[arg(long)]
+    recall_queries: Option<usize>,
+    /// k of that recall.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+}
+
+/// `bcl serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// Query model: lets clients send images, and is checked against the gallery's lineage.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    /// Largest k a request may ask for.
+    #[arg(long, default_value_t = 1000)]
+    max_k: usize,
+    /// Largest number of query vectors per request.
+    #[arg(long, default_value_t = 256)]
+    max_queries: usize,
+    /// Exact search by default (requests may still say "exact").
+    #[arg(long)]
+    exact: bool,
+    /// Serve even if the query model fails the lineage check (/stats says so).
+    #[arg(long)]
+    force: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Worker threads of the HTTP runtime (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn load_model(p: &Path, device: &str) -> Result<Embedder> {
+    let device = parse_device(device)?;
+    Embedder::load(p, device).with_context(|| format!("{}: cannot load the model", p.display()))
+}
+
+/// The data configuration: --config's, else the model's training run's, with flag overrides.
+fn data_config(a: &DataArgs, model_dir: Option<&Path>) -> Result<DataConfig> {
+    let mut cfg = match (&a.config, model_dir) {
+        (Some(p), _) => RunConfig::from_toml_file(p)?.data,
+        (None, Some(m)) => pipeline::old_run(m)
+            .map(|(c, _)| c.data)
+            .unwrap_or_default(),
+        (None, None) => DataConfig::default(),
+    };
+    if let Some(d) = &a.data {
+        cfg.dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn load_split(a: &DataArgs, cfg: &DataConfig) -> Result<Dataset> {
+    let (train, test) = pipeline::load_data(cfg)?;
+    let d = match a.split.as_str() {
+        "test" => test,
+        "train" => train,
+        s => bail!("--split {s}: expected test or train"),
+    };
+    Ok(match a.per_class {
+        Some(n) => d.take_per_class(n),
+        None => d,
+    })
+}
+
+fn embed_options(e: &EmbedArgs, force: bool) -> Result<EmbedOptions> {
+    if e.batch == 0 || e.commit == 0 {
+        bail!("--batch and --commit must be at least 1");
+    }
+    Ok(EmbedOptions {
+        batch: e.batch,
+        commit: e.commit,
+        progress: std::io::stderr().is_terminal(),
+        force,
+    })
+}
+
+fn committer(print: bool) -> impl FnMut(usize, usize) {
+    move |done, total| {
+        if print {
+            println!("committed {done}/{total}");
+        }
+    }
+}
+
+fn model_dir(p: &Path) -> PathBuf {
+    if p.is_file() {
+        p.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        p.to_path_buf()
+    }
+}
+
+fn print_lineage(l: &Lineage) {
+    if let Lineage::Forced(t) = l {
+        eprintln!("warning: --force: lineage check overridden: {t}");
+    }
+}
+
+fn read_vectors(p: &Path) -> Result<(Vec<f32>, usize)> {
+    let t = bcl::eval::read_features_npy(p)?;
+    let dim = t.size()[1] as usize;
+    let v = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).contiguous().view([-1]))
+        .with_context(|| format!("{}: cannot read as float32", p.display()))?;
+    Ok((v, dim))
+}
+
+/// Runs a gallery command.
+pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
+    match cmd {
+        GalleryCommand::Build(a) => {
+            let emb = load_model(&a.model, &a.embed.device)?;
+            let dcfg = data_config(&a.data, Some(&model_dir(&a.model)))?;
+            let data = load_split(&a.data, &dcfg)?;
+            let index = UsearchConfig {
+                connectivity: a.connectivity,
+                expansion_add: a.expansion_add,
+                expansion_search: a.expansion_search,
+            };
+            let r = ops::build(
+                &a.store,
+                &emb,
+                &data,
+                &ops::DataOrigin {
+                    data: dcfg.clone(),
+                    split: a.data.split.clone(),
+                },
+                index,
+                &embed_options(&a.embed, false)?,
+                &mut committer(a.embed.print_commits),
+            )?;
+            println!(
+                "built {}: {} items embedded by {} ({})",
+                a.store.display(),
+                r.items,
+                r.model.name,
+                r.model.id
+            );
+        }
+        GalleryCommand::Add(a) => {
+            let opts = embed_options(&a.embed, a.force)?;
+            let mut on_commit = committer(a.embed.print_commits);
+            if let Some(vp) = &a.vectors {
+                let (v, dim) = read_vectors(vp)?;
+                let name = a.name.as_deref().unwrap_or_default();
+                let info = ModelInfo::external(name, dim);
+                let mut store: Box<dyn GalleryStore> =
+                    if a.create && !a.store.join(gal::usearch_store::STORE_FILE).exists() {
+                        Box::new(UsearchStore::create(
+                            &a.store,
+                            GalleryManifest::new(dim),
+                            UsearchConfig::default(),
+                        )?)
+                    } else {
+                        gal::open(&a.store)?
+                    };
+                let l = gal::check_lineage(store.manifest(), &store.counts()?, &info, a.force)?;
+                print_lineage(&l);
+                ops::register_model(store.as_mut(), &info)?;
+                let first = match a.first_id {
+                    Some(f) => f,
+                    None => store.item_models()?.keys().next_back().map_or(0, |m| m + 1),
+                };
+                let n = v.len() / dim;
+                let mut done = 0;
+                for (c, rows) in v.chunks(opts.commit * dim).enumerate() {
+                    let start = first + (c * opts.commit) as u64;
+                    let ids: Vec<u64> = (start..start + (rows.len() / dim) as u64).collect();
+                    store.add(&info.id, &ids, rows)?;
+                    done += ids.len();
+                    on_commit(done, n);
+                }
+                store.checkpoint()?;
+                println!(
+                    "added {n} vectors of {name} (ids {first}..{}) to {}",
+                    first + n as u64,
+                    a.store.display()
+                );
+            } else {
+                let Some(mp) = &a.model else {
+                    bail!("give --model (embed a data set's images) or --vectors with --name");
+                };
+                let emb = load_model(mp, &a.embed.device)?;
+                let dcfg = data_config(&a.data, Some(&model_dir(mp)))?;
+                let data = load_split(&a.data, &dcfg)?;
+                let mut store = gal::open(&a.store)?;
+                let info = ModelInfo::from_card(&emb.card);
+                let l = gal::check_lineage(store.manifest(), &store.counts()?, &info, a.force)?;
+                print_lineage(&l);
+                let all: Vec<usize> = (0..data.len()).collect();
+                ops::embed_into(store.as_mut(), &emb, &data, &all, &opts, &mut on_commit)?;
+                store.checkpoint()?;
+                println!(
+                    "added {} items embedded by {} to {}",
+                    data.len(),
+                    emb.card.name,
+                    a.store.display()
+                );
+            }
+        }
+        GalleryCommand::Search(a) => {
+            let store = gal::open(&a.store)?;
+            let emb = match &a.model {
+                Some(m) => Some(load_model(m, &a.device)?),
+                None => None,
+            };
+            let (mut queries, ids): (Vec<f32>, Vec<u64>) = match (&a.vectors, &emb) {
+                (Some(vp), _) => {
+                    let (v, dim) = read_vectors(vp)?;
+                    let n = v.len() / dim;
+                    (v, (0..n as u64).collect())
+                }
+                (None, Some(e)) => {
+                    let dcfg = data_config(&a.data, Some(&e.dir))?;
+                    let mut data = load_split(&a.data, &dcfg)?;
+                    if let Some(l) = a.limit {
+                        data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
+                    }
+                    (
+                        ops::embed_queries(e, &data, 256)?,
+                        data.ids.iter().map(|&i| i as u64).collect(),
+                    )
+                }
+                (None, None) => bail!("give --model (query images) or --vectors"),
+            };
+            let dim = store.manifest().dim;
+            if let Some(l) = a.limit {
+                queries.truncate(l.min(ids.len()) * dim);
+            }
+            let info = match (&emb, &a.name) {
+                (Some(e), _) => Some(ModelInfo::from_card(&e.card)),
+                (None, Some(n)) => Some(ModelInfo::external(n, dim)),
+                (None, None) if a.force => None,
+                (None, None) => bail!(
+                    "say which model computed --vectors (--model DIR or --name NAME) so the \
+                     lineage can be checked, or pass --force"
+                ),
+            };
+            let (lineage, hits) = ops::search(
+                store.as_ref(),
+                info.as_ref(),
+                &queries,
+                a.k,
+                a.exact,
+                a.force,
+            )?;
+            if let Some(l) = &lineage {
+                print_lineage(l);
+            }
+            for (q, h) in ids.iter().zip(&hits) {
+                println!("{}", serde_json::json!({ "query": q, "hits": h }));
+            }
+        }
+        GalleryCommand::Backfill(a) => {
+            let emb = load_model(&a.model, &a.embed.device)?;
+            let mut store = gal::open(&a.store)?;
+            let Some(src) = store.manifest().source.clone() else {
+                bail!(
+                    "{}: this gallery was filled with vectors, not from a data set: there are no \
+                     images to re-embed",
+                    a.store.display()
+                );
+            };
+            let (train, test) = pipeline::load_data(&src.data)?;
+            let mut data = if src.split == "train" { train } else { test };
+            if data.len() != src.count {
+                // The gallery was built from a per-class subset: take the same one.
+                let per = src.count.div_ceil(data.classes.max(1));
+                data = data.take_per_class(per);
+            }
+            let strategy = match a.strategy {
+                StrategyArg::Random => BackfillStrategy::Random,
+                StrategyArg::IdOrder => BackfillStrategy::IdOrder,
+            };
+            let r = ops::backfill(
+                store.as_mut(),
+                &emb,
+                &data,
+                ops::BackfillPlan {
+                    fraction: a.fraction,
+                    strategy,
+                    seed: a.seed,
+                },
+                &embed_options(&a.embed, a.force)?,
+                &mut committer(a.embed.print_commits),
+            )?;
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        GalleryCommand::Status(a) => {
+            let store = gal::open(&a.store)?;
+            let mut s = serde_json::to_value(ops::status(store.as_ref())?)?;
+            if let Some(n) = a.recall_queries {
+                let q = ops::probe_queries(store.as_ref(), n, 0.5, 0)?;
+                let r = ops::ann_recall(store.as_ref(), &q, a.k)?;
+                s["ann_recall"] = serde_json::json!({ "k": a.k, "queries": n, "recall": r });
+            }
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `bcl serve` until Ctrl-C or SIGTERM.
+pub fn run_serve(a: ServeArgs) -> Result<()> {
+    let store = gal::open(&a.store)?;
+    let emb = match &a.model {
+        Some(m) => Some(load_model(m, &a.device)?),
+        None => None,
+    };
+    let cfg = ServeConfig {
+        max_body_bytes: a.max_body_bytes,
+        max_k: a.max_k,
+        default_k: 10.min(a.max_k),
+        max_queries: a.max_queries,
+        exact: a.exact,
+    };
+    let state = Arc::new(ServeState::new(store, emb, cfg, a.force)?);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = a.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.addr))?;
+        eprintln!(
+            "serving {} on http://{} (POST /search, GET /health, GET /stats); Ctrl-C stops",
+            a.store.display(),
+            listener.local_addr()?
+        );
+        serve::serve(listener, serve::router(state), serve::shutdown_signal()).await?;
+        eprintln!("stopped");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,186 @@
+//! `bcl gallery` through the binary: a child process killed (SIGKILL) in the middle of a long
+//! `add` loses nothing it reported committed and leaves a store that opens; the lineage
+//! refusal and its `--force` override.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use tch::{Device, Kind, Tensor};
+
+fn bcl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bcl"))
+}
+
+fn vectors(path: &Path, n: i64, dim: i64, seed: i64) -> Tensor {
+    tch::manual_seed(seed);
+    let t = Tensor::randn([n, dim], (Kind::Float, Device::Cpu));
+    t.write_npy(path).unwrap();
+    t
+}
+
+fn status(store: &Path) -> serde_json::Value {
+    let out = bcl()
+        .args(["gallery", "status", "--store"])
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_killed_add_keeps_what_it_reported_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (n, dim) = (40_000, 64);
+    let v = vectors(&dir.path().join("v.npy"), n, dim, 1);
+    // kill after 1, 6 and 17 reported commits of 250 vectors
+    for (round, kill_after) in [1usize, 6, 17].into_iter().enumerate() {
+        let store = dir.path().join(format!("store-{round}"));
+        let mut child = bcl()
+            .args([
+                "gallery",
+                "add",
+                "--create",
+                "--name",
+                "ext",
+                "--commit",
+                "250",
+                "--print-commits",
+                "--store",
+            ])
+            .arg(&store)
+            .arg("--vectors")
+            .arg(dir.path().join("v.npy"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut committed = 0usize;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("committed ") {
+                committed = rest.split('/').next().unwrap().parse().unwrap();
+                if committed >= kill_after * 250 {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL: no destructor, no checkpoint
+        let exit = child.wait().unwrap();
+        assert!(
+            !exit.success(),
+            "round {round}: the child finished before the kill"
+        );
+        assert!(committed >= kill_after * 250);
+        let s = status(&store);
+        let items = s["items"].as_u64().unwrap() as usize;
+        assert!(
+            items >= committed,
+            "round {round}: {items} items after {committed} were committed"
+        );
+        assert_eq!(items % 250, 0, "only whole commits survive");
+        // the committed vectors are intact: each is its own exact nearest neighbour
+        let probe = [0, committed as i64 / 2, committed as i64 - 1];
+        let q = Tensor::stack(&probe.iter().map(|&i| v.get(i)).collect::<Vec<_>>(), 0);
+        let qp = dir.path().join(format!("q-{round}.npy"));
+        q.write_npy(&qp).unwrap();
+        let out = bcl()
+            .args([
+                "gallery", "search", "--exact", "--k", "1", "--name", "ext", "--store",
+            ])
+            .arg(&store)
+            .arg("--vectors")
+            .arg(&qp)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        for (line, want) in text.lines().zip(probe) {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(r["hits"][0]["id"].as_i64(), Some(want), "{line}");
+            assert!(r["hits"][0]["score"].as_f64().unwrap() > 0.9999);
+        }
+        // and the store still takes writes after the crash
+        let out = bcl()
+            .args(["gallery", "add", "--name", "ext", "--store"])
+            .arg(&store)
+            .arg("--vectors")
+            .arg(&qp)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            status(&store)["items"].as_u64().unwrap() as usize,
+            items + 3
+        );
+    }
+}
+
+#[test]
+fn lineage_refusal_and_force_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("g");
+    let _ = vectors(&dir.path().join("v.npy"), 300, 8, 2);
+    let ok = bcl()
+        .args(["gallery", "add", "--create", "--name", "model-a", "--store"])
+        .arg(&store)
+        .arg("--vectors")
+        .arg(dir.path().join("v.npy"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let _ = vectors(&dir.path().join("q.npy"), 2, 8, 3);
+    let search = |name: &str, force: bool| {
+        let mut c = bcl();
+        c.args(["gallery", "search", "--k", "3", "--name", name, "--store"])
+            .arg(&store)
+            .arg("--vectors")
+            .arg(dir.path().join("q.npy"));
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let refused = search("model-b", false);
+    assert!(!refused.status.success());
+    let e = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        e.contains("model-b") && e.contains("model-a") && e.contains("--force"),
+        "{e}"
+    );
+    let forced = search("model-b", true);
+    assert!(forced.status.success());
+    assert!(String::from_utf8_lossy(&forced.stderr).contains("overridden"));
+    assert_eq!(String::from_utf8_lossy(&forced.stdout).lines().count(), 2);
+    let same = search("model-a", false);
+    assert!(same.status.success());
+    // a query file of the wrong dimension is an error naming the dimensions
+    let _ = vectors(&dir.path().join("w.npy"), 2, 5, 4);
+    let out = bcl()
+        .args(["gallery", "search", "--name", "model-a", "--store"])
+        .arg(&store)
+        .arg("--vectors")
+        .arg(dir.path().join("w.npy"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("dimension"), "{e}");
+}

@@ -1,0 +1,293 @@
+//! A gallery that outlives its model (METHOD.md section 7, ARCHITECTURE's `gallery` seam):
+//! the [`GalleryStore`] trait (durable add, exact and approximate search kept apart, per-model
+//! counts, reopen), its embedded usearch implementation ([`usearch_store`]), the lineage check
+//! that refuses to search a gallery with an unrelated model ([`check_lineage`]), the gallery
+//! operations over an `Embedder` ([`ops`]) and the HTTP service over a store ([`serve`]).
+
+pub mod ops;
+pub mod serve;
+pub mod usearch_store;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelCard;
+
+/// What can go wrong with a gallery.
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    /// A file of the store could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file of the store is not what the store wrote.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The request does not fit the gallery (dimension, k, empty input, non-finite values).
+    #[error("{0}")]
+    Invalid(String),
+    /// The query model is neither the gallery's model nor a declared compatible successor.
+    #[error("{0}")]
+    Lineage(String),
+    /// The index library failed.
+    #[error("index: {0}")]
+    Index(String),
+    /// No gallery at this path.
+    #[error("{path}: no gallery here ({reason}); create one with `bcl gallery build`")]
+    Missing {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is not a gallery.
+        reason: String,
+    },
+}
+
+/// Result alias of the gallery module.
+pub type Result<T> = std::result::Result<T, GalleryError>;
+
+/// The identity of a model that produced (or queries) gallery vectors, taken from its card.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The card's content id (or a user-given name for vectors made outside `bcl`).
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Training method ("none" for an old model, "external" for outside vectors).
+    pub method: String,
+    /// The id of the model whose space it declares itself compatible with.
+    pub compatible_with: Option<String>,
+    /// Embedding dimension.
+    pub dim: usize,
+}
+
+impl ModelInfo {
+    /// The identity recorded on a model card.
+    pub fn from_card(card: &ModelCard) -> Self {
+        Self {
+            id: card.id.clone(),
+            name: card.name.clone(),
+            method: card.method.clone(),
+            compatible_with: card.compatible_with.clone(),
+            dim: card.arch.dim as usize,
+        }
+    }
+
+    /// Vectors computed outside `bcl`, named by the user; they have no declared lineage.
+    pub fn external(name: &str, dim: usize) -> Self {
+        Self {
+            id: name.to_string(),
+            name: name.to_string(),
+            method: "external".into(),
+            compatible_with: None,
+            dim,
+        }
+    }
+}
+
+/// Where a gallery's items come from, so a backfill can re-embed the same images.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataSource {
+    /// The data configuration the items were read with.
+    pub data: crate::pipeline::DataConfig,
+    /// "test" or "train".
+    pub split: String,
+    /// Number of items.
+    pub count: usize,
+    /// Content fingerprint of the items (pixels, labels, ids).
+    pub fingerprint: String,
+}
+
+/// What a store records beside its vectors: dimension, the models seen, the data source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GalleryManifest {
+    /// Manifest format version.
+    pub format: u32,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Every model that has written vectors, in order of arrival.
+    pub models: Vec<ModelInfo>,
+    /// The data set the items were embedded from, when built from one.
+    pub source: Option<DataSource>,
+}
+
+impl GalleryManifest {
+    /// An empty gallery of dimension `dim`.
+    pub fn new(dim: usize) -> Self {
+        Self {
+            format: 1,
+            dim,
+            models: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// The recorded model with this id.
+    pub fn model(&self, id: &str) -> Option<&ModelInfo> {
+        self.models.iter().find(|m| m.id == id)
+    }
+}
+
+/// One search result: the item's id and its similarity to the query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hit {
+    /// Item id.
+    pub id: u64,
+    /// Inner product with the (normalised) query.
+    pub score: f32,
+}
+
+/// A gallery of vectors keyed by item id, each tagged with the model that produced it.
+///
+/// `add` is an upsert (a backfill replaces an item's vector) and is durable when it returns.
+/// Exact search is the reference; approximate search is whatever index the backend keeps.
+pub trait GalleryStore: Send + Sync {
+    /// Backend name ("usearch", "milvus").
+    fn backend(&self) -> &'static str;
+    /// The manifest: dimension, models, data source.
+    fn manifest(&self) -> &GalleryManifest;
+    /// Replaces the manifest durably (models are only ever appended by callers).
+    fn set_manifest(&mut self, manifest: GalleryManifest) -> Result<()>;
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Whether the gallery holds no item.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Inserts or replaces the vectors (`ids.len() × dim`, row-major) of `model`, which must be
+    /// in the manifest; committed and durable when it returns `Ok`.
+    fn add(&mut self, model: &str, ids: &[u64], vectors: &[f32]) -> Result<()>;
+    /// Exact top-`k` by inner product for each query (`n × dim`, row-major).
+    fn search_exact(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>>;
+    /// Approximate top-`k` (the backend's index) for each query.
+    fn search_approx(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>>;
+    /// The stored (normalised) vectors of `ids`, row-major; an unknown id is an error.
+    fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>>;
+    /// The model id of each item's current vector.
+    fn item_models(&self) -> Result<BTreeMap<u64, String>>;
+    /// Item counts per model id.
+    fn counts(&self) -> Result<BTreeMap<String, usize>> {
+        let mut c = BTreeMap::new();
+        for m in self.item_models()?.into_values() {
+            *c.entry(m).or_insert(0) += 1;
+        }
+        Ok(c)
+    }
+    /// Folds pending writes into the backend's snapshot (a no-op where there is none).
+    fn checkpoint(&mut self) -> Result<()>;
+}
+
+/// Checks rows of `n × dim` values: the right length, finite, and not all zero per row.
+pub fn validate_vectors(values: &[f32], n: usize, dim: usize, what: &str) -> Result<()> {
+    if n == 0 {
+        return Err(GalleryError::Invalid(format!("{what}: no vector given")));
+    }
+    if values.len() != n * dim {
+        return Err(GalleryError::Invalid(format!(
+            "{what}: {} values for {n} vectors of dimension {dim} (expected {})",
+            values.len(),
+            n * dim
+        )));
+    }
+    for (i, row) in values.chunks(dim).enumerate() {
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(GalleryError::Invalid(format!(
+                "{what}: vector {i} has a non-finite value at position {j}"
+            )));
+        }
+        if row.iter().all(|&v| v == 0.0) {
+            return Err(GalleryError::Invalid(format!(
+                "{what}: vector {i} is all zeros (no direction to search with)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Row-wise L2 normalisation in place (rows are validated non-zero first).
+pub fn normalise_rows(values: &mut [f32], dim: usize) {
+    for row in values.chunks_mut(dim) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= n);
+    }
+}
+
+/// The verdict of a lineage check that passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lineage {
+    /// Every vector in the gallery is the query model's own, or the gallery is empty.
+    Same,
+    /// The query model declares itself compatible with every other model in the gallery.
+    Successor,
+    /// The check failed and `force` overrode it; the text says what was overridden.
+    Forced(String),
+}
+
+/// Whether `query` may search (or write into) a gallery whose items come from the models in
+/// `counts`: each model present must be the query model itself or the model the query model
+/// declares compatibility with (its card's `compatible_with`). Declarations are not chained:
+/// a successor of a successor is not assumed compatible with the first model (docs/results.md
+/// measures chains where it is not). `force` turns a refusal into [`Lineage::Forced`].
+pub fn check_lineage(
+    manifest: &GalleryManifest,
+    counts: &BTreeMap<String, usize>,
+    query: &ModelInfo,
+    force: bool,
+) -> Result<Lineage> {
+    if query.dim != manifest.dim {
+        return Err(GalleryError::Invalid(format!(
+            "model {} ({}) embeds in dimension {}, the gallery holds dimension {}",
+            query.name, query.id, query.dim, manifest.dim
+        )));
+    }
+    let mut verdict = Lineage::Same;
+    let mut refused = Vec::new();
+    for (id, &n) in counts {
+        if n == 0 || *id == query.id {
+            continue;
+        }
+        if query.compatible_with.as_deref() == Some(id.as_str()) {
+            verdict = Lineage::Successor;
+        } else {
+            let name = manifest.model(id).map(|m| m.name.as_str()).unwrap_or("?");
+            refused.push(format!("{n} vectors of model {name} ({id})"));
+        }
+    }
+    if refused.is_empty() {
+        return Ok(verdict);
+    }
+    let declared = match &query.compatible_with {
+        Some(c) => format!("its card declares compatibility with {c} only"),
+        None => "its card declares no compatible model".into(),
+    };
+    let text = format!(
+        "model {} ({}) is neither the model of the gallery's {} nor a declared compatible \
+         successor of it ({declared}): its queries would be compared with vectors of an \
+         unrelated embedding space",
+        query.name,
+        query.id,
+        refused.join(", ")
+    );
+    if force {
+        Ok(Lineage::Forced(text))
+    } else {
+        Err(GalleryError::Lineage(format!(
+            "{text}. Use a model trained against the gallery's model, or pass --force to search anyway"
+        )))
+    }
+}
+
+/// Opens the store in `dir` (the usearch backend; the manifest says which backend wrote it).
+pub fn open(dir: &std::path::Path) -> Result<Box<dyn GalleryStore>> {
+    Ok(Box::new(usearch_store::UsearchStore::open(dir)?))
+}

@@ -1,0 +1,441 @@
+//! Gallery operations over a store and a model: build (embed a data set), add, search with a
+//! lineage check, backfill (re-embed a share with the successor while the gallery keeps
+//! serving mixed vectors), status, and the recall of approximate search against exact.
+
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind};
+
+use super::usearch_store::{UsearchConfig, UsearchStore};
+use super::{
+    check_lineage, DataSource, GalleryError, GalleryManifest, GalleryStore, Hit, Lineage,
+    ModelInfo, Result,
+};
+use crate::data::{hex, Dataset};
+use crate::model::Embedder;
+
+/// Options shared by the operations that embed images.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Items per durable commit (one log record each).
+    pub commit: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Override a failed lineage check (the result says so).
+    pub force: bool,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        Self {
+            batch: 256,
+            commit: 4096,
+            progress: false,
+            force: false,
+        }
+    }
+}
+
+/// Content fingerprint of a data set (pixels, labels, ids, shape): 16 hex characters.
+pub fn dataset_fingerprint(d: &Dataset) -> String {
+    let mut h = Sha256::new();
+    for v in [d.channels, d.rows, d.cols, d.len()] {
+        h.update((v as u64).to_le_bytes());
+    }
+    h.update(&d.pixels);
+    d.labels.iter().for_each(|l| h.update(l.to_le_bytes()));
+    d.ids
+        .iter()
+        .for_each(|i| h.update((*i as u64).to_le_bytes()));
+    hex(&h.finalize()[..8])
+}
+
+fn bar(n: usize, show: bool, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} items, {per_sec}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Normalised embeddings (row-major f32) of the items at `positions`.
+pub fn embed_items(
+    embedder: &Embedder,
+    data: &Dataset,
+    positions: &[usize],
+    batch: usize,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(positions.len() * embedder.card.arch.dim as usize);
+    for c in positions.chunks(batch.max(1)) {
+        let (x, _) = data.batch(c, embedder.card.normalization, None, embedder.device());
+        let e = embedder
+            .embed_batch(&x)
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous();
+        out.extend(Vec::<f32>::try_from(e.view([-1])).unwrap_or_default());
+    }
+    out
+}
+
+fn check_input_shape(embedder: &Embedder, data: &Dataset) -> Result<()> {
+    let shape = [data.channels, data.rows, data.cols];
+    if embedder.card.input_shape != shape {
+        return Err(GalleryError::Invalid(format!(
+            "model {} expects images of shape {:?}, the data set has {:?}",
+            embedder.card.name, embedder.card.input_shape, shape
+        )));
+    }
+    Ok(())
+}
+
+/// Registers `model` in the manifest if it is new (durably, before any vector names it).
+pub fn register_model(store: &mut dyn GalleryStore, model: &ModelInfo) -> Result<()> {
+    if let Some(m) = store.manifest().model(&model.id) {
+        if m != model {
+            return Err(GalleryError::Invalid(format!(
+                "the gallery records model {} with other settings ({m:?})",
+                model.id
+            )));
+        }
+        return Ok(());
+    }
+    let mut next = store.manifest().clone();
+    next.models.push(model.clone());
+    store.set_manifest(next)
+}
+
+/// Embeds the items at `positions` with `embedder` and adds them in commits of
+/// `opts.commit`; `on_commit(done, total)` is called after each durable commit.
+pub fn embed_into(
+    store: &mut dyn GalleryStore,
+    embedder: &Embedder,
+    data: &Dataset,
+    positions: &[usize],
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    check_input_shape(embedder, data)?;
+    let model = ModelInfo::from_card(&embedder.card);
+    register_model(store, &model)?;
+    let pb = bar(positions.len(), opts.progress, &embedder.card.name);
+    let mut done = 0;
+    for chunk in positions.chunks(opts.commit.max(1)) {
+        let v = embed_items(embedder, data, chunk, opts.batch);
+        let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i] as u64).collect();
+        store.add(&model.id, &ids, &v)?;
+        done += chunk.len();
+        pb.inc(chunk.len() as u64);
+        on_commit(done, positions.len());
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// What `build` made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildReport {
+    /// Items embedded.
+    pub items: usize,
+    /// The model that embedded them.
+    pub model: ModelInfo,
+}
+
+/// Which data configuration and split a gallery's items were read from.
+#[derive(Debug, Clone)]
+pub struct DataOrigin {
+    /// The data configuration.
+    pub data: crate::pipeline::DataConfig,
+    /// "test" or "train".
+    pub split: String,
+}
+
+/// Creates a usearch gallery in `dir` and embeds every item of `data` with `embedder`,
+/// recording the data source so a backfill can re-embed the same images.
+pub fn build(
+    dir: &Path,
+    embedder: &Embedder,
+    data: &Dataset,
+    origin: &DataOrigin,
+    index: UsearchConfig,
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+) -> Result<BuildReport> {
+    check_input_shape(embedder, data)?;
+    let model = ModelInfo::from_card(&embedder.card);
+    let mut manifest = GalleryManifest::new(model.dim);
+    manifest.source = Some(DataSource {
+        data: origin.data.clone(),
+        split: origin.split.clone(),
+        count: data.len(),
+        fingerprint: dataset_fingerprint(data),
+    });
+    let mut store = UsearchStore::create(dir, manifest, index)?;
+    let all: Vec<usize> = (0..data.len()).collect();
+    embed_into(&mut store, embedder, data, &all, opts, on_commit)?;
+    store.checkpoint()?;
+    Ok(BuildReport {
+        items: data.len(),
+        model,
+    })
+}
+
+/// Checks that `data` is the data set the gallery was built from.
+pub fn check_source(store: &dyn GalleryStore, data: &Dataset) -> Result<()> {
+    let Some(src) = &store.manifest().source else {
+        return Err(GalleryError::Invalid(
+            "this gallery was filled with vectors, not from a data set: there are no images to \
+             re-embed"
+                .into(),
+        ));
+    };
+    let fp = dataset_fingerprint(data);
+    if src.count != data.len() || src.fingerprint != fp {
+        return Err(GalleryError::Invalid(format!(
+            "the data set ({} items, fingerprint {fp}) is not the one the gallery was built from \
+             ({} items, fingerprint {}, {} split of {})",
+            data.len(),
+            src.count,
+            src.fingerprint,
+            src.split,
+            src.data.dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// How a backfill picks the next items to re-embed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackfillStrategy {
+    /// A seeded random order (the default: every item equally likely to be refreshed early,
+    /// so the mixed gallery stays an unbiased sample; the curve in docs/results.md uses it).
+    #[default]
+    Random,
+    /// Ascending item id (e.g. oldest first when ids are ingestion order).
+    IdOrder,
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackfillReport {
+    /// Items re-embedded by this call.
+    pub reembedded: usize,
+    /// Items now embedded by the new model.
+    pub by_new_model: usize,
+    /// Items in the gallery.
+    pub total: usize,
+    /// The lineage verdict for the new model.
+    pub lineage: String,
+}
+
+/// The order in which `strategy` visits the gallery's data-set positions.
+pub fn backfill_positions(n: usize, strategy: BackfillStrategy, seed: u64) -> Vec<usize> {
+    match strategy {
+        BackfillStrategy::Random => crate::eval::deploy::backfill_order(n, seed),
+        BackfillStrategy::IdOrder => (0..n).collect(),
+    }
+}
+
+/// How far and in which order a backfill goes.
+#[derive(Debug, Clone, Copy)]
+pub struct BackfillPlan {
+    /// Share of the gallery the new model should have embedded at the end (0 to 1).
+    pub fraction: f64,
+    /// The order of re-embedding.
+    pub strategy: BackfillStrategy,
+    /// Seed of the random order.
+    pub seed: u64,
+}
+
+/// Re-embeds items with `embedder` until `plan.fraction` of the gallery is the new model's,
+/// in the strategy's order; items already re-embedded count, so the call is resumable and a
+/// second call with a larger fraction continues where the first stopped.
+pub fn backfill(
+    store: &mut dyn GalleryStore,
+    embedder: &Embedder,
+    data: &Dataset,
+    plan: BackfillPlan,
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+) -> Result<BackfillReport> {
+    let BackfillPlan {
+        fraction,
+        strategy,
+        seed,
+    } = plan;
+    if !(0.0..=1.0).contains(&fraction) || fraction.is_nan() {
+        return Err(GalleryError::Invalid(format!(
+            "--fraction {fraction}: expected a share between 0 and 1"
+        )));
+    }
+    check_source(store, data)?;
+    let model = ModelInfo::from_card(&embedder.card);
+    let lineage = check_lineage(store.manifest(), &store.counts()?, &model, opts.force)?;
+    let items = store.item_models()?;
+    let total = items.len();
+    let target = ((fraction * total as f64).round() as usize).min(total);
+    let mut done = items.values().filter(|m| **m == model.id).count();
+    let mut todo = Vec::new();
+    for p in backfill_positions(data.len(), strategy, seed) {
+        if done >= target {
+            break;
+        }
+        let id = data.ids[p] as u64;
+        match items.get(&id) {
+            Some(m) if *m != model.id => {
+                todo.push(p);
+                done += 1;
+            }
+            _ => {}
+        }
+    }
+    embed_into(store, embedder, data, &todo, opts, on_commit)?;
+    store.checkpoint()?;
+    Ok(BackfillReport {
+        reembedded: todo.len(),
+        by_new_model: done,
+        total,
+        lineage: lineage_text(&lineage),
+    })
+}
+
+/// A one-line account of a lineage verdict.
+pub fn lineage_text(l: &Lineage) -> String {
+    match l {
+        Lineage::Same => "same model".into(),
+        Lineage::Successor => "declared compatible successor".into(),
+        Lineage::Forced(t) => format!("FORCED past a failed lineage check: {t}"),
+    }
+}
+
+/// Searches the gallery with query vectors said to come from `model` (checked against the
+/// gallery's lineage unless `model` is `None`, i.e. raw vectors of no declared model).
+pub fn search(
+    store: &dyn GalleryStore,
+    model: Option<&ModelInfo>,
+    queries: &[f32],
+    k: usize,
+    exact: bool,
+    force: bool,
+) -> Result<(Option<Lineage>, Vec<Vec<Hit>>)> {
+    let lineage = match model {
+        Some(m) => Some(check_lineage(store.manifest(), &store.counts()?, m, force)?),
+        None => None,
+    };
+    let hits = if exact {
+        store.search_exact(queries, k)?
+    } else {
+        store.search_approx(queries, k)?
+    };
+    Ok((lineage, hits))
+}
+
+/// Embeds the items of `data` with `embedder` as query vectors.
+pub fn embed_queries(embedder: &Embedder, data: &Dataset, batch: usize) -> Result<Vec<f32>> {
+    check_input_shape(embedder, data)?;
+    let all: Vec<usize> = (0..data.len()).collect();
+    Ok(embed_items(embedder, data, &all, batch))
+}
+
+/// One model's line of a gallery's status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCount {
+    /// The model.
+    pub model: ModelInfo,
+    /// Items whose current vector it produced.
+    pub items: usize,
+}
+
+/// A gallery's status: backend, size, vectors per model, data source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Backend name.
+    pub backend: String,
+    /// Vector dimension.
+    pub dim: usize,
+    /// Items.
+    pub items: usize,
+    /// Every model the manifest records, with its current item count.
+    pub models: Vec<ModelCount>,
+    /// The data source, when built from a data set.
+    pub source: Option<DataSource>,
+}
+
+/// The status of a store.
+pub fn status(store: &dyn GalleryStore) -> Result<Status> {
+    let counts = store.counts()?;
+    let m = store.manifest();
+    Ok(Status {
+        backend: store.backend().to_string(),
+        dim: m.dim,
+        items: store.len(),
+        models: m
+            .models
+            .iter()
+            .map(|mi| ModelCount {
+                model: mi.clone(),
+                items: counts.get(&mi.id).copied().unwrap_or(0),
+            })
+            .collect(),
+        source: m.source.clone(),
+    })
+}
+
+/// Mean recall@k of approximate search against exact search for `queries`.
+pub fn ann_recall(store: &dyn GalleryStore, queries: &[f32], k: usize) -> Result<f64> {
+    let exact = store.search_exact(queries, k)?;
+    let approx = store.search_approx(queries, k)?;
+    let mut sum = 0.0;
+    for (e, a) in exact.iter().zip(&approx) {
+        let truth: std::collections::HashSet<u64> = e.iter().map(|h| h.id).collect();
+        let found = a.iter().filter(|h| truth.contains(&h.id)).count();
+        sum += found as f64 / truth.len().max(1) as f64;
+    }
+    Ok(sum / exact.len().max(1) as f64)
+}
+
+/// `n` query vectors for a recall probe: stored vectors at evenly spaced ids, each moved by
+/// seeded Gaussian noise of norm about `noise` and renormalised (so a query is near, not on,
+/// its source item).
+pub fn probe_queries(
+    store: &dyn GalleryStore,
+    n: usize,
+    noise: f32,
+    seed: u64,
+) -> Result<Vec<f32>> {
+    use rand::SeedableRng;
+    let ids: Vec<u64> = store.item_models()?.into_keys().collect();
+    if ids.is_empty() || n == 0 {
+        return Err(GalleryError::Invalid(
+            "a recall probe needs a non-empty gallery and at least one query".into(),
+        ));
+    }
+    let picks: Vec<u64> = (0..n)
+        .map(|i| ids[i * ids.len() / n.max(1) % ids.len()])
+        .collect();
+    let dim = store.manifest().dim;
+    let mut v = store.vectors(&picks)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let scale = noise / (dim as f32).sqrt();
+    v.iter_mut().for_each(|x| *x += scale * gaussian(&mut rng));
+    super::normalise_rows(&mut v, dim);
+    Ok(v)
+}
+
+/// A standard normal draw by Box-Muller (rand_distr is not a dependency for one function).
+fn gaussian(rng: &mut impl rand::Rng) -> f32 {
+    let u1: f32 = rng.random::<f32>().max(1e-12);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}

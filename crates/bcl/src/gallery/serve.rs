@@ -1,0 +1,388 @@
+//! `bcl serve`: an HTTP service (axum) over a gallery. `POST /search` takes query vectors as
+//! JSON or one image (embedded by the server's query model), `GET /health` and `GET /stats`
+//! report liveness and counts. Bodies are bounded, bad input gets a 4xx with a JSON reason,
+//! and the server stops gracefully (in-flight requests finish) on its shutdown signal.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ops::lineage_text;
+use super::{check_lineage, GalleryError, GalleryStore, Hit, Lineage, ModelInfo};
+use crate::data::Dataset;
+use crate::model::Embedder;
+
+/// Limits and defaults of the service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Largest k a request may ask for.
+    pub max_k: usize,
+    /// k when a request does not say.
+    pub default_k: usize,
+    /// Largest number of query vectors in one request.
+    pub max_queries: usize,
+    /// Exact search by default (else the approximate index).
+    pub exact: bool,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_k: 1000,
+            default_k: 10,
+            max_queries: 256,
+            exact: false,
+        }
+    }
+}
+
+/// What the service holds: the store (read-only while serving), the query model and counters.
+pub struct ServeState {
+    store: Box<dyn GalleryStore>,
+    embedder: Option<Mutex<Embedder>>,
+    query_model: Option<ModelInfo>,
+    lineage: Option<Lineage>,
+    cfg: ServeConfig,
+    requests: AtomicU64,
+    client_errors: AtomicU64,
+    searches: AtomicU64,
+    search_micros: AtomicU64,
+}
+
+impl ServeState {
+    /// Prepares a service over `store`; with a query model, its lineage is checked once here
+    /// (`force` overrides a refusal, and /stats then says so). Without one, only vectors are
+    /// accepted and they are taken to be in the gallery's space.
+    pub fn new(
+        store: Box<dyn GalleryStore>,
+        embedder: Option<Embedder>,
+        cfg: ServeConfig,
+        force: bool,
+    ) -> Result<Self, GalleryError> {
+        if cfg.max_k == 0 || cfg.default_k == 0 || cfg.default_k > cfg.max_k {
+            return Err(GalleryError::Invalid(format!(
+                "need 0 < default_k <= max_k, got default_k {} and max_k {}",
+                cfg.default_k, cfg.max_k
+            )));
+        }
+        let query_model = embedder.as_ref().map(|e| ModelInfo::from_card(&e.card));
+        let lineage = match &query_model {
+            Some(m) => Some(check_lineage(store.manifest(), &store.counts()?, m, force)?),
+            None => None,
+        };
+        Ok(Self {
+            store,
+            embedder: embedder.map(Mutex::new),
+            query_model,
+            lineage,
+            cfg,
+            requests: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
+            searches: AtomicU64::new(0),
+            search_micros: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The JSON body of `POST /search`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    vector: Option<Vec<f32>>,
+    vectors: Option<Vec<Vec<f32>>>,
+    k: Option<usize>,
+    exact: Option<bool>,
+}
+
+/// Query-string options of `POST /search` (the only options for an image body).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchParams {
+    k: Option<usize>,
+    exact: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+struct SearchResponse {
+    model: Option<String>,
+    exact: bool,
+    k: usize,
+    results: Vec<Vec<Hit>>,
+}
+
+fn bad(status: StatusCode, reason: impl Into<String>) -> (StatusCode, String) {
+    (status, reason.into())
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": reason.into() }))).into_response()
+}
+
+/// Builds the service's routes over `state`.
+pub fn router(state: Arc<ServeState>) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .route("/search", post(search))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: POST /search, GET /health, GET /stats",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn health(State(st): State<Arc<ServeState>>) -> Response {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    Json(json!({ "status": "ok", "items": st.store.len() })).into_response()
+}
+
+async fn stats(State(st): State<Arc<ServeState>>) -> Response {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let counts = match st.store.counts() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let searches = st.searches.load(Ordering::Relaxed);
+    let micros = st.search_micros.load(Ordering::Relaxed);
+    Json(json!({
+        "backend": st.store.backend(),
+        "dim": st.store.manifest().dim,
+        "items": st.store.len(),
+        "items_per_model": counts,
+        "query_model": st.query_model,
+        "lineage": st.lineage.as_ref().map(lineage_text),
+        "requests": st.requests.load(Ordering::Relaxed),
+        "client_errors": st.client_errors.load(Ordering::Relaxed),
+        "searches": searches,
+        "mean_search_ms": if searches > 0 { micros as f64 / searches as f64 / 1000.0 } else { 0.0 },
+        "limits": st.cfg,
+    }))
+    .into_response()
+}
+
+/// Turns the request into query vectors, k and exactness, or a 4xx.
+fn parse_request(
+    st: &ServeState,
+    headers: &HeaderMap,
+    params: SearchParams,
+    body: &[u8],
+) -> Result<(Vec<f32>, usize, bool), (StatusCode, String)> {
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let dim = st.store.manifest().dim;
+    let (queries, k, exact) = match ctype.as_str() {
+        "application/json" => {
+            let b: SearchBody = serde_json::from_slice(body).map_err(|e| {
+                bad(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed JSON body: {e}; expected {{\"vector\": [..], \"k\": 10}}"),
+                )
+            })?;
+            let rows = match (b.vector, b.vectors) {
+                (Some(v), None) => vec![v],
+                (None, Some(vs)) => vs,
+                _ => {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        "give exactly one of \"vector\" and \"vectors\"",
+                    ))
+                }
+            };
+            if rows.len() > st.cfg.max_queries {
+                return Err(bad(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "{} query vectors; at most {} per request",
+                        rows.len(),
+                        st.cfg.max_queries
+                    ),
+                ));
+            }
+            if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != dim) {
+                return Err(bad(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "query vector {i} has {} values; the gallery's dimension is {dim}",
+                        r.len()
+                    ),
+                ));
+            }
+            (
+                rows.concat(),
+                b.k.or(params.k).unwrap_or(st.cfg.default_k),
+                b.exact.or(params.exact).unwrap_or(st.cfg.exact),
+            )
+        }
+        "image/png" | "image/jpeg" => {
+            let Some(emb) = &st.embedder else {
+                return Err(bad(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this server has no query model (start it with --model) and takes vectors only",
+                ));
+            };
+            let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
+            let shape = emb.card.input_shape;
+            let pixels = crate::data::images::image_for_model(body, shape)
+                .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+            let one = Dataset {
+                pixels,
+                labels: vec![0],
+                ids: vec![0],
+                channels: shape[0],
+                rows: shape[1],
+                cols: shape[2],
+                classes: 1,
+            };
+            let v = super::ops::embed_items(&emb, &one, &[0], 1);
+            (
+                v,
+                params.k.unwrap_or(st.cfg.default_k),
+                params.exact.unwrap_or(st.cfg.exact),
+            )
+        }
+        "" => {
+            return Err(bad(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "no Content-Type: send application/json, image/png or image/jpeg",
+            ))
+        }
+        other => {
+            return Err(bad(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type {other} is not accepted: send application/json, image/png or image/jpeg"
+                ),
+            ))
+        }
+    };
+    if k == 0 || k > st.cfg.max_k {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("k = {k}: expected 1 to {}", st.cfg.max_k),
+        ));
+    }
+    Ok((queries, k, exact))
+}
+
+async fn search(
+    State(st): State<Arc<ServeState>>,
+    params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let st2 = st.clone();
+    let resp = tokio::task::spawn_blocking(move || {
+        let st = st2;
+        let params = match params {
+            Ok(Query(p)) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                let status = e.status();
+                let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    format!(
+                        "request body over the limit of {} bytes",
+                        st.cfg.max_body_bytes
+                    )
+                } else {
+                    e.body_text()
+                };
+                return error(status, reason);
+            }
+        };
+        let (queries, k, exact) = match parse_request(&st, &headers, params, &body) {
+            Ok(x) => x,
+            Err((status, reason)) => return error(status, reason),
+        };
+        let t = Instant::now();
+        let hits = if exact {
+            st.store.search_exact(&queries, k)
+        } else {
+            st.store.search_approx(&queries, k)
+        };
+        match hits {
+            Ok(results) => {
+                st.searches.fetch_add(1, Ordering::Relaxed);
+                st.search_micros
+                    .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                Json(SearchResponse {
+                    model: st.query_model.as_ref().map(|m| m.id.clone()),
+                    exact,
+                    k,
+                    results,
+                })
+                .into_response()
+            }
+            Err(GalleryError::Invalid(r)) => error(StatusCode::UNPROCESSABLE_ENTITY, r),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    if resp.status().is_client_error() {
+        st.client_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,231 @@
+//! Gallery operations with real (tiny) models: build from a data set, search by a declared
+//! successor (admitted) and an independent model (refused unless forced), a resumable backfill
+//! in the documented order, the data-set check, and an image query over HTTP that gives the
+//! same answer as the library.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+
+use bcl::data::{synthetic, write_idx_dir};
+use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
+use bcl::gallery::serve::{router, serve, ServeConfig, ServeState};
+use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+use bcl::gallery::{GalleryError, GalleryStore, Lineage, ModelInfo};
+use bcl::loss::Method;
+use bcl::model::Embedder;
+use bcl::pipeline::{self, RunConfig, StepOptions};
+use tch::Device;
+
+fn opts() -> StepOptions {
+    StepOptions {
+        resume: false,
+        device: Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after: None,
+    }
+}
+
+fn origin(cfg: &RunConfig) -> ops::DataOrigin {
+    ops::DataOrigin {
+        data: cfg.data.clone(),
+        split: "test".into(),
+    }
+}
+
+fn plan(fraction: f64) -> ops::BackfillPlan {
+    ops::BackfillPlan {
+        fraction,
+        strategy: BackfillStrategy::Random,
+        seed: 7,
+    }
+}
+
+fn models(root: &Path) -> (RunConfig, Embedder, Embedder, Embedder) {
+    let data = root.join("data");
+    let (train, test) = synthetic(5, 40, 12, 3);
+    write_idx_dir(&data, &train, &test).unwrap();
+    let mut cfg = RunConfig::default();
+    cfg.data.dir = data;
+    cfg.data.classes = 5;
+    cfg.model.width = 4;
+    cfg.model.dim = 16;
+    for t in [&mut cfg.old, &mut cfg.new] {
+        t.batch_size = 32;
+        t.epochs = 1;
+    }
+    let run = root.join("run");
+    pipeline::train_old(&cfg, &run.join("old"), &opts()).unwrap();
+    for m in [Method::Bct, Method::Independent] {
+        let out = run.join(format!("new-{}", m.as_str()));
+        pipeline::train_new(&cfg, &run.join("old"), m, &out, &opts()).unwrap();
+    }
+    let load = |n: &str| Embedder::load(&run.join(n), Device::Cpu).unwrap();
+    (cfg, load("old"), load("new-bct"), load("new-independent"))
+}
+
+#[test]
+fn build_search_backfill_and_serve_an_image() {
+    let root = tempfile::tempdir().unwrap();
+    let (cfg, old, bct, ind) = models(root.path());
+    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let dir = root.path().join("gallery");
+    let eo = EmbedOptions {
+        commit: 16,
+        ..Default::default()
+    };
+    let mut commits = Vec::new();
+    let r = ops::build(
+        &dir,
+        &old,
+        &test,
+        &origin(&cfg),
+        UsearchConfig::default(),
+        &eo,
+        &mut |d, _| commits.push(d),
+    )
+    .unwrap();
+    assert_eq!(r.items, test.len());
+    assert_eq!(commits.first(), Some(&16));
+    assert_eq!(commits.last(), Some(&test.len()), "one commit per 16 items");
+    let mut store = UsearchStore::open(&dir).unwrap();
+    assert_eq!(store.counts().unwrap()[&old.card.id], test.len());
+
+    // the stored vectors are the old model's embeddings of the items
+    let e0 = ops::embed_items(&old, &test, &[0], 8);
+    let s0 = store.vectors(&[test.ids[0] as u64]).unwrap();
+    assert!(e0.iter().zip(&s0).all(|(a, b)| (a - b).abs() < 1e-5));
+
+    // queries: the bct successor is admitted, the independent model is refused (or forced)
+    let q = ops::embed_queries(&bct, &test, 64).unwrap();
+    let bct_info = ModelInfo::from_card(&bct.card);
+    let (l, hits) = ops::search(&store, Some(&bct_info), &q, 5, true, false).unwrap();
+    assert_eq!((l, hits.len()), (Some(Lineage::Successor), test.len()));
+    let ind_info = ModelInfo::from_card(&ind.card);
+    let qi = ops::embed_queries(&ind, &test, 64).unwrap();
+    assert!(matches!(
+        ops::search(&store, Some(&ind_info), &qi, 5, true, false),
+        Err(GalleryError::Lineage(_))
+    ));
+    assert!(matches!(
+        ops::search(&store, Some(&ind_info), &qi, 5, true, true)
+            .unwrap()
+            .0,
+        Some(Lineage::Forced(_))
+    ));
+
+    // backfill to 25% then 60%: resumable, in the seeded order, the new model's vectors in place
+    let n = test.len();
+    let r1 = ops::backfill(&mut store, &bct, &test, plan(0.25), &eo, &mut |_, _| {}).unwrap();
+    let k1 = (0.25 * n as f64).round() as usize;
+    assert_eq!((r1.reembedded, r1.by_new_model, r1.total), (k1, k1, n));
+    let r2 = ops::backfill(&mut store, &bct, &test, plan(0.6), &eo, &mut |_, _| {}).unwrap();
+    let k2 = (0.6 * n as f64).round() as usize;
+    assert_eq!((r2.reembedded, r2.by_new_model), (k2 - k1, k2));
+    let again = ops::backfill(&mut store, &bct, &test, plan(0.6), &eo, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        again.reembedded, 0,
+        "a repeated call has nothing left to do"
+    );
+    let order = ops::backfill_positions(n, BackfillStrategy::Random, 7);
+    let items = store.item_models().unwrap();
+    for (rank, &p) in order.iter().enumerate() {
+        let by_new = items[&(test.ids[p] as u64)] == bct.card.id;
+        assert_eq!(by_new, rank < k2, "position {p} at rank {rank}");
+    }
+    let p = order[0];
+    let want = ops::embed_items(&bct, &test, &[p], 8);
+    let got = store.vectors(&[test.ids[p] as u64]).unwrap();
+    assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-5));
+    // the old model may no longer search the mixed gallery; the data set must be the same
+    let old_info = ModelInfo::from_card(&old.card);
+    let qo = ops::embed_queries(&old, &test, 64).unwrap();
+    assert!(ops::search(&store, Some(&old_info), &qo, 5, true, false).is_err());
+    let other = test.take_per_class(3);
+    let e = ops::backfill(&mut store, &bct, &other, plan(1.0), &eo, &mut |_, _| {}).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not the one the gallery was built from"),
+        "{e}"
+    );
+    assert!(ops::backfill(&mut store, &bct, &test, plan(1.5), &eo, &mut |_, _| {}).is_err());
+    assert!(ops::backfill(&mut store, &ind, &test, plan(1.0), &eo, &mut |_, _| {}).is_err());
+
+    // an image query over HTTP: the server embeds it with the bct model
+    let item = 3;
+    let want = ops::search(
+        &store,
+        Some(&bct_info),
+        &ops::embed_items(&bct, &test, &[item], 1),
+        4,
+        true,
+        false,
+    )
+    .unwrap()
+    .1;
+    let sz = test.item_size();
+    let img = image::GrayImage::from_raw(
+        test.cols as u32,
+        test.rows as u32,
+        test.pixels[item * sz..(item + 1) * sz].to_vec(),
+    )
+    .unwrap();
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let state = Arc::new(
+        ServeState::new(Box::new(store), Some(bct), ServeConfig::default(), false).unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let h = rt.spawn(serve(l, router(state), async {
+        let _ = rx.await;
+    }));
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "POST /search?k=4&exact=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n", png.len()).unwrap();
+    s.write_all(&png).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let body: serde_json::Value =
+        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let ids: Vec<u64> = body["results"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, want[0].iter().map(|h| h.id).collect::<Vec<_>>());
+    assert_eq!(body["model"].as_str(), Some(bct_info.id.as_str()));
+    tx.send(()).unwrap();
+    rt.block_on(h).unwrap().unwrap();
+}
+
+#[test]
+fn a_server_refuses_an_unrelated_query_model() {
+    let root = tempfile::tempdir().unwrap();
+    let (cfg, old, _bct, ind) = models(root.path());
+    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let dir = root.path().join("gallery");
+    ops::build(
+        &dir,
+        &old,
+        &test,
+        &origin(&cfg),
+        UsearchConfig::default(),
+        &EmbedOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let store = UsearchStore::open(&dir).unwrap();
+    let e = ServeState::new(Box::new(store), Some(ind), ServeConfig::default(), false)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("--force"), "{e}");
+}

@@ -1,0 +1,197 @@
+//! The HTTP service on loopback: health, stats, vector search equal to the store's own exact
+//! search, clear 4xx answers to malformed, oversized and ill-typed requests, and a graceful
+//! shutdown that lets the server future finish.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use bcl::gallery::serve::{router, serve, ServeConfig, ServeState};
+use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+use bcl::gallery::{GalleryManifest, GalleryStore, ModelInfo};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body.
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(c) = ctype {
+        head.push_str(&format!("Content-Type: {c}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    // the server may answer (413) and close before reading an oversized body
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn search_over_http_and_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 16;
+    let mut store = UsearchStore::create(
+        dir.path(),
+        GalleryManifest::new(dim),
+        UsearchConfig::default(),
+    )
+    .unwrap();
+    let mut m = store.manifest().clone();
+    m.models.push(ModelInfo::external("ext", dim));
+    store.set_manifest(m).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let v: Vec<f32> = (0..500 * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+    store.add("ext", &(0..500).collect::<Vec<_>>(), &v).unwrap();
+    let q: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() - 0.5).collect();
+    let want = store.search_exact(&q, 5).unwrap();
+
+    let cfg = ServeConfig {
+        max_body_bytes: 16 << 10,
+        max_k: 50,
+        max_queries: 4,
+        ..Default::default()
+    };
+    let state = Arc::new(ServeState::new(Box::new(store), None, cfg, false).unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (atx, arx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            atx.send(l.local_addr().unwrap()).unwrap();
+            serve(l, router(state), async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    });
+    let addr = arx.recv().unwrap();
+
+    let (st, b) = request(addr, "GET", "/health", None, b"");
+    assert_eq!((st, json(&b)["items"].as_u64()), (200, Some(500)));
+
+    let body = serde_json::json!({ "vector": q, "k": 5, "exact": true }).to_string();
+    let (st, b) = request(
+        addr,
+        "POST",
+        "/search",
+        Some("application/json"),
+        body.as_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    let r = json(&b);
+    let hits = r["results"][0].as_array().unwrap();
+    assert_eq!(hits.len(), 5);
+    for (h, w) in hits.iter().zip(&want[0]) {
+        assert_eq!(h["id"].as_u64().unwrap(), w.id);
+        assert!((h["score"].as_f64().unwrap() - w.score as f64).abs() < 1e-5);
+    }
+    // several queries, k from the query string, approximate by default
+    let body = serde_json::json!({ "vectors": [q.clone(), q.clone()] }).to_string();
+    let (st, b) = request(
+        addr,
+        "POST",
+        "/search?k=3",
+        Some("application/json; charset=utf-8"),
+        body.as_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    let r = json(&b);
+    assert_eq!(
+        (r["k"].as_u64(), r["exact"].as_bool()),
+        (Some(3), Some(false))
+    );
+    assert_eq!(r["results"].as_array().unwrap().len(), 2);
+
+    let bad = |ctype: Option<&str>, path: &str, body: &[u8], status: u16, says: &str| {
+        let (st, b) = request(addr, "POST", path, ctype, body);
+        assert_eq!(st, status, "{b}");
+        let e = json(&b)["error"].as_str().unwrap().to_string();
+        assert!(e.contains(says), "{e}");
+    };
+    let j = Some("application/json");
+    bad(j, "/search", b"{\"vector\": [1, 2", 400, "malformed JSON");
+    bad(
+        j,
+        "/search",
+        b"{\"vector\": [1, 2], \"colour\": 1}",
+        400,
+        "unknown field",
+    );
+    bad(j, "/search", b"{\"k\": 3}", 400, "exactly one of");
+    bad(
+        j,
+        "/search",
+        b"{\"vector\": [1, 2, 3]}",
+        422,
+        "dimension is 16",
+    );
+    let zeros = serde_json::json!({ "vector": vec![0.0; dim] }).to_string();
+    bad(j, "/search", zeros.as_bytes(), 422, "all zeros");
+    let k0 = serde_json::json!({ "vector": q, "k": 0 }).to_string();
+    bad(j, "/search", k0.as_bytes(), 422, "k = 0");
+    bad(
+        j,
+        "/search?k=51",
+        serde_json::json!({ "vector": q }).to_string().as_bytes(),
+        422,
+        "1 to 50",
+    );
+    bad(j, "/search?k=x", b"{}", 400, "");
+    let many = serde_json::json!({ "vectors": vec![q.clone(); 5] }).to_string();
+    bad(j, "/search", many.as_bytes(), 422, "at most 4");
+    bad(Some("text/plain"), "/search", b"hello", 415, "text/plain");
+    bad(None, "/search", b"hello", 415, "Content-Type");
+    bad(
+        Some("image/png"),
+        "/search",
+        b"\x89PNG",
+        422,
+        "no query model",
+    );
+    let big = vec![b' '; 64 << 10];
+    bad(j, "/search", &big, 413, "over the limit");
+    let (st, b) = request(addr, "GET", "/nowhere", None, b"");
+    assert_eq!(st, 404, "{b}");
+
+    let (st, b) = request(addr, "GET", "/stats", None, b"");
+    assert_eq!(st, 200);
+    let s = json(&b);
+    assert_eq!(s["items_per_model"]["ext"].as_u64(), Some(500));
+    assert_eq!(s["searches"].as_u64(), Some(2));
+    assert!(s["client_errors"].as_u64().unwrap() >= 12, "{s}");
+
+    tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the listener is closed after shutdown"
+    );
+}

@@ -1,0 +1,442 @@
+//! The gallery store: one suite of behaviour every backend must pass (exact search equals brute
+//! force, upserts, per-model counts, validation, reopen), the usearch backend's crash safety
+//! (torn log tails, a crash mid-checkpoint, a log the snapshot already holds), the recall of its
+//! approximate search against exact (reported), and the lineage check.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+use bcl::gallery::{
+    check_lineage, GalleryError, GalleryManifest, GalleryStore, Hit, Lineage, ModelInfo,
+};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How the suite makes and reopens a store of one backend.
+trait Backend {
+    fn create(&self, dir: &Path, dim: usize) -> Box<dyn GalleryStore>;
+    fn reopen(&self, dir: &Path) -> Box<dyn GalleryStore>;
+}
+
+struct Usearch;
+
+impl Backend for Usearch {
+    fn create(&self, dir: &Path, dim: usize) -> Box<dyn GalleryStore> {
+        Box::new(
+            UsearchStore::create(dir, GalleryManifest::new(dim), UsearchConfig::default()).unwrap(),
+        )
+    }
+    fn reopen(&self, dir: &Path) -> Box<dyn GalleryStore> {
+        Box::new(UsearchStore::open(dir).unwrap())
+    }
+}
+
+fn random_rows(n: usize, dim: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..n * dim)
+        .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+        .collect();
+    for row in v.chunks_mut(dim) {
+        let s = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|x| *x /= s);
+    }
+    v
+}
+
+/// Brute-force inner-product top-k over explicit vectors.
+fn brute(gallery: &BTreeMap<u64, Vec<f32>>, q: &[f32], k: usize) -> Vec<Hit> {
+    let mut s: Vec<Hit> = gallery
+        .iter()
+        .map(|(&id, v)| Hit {
+            id,
+            score: v.iter().zip(q).map(|(a, b)| a * b).sum(),
+        })
+        .collect();
+    s.sort_by(|a, b| b.score.total_cmp(&a.score));
+    s.truncate(k);
+    s
+}
+
+fn assert_same(hits: &[Hit], want: &[Hit]) {
+    assert_eq!(hits.len(), want.len());
+    for (h, w) in hits.iter().zip(want) {
+        assert!((h.score - w.score).abs() < 1e-5, "{hits:?} vs {want:?}");
+    }
+    let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+    let wids: Vec<u64> = want.iter().map(|h| h.id).collect();
+    assert_eq!(ids, wids);
+}
+
+fn register(store: &mut dyn GalleryStore, id: &str) {
+    let mut m = store.manifest().clone();
+    m.models.push(ModelInfo::external(id, m.dim));
+    store.set_manifest(m).unwrap();
+}
+
+fn suite_add_search_reopen(b: &dyn Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 8;
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut s = b.create(dir.path(), dim);
+    register(s.as_mut(), "a");
+    let v = random_rows(100, dim, &mut rng);
+    let ids: Vec<u64> = (1000..1100).collect();
+    s.add("a", &ids, &v).unwrap();
+    let mut truth: BTreeMap<u64, Vec<f32>> = ids
+        .iter()
+        .zip(v.chunks(dim))
+        .map(|(&i, r)| (i, r.to_vec()))
+        .collect();
+    assert_eq!(s.len(), 100);
+    assert_eq!(
+        s.counts().unwrap(),
+        BTreeMap::from([("a".to_string(), 100)])
+    );
+    let q = random_rows(10, dim, &mut rng);
+    for (row, hits) in q.chunks(dim).zip(s.search_exact(&q, 7).unwrap()) {
+        assert_same(&hits, &brute(&truth, row, 7));
+    }
+    // upsert 30 items with model b (a backfill), unnormalised input is normalised on entry
+    register(s.as_mut(), "b");
+    let w = random_rows(30, dim, &mut rng);
+    let scaled: Vec<f32> = w.iter().map(|x| x * 3.0).collect();
+    s.add("b", &ids[..30], &scaled).unwrap();
+    for (i, r) in ids[..30].iter().zip(w.chunks(dim)) {
+        truth.insert(*i, r.to_vec());
+    }
+    assert_eq!(s.len(), 100);
+    let counts = BTreeMap::from([("a".to_string(), 70), ("b".to_string(), 30)]);
+    assert_eq!(s.counts().unwrap(), counts);
+    let got = s.vectors(&ids[..2]).unwrap();
+    for (g, t) in got.iter().zip(w[..2 * dim].iter()) {
+        assert!((g - t).abs() < 1e-5);
+    }
+    let before = s.search_exact(&q, 5).unwrap();
+    for (row, hits) in q.chunks(dim).zip(&before) {
+        assert_same(hits, &brute(&truth, row, 5));
+    }
+    // k larger than the gallery returns everything
+    assert_eq!(s.search_exact(&q[..dim], 500).unwrap()[0].len(), 100);
+    drop(s);
+    let s = b.reopen(dir.path());
+    assert_eq!(s.len(), 100);
+    assert_eq!(s.counts().unwrap(), counts);
+    assert_eq!(s.manifest().models.len(), 2);
+    let after = s.search_exact(&q, 5).unwrap();
+    for (x, y) in before.iter().zip(&after) {
+        assert_same(x, y);
+    }
+    let models = s.item_models().unwrap();
+    assert_eq!(models[&1000], "b");
+    assert_eq!(models[&1099], "a");
+}
+
+fn suite_rejects_bad_input(b: &dyn Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = b.create(dir.path(), 4);
+    register(s.as_mut(), "a");
+    s.add("a", &[1, 2], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+        .unwrap();
+    let invalid = |r: Result<(), GalleryError>, want: &str| match r {
+        Err(GalleryError::Invalid(m)) => assert!(m.contains(want), "{m}"),
+        other => panic!("expected Invalid({want}), got {other:?}"),
+    };
+    invalid(s.add("a", &[3], &[1.0, 0.0, 0.0]), "3 values for 1 vectors");
+    invalid(s.add("a", &[3], &[1.0, f32::NAN, 0.0, 0.0]), "non-finite");
+    invalid(s.add("a", &[3], &[0.0; 4]), "all zeros");
+    invalid(
+        s.add("a", &[3, 3], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+        "appears twice",
+    );
+    invalid(s.add("zzz", &[3], &[1.0, 0.0, 0.0, 0.0]), "not registered");
+    invalid(s.add("a", &[], &[]), "no vector");
+    invalid(
+        s.search_exact(&[1.0, 0.0, 0.0, 0.0], 0).map(|_| ()),
+        "k must be",
+    );
+    invalid(
+        s.search_exact(&[1.0, 0.0, 0.0], 1).map(|_| ()),
+        "dimension 4",
+    );
+    invalid(
+        s.search_approx(&[f32::INFINITY, 0.0, 0.0, 0.0], 1)
+            .map(|_| ()),
+        "non-finite",
+    );
+    // the manifest only grows, and its dimension is fixed
+    let mut m = s.manifest().clone();
+    m.models.clear();
+    invalid(s.set_manifest(m), "appended");
+    let mut m = s.manifest().clone();
+    m.dim = 5;
+    invalid(s.set_manifest(m), "dimension");
+    assert_eq!(s.len(), 2, "failed adds wrote nothing");
+    drop(s);
+    assert_eq!(b.reopen(dir.path()).len(), 2, "nor did they reach the disk");
+}
+
+#[test]
+fn usearch_passes_the_store_suite() {
+    suite_add_search_reopen(&Usearch);
+    suite_rejects_bad_input(&Usearch);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn usearch_exact_search_equals_brute_force(
+        n in 1usize..150, dim in 2usize..12, k in 1usize..20, upserts in 0usize..40, seed in 0u64..1000,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut s = Usearch.create(dir.path(), dim);
+        register(s.as_mut(), "a");
+        let v = random_rows(n, dim, &mut rng);
+        let ids: Vec<u64> = (0..n as u64).map(|i| i * 7 + 3).collect();
+        s.add("a", &ids, &v).unwrap();
+        let mut truth: BTreeMap<u64, Vec<f32>> =
+            ids.iter().zip(v.chunks(dim)).map(|(&i, r)| (i, r.to_vec())).collect();
+        let m = upserts.min(n);
+        let w = random_rows(m, dim, &mut rng);
+        if m > 0 {
+            s.add("a", &ids[..m], &w).unwrap();
+            for (i, r) in ids[..m].iter().zip(w.chunks(dim)) {
+                truth.insert(*i, r.to_vec());
+            }
+        }
+        let q = random_rows(5, dim, &mut rng);
+        for (row, hits) in q.chunks(dim).zip(s.search_exact(&q, k).unwrap()) {
+            let want = brute(&truth, row, k);
+            prop_assert_eq!(hits.len(), want.len());
+            for (h, w) in hits.iter().zip(&want) {
+                // ties aside, the same items in the same order
+                prop_assert!((h.score - w.score).abs() < 1e-5);
+            }
+            let tied = want.windows(2).any(|p| (p[0].score - p[1].score).abs() < 1e-4);
+            if !tied {
+                let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+                let wids: Vec<u64> = want.iter().map(|h| h.id).collect();
+                prop_assert_eq!(ids, wids);
+            }
+        }
+    }
+}
+
+fn wal(dir: &Path) -> std::path::PathBuf {
+    dir.join("wal.log")
+}
+
+#[test]
+fn a_torn_log_tail_is_cut_and_committed_adds_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut s = Usearch.create(dir.path(), 6);
+    register(s.as_mut(), "a");
+    for b in 0..3u64 {
+        let ids: Vec<u64> = (b * 10..b * 10 + 10).collect();
+        s.add("a", &ids, &random_rows(10, 6, &mut rng)).unwrap();
+    }
+    drop(s); // no checkpoint: everything is in the log
+    let good = std::fs::metadata(wal(dir.path())).unwrap().len();
+    // a crash mid-append: a length prefix promising more than was written, then a few bytes
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(wal(dir.path()))
+        .unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
+    drop(f);
+    let s = Usearch.reopen(dir.path());
+    assert_eq!(s.len(), 30);
+    assert_eq!(std::fs::metadata(wal(dir.path())).unwrap().len(), good);
+    drop(s);
+    // a flipped byte inside the last record: that record fails its checksum and is dropped
+    let mut bytes = std::fs::read(wal(dir.path())).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(wal(dir.path()), &bytes).unwrap();
+    let s = Usearch.reopen(dir.path());
+    assert_eq!(s.len(), 20, "the corrupt last record is not replayed");
+}
+
+#[test]
+fn a_crash_mid_checkpoint_leaves_a_store_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut s = Usearch.create(dir.path(), 5);
+    register(s.as_mut(), "a");
+    s.add(
+        "a",
+        &(0..50).collect::<Vec<_>>(),
+        &random_rows(50, 5, &mut rng),
+    )
+    .unwrap();
+    s.checkpoint().unwrap(); // generation 1
+    let saved_wal_empty = std::fs::metadata(wal(dir.path())).unwrap().len();
+    assert_eq!(saved_wal_empty, 0);
+    let upd = random_rows(10, 5, &mut rng);
+    s.add("a", &(0..10).collect::<Vec<_>>(), &upd).unwrap();
+    s.add(
+        "a",
+        &(50..60).collect::<Vec<_>>(),
+        &random_rows(10, 5, &mut rng),
+    )
+    .unwrap();
+    let log = std::fs::read(wal(dir.path())).unwrap();
+    let q = random_rows(4, 5, &mut rng);
+    let want = s.search_exact(&q, 8).unwrap();
+    // the next checkpoint completes its commit but "crashes" before truncating the log:
+    // restore the log as it was, so records the snapshot holds are replayed again
+    s.checkpoint().unwrap();
+    drop(s);
+    std::fs::write(wal(dir.path()), &log).unwrap();
+    // and leftovers of a later checkpoint that died before its commit
+    std::fs::write(dir.path().join("index-3.usearch"), b"half written").unwrap();
+    std::fs::write(dir.path().join("index-3.usearch.tmp"), b"junk").unwrap();
+    std::fs::write(dir.path().join(".gallery.json.1.0.tmp"), b"{").unwrap();
+    let s = Usearch.reopen(dir.path());
+    assert_eq!(s.len(), 60);
+    for (a, b) in want.iter().zip(s.search_exact(&q, 8).unwrap()) {
+        assert_same(a, &b);
+    }
+    let got = s.vectors(&[0]).unwrap();
+    assert!(got.iter().zip(&upd[..5]).all(|(a, b)| (a - b).abs() < 1e-5));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".tmp") || n == "index-3.usearch"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn damaged_snapshots_and_a_second_opener_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let mut s = Usearch.create(dir.path(), 3);
+    register(s.as_mut(), "a");
+    s.add("a", &[1, 2, 3], &random_rows(3, 3, &mut rng))
+        .unwrap();
+    s.checkpoint().unwrap();
+    // the store is locked while open
+    match UsearchStore::open(dir.path()) {
+        Err(GalleryError::Invalid(m)) => assert!(m.contains("another process"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    drop(s);
+    let items = dir.path().join("items-1.bin");
+    let mut b = std::fs::read(&items).unwrap();
+    b[9] ^= 1;
+    std::fs::write(&items, &b).unwrap();
+    match UsearchStore::open(dir.path()) {
+        Err(GalleryError::Corrupt { path, reason }) => {
+            assert_eq!(path, items);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    std::fs::write(dir.path().join("gallery.json"), b"{ not json").unwrap();
+    assert!(matches!(
+        UsearchStore::open(dir.path()),
+        Err(GalleryError::Corrupt { .. })
+    ));
+    let empty = tempfile::tempdir().unwrap();
+    let e = UsearchStore::open(empty.path()).err().unwrap().to_string();
+    assert!(e.contains("bcl gallery build"), "{e}");
+    // creating over an existing gallery is refused
+    let d2 = tempfile::tempdir().unwrap();
+    drop(Usearch.create(d2.path(), 3));
+    assert!(
+        UsearchStore::create(d2.path(), GalleryManifest::new(3), UsearchConfig::default()).is_err()
+    );
+}
+
+#[test]
+fn approximate_recall_at_10_against_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (n, dim) = (20_000, 32);
+    let mut s = Usearch.create(dir.path(), dim);
+    register(s.as_mut(), "a");
+    s.add(
+        "a",
+        &(0..n as u64).collect::<Vec<_>>(),
+        &random_rows(n, dim, &mut rng),
+    )
+    .unwrap();
+    let q = bcl::gallery::ops::probe_queries(s.as_ref(), 200, 0.5, 1).unwrap();
+    let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
+    // Reported, not a timing: HNSW at usearch's defaults on random 32-d unit vectors.
+    println!("usearch recall@10 against exact, {n} vectors, d = {dim}: {r:.4}");
+    assert!(r > 0.8, "recall@10 {r}");
+}
+
+fn info(id: &str, compatible_with: Option<&str>) -> ModelInfo {
+    ModelInfo {
+        id: id.into(),
+        name: format!("model-{id}"),
+        method: "bct".into(),
+        compatible_with: compatible_with.map(String::from),
+        dim: 4,
+    }
+}
+
+#[test]
+fn lineage_admits_the_model_and_its_declared_successor_only() {
+    let mut m = GalleryManifest::new(4);
+    m.models = vec![info("old", None), info("new", Some("old"))];
+    let only_old = BTreeMap::from([("old".to_string(), 10)]);
+    let mixed = BTreeMap::from([("old".to_string(), 6), ("new".to_string(), 4)]);
+    let only_new = BTreeMap::from([("old".to_string(), 0), ("new".to_string(), 10)]);
+    let old = info("old", None);
+    let new = info("new", Some("old"));
+    let next = info("next", Some("new"));
+    let stranger = info("stranger", None);
+    assert_eq!(
+        check_lineage(&m, &only_old, &old, false).unwrap(),
+        Lineage::Same
+    );
+    assert_eq!(
+        check_lineage(&m, &only_old, &new, false).unwrap(),
+        Lineage::Successor
+    );
+    assert_eq!(
+        check_lineage(&m, &mixed, &new, false).unwrap(),
+        Lineage::Successor
+    );
+    assert_eq!(
+        check_lineage(&m, &only_new, &new, false).unwrap(),
+        Lineage::Same
+    );
+    assert_eq!(
+        check_lineage(&m, &BTreeMap::new(), &stranger, false).unwrap(),
+        Lineage::Same
+    );
+    // refusals: an unrelated model; the old model against re-embedded items; a successor of
+    // a successor against the first model's vectors (declarations do not chain)
+    for (counts, q) in [(&only_old, &stranger), (&mixed, &old), (&only_old, &next)] {
+        match check_lineage(&m, counts, q, false) {
+            Err(GalleryError::Lineage(t)) => {
+                assert!(t.contains(&q.id) && t.contains("--force"), "{t}")
+            }
+            other => panic!("{} on {counts:?}: {other:?}", q.id),
+        }
+        assert!(matches!(
+            check_lineage(&m, counts, q, true).unwrap(),
+            Lineage::Forced(_)
+        ));
+    }
+    assert!(check_lineage(&m, &mixed, &next, false).is_err());
+    // the dimension is never overridable
+    let mut wide = new.clone();
+    wide.dim = 8;
+    assert!(matches!(
+        check_lineage(&m, &only_old, &wide, true),
+        Err(GalleryError::Invalid(_))
+    ));
+}
