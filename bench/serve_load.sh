@@ -58,21 +58,34 @@ t0=$(date +%s.%N)
 $BCL gallery add --create --name synthetic --store "$WORK/g" --vectors "$WORK/gallery.npy" >/dev/null
 t1=$(date +%s.%N)
 echo "gallery: $N vectors, d = $DIM, built in $(echo "$t1 - $t0" | bc) s"
-$BCL gallery status --store "$WORK/g" --recall-queries 1000 --k 10 \
-  | .venv/bin/python -c "import json,sys; r=json.load(sys.stdin)['ann_recall']; print(f\"usearch recall@10 against exact ({r['queries']} queries near stored vectors): {r['recall']:.4f}\")"
+for ef in 64 256 1024; do
+  $BCL gallery status --store "$WORK/g" --recall-queries 1000 --k 10 --expansion-search $ef \
+    | .venv/bin/python -c "import json,sys; r=json.load(sys.stdin)['ann_recall']; print(f\"usearch recall@10 against exact, ef {r['expansion_search']} ({r['queries']} queries near stored vectors): {r['recall']:.4f}\")"
+done
 
-$BCL serve --store "$WORK/g" --addr "127.0.0.1:$PORT" 2>"$WORK/serve.log" &
-SERVER=$!
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-for mode in approx exact; do
-  echo "--- /search, $mode, wrk -t$THREADS -c$CONN -d${SECONDS_}s"
-  BODIES="$WORK/bodies-$mode.txt" wrk -t"$THREADS" -c"$CONN" -d"${SECONDS_}s" --latency \
+run_wrk() { # mode label
+  BODIES="$WORK/bodies-$1.txt" wrk -t"$THREADS" -c"$CONN" -d"${SECONDS_}s" --latency \
     -s "$WORK/post.lua" "http://127.0.0.1:$PORT/search" \
-    | grep -E "Requests/sec|Latency |50%|90%|99%|requests in|Non-2xx"
-done
-curl -fs "http://127.0.0.1:$PORT/stats" | .venv/bin/python -c "import json,sys; s=json.load(sys.stdin); print('server: searches', s['searches'], 'client errors', s['client_errors'], 'mean search ms %.3f' % s['mean_search_ms'])"
-kill -TERM "$SERVER"; wait "$SERVER" && echo "server stopped gracefully (exit 0)"
-SERVER=""
+    | grep -E "Requests/sec|Latency |50%|90%|99%|requests in|Non-2xx" | sed "s/^/[$2] /"
+}
+start_server() {
+  $BCL serve --store "$WORK/g" --addr "127.0.0.1:$PORT" "$@" 2>"$WORK/serve.log" &
+  SERVER=$!
+  for _ in $(seq 1 100); do
+    curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+stop_server() {
+  curl -fs "http://127.0.0.1:$PORT/stats" | .venv/bin/python -c "import json,sys; s=json.load(sys.stdin); print('server: searches', s['searches'], 'client errors', s['client_errors'], 'server errors', s['server_errors'], 'mean search ms %.3f' % s['mean_search_ms'])"
+  kill -TERM "$SERVER"; wait "$SERVER" && echo "server stopped gracefully (exit 0)"
+  SERVER=""
+}
+echo "--- wrk -t$THREADS -c$CONN -d${SECONDS_}s, one query vector per POST /search, k = 10"
+start_server
+run_wrk approx "approximate, ef 64"
+run_wrk exact "exact"
+stop_server
+start_server --expansion-search 256
+run_wrk approx "approximate, ef 256"
+stop_server

@@ -199,6 +199,10 @@ pub struct StatusArgs {
     /// k of that recall.
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Candidate list size of approximate search for that probe (HNSW ef; default: the
+    /// store's).
+    #[arg(long)]
+    expansion_search: Option<usize>,
 }
 
 /// `bcl serve`.
@@ -231,6 +235,9 @@ pub struct ServeArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Candidate list size of approximate search (HNSW ef; default: the store's).
+    #[arg(long)]
+    expansion_search: Option<usize>,
     /// Worker threads of the HTTP runtime (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -493,12 +500,20 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         }
         GalleryCommand::Status(a) => {
-            let store = gal::open(&a.store)?;
+            let mut store = gal::open(&a.store)?;
+            if let Some(e) = a.expansion_search {
+                store.set_search_expansion(e)?;
+            }
             let mut s = serde_json::to_value(ops::status(store.as_ref())?)?;
             if let Some(n) = a.recall_queries {
                 let q = ops::probe_queries(store.as_ref(), n, 0.5, 0)?;
                 let r = ops::ann_recall(store.as_ref(), &q, a.k)?;
-                s["ann_recall"] = serde_json::json!({ "k": a.k, "queries": n, "recall": r });
+                s["ann_recall"] = serde_json::json!({
+                    "k": a.k,
+                    "queries": n,
+                    "recall": r,
+                    "expansion_search": a.expansion_search,
+                });
             }
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
@@ -508,7 +523,10 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
 
 /// Runs `bcl serve` until Ctrl-C or SIGTERM.
 pub fn run_serve(a: ServeArgs) -> Result<()> {
-    let store = gal::open(&a.store)?;
+    let mut store = gal::open(&a.store)?;
+    if let Some(e) = a.expansion_search {
+        store.set_search_expansion(e)?;
+    }
     let emb = match &a.model {
         Some(m) => Some(load_model(m, &a.device)?),
         None => None,

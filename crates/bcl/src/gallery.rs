@@ -183,6 +183,9 @@ pub trait GalleryStore: Send + Sync {
         }
         Ok(c)
     }
+    /// Sets the candidate list size of approximate search (HNSW's ef) for this session:
+    /// larger is slower and closer to exact.
+    fn set_search_expansion(&mut self, n: usize) -> Result<()>;
     /// Folds pending writes into the backend's snapshot (a no-op where there is none).
     fn checkpoint(&mut self) -> Result<()>;
 }

@@ -187,6 +187,7 @@ fn search_over_http_and_clear_errors() {
     assert_eq!(s["items_per_model"]["ext"].as_u64(), Some(500));
     assert_eq!(s["searches"].as_u64(), Some(2));
     assert!(s["client_errors"].as_u64().unwrap() >= 12, "{s}");
+    assert_eq!(s["server_errors"].as_u64(), Some(0), "{s}");
 
     tx.send(()).unwrap();
     server.join().unwrap().unwrap();

@@ -440,3 +440,33 @@ fn lineage_admits_the_model_and_its_declared_successor_only() {
         Err(GalleryError::Invalid(_))
     ));
 }
+
+#[test]
+fn a_reopened_store_serves_concurrent_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let mut s = Usearch.create(dir.path(), 16);
+    register(s.as_mut(), "a");
+    s.add(
+        "a",
+        &(0..3000).collect::<Vec<_>>(),
+        &random_rows(3000, 16, &mut rng),
+    )
+    .unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    // reopened from its snapshot (no log to replay), then searched from many threads at once,
+    // as the HTTP server does
+    let s = Usearch.reopen(dir.path());
+    let q = random_rows(1, 16, &mut rng);
+    std::thread::scope(|sc| {
+        for _ in 0..16 {
+            sc.spawn(|| {
+                for _ in 0..50 {
+                    s.search_approx(&q, 10).unwrap();
+                    s.search_exact(&q, 10).unwrap();
+                }
+            });
+        }
+    });
+}

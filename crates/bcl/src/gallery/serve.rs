@@ -60,6 +60,7 @@ pub struct ServeState {
     cfg: ServeConfig,
     requests: AtomicU64,
     client_errors: AtomicU64,
+    server_errors: AtomicU64,
     searches: AtomicU64,
     search_micros: AtomicU64,
 }
@@ -93,6 +94,7 @@ impl ServeState {
             cfg,
             requests: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
             searches: AtomicU64::new(0),
             search_micros: AtomicU64::new(0),
         })
@@ -172,6 +174,7 @@ async fn stats(State(st): State<Arc<ServeState>>) -> Response {
         "lineage": st.lineage.as_ref().map(lineage_text),
         "requests": st.requests.load(Ordering::Relaxed),
         "client_errors": st.client_errors.load(Ordering::Relaxed),
+        "server_errors": st.server_errors.load(Ordering::Relaxed),
         "searches": searches,
         "mean_search_ms": if searches > 0 { micros as f64 / searches as f64 / 1000.0 } else { 0.0 },
         "limits": st.cfg,
@@ -350,6 +353,8 @@ async fn search(
     .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     if resp.status().is_client_error() {
         st.client_errors.fetch_add(1, Ordering::Relaxed);
+    } else if resp.status().is_server_error() {
+        st.server_errors.fetch_add(1, Ordering::Relaxed);
     }
     resp
 }

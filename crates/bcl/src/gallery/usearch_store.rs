@@ -66,7 +66,47 @@ pub struct UsearchStore {
     wal: File,
     wal_len: u64,
     next_seq: u64,
+    /// One permit per thread context reserved in the index (see [`Permits`]).
+    permits: Permits,
     _lock: File,
+}
+
+/// A counting semaphore over the index's thread contexts: usearch fails a search outright
+/// ("Reserve capacity ahead of searches") when more threads call in than it has contexts, and
+/// callers here are unbounded (rayon runs a one-query search on the calling thread, the HTTP
+/// server on any blocking thread). std has no semaphore and tokio's is async-only, hence these
+/// few lines.
+struct Permits {
+    free: std::sync::Mutex<usize>,
+    cv: std::sync::Condvar,
+}
+
+impl Permits {
+    fn new(n: usize) -> Self {
+        Self {
+            free: std::sync::Mutex::new(n),
+            cv: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Runs `f` while holding one permit.
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        drop(free);
+        let out = f();
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_one();
+        out
+    }
+}
+
+/// Thread contexts reserved in the index: as many as rayon's workers plus one.
+fn context_count() -> usize {
+    rayon::current_num_threads() + 1
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GalleryError + '_ {
@@ -300,6 +340,9 @@ impl UsearchStore {
         };
         write_store_file(dir, &file)?;
         let index = new_index(file.manifest.dim, &file.index)?;
+        index
+            .reserve_capacity_and_threads(1024, context_count())
+            .map_err(index_err)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             file,
@@ -308,6 +351,7 @@ impl UsearchStore {
             wal,
             wal_len: 0,
             next_seq: 1,
+            permits: Permits::new(context_count()),
             _lock: lock,
         })
     }
@@ -389,8 +433,12 @@ impl UsearchStore {
             items,
             wal,
             wal_len: good as u64,
+            permits: Permits::new(context_count()),
             _lock: lock,
         };
+        // Thread contexts for searches: a loaded index has none reserved ("Reserve capacity
+        // ahead of searches"). Searches run on rayon's pool, so its size bounds the callers.
+        store.reserve(0)?;
         for r in records {
             store.next_seq = store.next_seq.max(r.seq + 1);
             if r.seq <= store.file.applied_seq {
@@ -420,11 +468,6 @@ impl UsearchStore {
         self.file.index
     }
 
-    /// Changes the search-time candidate list size (not persisted).
-    pub fn set_expansion_search(&self, n: usize) {
-        self.index.change_expansion_search(n);
-    }
-
     fn model_index(&self, id: &str) -> Result<u32> {
         self.file
             .manifest
@@ -439,6 +482,24 @@ impl UsearchStore {
             })
     }
 
+    /// Makes room for `extra` more vectors (doubling) and reserves one thread context per
+    /// rayon worker (plus one), which is how many threads ever call into the index at once.
+    fn reserve(&self, extra: usize) -> Result<()> {
+        let need = self.index.size() + extra;
+        let threads = context_count();
+        if need > self.index.capacity() || extra == 0 {
+            let cap = if need > self.index.capacity() {
+                need.max(self.index.capacity() * 2).max(1024)
+            } else {
+                self.index.capacity().max(1024)
+            };
+            self.index
+                .reserve_capacity_and_threads(cap, threads)
+                .map_err(index_err)?;
+        }
+        Ok(())
+    }
+
     /// Puts vectors into the in-memory index (upsert).
     fn apply(&mut self, model: u32, ids: &[u64], vectors: &[f32]) -> Result<()> {
         let dim = self.file.manifest.dim;
@@ -447,17 +508,11 @@ impl UsearchStore {
                 self.index.remove(*id).map_err(index_err)?;
             }
         }
-        let need = self.index.size() + ids.len();
-        if need > self.index.capacity() {
-            let cap = need.max(self.index.capacity() * 2).max(1024);
-            self.index
-                .reserve_capacity_and_threads(cap, rayon::current_num_threads() + 1)
-                .map_err(index_err)?;
-        }
+        self.reserve(ids.len())?;
         let index = &self.index;
         ids.par_iter()
             .zip(vectors.par_chunks(dim))
-            .try_for_each(|(&id, v)| index.add(id, v).map_err(index_err))?;
+            .try_for_each(|(&id, v)| self.permits.with(|| index.add(id, v)).map_err(index_err))?;
         for &id in ids {
             self.items.insert(id, model);
         }
@@ -480,12 +535,16 @@ impl UsearchStore {
         normalise_rows(&mut q, dim);
         q.par_chunks(dim)
             .map(|row| {
-                let m = if exact {
-                    self.index.exact_search(row, k)
-                } else {
-                    self.index.search(row, k)
-                }
-                .map_err(index_err)?;
+                let m = self
+                    .permits
+                    .with(|| {
+                        if exact {
+                            self.index.exact_search(row, k)
+                        } else {
+                            self.index.search(row, k)
+                        }
+                    })
+                    .map_err(index_err)?;
                 Ok(m.keys
                     .iter()
                     .zip(&m.distances)
@@ -615,6 +674,16 @@ impl GalleryStore for UsearchStore {
             .filter(|(_, n)| *n > 0)
             .map(|(m, n)| (m.id.clone(), n))
             .collect())
+    }
+
+    fn set_search_expansion(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            return Err(GalleryError::Invalid(
+                "the search expansion must be at least 1".into(),
+            ));
+        }
+        self.index.change_expansion_search(n);
+        Ok(())
     }
 
     fn checkpoint(&mut self) -> Result<()> {
