@@ -35,9 +35,15 @@ if ! .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.__version__.spli
   echo "setup: installing torch==$TORCH_VERSION from PyPI into .venv (about 4.7 GB, a few minutes)"
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy
 fi
+# milvus-lite: the Milvus server the Milvus gallery backend's tests start on loopback (pure
+# Python; its gRPC adapter needs pymilvus). The Rust SDK vendors protoc, so no system protoc.
+if ! .venv/bin/python -c "import milvus_lite, pymilvus" 2>/dev/null; then
+  echo "setup: installing milvus-lite into .venv (Milvus gallery backend tests)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "milvus-lite==3.2.2" "pymilvus==3.0.2"
+fi
 TORCH_DIR=$(.venv/bin/python -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$TORCH_DIR" .venv/torch
 
-echo "setup: building bcl (release)"
-cargo build --release --quiet -p bcl-cli
+echo "setup: building bcl (release, with the Milvus gallery backend)"
+cargo build --release --quiet -p bcl-cli --features milvus
 echo "setup: done; the binary is target/release/bcl"

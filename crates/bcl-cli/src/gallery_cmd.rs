@@ -8,8 +8,10 @@ use anyhow::{bail, Context, Result};
 use bcl::data::Dataset;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{self, ServeConfig, ServeState};
-use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
-use bcl::gallery::{self as gal, GalleryManifest, GalleryStore, Lineage, ModelInfo};
+use bcl::gallery::usearch_store::UsearchConfig;
+use bcl::gallery::{
+    self as gal, BackendConfig, GalleryManifest, GalleryStore, Lineage, MilvusConfig, ModelInfo,
+};
 use bcl::model::Embedder;
 use bcl::pipeline::{self, parse_device, DataConfig, RunConfig};
 use clap::{Args, Subcommand};
@@ -64,6 +66,72 @@ pub struct EmbedArgs {
     print_commits: bool,
 }
 
+/// Where a new gallery lives.
+#[derive(Args)]
+pub struct BackendArgs {
+    /// usearch (embedded, in --store) or milvus (a Milvus server; --store keeps a pointer).
+    #[arg(long, value_enum, default_value = "usearch")]
+    backend: BackendArg,
+    /// HNSW graph degree (0: the backend's default, 16).
+    #[arg(long, default_value_t = 0)]
+    connectivity: usize,
+    /// HNSW candidate list while inserting (0: the backend's default, 128).
+    #[arg(long, default_value_t = 0)]
+    expansion_add: usize,
+    /// HNSW candidate list while searching (usearch; 0: default, 64).
+    #[arg(long, default_value_t = 0)]
+    expansion_search: usize,
+    /// Milvus server address.
+    #[arg(long, default_value = "http://127.0.0.1:19530")]
+    milvus_uri: String,
+    /// Milvus collection for the items (the manifest goes to <name>_manifest).
+    #[arg(long, default_value = "bcl_gallery")]
+    milvus_collection: String,
+    /// Milvus token (user:password or API key).
+    #[arg(long)]
+    milvus_token: Option<String>,
+}
+
+/// Gallery backends on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// usearch HNSW with a write-ahead log, in the gallery directory.
+    Usearch,
+    /// A Milvus collection (a `bcl` built with the `milvus` feature).
+    Milvus,
+}
+
+impl BackendArgs {
+    fn config(&self) -> BackendConfig {
+        match self.backend {
+            BackendArg::Usearch => BackendConfig::Usearch(UsearchConfig {
+                connectivity: self.connectivity,
+                expansion_add: self.expansion_add,
+                expansion_search: self.expansion_search,
+            }),
+            BackendArg::Milvus => {
+                let d = MilvusConfig::default();
+                BackendConfig::Milvus(MilvusConfig {
+                    uri: self.milvus_uri.clone(),
+                    collection: self.milvus_collection.clone(),
+                    token: self.milvus_token.clone(),
+                    hnsw_m: if self.connectivity > 0 {
+                        self.connectivity
+                    } else {
+                        d.hnsw_m
+                    },
+                    ef_construction: if self.expansion_add > 0 {
+                        self.expansion_add
+                    } else {
+                        d.ef_construction
+                    },
+                    ..d
+                })
+            }
+        }
+    }
+}
+
 /// `bcl gallery build`.
 #[derive(Args)]
 pub struct BuildArgs {
@@ -77,15 +145,8 @@ pub struct BuildArgs {
     data: DataArgs,
     #[command(flatten)]
     embed: EmbedArgs,
-    /// HNSW graph degree (0: usearch's default, 16).
-    #[arg(long, default_value_t = 0)]
-    connectivity: usize,
-    /// HNSW candidate list while inserting (0: default, 128).
-    #[arg(long, default_value_t = 0)]
-    expansion_add: usize,
-    /// HNSW candidate list while searching (0: default, 64).
-    #[arg(long, default_value_t = 0)]
-    expansion_search: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// `bcl gallery add`.
@@ -111,6 +172,8 @@ pub struct AddArgs {
     /// Create the gallery (dimension of --vectors) if the directory holds none.
     #[arg(long)]
     create: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Add even if the model fails the lineage check.
     #[arg(long)]
     force: bool,
@@ -325,20 +388,20 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
             let emb = load_model(&a.model, &a.embed.device)?;
             let dcfg = data_config(&a.data, Some(&model_dir(&a.model)))?;
             let data = load_split(&a.data, &dcfg)?;
-            let index = UsearchConfig {
-                connectivity: a.connectivity,
-                expansion_add: a.expansion_add,
-                expansion_search: a.expansion_search,
-            };
-            let r = ops::build(
+            let mut store = gal::create(
                 &a.store,
+                GalleryManifest::new(emb.card.arch.dim as usize),
+                &a.backend.config(),
+            )?;
+            let r = ops::build(
+                store.as_mut(),
                 &emb,
                 &data,
                 &ops::DataOrigin {
                     data: dcfg.clone(),
                     split: a.data.split.clone(),
+                    per_class: a.data.per_class,
                 },
-                index,
                 &embed_options(&a.embed, false)?,
                 &mut committer(a.embed.print_commits),
             )?;
@@ -359,11 +422,7 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                 let info = ModelInfo::external(name, dim);
                 let mut store: Box<dyn GalleryStore> =
                     if a.create && !a.store.join(gal::usearch_store::STORE_FILE).exists() {
-                        Box::new(UsearchStore::create(
-                            &a.store,
-                            GalleryManifest::new(dim),
-                            UsearchConfig::default(),
-                        )?)
+                        gal::create(&a.store, GalleryManifest::new(dim), &a.backend.config())?
                     } else {
                         gal::open(&a.store)?
                     };
@@ -474,13 +533,7 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                     a.store.display()
                 );
             };
-            let (train, test) = pipeline::load_data(&src.data)?;
-            let mut data = if src.split == "train" { train } else { test };
-            if data.len() != src.count {
-                // The gallery was built from a per-class subset: take the same one.
-                let per = src.count.div_ceil(data.classes.max(1));
-                data = data.take_per_class(per);
-            }
+            let data = ops::load_source(&src)?;
             let strategy = match a.strategy {
                 StrategyArg::Random => BackfillStrategy::Random,
                 StrategyArg::IdOrder => BackfillStrategy::IdOrder,

@@ -4,6 +4,8 @@
 //! that refuses to search a gallery with an unrelated model ([`check_lineage`]), the gallery
 //! operations over an `Embedder` ([`ops`]) and the HTTP service over a store ([`serve`]).
 
+#[cfg(feature = "milvus")]
+pub mod milvus_store;
 pub mod ops;
 pub mod serve;
 pub mod usearch_store;
@@ -102,6 +104,9 @@ pub struct DataSource {
     pub data: crate::pipeline::DataConfig,
     /// "test" or "train".
     pub split: String,
+    /// Only the first N items of each class of the split were used.
+    #[serde(default)]
+    pub per_class: Option<usize>,
     /// Number of items.
     pub count: usize,
     /// Content fingerprint of the items (pixels, labels, ids).
@@ -290,7 +295,156 @@ pub fn check_lineage(
     }
 }
 
-/// Opens the store in `dir` (the usearch backend; the manifest says which backend wrote it).
+/// Validates an add (model registered, ids unique, vectors well-formed) and returns the
+/// vectors L2-normalised, as every backend stores them.
+pub fn prepare_add(
+    manifest: &GalleryManifest,
+    model: &str,
+    ids: &[u64],
+    vectors: &[f32],
+) -> Result<Vec<f32>> {
+    if manifest.model(model).is_none() {
+        return Err(GalleryError::Invalid(format!(
+            "model {model} is not registered in this gallery's manifest"
+        )));
+    }
+    validate_vectors(vectors, ids.len(), manifest.dim, "gallery vectors")?;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    if let Some(d) = ids.iter().find(|i| !seen.insert(**i)) {
+        return Err(GalleryError::Invalid(format!(
+            "item id {d} appears twice in one add"
+        )));
+    }
+    let mut v = vectors.to_vec();
+    normalise_rows(&mut v, manifest.dim);
+    Ok(v)
+}
+
+/// Validates query vectors and k, and returns the queries L2-normalised.
+pub fn prepare_queries(dim: usize, queries: &[f32], k: usize) -> Result<Vec<f32>> {
+    if k == 0 {
+        return Err(GalleryError::Invalid("k must be at least 1".into()));
+    }
+    if !queries.len().is_multiple_of(dim) {
+        return Err(GalleryError::Invalid(format!(
+            "query: {} values is not a whole number of vectors of the gallery's dimension {dim}",
+            queries.len()
+        )));
+    }
+    validate_vectors(queries, queries.len() / dim, dim, "query")?;
+    let mut q = queries.to_vec();
+    normalise_rows(&mut q, dim);
+    Ok(q)
+}
+
+/// Checks a manifest update: same dimension, models only appended.
+pub fn check_manifest_change(old: &GalleryManifest, new: &GalleryManifest) -> Result<()> {
+    if new.dim != old.dim {
+        return Err(GalleryError::Invalid(format!(
+            "the gallery's dimension is {}; it cannot change to {}",
+            old.dim, new.dim
+        )));
+    }
+    if new.models.len() < old.models.len() || new.models[..old.models.len()] != old.models[..] {
+        return Err(GalleryError::Invalid(
+            "models can only be appended to a gallery's manifest".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Where a Milvus gallery lives.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MilvusConfig {
+    /// Server address, e.g. `http://127.0.0.1:19530`.
+    pub uri: String,
+    /// Collection of the items (the manifest goes to `<collection>_manifest`).
+    pub collection: String,
+    /// Token (`user:password` or an API key), if the server wants one.
+    pub token: Option<String>,
+    /// HNSW graph degree.
+    pub hnsw_m: usize,
+    /// HNSW candidate list while building.
+    pub ef_construction: usize,
+    /// Seconds to wait for the server.
+    pub connect_timeout_s: u64,
+}
+
+impl Default for MilvusConfig {
+    fn default() -> Self {
+        Self {
+            uri: "http://127.0.0.1:19530".into(),
+            collection: "bcl_gallery".into(),
+            token: None,
+            hnsw_m: 16,
+            ef_construction: 128,
+            connect_timeout_s: 10,
+        }
+    }
+}
+
+/// Which backend a new gallery uses, with its settings.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    /// The embedded usearch store (the default).
+    Usearch(usearch_store::UsearchConfig),
+    /// A Milvus collection (needs the `milvus` cargo feature).
+    Milvus(MilvusConfig),
+}
+
+#[cfg(not(feature = "milvus"))]
+fn no_milvus() -> GalleryError {
+    GalleryError::Invalid(
+        "this bcl was built without Milvus support; rebuild with          `cargo build --release --features bcl/milvus` (needs protoc)"
+            .into(),
+    )
+}
+
+/// Creates an empty gallery in `dir` with `manifest` on `backend`.
+pub fn create(
+    dir: &std::path::Path,
+    manifest: GalleryManifest,
+    backend: &BackendConfig,
+) -> Result<Box<dyn GalleryStore>> {
+    match backend {
+        BackendConfig::Usearch(c) => Ok(Box::new(usearch_store::UsearchStore::create(
+            dir, manifest, *c,
+        )?)),
+        #[cfg(feature = "milvus")]
+        BackendConfig::Milvus(c) => Ok(Box::new(milvus_store::MilvusStore::create(
+            dir,
+            manifest,
+            c.clone(),
+        )?)),
+        #[cfg(not(feature = "milvus"))]
+        BackendConfig::Milvus(_) => Err(no_milvus()),
+    }
+}
+
+/// Opens the gallery in `dir`, with the backend its `gallery.json` names.
 pub fn open(dir: &std::path::Path) -> Result<Box<dyn GalleryStore>> {
-    Ok(Box::new(usearch_store::UsearchStore::open(dir)?))
+    let path = dir.join(usearch_store::STORE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(GalleryError::Missing {
+                path: dir.to_path_buf(),
+                reason: format!("{} not found", usearch_store::STORE_FILE),
+            })
+        }
+        Err(source) => return Err(GalleryError::Io { path, source }),
+    };
+    let backend = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("backend").and_then(|b| b.as_str()).map(String::from));
+    match backend.as_deref() {
+        Some("milvus") => {
+            #[cfg(feature = "milvus")]
+            return Ok(Box::new(milvus_store::MilvusStore::open(dir)?));
+            #[cfg(not(feature = "milvus"))]
+            return Err(no_milvus());
+        }
+        _ => Ok(Box::new(usearch_store::UsearchStore::open(dir)?)),
+    }
 }

@@ -12,7 +12,7 @@ use bcl::data::{synthetic, write_idx_dir};
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{router, serve, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
-use bcl::gallery::{GalleryError, GalleryStore, Lineage, ModelInfo};
+use bcl::gallery::{GalleryError, GalleryManifest, GalleryStore, Lineage, ModelInfo};
 use bcl::loss::Method;
 use bcl::model::Embedder;
 use bcl::pipeline::{self, RunConfig, StepOptions};
@@ -32,6 +32,7 @@ fn origin(cfg: &RunConfig) -> ops::DataOrigin {
     ops::DataOrigin {
         data: cfg.data.clone(),
         split: "test".into(),
+        per_class: None,
     }
 }
 
@@ -77,19 +78,16 @@ fn build_search_backfill_and_serve_an_image() {
         ..Default::default()
     };
     let mut commits = Vec::new();
-    let r = ops::build(
-        &dir,
-        &old,
-        &test,
-        &origin(&cfg),
-        UsearchConfig::default(),
-        &eo,
-        &mut |d, _| commits.push(d),
-    )
+    let mut fresh =
+        UsearchStore::create(&dir, GalleryManifest::new(16), UsearchConfig::default()).unwrap();
+    let r = ops::build(&mut fresh, &old, &test, &origin(&cfg), &eo, &mut |d, _| {
+        commits.push(d)
+    })
     .unwrap();
     assert_eq!(r.items, test.len());
     assert_eq!(commits.first(), Some(&16));
     assert_eq!(commits.last(), Some(&test.len()), "one commit per 16 items");
+    drop(fresh);
     let mut store = UsearchStore::open(&dir).unwrap();
     assert_eq!(store.counts().unwrap()[&old.card.id], test.len());
 
@@ -214,11 +212,11 @@ fn a_server_refuses_an_unrelated_query_model() {
     let (_, test) = pipeline::load_data(&cfg.data).unwrap();
     let dir = root.path().join("gallery");
     ops::build(
-        &dir,
+        &mut UsearchStore::create(&dir, GalleryManifest::new(16), UsearchConfig::default())
+            .unwrap(),
         &old,
         &test,
         &origin(&cfg),
-        UsearchConfig::default(),
         &EmbedOptions::default(),
         &mut |_, _| {},
     )

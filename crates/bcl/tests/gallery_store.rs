@@ -183,44 +183,62 @@ fn usearch_passes_the_store_suite() {
     suite_rejects_bad_input(&Usearch);
 }
 
+/// Exact search equals brute force after an add and some upserts (the property both backends
+/// must hold).
+fn exact_equals_brute(
+    b: &dyn Backend,
+    (n, dim, k, upserts, seed): (usize, usize, usize, usize, u64),
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut s = b.create(dir.path(), dim);
+    register(s.as_mut(), "a");
+    let v = random_rows(n, dim, &mut rng);
+    let ids: Vec<u64> = (0..n as u64).map(|i| i * 7 + 3).collect();
+    s.add("a", &ids, &v).unwrap();
+    let mut truth: BTreeMap<u64, Vec<f32>> = ids
+        .iter()
+        .zip(v.chunks(dim))
+        .map(|(&i, r)| (i, r.to_vec()))
+        .collect();
+    let m = upserts.min(n);
+    let w = random_rows(m, dim, &mut rng);
+    if m > 0 {
+        s.add("a", &ids[..m], &w).unwrap();
+        for (i, r) in ids[..m].iter().zip(w.chunks(dim)) {
+            truth.insert(*i, r.to_vec());
+        }
+    }
+    prop_assert_eq!(s.len(), n);
+    let q = random_rows(5, dim, &mut rng);
+    for (row, hits) in q.chunks(dim).zip(s.search_exact(&q, k).unwrap()) {
+        let want = brute(&truth, row, k);
+        prop_assert_eq!(hits.len(), want.len());
+        for (h, w) in hits.iter().zip(&want) {
+            prop_assert!((h.score - w.score).abs() < 1e-5);
+        }
+        // ties aside, the same items in the same order
+        let tied = want
+            .windows(2)
+            .any(|p| (p[0].score - p[1].score).abs() < 1e-4);
+        if !tied {
+            let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+            let wids: Vec<u64> = want.iter().map(|h| h.id).collect();
+            prop_assert_eq!(ids, wids);
+        }
+    }
+    Ok(())
+}
+
+fn cases() -> impl Strategy<Value = (usize, usize, usize, usize, u64)> {
+    (1usize..150, 2usize..12, 1usize..20, 0usize..40, 0u64..1000)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
-    fn usearch_exact_search_equals_brute_force(
-        n in 1usize..150, dim in 2usize..12, k in 1usize..20, upserts in 0usize..40, seed in 0u64..1000,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut s = Usearch.create(dir.path(), dim);
-        register(s.as_mut(), "a");
-        let v = random_rows(n, dim, &mut rng);
-        let ids: Vec<u64> = (0..n as u64).map(|i| i * 7 + 3).collect();
-        s.add("a", &ids, &v).unwrap();
-        let mut truth: BTreeMap<u64, Vec<f32>> =
-            ids.iter().zip(v.chunks(dim)).map(|(&i, r)| (i, r.to_vec())).collect();
-        let m = upserts.min(n);
-        let w = random_rows(m, dim, &mut rng);
-        if m > 0 {
-            s.add("a", &ids[..m], &w).unwrap();
-            for (i, r) in ids[..m].iter().zip(w.chunks(dim)) {
-                truth.insert(*i, r.to_vec());
-            }
-        }
-        let q = random_rows(5, dim, &mut rng);
-        for (row, hits) in q.chunks(dim).zip(s.search_exact(&q, k).unwrap()) {
-            let want = brute(&truth, row, k);
-            prop_assert_eq!(hits.len(), want.len());
-            for (h, w) in hits.iter().zip(&want) {
-                // ties aside, the same items in the same order
-                prop_assert!((h.score - w.score).abs() < 1e-5);
-            }
-            let tied = want.windows(2).any(|p| (p[0].score - p[1].score).abs() < 1e-4);
-            if !tied {
-                let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
-                let wids: Vec<u64> = want.iter().map(|h| h.id).collect();
-                prop_assert_eq!(ids, wids);
-            }
-        }
+    fn usearch_exact_search_equals_brute_force(c in cases()) {
+        exact_equals_brute(&Usearch, c)?;
     }
 }
 
@@ -469,4 +487,138 @@ fn a_reopened_store_serves_concurrent_searches() {
             });
         }
     });
+}
+
+/// The Milvus backend against milvus-lite, started on loopback by this test and stopped after.
+#[cfg(feature = "milvus")]
+mod milvus {
+    use super::*;
+    use bcl::gallery::milvus_store::MilvusStore;
+    use bcl::gallery::MilvusConfig;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A milvus-lite server on a free loopback port, killed on drop.
+    struct Lite {
+        child: Child,
+        uri: String,
+        _data: tempfile::TempDir,
+    }
+
+    impl Lite {
+        fn start() -> Self {
+            let exe = std::env::var_os("BCL_MILVUS_LITE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/milvus-lite")
+                });
+            assert!(
+                exe.exists(),
+                "{}: milvus-lite not found; scripts/setup.sh installs it into .venv (or set \
+                 BCL_MILVUS_LITE)",
+                exe.display()
+            );
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let data = tempfile::tempdir().unwrap();
+            let mut child = Command::new(&exe)
+                .args([
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--data-dir",
+                ])
+                .arg(data.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let t = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("milvus-lite exited at start: {status}");
+                }
+                assert!(
+                    t.elapsed().as_secs() < 90,
+                    "milvus-lite did not listen within 90 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Self {
+                child,
+                uri: format!("http://127.0.0.1:{port}"),
+                _data: data,
+            }
+        }
+    }
+
+    impl Drop for Lite {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    struct Milvus<'a> {
+        lite: &'a Lite,
+        n: AtomicUsize,
+    }
+
+    impl Backend for Milvus<'_> {
+        fn create(&self, dir: &Path, dim: usize) -> Box<dyn GalleryStore> {
+            let cfg = MilvusConfig {
+                uri: self.lite.uri.clone(),
+                collection: format!("t{}", self.n.fetch_add(1, Ordering::Relaxed)),
+                ..Default::default()
+            };
+            Box::new(MilvusStore::create(dir, GalleryManifest::new(dim), cfg).unwrap())
+        }
+        fn reopen(&self, dir: &Path) -> Box<dyn GalleryStore> {
+            Box::new(MilvusStore::open(dir).unwrap())
+        }
+    }
+
+    #[test]
+    fn milvus_passes_the_store_suite() {
+        let lite = Lite::start();
+        let b = Milvus {
+            lite: &lite,
+            n: AtomicUsize::new(0),
+        };
+        suite_add_search_reopen(&b);
+        suite_rejects_bad_input(&b);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(6));
+        runner.run(&cases(), |c| exact_equals_brute(&b, c)).unwrap();
+        // an existing collection is not overwritten
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = MilvusConfig {
+            uri: lite.uri.clone(),
+            collection: "t0".into(),
+            ..Default::default()
+        };
+        let e = MilvusStore::create(dir.path(), GalleryManifest::new(4), cfg)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("already exists"), "{e}");
+        // and the approximate index's recall against exact, reported
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = b.create(dir.path(), 32);
+        register(s.as_mut(), "a");
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        s.add(
+            "a",
+            &(0..5000).collect::<Vec<_>>(),
+            &random_rows(5000, 32, &mut rng),
+        )
+        .unwrap();
+        let q = bcl::gallery::ops::probe_queries(s.as_ref(), 100, 0.5, 1).unwrap();
+        let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
+        println!("milvus-lite HNSW recall@10 against exact, 5000 vectors, d = 32: {r:.4}");
+        assert!(r > 0.5, "recall@10 {r}");
+    }
 }

@@ -2,17 +2,13 @@
 //! lineage check, backfill (re-embed a share with the successor while the gallery keeps
 //! serving mixed vectors), status, and the recall of approximate search against exact.
 
-use std::path::Path;
-
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind};
 
-use super::usearch_store::{UsearchConfig, UsearchStore};
 use super::{
-    check_lineage, DataSource, GalleryError, GalleryManifest, GalleryStore, Hit, Lineage,
-    ModelInfo, Result,
+    check_lineage, DataSource, GalleryError, GalleryStore, Hit, Lineage, ModelInfo, Result,
 };
 use crate::data::{hex, Dataset};
 use crate::model::Embedder;
@@ -158,35 +154,59 @@ pub struct DataOrigin {
     pub data: crate::pipeline::DataConfig,
     /// "test" or "train".
     pub split: String,
+    /// Only the first N items of each class of the split.
+    pub per_class: Option<usize>,
 }
 
-/// Creates a usearch gallery in `dir` and embeds every item of `data` with `embedder`,
-/// recording the data source so a backfill can re-embed the same images.
+/// Fills a new, empty gallery (made by [`super::create`] with the model's dimension) with every
+/// item of `data` embedded by `embedder`, recording the data source so a backfill can re-embed
+/// the same images.
 pub fn build(
-    dir: &Path,
+    store: &mut dyn GalleryStore,
     embedder: &Embedder,
     data: &Dataset,
     origin: &DataOrigin,
-    index: UsearchConfig,
     opts: &EmbedOptions,
     on_commit: &mut dyn FnMut(usize, usize),
 ) -> Result<BuildReport> {
     check_input_shape(embedder, data)?;
     let model = ModelInfo::from_card(&embedder.card);
-    let mut manifest = GalleryManifest::new(model.dim);
+    if !store.is_empty() || store.manifest().dim != model.dim {
+        return Err(GalleryError::Invalid(format!(
+            "build needs an empty gallery of dimension {} (this one: {} items, dimension {})",
+            model.dim,
+            store.len(),
+            store.manifest().dim
+        )));
+    }
+    let mut manifest = store.manifest().clone();
     manifest.source = Some(DataSource {
         data: origin.data.clone(),
         split: origin.split.clone(),
+        per_class: origin.per_class,
         count: data.len(),
         fingerprint: dataset_fingerprint(data),
     });
-    let mut store = UsearchStore::create(dir, manifest, index)?;
+    store.set_manifest(manifest)?;
     let all: Vec<usize> = (0..data.len()).collect();
-    embed_into(&mut store, embedder, data, &all, opts, on_commit)?;
+    embed_into(store, embedder, data, &all, opts, on_commit)?;
     store.checkpoint()?;
     Ok(BuildReport {
         items: data.len(),
         model,
+    })
+}
+
+/// Loads the data set a gallery was built from (its recorded configuration, split and
+/// per-class limit); [`check_source`] then confirms it is the same.
+pub fn load_source(
+    src: &DataSource,
+) -> std::result::Result<Dataset, crate::pipeline::PipelineError> {
+    let (train, test) = crate::pipeline::load_data(&src.data)?;
+    let d = if src.split == "train" { train } else { test };
+    Ok(match src.per_class {
+        Some(n) => d.take_per_class(n),
+        None => d,
     })
 }
 

@@ -11,7 +11,7 @@
 //!   replayed (records the snapshot already holds are skipped by sequence number);
 //! - `LOCK`: held exclusively while a process has the store open.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::{
-    normalise_rows, validate_vectors, GalleryError, GalleryManifest, GalleryStore, Hit, Result,
+    prepare_add, prepare_queries, GalleryError, GalleryManifest, GalleryStore, Hit, Result,
 };
 
 /// HNSW settings of the usearch index (0 = usearch's default).
@@ -521,18 +521,7 @@ impl UsearchStore {
 
     fn search(&self, queries: &[f32], k: usize, exact: bool) -> Result<Vec<Vec<Hit>>> {
         let dim = self.file.manifest.dim;
-        if k == 0 {
-            return Err(GalleryError::Invalid("k must be at least 1".into()));
-        }
-        if !queries.len().is_multiple_of(dim) {
-            return Err(GalleryError::Invalid(format!(
-                "query: {} values is not a whole number of vectors of the gallery's dimension {dim}",
-                queries.len()
-            )));
-        }
-        validate_vectors(queries, queries.len() / dim, dim, "query")?;
-        let mut q = queries.to_vec();
-        normalise_rows(&mut q, dim);
+        let q = prepare_queries(dim, queries, k)?;
         q.par_chunks(dim)
             .map(|row| {
                 let m = self
@@ -581,18 +570,7 @@ impl GalleryStore for UsearchStore {
     }
 
     fn set_manifest(&mut self, manifest: GalleryManifest) -> Result<()> {
-        if manifest.dim != self.file.manifest.dim {
-            return Err(GalleryError::Invalid(format!(
-                "the gallery's dimension is {}; it cannot change to {}",
-                self.file.manifest.dim, manifest.dim
-            )));
-        }
-        let old = &self.file.manifest.models;
-        if manifest.models.len() < old.len() || manifest.models[..old.len()] != old[..] {
-            return Err(GalleryError::Invalid(
-                "models can only be appended to a gallery's manifest".into(),
-            ));
-        }
+        super::check_manifest_change(&self.file.manifest, &manifest)?;
         let mut next = self.file.clone();
         next.manifest = manifest;
         write_store_file(&self.dir, &next)?;
@@ -605,17 +583,8 @@ impl GalleryStore for UsearchStore {
     }
 
     fn add(&mut self, model: &str, ids: &[u64], vectors: &[f32]) -> Result<()> {
-        let dim = self.file.manifest.dim;
         let m = self.model_index(model)?;
-        validate_vectors(vectors, ids.len(), dim, "gallery vectors")?;
-        let mut seen = HashSet::with_capacity(ids.len());
-        if let Some(d) = ids.iter().find(|i| !seen.insert(**i)) {
-            return Err(GalleryError::Invalid(format!(
-                "item id {d} appears twice in one add"
-            )));
-        }
-        let mut v = vectors.to_vec();
-        normalise_rows(&mut v, dim);
+        let v = prepare_add(&self.file.manifest, model, ids, vectors)?;
         let rec = encode_record(self.next_seq, model, ids, &v);
         let wal_path = self.dir.join(WAL_FILE);
         self.wal.write_all(&rec).map_err(io_err(&wal_path))?;
