@@ -301,6 +301,19 @@ pub struct ServeArgs {
     /// Candidate list size of approximate search (HNSW ef; default: the store's).
     #[arg(long)]
     expansion_search: Option<usize>,
+    /// Re-embed the gallery with --model while serving, until this share is the new model's
+    /// (the gallery must have been built from a data set; resumable).
+    #[arg(long, requires = "model")]
+    backfill_fraction: Option<f64>,
+    /// Order of that backfill: random (seeded) or id-order.
+    #[arg(long, value_enum, default_value = "random")]
+    backfill_strategy: StrategyArg,
+    /// Seed of the random backfill order.
+    #[arg(long, default_value_t = 0)]
+    backfill_seed: u64,
+    /// Items per backfill commit (the write lock is held for one commit only).
+    #[arg(long, default_value_t = 1024)]
+    backfill_commit: usize,
     /// Worker threads of the HTTP runtime (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -591,7 +604,37 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         max_queries: a.max_queries,
         exact: a.exact,
     };
+    let source = store.manifest().source.clone();
     let state = Arc::new(ServeState::new(store, emb, cfg, a.force)?);
+    let backfill = match a.backfill_fraction {
+        Some(fraction) => {
+            let Some(src) = source else {
+                bail!(
+                    "{}: this gallery was filled with vectors, not from a data set: there are no \
+                     images to re-embed",
+                    a.store.display()
+                );
+            };
+            let model = a.model.as_deref().unwrap_or(Path::new("."));
+            let job = serve::LiveBackfill {
+                embedder: load_model(model, &a.device)?,
+                data: ops::load_source(&src)?,
+                plan: ops::BackfillPlan {
+                    fraction,
+                    strategy: match a.backfill_strategy {
+                        StrategyArg::Random => BackfillStrategy::Random,
+                        StrategyArg::IdOrder => BackfillStrategy::IdOrder,
+                    },
+                    seed: a.backfill_seed,
+                },
+                commit: a.backfill_commit,
+                batch: 256,
+                force: a.force,
+            };
+            Some(state.start_backfill(job)?)
+        }
+        None => None,
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(t) = a.threads {
         rt.worker_threads(t.max(1));
@@ -606,8 +649,22 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
             a.store.display(),
             listener.local_addr()?
         );
-        serve::serve(listener, serve::router(state), serve::shutdown_signal()).await?;
-        eprintln!("stopped");
+        serve::serve(
+            listener,
+            serve::router(state.clone()),
+            serve::shutdown_signal(),
+        )
+        .await?;
         anyhow::Ok(())
-    })
+    })?;
+    if let Some(h) = backfill {
+        state.stop_background();
+        match h.join() {
+            Ok(Ok(r)) => eprintln!("backfill: {}", serde_json::to_string(&r)?),
+            Ok(Err(e)) => eprintln!("backfill stopped: {e}"),
+            Err(_) => eprintln!("backfill thread panicked"),
+        }
+    }
+    eprintln!("stopped");
+    Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bcl::data::{synthetic, write_idx_dir};
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
-use bcl::gallery::serve::{router, serve, ServeConfig, ServeState};
+use bcl::gallery::serve::{router, serve, LiveBackfill, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
 use bcl::gallery::{GalleryError, GalleryManifest, GalleryStore, Lineage, ModelInfo};
 use bcl::loss::Method;
@@ -226,4 +226,114 @@ fn a_server_refuses_an_unrelated_query_model() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("--force"), "{e}");
+}
+
+#[test]
+fn a_server_backfills_while_it_serves() {
+    let root = tempfile::tempdir().unwrap();
+    let (cfg, old, bct, _ind) = models(root.path());
+    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let dir = root.path().join("gallery");
+    let mut store =
+        UsearchStore::create(&dir, GalleryManifest::new(16), UsearchConfig::default()).unwrap();
+    ops::build(
+        &mut store,
+        &old,
+        &test,
+        &origin(&cfg),
+        &EmbedOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    drop(store);
+    let bct_dir = bct.dir.clone();
+    let job = |e: Embedder| LiveBackfill {
+        embedder: e,
+        data: test.clone(),
+        plan: plan(1.0),
+        commit: 4,
+        batch: 8,
+        force: false,
+    };
+    // a server whose query model is the old one may not backfill to another model
+    let st = Arc::new(
+        ServeState::new(
+            Box::new(UsearchStore::open(&dir).unwrap()),
+            Some(old),
+            ServeConfig::default(),
+            false,
+        )
+        .unwrap(),
+    );
+    let e = st
+        .start_backfill(job(Embedder::load(&bct_dir, Device::Cpu).unwrap()))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("serve the new model"), "{e}");
+    drop(st);
+
+    let st = Arc::new(
+        ServeState::new(
+            Box::new(UsearchStore::open(&dir).unwrap()),
+            Some(bct),
+            ServeConfig::default(),
+            false,
+        )
+        .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let h = rt.spawn(serve(l, router(st.clone()), async {
+        let _ = rx.await;
+    }));
+    let worker = st
+        .start_backfill(job(Embedder::load(&bct_dir, Device::Cpu).unwrap()))
+        .unwrap();
+    // searches keep being answered while the gallery is re-embedded, one commit at a time
+    let q = serde_json::json!({ "vector": vec![0.25f32; 16], "k": 3 }).to_string();
+    let mut answered = 0;
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "POST /search HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{q}", q.len()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        answered += 1;
+        if worker.is_finished() {
+            break;
+        }
+    }
+    let r = worker.join().unwrap().unwrap();
+    assert_eq!(
+        (r.reembedded, r.by_new_model, r.total),
+        (test.len(), test.len(), test.len())
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(
+        stats["backfill"]["done"].as_u64(),
+        Some(test.len() as u64),
+        "{stats}"
+    );
+    assert_eq!(stats["backfill"]["running"].as_bool(), Some(false));
+    assert_eq!(stats["lineage"].as_str(), Some("same model"), "{stats}");
+    assert!(answered >= 1);
+    tx.send(()).unwrap();
+    rt.block_on(h).unwrap().unwrap();
+    drop(st);
+    // the re-embedded gallery survived: every item is the new model's after reopening
+    let store = UsearchStore::open(&dir).unwrap();
+    assert_eq!(store.counts().unwrap().len(), 1);
 }

@@ -278,17 +278,28 @@ pub struct BackfillPlan {
     pub seed: u64,
 }
 
-/// Re-embeds items with `embedder` until `plan.fraction` of the gallery is the new model's,
-/// in the strategy's order; items already re-embedded count, so the call is resumable and a
-/// second call with a larger fraction continues where the first stopped.
-pub fn backfill(
-    store: &mut dyn GalleryStore,
-    embedder: &Embedder,
+/// The items a backfill still has to re-embed: data-set positions in the plan's order, until
+/// `plan.fraction` of the gallery would be `model`'s.
+#[derive(Debug, Clone)]
+pub struct BackfillTodo {
+    /// Positions in the data set to re-embed, in order.
+    pub positions: Vec<usize>,
+    /// Items the new model will have embedded when they are done.
+    pub by_new_model: usize,
+    /// Items in the gallery.
+    pub total: usize,
+    /// The lineage verdict for the new model.
+    pub lineage: Lineage,
+}
+
+/// Checks a backfill (fraction, data source, lineage) and lists what remains to re-embed.
+pub fn backfill_todo(
+    store: &dyn GalleryStore,
+    model: &ModelInfo,
     data: &Dataset,
     plan: BackfillPlan,
-    opts: &EmbedOptions,
-    on_commit: &mut dyn FnMut(usize, usize),
-) -> Result<BackfillReport> {
+    force: bool,
+) -> Result<BackfillTodo> {
     let BackfillPlan {
         fraction,
         strategy,
@@ -300,13 +311,12 @@ pub fn backfill(
         )));
     }
     check_source(store, data)?;
-    let model = ModelInfo::from_card(&embedder.card);
-    let lineage = check_lineage(store.manifest(), &store.counts()?, &model, opts.force)?;
+    let lineage = check_lineage(store.manifest(), &store.counts()?, model, force)?;
     let items = store.item_models()?;
     let total = items.len();
     let target = ((fraction * total as f64).round() as usize).min(total);
     let mut done = items.values().filter(|m| **m == model.id).count();
-    let mut todo = Vec::new();
+    let mut positions = Vec::new();
     for p in backfill_positions(data.len(), strategy, seed) {
         if done >= target {
             break;
@@ -314,19 +324,40 @@ pub fn backfill(
         let id = data.ids[p] as u64;
         match items.get(&id) {
             Some(m) if *m != model.id => {
-                todo.push(p);
+                positions.push(p);
                 done += 1;
             }
             _ => {}
         }
     }
-    embed_into(store, embedder, data, &todo, opts, on_commit)?;
-    store.checkpoint()?;
-    Ok(BackfillReport {
-        reembedded: todo.len(),
+    Ok(BackfillTodo {
+        positions,
         by_new_model: done,
         total,
-        lineage: lineage_text(&lineage),
+        lineage,
+    })
+}
+
+/// Re-embeds items with `embedder` until `plan.fraction` of the gallery is the new model's,
+/// in the strategy's order; items already re-embedded count, so the call is resumable and a
+/// second call with a larger fraction continues where the first stopped.
+pub fn backfill(
+    store: &mut dyn GalleryStore,
+    embedder: &Embedder,
+    data: &Dataset,
+    plan: BackfillPlan,
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+) -> Result<BackfillReport> {
+    let model = ModelInfo::from_card(&embedder.card);
+    let todo = backfill_todo(store, &model, data, plan, opts.force)?;
+    embed_into(store, embedder, data, &todo.positions, opts, on_commit)?;
+    store.checkpoint()?;
+    Ok(BackfillReport {
+        reembedded: todo.positions.len(),
+        by_new_model: todo.by_new_model,
+        total: todo.total,
+        lineage: lineage_text(&todo.lineage),
     })
 }
 

@@ -4,8 +4,8 @@
 //! and the server stops gracefully (in-flight requests finish) on its shutdown signal.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -51,9 +51,10 @@ impl Default for ServeConfig {
     }
 }
 
-/// What the service holds: the store (read-only while serving), the query model and counters.
+/// What the service holds: the store (searched under a read lock; a live backfill takes the
+/// write lock for one commit at a time), the query model and counters.
 pub struct ServeState {
-    store: Box<dyn GalleryStore>,
+    store: RwLock<Box<dyn GalleryStore>>,
     embedder: Option<Mutex<Embedder>>,
     query_model: Option<ModelInfo>,
     lineage: Option<Lineage>,
@@ -63,6 +64,41 @@ pub struct ServeState {
     server_errors: AtomicU64,
     searches: AtomicU64,
     search_micros: AtomicU64,
+    backfill: Mutex<Option<BackfillStatus>>,
+    stop: AtomicBool,
+}
+
+/// Progress of a backfill the server runs beside its searches (shown in /stats).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillStatus {
+    /// The new model's id.
+    pub model: String,
+    /// The share of the gallery the new model should reach.
+    pub target_fraction: f64,
+    /// Items this run re-embeds.
+    pub todo: usize,
+    /// Items re-embedded so far (each commit durable).
+    pub done: usize,
+    /// Still working.
+    pub running: bool,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// A backfill for the server to run while it keeps serving the mixed gallery.
+pub struct LiveBackfill {
+    /// The new model (the server's query model, when it has one).
+    pub embedder: Embedder,
+    /// The data set the gallery was built from.
+    pub data: Dataset,
+    /// How far and in which order.
+    pub plan: super::ops::BackfillPlan,
+    /// Items per commit (the write lock is held for one commit's upsert only).
+    pub commit: usize,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Override a failed lineage check.
+    pub force: bool,
 }
 
 impl ServeState {
@@ -87,7 +123,7 @@ impl ServeState {
             None => None,
         };
         Ok(Self {
-            store,
+            store: RwLock::new(store),
             embedder: embedder.map(Mutex::new),
             query_model,
             lineage,
@@ -97,7 +133,103 @@ impl ServeState {
             server_errors: AtomicU64::new(0),
             searches: AtomicU64::new(0),
             search_micros: AtomicU64::new(0),
+            backfill: Mutex::new(None),
+            stop: AtomicBool::new(false),
         })
+    }
+
+    fn store(&self) -> RwLockReadGuard<'_, Box<dyn GalleryStore>> {
+        self.store.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_backfill(&self, f: impl FnOnce(&mut BackfillStatus)) {
+        let mut b = self.backfill.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = b.as_mut() {
+            f(b);
+        }
+    }
+
+    /// Starts re-embedding the gallery with `job.embedder` in a background thread while the
+    /// server keeps answering from the mixed gallery. Checked here (data source, lineage, and
+    /// that the server's query model, if any, is the new model: the old one could not search
+    /// the mixed gallery); each commit is durable, so a stopped backfill resumes where it was.
+    pub fn start_backfill(
+        self: &Arc<Self>,
+        job: LiveBackfill,
+    ) -> Result<
+        std::thread::JoinHandle<Result<super::ops::BackfillReport, GalleryError>>,
+        GalleryError,
+    > {
+        let model = ModelInfo::from_card(&job.embedder.card);
+        if let Some(q) = &self.query_model {
+            if q.id != model.id {
+                return Err(GalleryError::Invalid(format!(
+                    "the server's query model {} is not the backfill's model {}: serve the new \
+                     model (--model) while backfilling",
+                    q.name, model.name
+                )));
+            }
+        }
+        if job.commit == 0 || job.batch == 0 {
+            return Err(GalleryError::Invalid(
+                "commit and batch sizes must be at least 1".into(),
+            ));
+        }
+        let todo =
+            super::ops::backfill_todo(&**self.store(), &model, &job.data, job.plan, job.force)?;
+        super::ops::register_model(
+            &mut **self.store.write().unwrap_or_else(|p| p.into_inner()),
+            &model,
+        )?;
+        *self.backfill.lock().unwrap_or_else(|p| p.into_inner()) = Some(BackfillStatus {
+            model: model.id.clone(),
+            target_fraction: job.plan.fraction,
+            todo: todo.positions.len(),
+            done: 0,
+            running: true,
+            error: None,
+        });
+        let st = self.clone();
+        Ok(std::thread::spawn(move || {
+            let run = || -> Result<usize, GalleryError> {
+                let mut done = 0;
+                for chunk in todo.positions.chunks(job.commit) {
+                    if st.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let v = super::ops::embed_items(&job.embedder, &job.data, chunk, job.batch);
+                    let ids: Vec<u64> = chunk.iter().map(|&p| job.data.ids[p] as u64).collect();
+                    st.store
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .add(&model.id, &ids, &v)?;
+                    done += chunk.len();
+                    st.set_backfill(|b| b.done = done);
+                }
+                st.store
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .checkpoint()?;
+                Ok(done)
+            };
+            let r = run();
+            st.set_backfill(|b| {
+                b.running = false;
+                b.error = r.as_ref().err().map(|e| e.to_string());
+            });
+            let done = r?;
+            Ok(super::ops::BackfillReport {
+                reembedded: done,
+                by_new_model: todo.by_new_model - (todo.positions.len() - done),
+                total: todo.total,
+                lineage: lineage_text(&todo.lineage),
+            })
+        }))
+    }
+
+    /// Asks background work (a live backfill) to stop at its next commit.
+    pub fn stop_background(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -154,24 +286,41 @@ pub fn router(state: Arc<ServeState>) -> Router {
 
 async fn health(State(st): State<Arc<ServeState>>) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
-    Json(json!({ "status": "ok", "items": st.store.len() })).into_response()
+    let items = st.store().len();
+    Json(json!({ "status": "ok", "items": items })).into_response()
 }
 
 async fn stats(State(st): State<Arc<ServeState>>) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
-    let counts = match st.store.counts() {
+    let store = st.store();
+    let counts = match store.counts() {
         Ok(c) => c,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    // the verdict for the gallery as it is now (a backfill changes the mix)
+    let lineage =
+        st.query_model.as_ref().map(
+            |m| match check_lineage(store.manifest(), &counts, m, true) {
+                Ok(l) => lineage_text(&l),
+                Err(e) => e.to_string(),
+            },
+        );
+    let backfill = st
+        .backfill
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let searches = st.searches.load(Ordering::Relaxed);
     let micros = st.search_micros.load(Ordering::Relaxed);
     Json(json!({
-        "backend": st.store.backend(),
-        "dim": st.store.manifest().dim,
-        "items": st.store.len(),
+        "backend": store.backend(),
+        "dim": store.manifest().dim,
+        "items": store.len(),
         "items_per_model": counts,
         "query_model": st.query_model,
-        "lineage": st.lineage.as_ref().map(lineage_text),
+        "lineage_at_start": st.lineage.as_ref().map(lineage_text),
+        "lineage": lineage,
+        "backfill": backfill,
         "requests": st.requests.load(Ordering::Relaxed),
         "client_errors": st.client_errors.load(Ordering::Relaxed),
         "server_errors": st.server_errors.load(Ordering::Relaxed),
@@ -198,7 +347,7 @@ fn parse_request(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let dim = st.store.manifest().dim;
+    let dim = st.store().manifest().dim;
     let (queries, k, exact) = match ctype.as_str() {
         "application/json" => {
             let b: SearchBody = serde_json::from_slice(body).map_err(|e| {
@@ -327,10 +476,13 @@ async fn search(
             Err((status, reason)) => return error(status, reason),
         };
         let t = Instant::now();
-        let hits = if exact {
-            st.store.search_exact(&queries, k)
-        } else {
-            st.store.search_approx(&queries, k)
+        let hits = {
+            let store = st.store();
+            if exact {
+                store.search_exact(&queries, k)
+            } else {
+                store.search_approx(&queries, k)
+            }
         };
         match hits {
             Ok(results) => {
