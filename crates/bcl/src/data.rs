@@ -6,6 +6,7 @@
 pub mod cifar;
 pub mod images;
 pub mod lists;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::data::source::{ImageFiles, TrainData};
 use crate::data::{
     load_idx_dir, per_class_sample, rng_for, DataError, Dataset, Scenario, Split, SplitConfig,
     DEFAULT_DATA_DIR,
@@ -88,6 +89,10 @@ pub struct DataConfig {
     pub train_per_class: Option<usize>,
     /// Use only the first N test images of each class (quick runs).
     pub test_per_class: Option<usize>,
+    /// `image-folder` only: decode training images batch by batch while training (bounded
+    /// memory, for sets larger than RAM) instead of decoding them all into memory first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl Default for DataConfig {
@@ -99,6 +104,7 @@ impl Default for DataConfig {
             classes: 10,
             train_per_class: None,
             test_per_class: None,
+            stream: false,
         }
     }
 }
@@ -268,6 +274,100 @@ pub struct StepOptions {
     pub stop_after: Option<usize>,
 }
 
+/// A run's training set: decoded in memory, or image files streamed while training.
+#[derive(Debug, Clone)]
+pub enum TrainSource {
+    /// In memory.
+    Memory(Dataset),
+    /// Files decoded batch by batch (`[data] stream = true`).
+    Files(ImageFiles),
+}
+
+impl TrainSource {
+    /// Every item's label.
+    pub fn labels(&self) -> Vec<i64> {
+        self.as_data().labels()
+    }
+
+    /// Borrowed for the training loop.
+    pub fn as_data(&self) -> TrainData<'_> {
+        match self {
+            TrainSource::Memory(d) => TrainData::Memory(d),
+            TrainSource::Files(f) => TrainData::Files(f),
+        }
+    }
+
+    /// The items at `indices` with labels in `classes` order.
+    pub fn relabel(&self, indices: &[usize], classes: &[i64]) -> Self {
+        match self {
+            TrainSource::Memory(d) => TrainSource::Memory(relabel(d, indices, classes)),
+            TrainSource::Files(f) => TrainSource::Files(f.relabel(indices, classes)),
+        }
+    }
+}
+
+/// Reads the training source and the (in-memory) test set the configuration names: the
+/// training images streamed from files when `stream = true` (image folders), else in memory.
+pub fn load_train_source(cfg: &DataConfig) -> Result<(TrainSource, Dataset), PipelineError> {
+    if !cfg.stream {
+        let (train, test) = load_data(cfg)?;
+        return Ok((TrainSource::Memory(train), test));
+    }
+    if cfg.format != DataFormat::ImageFolder {
+        return Err(PipelineError::Invalid(format!(
+            "data.stream = true needs data.format = \"image-folder\", not {:?}",
+            cfg.format
+        )));
+    }
+    cfg.image.validate().map_err(PipelineError::Invalid)?;
+    let (mut train, mut test) = crate::data::images::read_image_folder_lists(&cfg.dir)?;
+    if train.classes.len() != cfg.classes {
+        return Err(PipelineError::Invalid(format!(
+            "{}: {} class folders, but data.classes is {}",
+            cfg.dir.join("train").display(),
+            train.classes.len(),
+            cfg.classes
+        )));
+    }
+    if let Some(n) = cfg.train_per_class {
+        train = train.take_per_class(n);
+    }
+    if let Some(n) = cfg.test_per_class {
+        test = test.take_per_class(n);
+    }
+    let test = crate::data::images::materialise(&cfg.dir.join("test"), &test, &cfg.image)?;
+    Ok((
+        TrainSource::Files(ImageFiles {
+            root: cfg.dir.join("train"),
+            list: train,
+            prep: cfg.image,
+            prefetch: 4,
+        }),
+        test,
+    ))
+}
+
+/// Normalised embeddings `[N, d]` (CPU) of every training item by `model`, streamed.
+pub fn embed_train(
+    model: &Embedder,
+    data: TrainData,
+    batch: usize,
+) -> Result<Tensor, PipelineError> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    let mut out = Vec::new();
+    for b in data.batches(
+        &all,
+        batch.max(1),
+        None,
+        model.card.normalization,
+        model.device(),
+    ) {
+        let (x, _) = b?;
+        out.push(model.embed_batch(&x).to_device(Device::Cpu));
+    }
+    Ok(Tensor::cat(&out, 0))
+}
+
 fn relabel(data: &Dataset, indices: &[usize], classes: &[i64]) -> Dataset {
     let mut sub = data.subset(indices);
     let mut map = vec![-1i64; data.classes];
@@ -297,17 +397,17 @@ pub fn train_old(
     out: &Path,
     opts: &StepOptions,
 ) -> Result<TrainOutcome, PipelineError> {
-    let (train_set, test_set) = load_data(&cfg.data)?;
-    let split = Split::new(&cfg.split, &train_set.labels, cfg.data.classes)?;
+    let (train_set, test_set) = load_train_source(&cfg.data)?;
+    let split = Split::new(&cfg.split, &train_set.labels(), cfg.data.classes)?;
     std::fs::create_dir_all(out)
         .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
     write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     write_json(&out.join("split.json"), &split)?;
-    let data = relabel(&train_set, &split.old_indices, &split.old_classes);
+    let data = train_set.relabel(&split.old_indices, &split.old_classes);
     Ok(train(TrainJob {
         name: "old".into(),
         role: "old".into(),
-        data: &data,
+        data: data.as_data(),
         classes: split.old_classes.clone(),
         model: cfg.model.clone(),
         train: cfg.old.clone(),
@@ -402,8 +502,9 @@ pub fn train_successor(
             return Ok(done);
         }
     }
-    let (train_set, test_set) = load_data(&cfg.data)?;
-    let split = Split::new(&saved_split.config, &train_set.labels, cfg.data.classes)?;
+    let (train_set, test_set) = load_train_source(&cfg.data)?;
+    let train_labels = train_set.labels();
+    let split = Split::new(&saved_split.config, &train_labels, cfg.data.classes)?;
     if split.fingerprint != saved_split.fingerprint {
         return Err(PipelineError::Invalid(format!(
             "{}: the split no longer reproduces (fingerprint {} vs saved {}): the data differ from the old model's run",
@@ -435,26 +536,25 @@ pub fn train_successor(
                 fraction: r,
                 ..split.config.clone()
             };
-            Split::new(&sub, &train_set.labels, cfg.data.classes)?.old_indices
+            Split::new(&sub, &train_labels, cfg.data.classes)?.old_indices
         }
         _ => split.new_indices.clone(),
     };
-    let data = relabel(&train_set, &indices, &classes);
+    let data = train_set.relabel(&indices, &classes);
+    let data_labels = data.labels();
     // Old prototypes over the whole new training set, computed once with the frozen old model
     // (this covers classes the old model never saw); F° is a seeded per-class sample of the
     // same old features.
     let mut ctx = BuildContext::default();
     if method.needs_prototypes() {
-        let g = old
-            .embed_dataset(&data, cfg.eval_batch)
-            .to_device(opts.device);
-        let y = Tensor::from_slice(&data.labels)
+        let g = embed_train(&old, data.as_data(), cfg.eval_batch)?.to_device(opts.device);
+        let y = Tensor::from_slice(&data_labels)
             .to_kind(Kind::Int64)
             .to_device(opts.device);
         ctx.prototypes = Some(class_prototypes(&g, &y, classes.len() as i64)?.detach());
         if method.needs_old_bank() {
             let mut rng = rng_for(cfg.new.seed, 4_000_000);
-            let idx = per_class_sample(&data.labels, cfg.compat.odpp.old_bank_per_class, &mut rng);
+            let idx = per_class_sample(&data_labels, cfg.compat.odpp.old_bank_per_class, &mut rng);
             let idx_t = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>())
                 .to_device(opts.device);
             ctx.old_bank = Some((g.index_select(0, &idx_t), y.index_select(0, &idx_t)));
@@ -469,7 +569,7 @@ pub fn train_successor(
     Ok(train(TrainJob {
         name: format!("new-{method}"),
         role: "new".into(),
-        data: &data,
+        data: data.as_data(),
         classes,
         model: cfg.model.clone(),
         train: cfg.new.clone(),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::source::TrainData;
 use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset, Normalization};
 use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
 use crate::model::{
@@ -28,6 +29,9 @@ pub enum TrainError {
     /// A model file could not be handled.
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// A training image could not be read (streamed data).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// libtorch failed on a checkpoint file.
     #[error("{path}: {reason}")]
     Checkpoint {
@@ -291,8 +295,9 @@ pub struct TrainJob<'a> {
     pub name: String,
     /// "old" or "new".
     pub role: String,
-    /// The training items, labels already in classifier order `0..classes.len()`.
-    pub data: &'a Dataset,
+    /// The training items (in memory or streamed from files), labels already in classifier
+    /// order `0..classes.len()`.
+    pub data: TrainData<'a>,
     /// Original labels of the classifier's classes.
     pub classes: Vec<i64>,
     /// Architecture.
@@ -390,19 +395,19 @@ pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor
 /// Normalised embeddings (eval mode, no gradient) of the items `idx` of `data`, with their labels.
 fn embed_items(
     net: &EmbeddingNet,
-    data: &Dataset,
+    data: TrainData,
     idx: &[usize],
     norm: Normalization,
     device: Device,
-) -> (Tensor, Tensor) {
+) -> Result<(Tensor, Tensor), TrainError> {
     let mut feats = Vec::new();
     let mut labels = Vec::new();
-    for c in idx.chunks(256) {
-        let (x, y) = data.batch(c, norm, None, device);
+    for b in data.batches(idx, 256, None, norm, device) {
+        let (x, y) = b?;
         feats.push(tch::no_grad(|| net.forward_t(&x, false)));
         labels.push(y);
     }
-    (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0))
+    Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)))
 }
 
 /// The string a checkpoint records to tell whether a resumed run is the same run.
@@ -462,10 +467,11 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     if job.data.is_empty() {
         return Err(TrainError::Config("no training items".into()));
     }
-    if job.model.in_channels as usize != job.data.channels {
+    let shape = job.data.shape();
+    if job.model.in_channels as usize != shape[0] {
         return Err(TrainError::Config(format!(
             "model.in_channels is {} but the images have {} channels (set [model] in_channels = {})",
-            job.model.in_channels, job.data.channels, job.data.channels
+            job.model.in_channels, shape[0], shape[0]
         )));
     }
     let out = &job.out_dir;
@@ -497,7 +503,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         None
     };
 
-    let (mean, std) = job.data.pixel_stats();
+    let (mean, std) = job.data.pixel_stats()?;
     let norm = Normalization { mean, std };
     let n_classes = job.classes.len() as i64;
     tch::manual_seed(job.train.seed as i64);
@@ -541,6 +547,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     }
 
     let n = job.data.len();
+    let all_labels = job.data.labels();
     let per_epoch = n.div_ceil(job.train.batch_size);
     let total = per_epoch * job.train.epochs;
     let old_norm = job.old.map(|o| o.card.normalization);
@@ -561,7 +568,14 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         }
         let t0 = Instant::now();
         let order = epoch_order(n, job.train.seed, epoch);
-        let mut rng = rng_for(job.train.seed, 2_000 + epoch as u64);
+        // the batches of this epoch, augmented (files: decoded ahead on a background thread)
+        let mut batches = job.data.batches(
+            &order,
+            job.train.batch_size,
+            Some((&job.train.augment, job.train.seed, epoch)),
+            norm,
+            job.device,
+        );
         tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
         let bar = if job.progress {
             let b = ProgressBar::new(per_epoch as u64);
@@ -594,8 +608,8 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
                     };
                 if due {
                     let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
-                    let idx = per_class_sample(&job.data.labels, rc.bank_per_class, &mut brng);
-                    let (bank, labels) = embed_items(&net, job.data, &idx, norm, job.device);
+                    let idx = per_class_sample(&all_labels, rc.bank_per_class, &mut brng);
+                    let (bank, labels) = embed_items(&net, job.data, &idx, norm, job.device)?;
                     if let Some(s) = compat.refresh(&bank, &labels, epoch, step) {
                         tracing::info!(
                             model = %job.name, epoch, step, mean_delta = s.mean_delta, max_delta = s.max_delta,
@@ -606,12 +620,9 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
                     }
                 }
             }
-            let (x, y) = job.data.batch(
-                chunk,
-                norm,
-                Some((&job.train.augment, &mut rng)),
-                job.device,
-            );
+            let (x, y) = batches.next().ok_or_else(|| {
+                TrainError::Config(format!("batch {bi} of epoch {} is missing", epoch + 1))
+            })??;
             let old_emb = match (needs_old, job.old) {
                 (true, Some(o)) => {
                     Some(o.embed_batch(&renormalize(&x, norm, old_norm.expect("old present"))))
@@ -696,12 +707,14 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         )?;
     }
 
-    let probe_features = job.probe.map(|p| {
-        let idx: Vec<usize> = (0..p.len()).collect();
-        embed_items(&net, p, &idx, norm, job.device)
-            .0
-            .to_device(Device::Cpu)
-    });
+    let probe_features = match job.probe {
+        Some(p) => {
+            let idx: Vec<usize> = (0..p.len()).collect();
+            let (f, _) = embed_items(&net, TrainData::Memory(p), &idx, norm, job.device)?;
+            Some(f.to_device(Device::Cpu))
+        }
+        None => None,
+    };
     let wpath = out.join(WEIGHTS_FILE);
     // The model file holds the model: a method's own variables (a discriminator) stay in the
     // checkpoint only.
@@ -724,7 +737,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         arch: job.model.clone(),
         classes: job.classes.clone(),
         normalization: norm,
-        input_shape: [job.data.channels, job.data.rows, job.data.cols],
+        input_shape: shape,
         split_fingerprint: job.split_fingerprint.clone(),
         train_images: n,
         seed: job.train.seed,

@@ -148,7 +148,7 @@ fn small_job<'a>(
     TrainJob {
         name: "old".into(),
         role: "old".into(),
-        data,
+        data: bcl::data::source::TrainData::Memory(data),
         classes: (0..data.classes as i64).collect(),
         model: bcl::model::ModelConfig {
             width: 4,

@@ -255,3 +255,155 @@ fn image_folder_end_to_end() {
         "{e}"
     );
 }
+
+#[test]
+fn streamed_batches_equal_decoded_ones_and_repeat() {
+    use bcl::data::images::{materialise, read_image_folder_lists};
+    use bcl::data::source::{ImageFiles, TrainData};
+    use bcl::data::{AugmentConfig, Normalization};
+    let d = tempfile::tempdir().unwrap();
+    make_folder(&d.path().join("train"), 3, 7, 4);
+    make_folder(&d.path().join("test"), 3, 1, 5);
+    let (train, _) = read_image_folder_lists(d.path()).unwrap();
+    let prep = ImagePrep {
+        resize: 32,
+        crop: 24,
+    };
+    let files = ImageFiles {
+        root: d.path().join("train"),
+        list: train.clone(),
+        prep,
+        prefetch: 2,
+    };
+    let mem = materialise(&d.path().join("train"), &train, &prep).unwrap();
+    let norm = Normalization {
+        mean: 0.3,
+        std: 0.2,
+    };
+    let order = vec![20, 3, 0, 11, 7, 15, 1, 19, 2];
+    let (fs, ms) = (TrainData::Files(&files), TrainData::Memory(&mem));
+    assert_eq!(
+        (fs.len(), fs.shape(), fs.labels()),
+        (ms.len(), ms.shape(), ms.labels())
+    );
+    let a: Vec<_> = fs
+        .batches(&order, 4, None, norm, tch::Device::Cpu)
+        .map(|b| b.unwrap())
+        .collect();
+    let b: Vec<_> = ms
+        .batches(&order, 4, None, norm, tch::Device::Cpu)
+        .map(|b| b.unwrap())
+        .collect();
+    assert_eq!(a.len(), 3, "batches of 4, 4 and 1");
+    for ((xa, ya), (xb, yb)) in a.iter().zip(&b) {
+        assert!(
+            xa.equal(xb) && ya.equal(yb),
+            "streamed and decoded batches differ"
+        );
+    }
+    // training batches: augmented per (seed, epoch, item), the same on every pass
+    let aug = AugmentConfig::default();
+    let once: Vec<_> = fs
+        .batches(&order, 4, Some((&aug, 9, 1)), norm, tch::Device::Cpu)
+        .map(|b| b.unwrap().0)
+        .collect();
+    let again: Vec<_> = fs
+        .batches(&order, 4, Some((&aug, 9, 1)), norm, tch::Device::Cpu)
+        .map(|b| b.unwrap().0)
+        .collect();
+    let other: Vec<_> = fs
+        .batches(&order, 4, Some((&aug, 9, 2)), norm, tch::Device::Cpu)
+        .map(|b| b.unwrap().0)
+        .collect();
+    assert!(once.iter().zip(&again).all(|(x, y)| x.equal(y)));
+    assert!(
+        !once.iter().zip(&other).all(|(x, y)| x.equal(y)),
+        "another epoch, other crops"
+    );
+    // a relabelled subset keeps the chosen items with labels in the new class order
+    let sub = files.relabel(&[0, 20], &[2, 0]);
+    assert_eq!(
+        sub.list.items.iter().map(|i| i.label).collect::<Vec<_>>(),
+        [1, 0]
+    );
+    // an unreadable file ends the stream with its path
+    std::fs::write(d.path().join("train/class0/000.png"), b"broken").unwrap();
+    let e = fs
+        .batches(&[0, 1], 2, None, norm, tch::Device::Cpu)
+        .find_map(|b| b.err())
+        .unwrap();
+    assert!(e.to_string().contains("000.png"), "{e}");
+}
+
+#[test]
+fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
+    use bcl::loss::Method;
+    use bcl::model::Embedder;
+    use bcl::pipeline::{self, DataFormat, RunConfig, StepOptions};
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("shapes");
+    make_folder(&data.join("train"), 4, 24, 1);
+    make_folder(&data.join("test"), 4, 6, 2);
+    let mut cfg = RunConfig::default();
+    cfg.data.format = DataFormat::ImageFolder;
+    cfg.data.stream = true;
+    cfg.data.dir = data.clone();
+    cfg.data.classes = 4;
+    cfg.data.image = ImagePrep {
+        resize: 32,
+        crop: 28,
+    };
+    cfg.model.in_channels = 3;
+    cfg.model.width = 8;
+    cfg.model.dim = 32;
+    for t in [&mut cfg.old, &mut cfg.new] {
+        t.batch_size = 16;
+        t.lr = 0.05;
+    }
+    cfg.old.epochs = 4;
+    cfg.new.epochs = 2;
+    let opts = |resume: bool, stop_after: Option<usize>| StepOptions {
+        resume,
+        device: tch::Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after,
+    };
+    let old = d.path().join("old");
+    pipeline::train_old(&cfg, &old, &opts(false, None)).unwrap();
+    // interrupted after one epoch and resumed: the same weights as the run in one go
+    let cut = d.path().join("old-cut");
+    assert!(pipeline::train_old(&cfg, &cut, &opts(false, Some(1))).is_err());
+    pipeline::train_old(&cfg, &cut, &opts(true, None)).unwrap();
+    let (a, b) = (
+        Embedder::load(&old, tch::Device::Cpu).unwrap(),
+        Embedder::load(&cut, tch::Device::Cpu).unwrap(),
+    );
+    assert_eq!(
+        a.card.id, b.card.id,
+        "a resumed streamed run ends with the same weights"
+    );
+    assert_eq!(a.card.input_shape, [3, 28, 28]);
+    pipeline::train_new(
+        &cfg,
+        &old,
+        Method::Bct,
+        &d.path().join("bct"),
+        &opts(false, None),
+    )
+    .unwrap();
+    let models = [
+        a,
+        Embedder::load(&d.path().join("bct"), tch::Device::Cpu).unwrap(),
+    ];
+    let (_, test) = pipeline::load_train_source(&cfg.data).unwrap();
+    let r = pipeline::evaluate_models(&models, &test, 16).unwrap();
+    let row = &r.rows[0];
+    assert!(row.self_map > 0.25 && row.cross_map > 0.25, "{row:?}");
+    // streaming is for image folders only
+    cfg.data.format = DataFormat::Idx;
+    let e = pipeline::load_train_source(&cfg.data)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stream"), "{e}");
+}

@@ -242,9 +242,18 @@ pub fn load_image_folder_dir(
     dir: &Path,
     prep: &ImagePrep,
 ) -> Result<(Dataset, Dataset), DataError> {
+    let (train_list, test_list) = read_image_folder_lists(dir)?;
+    Ok((
+        materialise(&dir.join("train"), &train_list, prep)?,
+        materialise(&dir.join("test"), &test_list, prep)?,
+    ))
+}
+
+/// The file lists of an image-folder data set (`dir/train/<class>/`, `dir/test/<class>/`), the
+/// test labels following the training set's class names.
+pub fn read_image_folder_lists(dir: &Path) -> Result<(ImageList, ImageList), DataError> {
     let train_list = super::lists::read_class_folders(&dir.join("train"))?;
     let mut test_list = super::lists::read_class_folders(&dir.join("test"))?;
-    // the test set's labels follow the training set's class names
     let map: std::collections::BTreeMap<&str, i64> = train_list
         .classes
         .iter()
@@ -260,10 +269,7 @@ pub fn load_image_folder_dir(
         })?;
     }
     test_list.classes = train_list.classes.clone();
-    Ok((
-        materialise(&dir.join("train"), &train_list, prep)?,
-        materialise(&dir.join("test"), &test_list, prep)?,
-    ))
+    Ok((train_list, test_list))
 }
 
 /// Writes `n` JPEGs of `width × height` random pixels into `dir/noise/` (a one-class tree),

@@ -28,6 +28,25 @@ pub struct ImageList {
 }
 
 impl ImageList {
+    /// The first `n` items of each class, in list order.
+    pub fn take_per_class(&self, n: usize) -> Self {
+        let mut seen = vec![0usize; self.classes.len()];
+        let items = self
+            .items
+            .iter()
+            .filter(|it| {
+                let c = &mut seen[it.label as usize];
+                *c += 1;
+                *c <= n
+            })
+            .cloned()
+            .collect();
+        Self {
+            items,
+            classes: self.classes.clone(),
+        }
+    }
+
     /// Builds a list from (path, class name) pairs; labels follow the sorted class names
     /// (numerically when every name is a number).
     fn from_named(pairs: Vec<(PathBuf, String)>) -> Self {
