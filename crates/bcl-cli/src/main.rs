@@ -55,6 +55,33 @@ enum Command {
     Gallery(gallery_cmd::GalleryCommand),
     /// HTTP service over a gallery: POST /search (vectors or an image), GET /health, GET /stats.
     Serve(gallery_cmd::ServeArgs),
+    /// Score models on standard benchmarks (Revisited Oxford/Paris, GLDv2 retrieval, In-shop,
+    /// SOP) from their published files: every (query model, gallery model) pair.
+    Benchmark(BenchmarkArgs),
+}
+
+#[derive(Args)]
+struct BenchmarkArgs {
+    /// TOML file of `[[benchmark]]` entries (name, kind = revisited|gldv2|inshop|sop, paths,
+    /// [benchmark.image] resize/crop); see docs/benchmarks.md.
+    #[arg(long)]
+    config: PathBuf,
+    /// Model directories (the first is usually the old model).
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// Writes benchmarks.md and benchmarks.json here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// The `[[benchmark]]` entries of a file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BenchmarkFile {
+    benchmark: Vec<bcl::pipeline::benchmark::BenchmarkConfig>,
 }
 
 #[derive(Args)]
@@ -348,6 +375,35 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Gallery(c) => gallery_cmd::run_gallery(c)?,
         Command::Serve(a) => gallery_cmd::run_serve(a)?,
+        Command::Benchmark(a) => {
+            let text = std::fs::read_to_string(&a.config)
+                .with_context(|| format!("{}: cannot read", a.config.display()))?;
+            let file: BenchmarkFile = toml::from_str(&text)
+                .with_context(|| format!("{}: not a benchmark file", a.config.display()))?;
+            let device = parse_device(&a.device)?;
+            let models = a
+                .models
+                .iter()
+                .map(|p| Embedder::load(p, device))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut md = String::new();
+            let mut reports = Vec::new();
+            for b in &file.benchmark {
+                let r = bcl::pipeline::benchmark::evaluate_benchmark(b, &models)?;
+                md.push_str(&bcl::pipeline::benchmark::report_markdown(&r));
+                md.push('\n');
+                reports.push(r);
+            }
+            print!("{md}");
+            if let Some(out) = a.out {
+                bcl::report::write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
+                bcl::report::write_atomic(
+                    &out.join("benchmarks.json"),
+                    serde_json::to_string_pretty(&reports)?.as_bytes(),
+                )?;
+                println!("written to {}", out.display());
+            }
+        }
         Command::TrainOld(a) => {
             let mut cfg = base_config(&a.common)?;
             if let Some(s) = a.scenario {

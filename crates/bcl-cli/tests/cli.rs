@@ -359,3 +359,22 @@ fn metrics_recall_ks_are_configurable() {
     let err = run_err(&mut args("0,5"));
     assert!(err.contains("--ks"), "{err}");
 }
+
+#[test]
+fn benchmark_files_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("b.toml");
+    std::fs::write(&bad, "[[benchmark]]\nname = \"x\"\nkind = \"oxford\"\n").unwrap();
+    let e = run_err(
+        bcl()
+            .args(["benchmark", "--model", "nowhere", "--config"])
+            .arg(&bad),
+    );
+    assert!(e.contains("b.toml") && e.contains("oxford"), "{e}");
+    let e = run_err(
+        bcl()
+            .args(["benchmark", "--model", "nowhere", "--config"])
+            .arg(d.path().join("missing.toml")),
+    );
+    assert!(e.contains("missing.toml"), "{e}");
+}

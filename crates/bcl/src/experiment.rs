@@ -5,6 +5,7 @@
 //! sequential-upgrade chains live in [`sequential`].
 
 pub mod backfill;
+pub mod benchmarks;
 pub mod sequential;
 
 use std::collections::BTreeMap;
@@ -18,8 +19,8 @@ use crate::eval::leave_one_out;
 use crate::loss::Method;
 use crate::model::{l2_normalize, Embedder};
 use crate::pipeline::{
-    evaluate_models_with, load_data, train_new, train_old, EvalReport, MatrixCells, PipelineError,
-    RunConfig, StepOptions,
+    evaluate_models_with, train_new, train_old, EvalReport, MatrixCells, PipelineError, RunConfig,
+    StepOptions,
 };
 use crate::report::{
     plot_frontier, plot_matrix, plot_prototypes_pca, write_atomic, FrontierSeries, ResultRow,
@@ -112,6 +113,8 @@ pub struct ExperimentConfig {
     pub sequential: Option<sequential::SequentialConfig>,
     /// Partial-backfill curves and flips (none by default).
     pub backfill: Option<backfill::BackfillConfig>,
+    /// Standard benchmarks every run's models are scored on (`[[benchmark]]`; none by default).
+    pub benchmark: Vec<crate::pipeline::benchmark::BenchmarkConfig>,
 }
 
 impl Default for ExperimentConfig {
@@ -126,6 +129,7 @@ impl Default for ExperimentConfig {
             sweep_seeds: None,
             sequential: None,
             backfill: None,
+            benchmark: Vec::new(),
         }
     }
 }
@@ -242,6 +246,8 @@ pub struct ExperimentReport {
     pub sequential: Vec<sequential::ChainRun>,
     /// Deployment figures (empty without a `[backfill]` section).
     pub backfill: Vec<backfill::DeployRun>,
+    /// Benchmark reports per run (empty without `[[benchmark]]` entries).
+    pub benchmarks: Vec<benchmarks::BenchmarkRun>,
 }
 
 /// Summary of one perturbation run's refreshes (from its `refreshes.json` and `history.json`).
@@ -493,6 +499,7 @@ pub fn run_experiment(
     let mut table_in = Vec::new();
     let mut frontier = Vec::new();
     let mut deploy = Vec::new();
+    let mut bench_runs = Vec::new();
     let sweep_scenarios = cfg
         .sweep_scenarios
         .clone()
@@ -542,7 +549,7 @@ pub fn run_experiment(
             let (report, points) = match cached {
                 Some((_, r, p)) => (r, p),
                 None => {
-                    let (_, test) = load_data(&rc.data)?;
+                    let test = crate::pipeline::load_test(&rc.data)?;
                     let models = dirs
                         .iter()
                         .map(|d| Embedder::load(d, opts.device))
@@ -619,6 +626,16 @@ pub fn run_experiment(
                     &opts,
                 )?);
             }
+            if !cfg.benchmark.is_empty() {
+                bench_runs.extend(benchmarks::run_benchmarks(
+                    &cfg.benchmark,
+                    &dirs,
+                    &dir,
+                    &scenario.to_string(),
+                    seed,
+                    opts.device,
+                )?);
+            }
             table_in.push((scenario, seed, report.rows.clone()));
             runs.insert(run_key(scenario, seed), report);
         }
@@ -672,6 +689,12 @@ pub fn run_experiment(
     if !deploy.is_empty() {
         backfill::write_backfill_reports(&deploy, out)?;
     }
+    if !bench_runs.is_empty() {
+        write_atomic(
+            &out.join("benchmarks.md"),
+            benchmarks::benchmarks_markdown(&bench_runs).as_bytes(),
+        )?;
+    }
     let mut chains = Vec::new();
     if let Some(seq) = &cfg.sequential {
         chains = sequential::run_sequential(cfg, seq, out, &opts)?;
@@ -697,6 +720,7 @@ pub fn run_experiment(
         diagnostics: diag,
         sequential: chains,
         backfill: deploy,
+        benchmarks: bench_runs,
     };
     write_atomic(
         &out.join("report.json"),

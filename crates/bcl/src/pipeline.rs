@@ -2,6 +2,8 @@
 //! new model against it, evaluate a set of models, the whole demo), wired from the concept
 //! modules. No method-specific logic lives here: methods come from [`Method::build`].
 
+pub mod benchmark;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -69,8 +71,18 @@ pub enum DataFormat {
     /// CIFAR-100's binary version (`train.bin`, `test.bin`; 3 × 32 × 32, 100 fine classes).
     Cifar100,
     /// Class-per-folder image trees `dir/train/<class>/` and `dir/test/<class>/` (JPEG/PNG),
-    /// decoded into memory at `[data.image]` size.
+    /// decoded into memory at `[data.image]` size (or streamed with `stream = true`).
     ImageFolder,
+    /// Google Landmarks v2: `dir/train_clean.csv` and `dir/train/a/b/c/<id>.jpg`; training
+    /// images streamed, the last `test_per_class` images of each landmark held out as the
+    /// class-level test set (the benchmarks are `[[benchmark]]` entries).
+    Gldv2,
+    /// In-shop: `dir/list_eval_partition.txt`; the train partition streamed, query ∪ gallery
+    /// (item ids as classes) the class-level test set.
+    Inshop,
+    /// Stanford Online Products: `dir/Ebay_train.txt` streamed, `dir/Ebay_test.txt` the
+    /// class-level test set.
+    Sop,
 }
 
 /// Where the data come from and how much of it to use.
@@ -236,6 +248,13 @@ pub fn load_data(cfg: &DataConfig) -> Result<(Dataset, Dataset), PipelineError> 
             }
             crate::data::cifar::load_cifar100_dir(&cfg.dir)?
         }
+        DataFormat::Gldv2 | DataFormat::Inshop | DataFormat::Sop => {
+            return Err(PipelineError::Invalid(format!(
+                "data.format {:?} streams its training images: this step reads the test set \
+                 only through load_train_source",
+                cfg.format
+            )))
+        }
         DataFormat::ImageFolder => {
             let (train, test) = crate::data::images::load_image_folder_dir(&cfg.dir, &cfg.image)?;
             if train.classes != cfg.classes {
@@ -309,22 +328,57 @@ impl TrainSource {
 /// Reads the training source and the (in-memory) test set the configuration names: the
 /// training images streamed from files when `stream = true` (image folders), else in memory.
 pub fn load_train_source(cfg: &DataConfig) -> Result<(TrainSource, Dataset), PipelineError> {
-    if !cfg.stream {
+    use crate::data::lists;
+    let listed = matches!(
+        cfg.format,
+        DataFormat::Gldv2 | DataFormat::Inshop | DataFormat::Sop
+    );
+    if !cfg.stream && !listed {
         let (train, test) = load_data(cfg)?;
         return Ok((TrainSource::Memory(train), test));
     }
-    if cfg.format != DataFormat::ImageFolder {
-        return Err(PipelineError::Invalid(format!(
-            "data.stream = true needs data.format = \"image-folder\", not {:?}",
-            cfg.format
-        )));
-    }
     cfg.image.validate().map_err(PipelineError::Invalid)?;
-    let (mut train, mut test) = crate::data::images::read_image_folder_lists(&cfg.dir)?;
+    // (training list, its root, test list, its root)
+    let (train_root, mut train, test_root, mut test) = match cfg.format {
+        DataFormat::ImageFolder => {
+            let (tr, te) = crate::data::images::read_image_folder_lists(&cfg.dir)?;
+            (cfg.dir.join("train"), tr, cfg.dir.join("test"), te)
+        }
+        DataFormat::Gldv2 => {
+            let all = lists::read_gldv2_clean(&cfg.dir.join("train_clean.csv"))?;
+            let Some(n) = cfg.test_per_class else {
+                return Err(PipelineError::Invalid(
+                    "data.format = \"gldv2\" needs data.test_per_class: the last N images of \
+                     each landmark are held out as the class-level test set"
+                        .into(),
+                ));
+            };
+            let (tr, te) = all.hold_out_last_per_class(n);
+            (cfg.dir.clone(), tr, cfg.dir.clone(), te)
+        }
+        DataFormat::Inshop => {
+            let p = lists::read_inshop(&cfg.dir.join("list_eval_partition.txt"))?;
+            let mut te = p.query.clone();
+            te.items.extend(p.gallery.items.iter().cloned());
+            (cfg.dir.clone(), p.train, cfg.dir.clone(), te)
+        }
+        DataFormat::Sop => (
+            cfg.dir.clone(),
+            lists::read_sop(&cfg.dir.join("Ebay_train.txt"))?,
+            cfg.dir.clone(),
+            lists::read_sop(&cfg.dir.join("Ebay_test.txt"))?,
+        ),
+        f => {
+            return Err(PipelineError::Invalid(format!(
+                "data.stream = true needs an image format (image-folder, gldv2, inshop, sop), \
+                 not {f:?}"
+            )))
+        }
+    };
     if train.classes.len() != cfg.classes {
         return Err(PipelineError::Invalid(format!(
-            "{}: {} class folders, but data.classes is {}",
-            cfg.dir.join("train").display(),
+            "{}: {} training classes, but data.classes is {}",
+            cfg.dir.display(),
             train.classes.len(),
             cfg.classes
         )));
@@ -332,19 +386,24 @@ pub fn load_train_source(cfg: &DataConfig) -> Result<(TrainSource, Dataset), Pip
     if let Some(n) = cfg.train_per_class {
         train = train.take_per_class(n);
     }
-    if let Some(n) = cfg.test_per_class {
+    if let (Some(n), false) = (cfg.test_per_class, cfg.format == DataFormat::Gldv2) {
         test = test.take_per_class(n);
     }
-    let test = crate::data::images::materialise(&cfg.dir.join("test"), &test, &cfg.image)?;
+    let test = crate::data::images::materialise(&test_root, &test, &cfg.image)?;
     Ok((
         TrainSource::Files(ImageFiles {
-            root: cfg.dir.join("train"),
+            root: train_root,
             list: train,
             prep: cfg.image,
             prefetch: 4,
         }),
         test,
     ))
+}
+
+/// The test set the configuration names, without decoding a streamed training set.
+pub fn load_test(cfg: &DataConfig) -> Result<Dataset, PipelineError> {
+    Ok(load_train_source(cfg)?.1)
 }
 
 /// Normalised embeddings `[N, d]` (CPU) of every training item by `model`, streamed.
@@ -736,7 +795,7 @@ pub fn demo(cfg: &RunConfig, out: &Path, opts: &StepOptions) -> Result<EvalRepor
         .iter()
         .map(|d| Embedder::load(d, opts.device))
         .collect::<Result<Vec<_>, _>>()?;
-    let (_, test) = load_data(&cfg.data)?;
+    let test = load_test(&cfg.data)?;
     let report = evaluate_models(&models, &test, cfg.eval_batch)?;
     write_report(out, &report, &curves)?;
     Ok(report)

@@ -28,6 +28,31 @@ pub struct ImageList {
 }
 
 impl ImageList {
+    /// Splits off the last `n` items of each class (in list order) as a held-out list; classes
+    /// with `n` items or fewer keep them all for training.
+    pub fn hold_out_last_per_class(&self, n: usize) -> (Self, Self) {
+        let mut total = vec![0usize; self.classes.len()];
+        self.items
+            .iter()
+            .for_each(|it| total[it.label as usize] += 1);
+        let mut seen = vec![0usize; self.classes.len()];
+        let (mut keep, mut held) = (Vec::new(), Vec::new());
+        for it in &self.items {
+            let c = it.label as usize;
+            seen[c] += 1;
+            if total[c] > n && seen[c] > total[c] - n {
+                held.push(it.clone());
+            } else {
+                keep.push(it.clone());
+            }
+        }
+        let mk = |items| Self {
+            items,
+            classes: self.classes.clone(),
+        };
+        (mk(keep), mk(held))
+    }
+
     /// The first `n` items of each class, in list order.
     pub fn take_per_class(&self, n: usize) -> Self {
         let mut seen = vec![0usize; self.classes.len()];

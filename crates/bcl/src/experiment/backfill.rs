@@ -12,7 +12,7 @@ use crate::data::Scenario;
 use crate::eval::deploy::{backfill_curve, flips, top1_labels, Flips};
 use crate::loss::Method;
 use crate::model::{Embedder, ModelCard, CARD_FILE};
-use crate::pipeline::{load_data, PipelineError, RunConfig, StepOptions};
+use crate::pipeline::{PipelineError, RunConfig, StepOptions};
 use crate::report::{plot_xy, write_atomic, FrontierSeries, Reference};
 
 /// Which methods get a deployment evaluation, and how.
@@ -87,7 +87,7 @@ pub fn deploy_run(
     {
         return Ok(runs);
     }
-    let (_, test) = load_data(&rc.data)?;
+    let test = crate::pipeline::load_test(&rc.data)?;
     let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
     let old_top1 = top1_labels(&old, &old, &test.labels)?;
     let oo = old_old_map;

@@ -13,7 +13,7 @@ use crate::data::Scenario;
 use crate::eval::{is_compatible, CompatMatrix};
 use crate::loss::Method;
 use crate::model::{Embedder, ModelCard, CARD_FILE};
-use crate::pipeline::{load_data, train_old, train_successor, PipelineError, StepOptions};
+use crate::pipeline::{train_old, train_successor, PipelineError, StepOptions};
 use crate::report::{plot_matrix, write_atomic};
 
 /// Which earlier model each successor of a chain is trained against.
@@ -210,7 +210,7 @@ fn evaluate_chain(
     let run = match cached {
         Some((_, r)) => r,
         None => {
-            let (_, test) = load_data(&rc.data)?;
+            let test = crate::pipeline::load_test(&rc.data)?;
             let feats = dirs
                 .iter()
                 .map(|d| Ok(Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch)))
