@@ -46,21 +46,61 @@ pub fn pseudo_old(old: &Tensor, delta: &Tensor) -> Tensor {
     l2_normalize(&(old + delta))
 }
 
-/// Cosine similarity matrix of prototype rows with the diagonal set to −∞ (no self-neighbour).
-fn off_diagonal_similarity(p: &Tensor) -> Tensor {
-    let s = p.matmul(&p.tr());
-    let c = s.size()[0];
-    let eye = Tensor::eye(c, (Kind::Bool, p.device()));
-    s.masked_fill(&eye, f64::NEG_INFINITY)
+/// Rows of prototypes per block in the C × C similarity computations: memory stays at
+/// `BLOCK × C` (1.3 GB of f32 at GLDv2's 81,313 landmarks instead of 26 GB for the full matrix).
+const BLOCK: i64 = 4096;
+
+/// The top-`k` of each row `i` of the mixed similarity `α·⟨a_i, a_j⟩ + (1−α)·⟨b_i, b_j⟩` over
+/// `j ≠ i`, computed in row blocks. `b = None` means α = 1. Returns values and indices `[C, k]`.
+fn blocked_topk(a: &Tensor, b: Option<(&Tensor, f64)>, alpha: f64, k: i64) -> (Tensor, Tensor) {
+    let c = a.size()[0];
+    let (mut vals, mut idxs) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < c {
+        let n = BLOCK.min(c - start);
+        let mut s = a.narrow(0, start, n).matmul(&a.tr()) * alpha;
+        if let Some((b, w)) = b {
+            s += b.narrow(0, start, n).matmul(&b.tr()) * w;
+        }
+        // −∞ on the diagonal (after mixing: −∞·0 would be NaN)
+        let rows = Tensor::arange(n, (Kind::Int64, a.device()));
+        let cols = &rows + start;
+        let s = s.index_put(
+            &[Some(rows), Some(cols)],
+            &Tensor::from(f64::NEG_INFINITY)
+                .to_kind(s.kind())
+                .to_device(a.device()),
+            false,
+        );
+        let (v, i) = s.topk(k, 1, true, true);
+        vals.push(v);
+        idxs.push(i);
+        start += n;
+    }
+    (Tensor::cat(&vals, 0), Tensor::cat(&idxs, 0))
+}
+
+/// Each prototype row's highest cosine similarity to another row, computed in blocks.
+fn nearest_similarity(p: &Tensor) -> Tensor {
+    blocked_topk(p, None, 1.0, 1).0.squeeze_dim(1)
 }
 
 /// Angle (radians) from each old prototype to its nearest other old prototype.
 pub fn nearest_angles(old: &Tensor) -> Tensor {
-    off_diagonal_similarity(old)
-        .max_dim(1, false)
-        .0
-        .clamp(-1.0, 1.0)
-        .acos()
+    nearest_similarity(old).clamp(-1.0, 1.0).acos()
+}
+
+/// For each row of `q`, the index of its most similar row of `p`, computed in blocks.
+fn blocked_argmax(q: &Tensor, p: &Tensor) -> Tensor {
+    let c = q.size()[0];
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < c {
+        let n = BLOCK.min(c - start);
+        out.push(q.narrow(0, start, n).matmul(&p.tr()).argmax(1, false));
+        start += n;
+    }
+    Tensor::cat(&out, 0)
 }
 
 /// Diagnostics of one refresh of Δ (written to the run's history).
@@ -93,16 +133,10 @@ pub fn geometry_stats(old: &Tensor, delta: &Tensor) -> (f64, f64, f64, f64, f64)
     tch::no_grad(|| {
         let norms = delta.norm_scalaropt_dim(2, [1i64].as_slice(), false);
         let pseudo = pseudo_old(old, delta);
-        let before = off_diagonal_similarity(old)
-            .max_dim(1, false)
-            .0
-            .mean(Kind::Float);
-        let after = off_diagonal_similarity(&pseudo)
-            .max_dim(1, false)
-            .0
-            .mean(Kind::Float);
+        let before = nearest_similarity(old).mean(Kind::Float);
+        let after = nearest_similarity(&pseudo).mean(Kind::Float);
         let c = old.size()[0];
-        let own = pseudo.matmul(&old.tr()).argmax(1, false);
+        let own = blocked_argmax(&pseudo, old);
         let share = own
             .eq_tensor(&Tensor::arange(c, (Kind::Int64, old.device())))
             .to_kind(Kind::Float)
@@ -200,15 +234,10 @@ impl Ndpp {
         tch::no_grad(|| {
             let c = old.size()[0];
             let k = (self.cfg.k as i64).min(c - 1).max(1);
-            // 1. joint similarity, diagonal excluded (masked after mixing: −∞·0 would be NaN)
-            let joint = old.matmul(&old.tr()) * self.cfg.alpha
-                + new.matmul(&new.tr()) * (1.0 - self.cfg.alpha);
-            let s = joint.masked_fill(
-                &Tensor::eye(c, (Kind::Bool, old.device())),
-                f64::NEG_INFINITY,
-            );
-            // 2. the K most similar classes
-            let (top, idx) = s.topk(k, 1, true, true);
+            // 1.–2. the K most similar classes under the joint similarity, self excluded
+            //       (in row blocks: the C × C matrix is never held)
+            let (top, idx) =
+                blocked_topk(old, Some((new, 1.0 - self.cfg.alpha)), self.cfg.alpha, k);
             // 3. softmax weights over the neighbours (and, for `Confusion`, over the class itself)
             let a = match self.cfg.weights {
                 NdppWeights::Neighbours => (top / self.cfg.tau).softmax(1, Kind::Float), // [C, K]

@@ -410,6 +410,9 @@ fn embed_items(
     Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)))
 }
 
+/// Serialises model initialisation across threads (see its use in [`train`]).
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The string a checkpoint records to tell whether a resumed run is the same run.
 pub fn job_config_string(
     model: &ModelConfig,
@@ -506,6 +509,10 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     let (mean, std) = job.data.pixel_stats()?;
     let norm = Normalization { mean, std };
     let n_classes = job.classes.len() as i64;
+    // libtorch's generator is process-global: hold a lock from seeding to the last draw of the
+    // initialisation, so trainings in parallel threads (tests, a library user's pool) cannot
+    // reseed it between another's seed and its draws (seen as a flaky resume-equality test).
+    let init_guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(job.train.seed as i64);
     let mut vs = nn::VarStore::new(job.device);
     let net = EmbeddingNet::new(&(vs.root() / "net"), &job.model);
@@ -526,6 +533,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
     }
     let mut compat = job.compat;
     compat.init_params(&(vs.root() / COMPAT_VARS));
+    drop(init_guard);
     let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
     let mut refreshes: Vec<RefreshStats> = Vec::new();
 

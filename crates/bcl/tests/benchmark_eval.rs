@@ -12,29 +12,19 @@ use bcl::eval::retrieval_metrics;
 use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
 use bcl::loss::Method;
 use bcl::model::Embedder;
+use bcl::pipeline;
 use bcl::pipeline::benchmark::{
     embed_files, evaluate_benchmark, BenchmarkConfig, BenchmarkKind, FileSet,
 };
-use bcl::pipeline::{self, DataFormat, RunConfig, StepOptions};
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 
-const COLOURS: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]];
+mod common;
+use common::{cpu_opts, square, tiny_rgb_config};
+
 const PREP: ImagePrep = ImagePrep {
     resize: 32,
     crop: 28,
 };
-
-/// A 40×36 image with a 16-pixel square of class `c`'s colour at an offset from `v`.
-fn square(c: usize, v: u32) -> RgbImage {
-    let h = (v * 7 + c as u32 * 3) % 16;
-    RgbImage::from_fn(40, 36, |x, y| {
-        if x >= h && x < h + 16 && y >= h / 2 && y < h / 2 + 16 {
-            Rgb(COLOURS[c])
-        } else {
-            Rgb([0, 0, 0])
-        }
-    })
-}
 
 fn save(root: &Path, rel: &str, img: &RgbImage) {
     let p = root.join(rel);
@@ -50,32 +40,13 @@ fn models(root: &Path) -> Vec<Embedder> {
                 save(
                     &data,
                     &format!("{part}/class{c}/{i:03}.png"),
-                    &square(c, i + 100 * (part == "test") as u32),
+                    &square(c, (i + 100 * (part == "test") as u32) as usize),
                 );
             }
         }
     }
-    let mut cfg = RunConfig::default();
-    cfg.data.format = DataFormat::ImageFolder;
-    cfg.data.dir = data;
-    cfg.data.classes = 4;
-    cfg.data.image = PREP;
-    cfg.model.in_channels = 3;
-    cfg.model.width = 8;
-    cfg.model.dim = 32;
-    for t in [&mut cfg.old, &mut cfg.new] {
-        t.batch_size = 16;
-        t.lr = 0.05;
-    }
-    cfg.old.epochs = 4;
-    cfg.new.epochs = 2;
-    let opts = StepOptions {
-        resume: false,
-        device: tch::Device::Cpu,
-        progress: false,
-        probe_test: false,
-        stop_after: None,
-    };
+    let cfg = tiny_rgb_config(&data, 4, PREP);
+    let opts = cpu_opts(false, None);
     pipeline::train_old(&cfg, &root.join("old"), &opts).unwrap();
     pipeline::train_new(
         &cfg,
@@ -115,7 +86,7 @@ fn benchmarks_score_every_pair_from_their_files() {
     let mut sop_labels = Vec::new();
     for i in 0..20usize {
         let c = i % 4;
-        save(&sop, &format!("p{c}/{i}.JPG"), &square(c, i as u32 + 7));
+        save(&sop, &format!("p{c}/{i}.JPG"), &square(c, i + 7));
         text.push_str(&format!("{} {} 1 p{c}/{i}.JPG\n", i + 1, 100 + c));
         sop_labels.push(c as i64);
     }
@@ -157,7 +128,7 @@ fn benchmarks_score_every_pair_from_their_files() {
         let rel = format!("img/id_0000000{c}/{i:02}_front.jpg");
         let p = shop.join(&rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        square(c, i as u32 + 50)
+        square(c, i + 50)
             .save_with_format(&p, image::ImageFormat::Jpeg)
             .unwrap();
         lines.push(format!("{rel} id_0000000{c} {status}"));
@@ -200,7 +171,7 @@ fn benchmarks_score_every_pair_from_their_files() {
         index.push_str(&format!("{}\n", hex(j)));
         let p = gl.join(bcl::data::lists::gldv2_path("index", &hex(j)));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        square(j % 4, j as u32 + 20)
+        square(j % 4, j + 20)
             .save_with_format(&p, image::ImageFormat::Jpeg)
             .unwrap();
     }
@@ -211,7 +182,7 @@ fn benchmarks_score_every_pair_from_their_files() {
         sol.push_str(&format!("{id},{},Public\n", rel.join(" ")));
         let p = gl.join(bcl::data::lists::gldv2_path("test", &id));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        square(q, q as u32 + 90)
+        square(q, q + 90)
             .save_with_format(&p, image::ImageFormat::Jpeg)
             .unwrap();
     }
@@ -272,7 +243,7 @@ fn revisited_queries_are_cropped_to_their_boxes() {
     for j in 0..8usize {
         let n = format!("db_{j}");
         // PNG bytes under the .jpg name the benchmark reads (decoding sniffs the format)
-        save(&dir, &format!("{n}.jpg"), &square(j % 4, j as u32 + 30));
+        save(&dir, &format!("{n}.jpg"), &square(j % 4, j + 30));
         imlist.push(n);
     }
     let mut wide = RgbImage::new(80, 36);

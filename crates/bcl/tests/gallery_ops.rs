@@ -18,14 +18,10 @@ use bcl::model::Embedder;
 use bcl::pipeline::{self, RunConfig, StepOptions};
 use tch::Device;
 
+mod common;
+
 fn opts() -> StepOptions {
-    StepOptions {
-        resume: false,
-        device: Device::Cpu,
-        progress: false,
-        probe_test: false,
-        stop_after: None,
-    }
+    common::cpu_opts(false, None)
 }
 
 fn origin(cfg: &RunConfig) -> ops::DataOrigin {

@@ -1,11 +1,12 @@
 //! Image files: decoding, resize and crop by hand, query boxes, training jitter, the parallel
 //! loader (order, labels, errors), and a short end-to-end run on a generated image-folder set.
 
-use std::path::Path;
-
 use bcl::data::images::{load_image, materialise, ImageLoader, ImagePrep, Jitter};
 use bcl::data::lists::read_class_folders;
 use image::{Rgb, RgbImage};
+
+mod common;
+use common::{cpu_opts, make_folder, tch_rng_lock, tiny_rgb_config};
 
 /// A w × h image whose pixel (x, y) is (x, y, 7).
 fn ramp(w: u32, h: u32) -> RgbImage {
@@ -85,27 +86,6 @@ fn decode_crop_flip_and_boxes_by_hand() {
         .to_string();
     assert!(e.contains("no.png"), "{e}");
     assert!(ImagePrep { resize: 4, crop: 5 }.validate().is_err());
-}
-
-/// Class folders of small coloured images: class k is a square of colour k on black at a
-/// random place.
-fn make_folder(root: &Path, classes: usize, per_class: usize, seed: u32) {
-    let colours = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]];
-    for c in 0..classes {
-        let dir = root.join(format!("class{c}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..per_class {
-            let h = (i as u32 * 7 + seed * 13 + c as u32 * 3) % 16;
-            let img = RgbImage::from_fn(40, 36, |x, y| {
-                if x >= h && x < h + 16 && y >= h / 2 && y < h / 2 + 16 {
-                    Rgb(colours[c % 4])
-                } else {
-                    Rgb([0, 0, 0])
-                }
-            });
-            img.save(dir.join(format!("{i:03}.png"))).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -197,37 +177,23 @@ fn the_loader_decodes_in_order_with_labels_and_stops_at_a_bad_file() {
 
 #[test]
 fn image_folder_end_to_end() {
+    let _rng = tch_rng_lock();
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline::{self, DataFormat, RunConfig, StepOptions};
+    use bcl::pipeline;
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
     make_folder(&data.join("train"), 4, 24, 1);
     make_folder(&data.join("test"), 4, 6, 2);
-    let mut cfg = RunConfig::default();
-    cfg.data.format = DataFormat::ImageFolder;
-    cfg.data.dir = data.clone();
-    cfg.data.classes = 4;
-    cfg.data.image = ImagePrep {
-        resize: 32,
-        crop: 28,
-    };
-    cfg.model.in_channels = 3;
-    cfg.model.width = 8;
-    cfg.model.dim = 32;
-    for t in [&mut cfg.old, &mut cfg.new] {
-        t.batch_size = 16;
-        t.lr = 0.05;
-    }
-    cfg.old.epochs = 4;
-    cfg.new.epochs = 2;
-    let opts = StepOptions {
-        resume: false,
-        device: tch::Device::Cpu,
-        progress: false,
-        probe_test: false,
-        stop_after: None,
-    };
+    let cfg = tiny_rgb_config(
+        &data,
+        4,
+        ImagePrep {
+            resize: 32,
+            crop: 28,
+        },
+    );
+    let opts = cpu_opts(false, None);
     pipeline::train_old(&cfg, &d.path().join("old"), &opts).unwrap();
     pipeline::train_new(
         &cfg,
@@ -337,38 +303,24 @@ fn streamed_batches_equal_decoded_ones_and_repeat() {
 
 #[test]
 fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
+    let _rng = tch_rng_lock();
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline::{self, DataFormat, RunConfig, StepOptions};
+    use bcl::pipeline::{self, DataFormat};
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
     make_folder(&data.join("train"), 4, 24, 1);
     make_folder(&data.join("test"), 4, 6, 2);
-    let mut cfg = RunConfig::default();
-    cfg.data.format = DataFormat::ImageFolder;
+    let mut cfg = tiny_rgb_config(
+        &data,
+        4,
+        ImagePrep {
+            resize: 32,
+            crop: 28,
+        },
+    );
     cfg.data.stream = true;
-    cfg.data.dir = data.clone();
-    cfg.data.classes = 4;
-    cfg.data.image = ImagePrep {
-        resize: 32,
-        crop: 28,
-    };
-    cfg.model.in_channels = 3;
-    cfg.model.width = 8;
-    cfg.model.dim = 32;
-    for t in [&mut cfg.old, &mut cfg.new] {
-        t.batch_size = 16;
-        t.lr = 0.05;
-    }
-    cfg.old.epochs = 4;
-    cfg.new.epochs = 2;
-    let opts = |resume: bool, stop_after: Option<usize>| StepOptions {
-        resume,
-        device: tch::Device::Cpu,
-        progress: false,
-        probe_test: false,
-        stop_after,
-    };
+    let opts = cpu_opts;
     let old = d.path().join("old");
     pipeline::train_old(&cfg, &old, &opts(false, None)).unwrap();
     // interrupted after one epoch and resumed: the same weights as the run in one go

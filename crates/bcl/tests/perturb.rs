@@ -284,3 +284,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn blocked_prototype_geometry_matches_the_full_matrix_across_blocks() {
+    // 5,000 classes: more than one block of 4,096 rows, so block boundaries are crossed
+    let p = protos(5_000, 8, 77);
+    let full = p.matmul(&p.tr()).masked_fill(
+        &Tensor::eye(5_000, (Kind::Bool, Device::Cpu)),
+        f64::NEG_INFINITY,
+    );
+    let want = full.max_dim(1, false).0.clamp(-1.0, 1.0).acos();
+    let got = nearest_angles(&p);
+    assert!(got.allclose(&want, 1e-6, 1e-6, false));
+    // NDPP's neighbours come from the same blocked top-k: its Δ stays finite and within ε
+    let cfg = NdppConfig::default();
+    let eps = cfg.eps;
+    let d = Ndpp { cfg }.delta(&p, &p);
+    let norms = row_norms(&d);
+    assert!(norms.iter().all(|n| n.is_finite() && *n <= eps + 1e-6));
+}

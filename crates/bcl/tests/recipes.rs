@@ -12,26 +12,16 @@ use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
 use bcl::experiment::{run_experiment, ExperimentConfig};
 use bcl::loss::Method;
 use bcl::pipeline::benchmark::BenchmarkKind;
-use bcl::pipeline::{DataFormat, StepOptions};
-use image::{Rgb, RgbImage};
+use bcl::pipeline::DataFormat;
+use image::RgbImage;
+
+mod common;
+use common::{cpu_opts, square};
 
 fn recipe(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../experiments")
         .join(name)
-}
-
-const COLOURS: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]];
-
-fn square(c: usize, v: usize) -> RgbImage {
-    let h = ((v * 7 + c * 3) % 16) as u32;
-    RgbImage::from_fn(40, 36, |x, y| {
-        if x >= h && x < h + 16 && y >= h / 2 && y < h / 2 + 16 {
-            Rgb(COLOURS[c])
-        } else {
-            Rgb([0, 0, 0])
-        }
-    })
 }
 
 fn jpg(path: &Path, img: &RgbImage) {
@@ -164,13 +154,7 @@ fn the_gldv2_recipe_runs_on_generated_files() {
         }
     }
     let out = d.path().join("run");
-    let opts = StepOptions {
-        resume: false,
-        device: tch::Device::Cpu,
-        progress: false,
-        probe_test: false,
-        stop_after: None,
-    };
+    let opts = cpu_opts(false, None);
     let r = run_experiment(&cfg, &out, &opts).unwrap();
     // the class-level table used the 8 held-out images; both benchmarks scored every pair
     assert_eq!(r.benchmarks.len(), 2);

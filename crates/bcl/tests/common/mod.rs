@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests: CPU step options, images of coloured squares (the
+//! class is the colour), and a tiny RGB image-folder run configuration.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use bcl::data::images::ImagePrep;
+use bcl::pipeline::{DataFormat, RunConfig, StepOptions};
+use image::{Rgb, RgbImage};
+
+/// libtorch's random generator is global: a test that compares two trainings (resume equals
+/// one go) holds this lock so that no other test of its binary reseeds the generator between
+/// a training's seeding and its draws.
+pub fn tch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Options of a quiet CPU step.
+pub fn cpu_opts(resume: bool, stop_after: Option<usize>) -> StepOptions {
+    StepOptions {
+        resume,
+        device: tch::Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after,
+    }
+}
+
+/// The class colours.
+pub const COLOURS: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]];
+
+/// A 40×36 black image with a 16-pixel square of class `c`'s colour, placed by `v`.
+pub fn square(c: usize, v: usize) -> RgbImage {
+    let h = ((v * 7 + c * 3) % 16) as u32;
+    RgbImage::from_fn(40, 36, |x, y| {
+        if x >= h && x < h + 16 && y >= h / 2 && y < h / 2 + 16 {
+            Rgb(COLOURS[c % 4])
+        } else {
+            Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// Class folders `root/class<c>/<i>.png` of coloured squares (`seed` moves the squares).
+pub fn make_folder(root: &Path, classes: usize, per_class: usize, seed: usize) {
+    for c in 0..classes {
+        let dir = root.join(format!("class{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            square(c, i + 2 * seed)
+                .save(dir.join(format!("{i:03}.png")))
+                .unwrap();
+        }
+    }
+}
+
+/// A tiny RGB run on the image folder `data` (`classes` colour classes, `prep` sizes): narrow
+/// small backbone, 32-d embedding, 4 old and 2 new epochs of batches of 16.
+pub fn tiny_rgb_config(data: &Path, classes: usize, prep: ImagePrep) -> RunConfig {
+    let mut cfg = RunConfig::default();
+    cfg.data.format = DataFormat::ImageFolder;
+    cfg.data.dir = data.to_path_buf();
+    cfg.data.classes = classes;
+    cfg.data.image = prep;
+    cfg.model.in_channels = 3;
+    cfg.model.width = 8;
+    cfg.model.dim = 32;
+    for t in [&mut cfg.old, &mut cfg.new] {
+        t.batch_size = 16;
+        t.lr = 0.05;
+    }
+    cfg.old.epochs = 4;
+    cfg.new.epochs = 2;
+    cfg
+}
