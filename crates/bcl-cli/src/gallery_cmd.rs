@@ -439,26 +439,14 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                     } else {
                         gal::open(&a.store)?
                     };
-                let l = gal::check_lineage(store.manifest(), &store.counts()?, &info, a.force)?;
+                let (l, ids) =
+                    ops::add_vectors(store.as_mut(), &info, a.first_id, &v, &opts, &mut on_commit)?;
                 print_lineage(&l);
-                ops::register_model(store.as_mut(), &info)?;
-                let first = match a.first_id {
-                    Some(f) => f,
-                    None => store.item_models()?.keys().next_back().map_or(0, |m| m + 1),
-                };
-                let n = v.len() / dim;
-                let mut done = 0;
-                for (c, rows) in v.chunks(opts.commit * dim).enumerate() {
-                    let start = first + (c * opts.commit) as u64;
-                    let ids: Vec<u64> = (start..start + (rows.len() / dim) as u64).collect();
-                    store.add(&info.id, &ids, rows)?;
-                    done += ids.len();
-                    on_commit(done, n);
-                }
-                store.checkpoint()?;
                 println!(
-                    "added {n} vectors of {name} (ids {first}..{}) to {}",
-                    first + n as u64,
+                    "added {} vectors of {name} (ids {}..{}) to {}",
+                    ids.end - ids.start,
+                    ids.start,
+                    ids.end,
                     a.store.display()
                 );
             } else {
@@ -469,11 +457,9 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                 let dcfg = data_config(&a.data, Some(&model_dir(mp)))?;
                 let data = load_split(&a.data, &dcfg)?;
                 let mut store = gal::open(&a.store)?;
-                let info = ModelInfo::from_card(&emb.card);
-                let l = gal::check_lineage(store.manifest(), &store.counts()?, &info, a.force)?;
-                print_lineage(&l);
                 let all: Vec<usize> = (0..data.len()).collect();
-                ops::embed_into(store.as_mut(), &emb, &data, &all, &opts, &mut on_commit)?;
+                let l = ops::embed_into(store.as_mut(), &emb, &data, &all, &opts, &mut on_commit)?;
+                print_lineage(&l);
                 store.checkpoint()?;
                 println!(
                     "added {} items embedded by {} to {}",

@@ -46,7 +46,7 @@ pub enum GalleryError {
     #[error("index: {0}")]
     Index(String),
     /// No gallery at this path.
-    #[error("{path}: no gallery here ({reason}); create one with `bcl gallery build`")]
+    #[error("{path}: no gallery here ({reason}); create one with `bcl gallery build` (or `bcl gallery add --create` for vectors)")]
     Missing {
         /// The directory.
         path: PathBuf,

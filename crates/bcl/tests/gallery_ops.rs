@@ -146,6 +146,16 @@ fn build_search_backfill_and_serve_an_image() {
     );
     assert!(ops::backfill(&mut store, &bct, &test, plan(1.5), &eo, &mut |_, _| {}).is_err());
     assert!(ops::backfill(&mut store, &ind, &test, plan(1.0), &eo, &mut |_, _| {}).is_err());
+    // nor may an unrelated model write into the gallery
+    let n_before = store.len();
+    let e = ops::embed_into(&mut store, &ind, &test, &[0, 1], &eo, &mut |_, _| {});
+    assert!(matches!(e, Err(GalleryError::Lineage(_))), "{e:?}");
+    assert_eq!(
+        store.counts().unwrap().len(),
+        2,
+        "nothing of {} was written",
+        n_before
+    );
 
     // an image query over HTTP: the server embeds it with the bct model
     let item = 3;

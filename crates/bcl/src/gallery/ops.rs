@@ -112,7 +112,8 @@ pub fn register_model(store: &mut dyn GalleryStore, model: &ModelInfo) -> Result
 }
 
 /// Embeds the items at `positions` with `embedder` and adds them in commits of
-/// `opts.commit`; `on_commit(done, total)` is called after each durable commit.
+/// `opts.commit`, after the lineage check (`opts.force` overrides it; the verdict is
+/// returned); `on_commit(done, total)` is called after each durable commit.
 pub fn embed_into(
     store: &mut dyn GalleryStore,
     embedder: &Embedder,
@@ -120,9 +121,10 @@ pub fn embed_into(
     positions: &[usize],
     opts: &EmbedOptions,
     on_commit: &mut dyn FnMut(usize, usize),
-) -> Result<()> {
+) -> Result<Lineage> {
     check_input_shape(embedder, data)?;
     let model = ModelInfo::from_card(&embedder.card);
+    let lineage = check_lineage(store.manifest(), &store.counts()?, &model, opts.force)?;
     register_model(store, &model)?;
     let pb = bar(positions.len(), opts.progress, &embedder.card.name);
     let mut done = 0;
@@ -135,7 +137,44 @@ pub fn embed_into(
         on_commit(done, positions.len());
     }
     pb.finish_and_clear();
-    Ok(())
+    Ok(lineage)
+}
+
+/// Adds precomputed vectors (`n × dim`, row-major) of `model` with consecutive ids from
+/// `first_id` (default: one past the largest id in the gallery), in commits of `opts.commit`,
+/// after the lineage check; returns the verdict and the ids used.
+pub fn add_vectors(
+    store: &mut dyn GalleryStore,
+    model: &ModelInfo,
+    first_id: Option<u64>,
+    vectors: &[f32],
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+) -> Result<(Lineage, std::ops::Range<u64>)> {
+    let dim = store.manifest().dim;
+    let lineage = check_lineage(store.manifest(), &store.counts()?, model, opts.force)?;
+    if vectors.is_empty() || !vectors.len().is_multiple_of(dim) {
+        return Err(GalleryError::Invalid(format!(
+            "{} values are not a whole number of vectors of dimension {dim}",
+            vectors.len()
+        )));
+    }
+    register_model(store, model)?;
+    let first = match first_id {
+        Some(f) => f,
+        None => store.item_models()?.keys().next_back().map_or(0, |m| m + 1),
+    };
+    let n = vectors.len() / dim;
+    let mut done = 0;
+    for (c, rows) in vectors.chunks(opts.commit.max(1) * dim).enumerate() {
+        let start = first + (c * opts.commit.max(1)) as u64;
+        let ids: Vec<u64> = (start..start + (rows.len() / dim) as u64).collect();
+        store.add(&model.id, &ids, rows)?;
+        done += ids.len();
+        on_commit(done, n);
+    }
+    store.checkpoint()?;
+    Ok((lineage, first..first + n as u64))
 }
 
 /// What `build` made.
