@@ -249,6 +249,15 @@ pub enum StrategyArg {
     IdOrder,
 }
 
+impl From<StrategyArg> for BackfillStrategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::Random => BackfillStrategy::Random,
+            StrategyArg::IdOrder => BackfillStrategy::IdOrder,
+        }
+    }
+}
+
 /// `bcl gallery status`.
 #[derive(Args)]
 pub struct StatusArgs {
@@ -533,10 +542,7 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                 );
             };
             let data = ops::load_source(&src)?;
-            let strategy = match a.strategy {
-                StrategyArg::Random => BackfillStrategy::Random,
-                StrategyArg::IdOrder => BackfillStrategy::IdOrder,
-            };
+            let strategy = a.strategy.into();
             let r = ops::backfill(
                 store.as_mut(),
                 &emb,
@@ -607,10 +613,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
                 data: ops::load_source(&src)?,
                 plan: ops::BackfillPlan {
                     fraction,
-                    strategy: match a.backfill_strategy {
-                        StrategyArg::Random => BackfillStrategy::Random,
-                        StrategyArg::IdOrder => BackfillStrategy::IdOrder,
-                    },
+                    strategy: a.backfill_strategy.into(),
                     seed: a.backfill_seed,
                 },
                 commit: a.backfill_commit,

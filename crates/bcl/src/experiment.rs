@@ -345,6 +345,43 @@ pub fn diagnostics_markdown(rows: &[DiagnosticsRow]) -> String {
     s
 }
 
+/// The content ids of the models in `dirs`, read from their cards (the key of per-run caches:
+/// a result is reused only while every model it was computed from is unchanged).
+pub(crate) fn model_ids(dirs: &[PathBuf]) -> Result<Vec<String>, PipelineError> {
+    Ok(dirs
+        .iter()
+        .map(|d| crate::model::ModelCard::read(&d.join(crate::model::CARD_FILE)).map(|c| c.id))
+        .collect::<Result<_, _>>()?)
+}
+
+/// A per-run result cached as JSON in `path` under `key`: read back when the file holds the same
+/// key, else computed and written atomically (an unreadable or stale file is recomputed).
+pub(crate) fn cached<K, V>(
+    path: &Path,
+    key: &K,
+    compute: impl FnOnce() -> Result<V, PipelineError>,
+) -> Result<V, PipelineError>
+where
+    K: Serialize + serde::de::DeserializeOwned + PartialEq,
+    V: Serialize + serde::de::DeserializeOwned,
+{
+    let hit = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<(K, V)>(&t).ok())
+        .filter(|(k, _)| k == key);
+    if let Some((_, v)) = hit {
+        return Ok(v);
+    }
+    let v = compute()?;
+    write_atomic(
+        path,
+        serde_json::to_string(&(key, &v))
+            .expect("serialises")
+            .as_bytes(),
+    )?;
+    Ok(v)
+}
+
 pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -533,22 +570,13 @@ pub fn run_experiment(
                 }
             }
             // Evaluation, cached per run (recomputed only when a model changed).
-            let cache = dir.join("eval.json");
-            let ids: Vec<String> = dirs
+            let all_dirs: Vec<PathBuf> = dirs
                 .iter()
-                .chain(sweep_dirs.iter().map(|(_, _, d)| d))
-                .map(|d| {
-                    crate::model::ModelCard::read(&d.join(crate::model::CARD_FILE)).map(|c| c.id)
-                })
-                .collect::<Result<_, _>>()?;
-            let cached: Option<(Vec<String>, EvalReport, Vec<FrontierPoint>)> =
-                std::fs::read_to_string(&cache)
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .filter(|c: &(Vec<String>, EvalReport, Vec<FrontierPoint>)| c.0 == ids);
-            let (report, points) = match cached {
-                Some((_, r, p)) => (r, p),
-                None => {
+                .cloned()
+                .chain(sweep_dirs.iter().map(|(_, _, d)| d.clone()))
+                .collect();
+            let (report, points): (EvalReport, Vec<FrontierPoint>) =
+                cached(&dir.join("eval.json"), &model_ids(&all_dirs)?, || {
                     let test = crate::pipeline::load_test(&rc.data)?;
                     let models = dirs
                         .iter()
@@ -573,12 +601,8 @@ pub fn run_experiment(
                             old_old_map: oo,
                         });
                     }
-                    let text =
-                        serde_json::to_string(&(&ids, &report, &points)).expect("serialises");
-                    write_atomic(&cache, text.as_bytes())?;
-                    (report, points)
-                }
-            };
+                    Ok((report, points))
+                })?;
             if seed == cfg.seeds[0] {
                 plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
                 for m in [Method::Ndpp, Method::Odpp] {

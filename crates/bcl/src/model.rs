@@ -632,7 +632,13 @@ impl Embedder {
     /// Normalised embeddings `[N, d]` (CPU, f32) of every item of `data`, in order.
     pub fn embed_dataset(&self, data: &Dataset, batch: usize) -> Tensor {
         let idx: Vec<usize> = (0..data.len()).collect();
-        let chunks: Vec<Tensor> = idx
+        self.embed_positions(data, &idx, batch)
+    }
+
+    /// Normalised embeddings `[positions.len(), d]` (CPU, f32) of the items of `data` at
+    /// `positions`, in that order.
+    pub fn embed_positions(&self, data: &Dataset, positions: &[usize], batch: usize) -> Tensor {
+        let chunks: Vec<Tensor> = positions
             .chunks(batch.max(1))
             .map(|c| {
                 let (x, _) = data.batch(c, self.card.normalization, None, self.device());

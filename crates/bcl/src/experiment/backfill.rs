@@ -11,7 +11,7 @@ use super::mean_std;
 use crate::data::Scenario;
 use crate::eval::deploy::{backfill_curve, flips, top1_labels, Flips};
 use crate::loss::Method;
-use crate::model::{Embedder, ModelCard, CARD_FILE};
+use crate::model::Embedder;
 use crate::pipeline::{PipelineError, RunConfig, StepOptions};
 use crate::report::{plot_xy, write_atomic, FrontierSeries, Reference};
 
@@ -71,55 +71,36 @@ pub fn deploy_run(
     let dirs: Vec<_> = std::iter::once(dir.join("old"))
         .chain(bf.methods.iter().map(|m| dir.join(format!("new-{m}"))))
         .collect();
-    let ids: Vec<String> = dirs
-        .iter()
-        .map(|d| ModelCard::read(&d.join(CARD_FILE)).map(|c| c.id))
-        .collect::<Result<_, _>>()?;
-    let cache = dir.join("backfill.json");
-    let key = (&ids, bf);
-    if let Some(runs) = std::fs::read_to_string(&cache)
-        .ok()
-        .and_then(|t| {
-            serde_json::from_str::<(Vec<String>, BackfillConfig, Vec<DeployRun>)>(&t).ok()
-        })
-        .filter(|c| c.0 == ids && &c.1 == bf)
-        .map(|c| c.2)
-    {
-        return Ok(runs);
-    }
-    let test = crate::pipeline::load_test(&rc.data)?;
-    let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
-    let old_top1 = top1_labels(&old, &old, &test.labels)?;
-    let oo = old_old_map;
-    let mut out = Vec::new();
-    for (m, d) in bf.methods.iter().zip(&dirs[1..]) {
-        let new = Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch);
-        let curve = backfill_curve(&old, &new, &test.labels, &bf.fractions, bf.seed)?;
-        out.push(DeployRun {
-            scenario: scenario.to_string(),
-            seed,
-            method: m.to_string(),
-            curve: curve.iter().map(|p| (p.fraction, p.metrics.map)).collect(),
-            old_old_map: oo,
-            flips_cross: flips(
-                &old_top1,
-                &top1_labels(&new, &old, &test.labels)?,
-                &test.labels,
-            )?,
-            flips_self: flips(
-                &old_top1,
-                &top1_labels(&new, &new, &test.labels)?,
-                &test.labels,
-            )?,
-        });
-    }
-    write_atomic(
-        &cache,
-        serde_json::to_string(&(key.0, key.1, &out))
-            .expect("serialises")
-            .as_bytes(),
-    )?;
-    Ok(out)
+    let key = (super::model_ids(&dirs)?, bf.clone());
+    super::cached(&dir.join("backfill.json"), &key, || {
+        let test = crate::pipeline::load_test(&rc.data)?;
+        let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
+        let old_top1 = top1_labels(&old, &old, &test.labels)?;
+        let oo = old_old_map;
+        let mut out = Vec::new();
+        for (m, d) in bf.methods.iter().zip(&dirs[1..]) {
+            let new = Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch);
+            let curve = backfill_curve(&old, &new, &test.labels, &bf.fractions, bf.seed)?;
+            out.push(DeployRun {
+                scenario: scenario.to_string(),
+                seed,
+                method: m.to_string(),
+                curve: curve.iter().map(|p| (p.fraction, p.metrics.map)).collect(),
+                old_old_map: oo,
+                flips_cross: flips(
+                    &old_top1,
+                    &top1_labels(&new, &old, &test.labels)?,
+                    &test.labels,
+                )?,
+                flips_self: flips(
+                    &old_top1,
+                    &top1_labels(&new, &new, &test.labels)?,
+                    &test.labels,
+                )?,
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// Mean ± std over seeds, as Markdown (one table per scenario) and CSV, plus one plot per

@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::mean_std;
-use crate::model::{Embedder, ModelCard, CARD_FILE};
+use crate::model::Embedder;
 use crate::pipeline::benchmark::{evaluate_benchmark, BenchmarkConfig, BenchmarkReport};
 use crate::pipeline::PipelineError;
-use crate::report::write_atomic;
 
 /// One run's report on one benchmark.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,24 +34,15 @@ pub fn run_benchmarks(
     seed: u64,
     device: Device,
 ) -> Result<Vec<BenchmarkRun>, PipelineError> {
-    let ids: Vec<String> = dirs
-        .iter()
-        .map(|d| ModelCard::read(&d.join(CARD_FILE)).map(|c| c.id))
-        .collect::<Result<_, _>>()?;
+    let ids = super::model_ids(dirs)?;
     let mut models: Option<Vec<Embedder>> = None;
     let mut out = Vec::new();
     for b in benchmarks {
-        let cache = dir.join(format!("benchmark-{}.json", b.name));
-        let cached: Option<(Vec<String>, BenchmarkConfig, BenchmarkReport)> =
-            std::fs::read_to_string(&cache)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .filter(|c: &(Vec<String>, BenchmarkConfig, BenchmarkReport)| {
-                    c.0 == ids && &c.1 == b
-                });
-        let report = match cached {
-            Some((_, _, r)) => r,
-            None => {
+        let key = (ids.clone(), b.clone());
+        let report = super::cached(
+            &dir.join(format!("benchmark-{}.json", b.name)),
+            &key,
+            || {
                 if models.is_none() {
                     models = Some(
                         dirs.iter()
@@ -60,12 +50,9 @@ pub fn run_benchmarks(
                             .collect::<Result<Vec<_>, _>>()?,
                     );
                 }
-                let r = evaluate_benchmark(b, models.as_deref().unwrap_or_default())?;
-                let text = serde_json::to_string(&(&ids, b, &r)).expect("serialises");
-                write_atomic(&cache, text.as_bytes())?;
-                r
-            }
-        };
+                evaluate_benchmark(b, models.as_deref().unwrap_or_default())
+            },
+        )?;
         out.push(BenchmarkRun {
             scenario: scenario.to_string(),
             seed,

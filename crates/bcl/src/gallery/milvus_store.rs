@@ -50,6 +50,23 @@ fn err(e: impl std::fmt::Display) -> GalleryError {
     GalleryError::Index(format!("milvus: {e}"))
 }
 
+/// The Int64 primary key both collections use (ids are given, never generated).
+fn id_field() -> FieldSchema {
+    FieldSchema::new()
+        .name(ID)
+        .data_type(DataType::Int64)
+        .primary_key(true)
+        .auto_id(false)
+}
+
+/// A float-vector field.
+fn vector_field(name: &str, dim: u32) -> FieldSchema {
+    FieldSchema::new()
+        .name(name)
+        .data_type(DataType::FloatVector)
+        .dimension(dim)
+}
+
 fn meta_name(c: &str) -> String {
     format!("{c}_manifest")
 }
@@ -195,31 +212,15 @@ impl MilvusStore {
         }
         let dim = self.manifest.dim as u32;
         let items = CollectionSchema::new()
-            .add_field(
-                FieldSchema::new()
-                    .name(ID)
-                    .data_type(DataType::Int64)
-                    .primary_key(true)
-                    .auto_id(false),
-            )
+            .add_field(id_field())
             .add_field(
                 FieldSchema::new()
                     .name(MODEL)
                     .data_type(DataType::VarChar)
                     .max_length(256),
             )
-            .add_field(
-                FieldSchema::new()
-                    .name(VEC)
-                    .data_type(DataType::FloatVector)
-                    .dimension(dim),
-            )
-            .add_field(
-                FieldSchema::new()
-                    .name(VEC_FLAT)
-                    .data_type(DataType::FloatVector)
-                    .dimension(dim),
-            );
+            .add_field(vector_field(VEC, dim))
+            .add_field(vector_field(VEC_FLAT, dim));
         let hnsw = IndexParam::new()
             .field_name(VEC)
             .index_type(IndexType::Hnsw)
@@ -237,25 +238,14 @@ impl MilvusStore {
             .metric_type(MetricType::Ip);
         self.create_loaded(c, items, vec![hnsw, flat]).await?;
         let meta = CollectionSchema::new()
-            .add_field(
-                FieldSchema::new()
-                    .name(ID)
-                    .data_type(DataType::Int64)
-                    .primary_key(true)
-                    .auto_id(false),
-            )
+            .add_field(id_field())
             .add_field(
                 FieldSchema::new()
                     .name(MANIFEST)
                     .data_type(DataType::VarChar)
                     .max_length(65_535),
             )
-            .add_field(
-                FieldSchema::new()
-                    .name(VEC)
-                    .data_type(DataType::FloatVector)
-                    .dimension(2),
-            );
+            .add_field(vector_field(VEC, 2));
         let mflat = IndexParam::new()
             .field_name(VEC)
             .index_type(IndexType::Flat)
@@ -320,7 +310,7 @@ impl MilvusStore {
     async fn read_manifest(&self) -> Result<GalleryManifest> {
         let name = meta_name(&self.cfg.collection);
         let r = self
-            .query_rows(&name, Self::id_filter(&[0]), &[MANIFEST])
+            .query_rows(&name, Self::id_filter(&[0]), &[MANIFEST], None)
             .await?;
         let row = r
             .results()
@@ -350,35 +340,31 @@ impl MilvusStore {
         collection: &str,
         filter: String,
         fields: &[&str],
+        limit: Option<i64>,
     ) -> Result<QueryResponse> {
+        let mut b = QueryRequest::builder()
+            .collection_name(collection)
+            .filter(filter)
+            .output_fields(fields.iter().copied())
+            .consistency_level(ConsistencyLevel::Strong);
+        if let Some(l) = limit {
+            b = b.limit(l);
+        }
         self.client
-            .query(
-                QueryRequest::builder()
-                    .collection_name(collection)
-                    .filter(filter)
-                    .output_fields(fields.iter().copied())
-                    .consistency_level(ConsistencyLevel::Strong)
-                    .build()
-                    .map_err(err)?,
-            )
+            .query(b.build().map_err(err)?)
             .await
             .map_err(err)
     }
 
     async fn count(&self, filter: &str) -> Result<usize> {
         let r = self
-            .client
-            .query(
-                QueryRequest::builder()
-                    .collection_name(&self.cfg.collection)
-                    .filter(filter)
-                    .output_fields(["count(*)"])
-                    .consistency_level(ConsistencyLevel::Strong)
-                    .build()
-                    .map_err(err)?,
+            .query_rows(
+                &self.cfg.collection,
+                filter.to_string(),
+                &["count(*)"],
+                None,
             )
-            .await
-            .map_err(err)?;
+            .await?;
         let row = r.results().rows().map_err(err)?.next();
         Ok(match row {
             Some(row) => row.get_i64("count(*)").map_err(err)? as usize,
@@ -389,7 +375,7 @@ impl MilvusStore {
     /// Which of `ids` are already stored.
     async fn existing(&self, ids: &[i64]) -> Result<HashSet<i64>> {
         let r = self
-            .query_rows(&self.cfg.collection, Self::id_filter(ids), &[ID])
+            .query_rows(&self.cfg.collection, Self::id_filter(ids), &[ID], None)
             .await?;
         let mut out = HashSet::new();
         for row in r.results().rows().map_err(err)? {
@@ -504,6 +490,7 @@ impl GalleryStore for MilvusStore {
             &self.cfg.collection,
             Self::id_filter(&want),
             &[ID, VEC_FLAT],
+            None,
         ))?;
         let mut got: HashMap<i64, Vec<f32>> = HashMap::new();
         for row in r.results().rows().map_err(err)? {
@@ -528,20 +515,12 @@ impl GalleryStore for MilvusStore {
         let mut out = BTreeMap::new();
         let mut last: i64 = -1;
         loop {
-            let r = self
-                .block(
-                    self.client.query(
-                        QueryRequest::builder()
-                            .collection_name(&self.cfg.collection)
-                            .filter(format!("{ID} > {last}"))
-                            .output_fields([ID, MODEL])
-                            .limit(PAGE)
-                            .consistency_level(ConsistencyLevel::Strong)
-                            .build()
-                            .map_err(err)?,
-                    ),
-                )
-                .map_err(err)?;
+            let r = self.block(self.query_rows(
+                &self.cfg.collection,
+                format!("{ID} > {last}"),
+                &[ID, MODEL],
+                Some(PAGE),
+            ))?;
             let mut n = 0;
             for row in r.results().rows().map_err(err)? {
                 let id = row.get_i64(ID).map_err(err)?;

@@ -5,7 +5,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tch::{Device, Kind};
+use tch::Kind;
 
 use super::{
     check_lineage, DataSource, GalleryError, GalleryStore, Hit, Lineage, ModelInfo, Result,
@@ -71,17 +71,11 @@ pub fn embed_items(
     positions: &[usize],
     batch: usize,
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(positions.len() * embedder.card.arch.dim as usize);
-    for c in positions.chunks(batch.max(1)) {
-        let (x, _) = data.batch(c, embedder.card.normalization, None, embedder.device());
-        let e = embedder
-            .embed_batch(&x)
-            .to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        out.extend(Vec::<f32>::try_from(e.view([-1])).unwrap_or_default());
-    }
-    out
+    let e = embedder
+        .embed_positions(data, positions, batch)
+        .to_kind(Kind::Float)
+        .contiguous();
+    Vec::<f32>::try_from(e.view([-1])).unwrap_or_default()
 }
 
 fn check_input_shape(embedder: &Embedder, data: &Dataset) -> Result<()> {
@@ -125,6 +119,20 @@ pub fn embed_into(
     check_input_shape(embedder, data)?;
     let model = ModelInfo::from_card(&embedder.card);
     let lineage = check_lineage(store.manifest(), &store.counts()?, &model, opts.force)?;
+    embed_checked(store, embedder, data, positions, opts, on_commit)?;
+    Ok(lineage)
+}
+
+/// [`embed_into`] after its checks (the caller made them).
+fn embed_checked(
+    store: &mut dyn GalleryStore,
+    embedder: &Embedder,
+    data: &Dataset,
+    positions: &[usize],
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    let model = ModelInfo::from_card(&embedder.card);
     register_model(store, &model)?;
     let pb = bar(positions.len(), opts.progress, &embedder.card.name);
     let mut done = 0;
@@ -137,7 +145,7 @@ pub fn embed_into(
         on_commit(done, positions.len());
     }
     pb.finish_and_clear();
-    Ok(lineage)
+    Ok(())
 }
 
 /// Adds precomputed vectors (`n × dim`, row-major) of `model` with consecutive ids from
@@ -390,7 +398,9 @@ pub fn backfill(
 ) -> Result<BackfillReport> {
     let model = ModelInfo::from_card(&embedder.card);
     let todo = backfill_todo(store, &model, data, plan, opts.force)?;
-    embed_into(store, embedder, data, &todo.positions, opts, on_commit)?;
+    // backfill_todo made the lineage check; the input shape is the embedder's to check
+    check_input_shape(embedder, data)?;
+    embed_checked(store, embedder, data, &todo.positions, opts, on_commit)?;
     store.checkpoint()?;
     Ok(BackfillReport {
         reembedded: todo.positions.len(),
