@@ -18,17 +18,8 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if ! command -v wrk >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -qq wrk >/dev/null
-fi
-cargo build --release --quiet -p bcl-cli --features milvus
-BCL=target/release/bcl
-WORK=$(mktemp -d)
-PORT=$((20000 + RANDOM % 20000))
-SERVER=""
-cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+# shellcheck source=serve_common.sh
+. bench/serve_common.sh
 
 # one query image: the first test image, as PNG
 .venv/bin/python - "$WORK/q.png" <<'EOF'
@@ -54,7 +45,7 @@ run_phase() { # label, extra serve flags...
   local label=$1; shift
   $BCL serve --store "$WORK/g" --model "$NEW" --device cpu --addr "127.0.0.1:$PORT" "$@" 2>"$WORK/serve.log" &
   SERVER=$!
-  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+  wait_health
   wrk -t2 -c"$CONN" -d"${SECONDS_}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT/search?k=10" \
     | grep -E "Requests/sec|50%|90%|99%|Non-2xx" | sed "s/^/[$label] /"
   curl -fs "http://127.0.0.1:$PORT/stats" | .venv/bin/python -c "import json,sys; s=json.load(sys.stdin); print('[$label] items per model', s['items_per_model'], 'backfill', s['backfill'], 'server errors', s['server_errors'])"

@@ -20,17 +20,8 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-if ! command -v wrk >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get install -y -qq wrk >/dev/null
-fi
-cargo build --release --quiet -p bcl-cli
-BCL=target/release/bcl
-WORK=$(mktemp -d)
-PORT=$((20000 + RANDOM % 20000))
-SERVER=""
-cleanup() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null; rm -rf "$WORK"; }
-trap cleanup EXIT
+# shellcheck source=serve_common.sh
+. bench/serve_common.sh
 
 .venv/bin/python - "$WORK" "$N" "$DIM" <<'EOF'
 import json, sys, numpy as np
@@ -71,10 +62,7 @@ run_wrk() { # mode label
 start_server() {
   $BCL serve --store "$WORK/g" --addr "127.0.0.1:$PORT" "$@" 2>"$WORK/serve.log" &
   SERVER=$!
-  for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_health
 }
 stop_server() {
   curl -fs "http://127.0.0.1:$PORT/stats" | .venv/bin/python -c "import json,sys; s=json.load(sys.stdin); print('server: searches', s['searches'], 'client errors', s['client_errors'], 'server errors', s['server_errors'], 'mean search ms %.3f' % s['mean_search_ms'])"

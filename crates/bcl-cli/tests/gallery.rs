@@ -19,18 +19,31 @@ fn vectors(path: &Path, n: i64, dim: i64, seed: i64) -> Tensor {
     t
 }
 
-fn status(store: &Path) -> serde_json::Value {
-    let out = bcl()
-        .args(["gallery", "status", "--store"])
+/// `bcl gallery <args> --store STORE --vectors VECTORS`, not yet run.
+fn gallery(args: &[&str], store: &Path, vectors: &Path) -> Command {
+    let mut c = bcl();
+    c.arg("gallery")
+        .args(args)
+        .arg("--store")
         .arg(store)
-        .output()
-        .unwrap();
+        .arg("--vectors")
+        .arg(vectors);
+    c
+}
+
+/// Runs `c`, asserts it succeeded and returns its standard output.
+fn ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(store: &Path) -> serde_json::Value {
+    serde_json::from_str(&ok(bcl().args(["gallery", "status", "--store"]).arg(store))).unwrap()
 }
 
 #[test]
@@ -41,9 +54,8 @@ fn a_killed_add_keeps_what_it_reported_committed() {
     // kill after 1, 6 and 17 reported commits of 250 vectors
     for (round, kill_after) in [1usize, 6, 17].into_iter().enumerate() {
         let store = dir.path().join(format!("store-{round}"));
-        let mut child = bcl()
-            .args([
-                "gallery",
+        let mut child = gallery(
+            &[
                 "add",
                 "--create",
                 "--name",
@@ -51,15 +63,14 @@ fn a_killed_add_keeps_what_it_reported_committed() {
                 "--commit",
                 "250",
                 "--print-commits",
-                "--store",
-            ])
-            .arg(&store)
-            .arg("--vectors")
-            .arg(dir.path().join("v.npy"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            ],
+            &store,
+            &dir.path().join("v.npy"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut committed = 0usize;
         for line in lines.by_ref() {
@@ -90,39 +101,18 @@ fn a_killed_add_keeps_what_it_reported_committed() {
         let q = Tensor::stack(&probe.iter().map(|&i| v.get(i)).collect::<Vec<_>>(), 0);
         let qp = dir.path().join(format!("q-{round}.npy"));
         q.write_npy(&qp).unwrap();
-        let out = bcl()
-            .args([
-                "gallery", "search", "--exact", "--k", "1", "--name", "ext", "--store",
-            ])
-            .arg(&store)
-            .arg("--vectors")
-            .arg(&qp)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = ok(&mut gallery(
+            &["search", "--exact", "--k", "1", "--name", "ext"],
+            &store,
+            &qp,
+        ));
         for (line, want) in text.lines().zip(probe) {
             let r: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(r["hits"][0]["id"].as_i64(), Some(want), "{line}");
             assert!(r["hits"][0]["score"].as_f64().unwrap() > 0.9999);
         }
         // and the store still takes writes after the crash
-        let out = bcl()
-            .args(["gallery", "add", "--name", "ext", "--store"])
-            .arg(&store)
-            .arg("--vectors")
-            .arg(&qp)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&mut gallery(&["add", "--name", "ext"], &store, &qp));
         assert_eq!(
             status(&store)["items"].as_u64().unwrap() as usize,
             items + 3
@@ -135,25 +125,18 @@ fn lineage_refusal_and_force_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("g");
     let _ = vectors(&dir.path().join("v.npy"), 300, 8, 2);
-    let ok = bcl()
-        .args(["gallery", "add", "--create", "--name", "model-a", "--store"])
-        .arg(&store)
-        .arg("--vectors")
-        .arg(dir.path().join("v.npy"))
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    ok(&mut gallery(
+        &["add", "--create", "--name", "model-a"],
+        &store,
+        &dir.path().join("v.npy"),
+    ));
     let _ = vectors(&dir.path().join("q.npy"), 2, 8, 3);
     let search = |name: &str, force: bool| {
-        let mut c = bcl();
-        c.args(["gallery", "search", "--k", "3", "--name", name, "--store"])
-            .arg(&store)
-            .arg("--vectors")
-            .arg(dir.path().join("q.npy"));
+        let mut c = gallery(
+            &["search", "--k", "3", "--name", name],
+            &store,
+            &dir.path().join("q.npy"),
+        );
         if force {
             c.arg("--force");
         }
@@ -174,13 +157,13 @@ fn lineage_refusal_and_force_through_the_cli() {
     assert!(same.status.success());
     // a query file of the wrong dimension is an error naming the dimensions
     let _ = vectors(&dir.path().join("w.npy"), 2, 5, 4);
-    let out = bcl()
-        .args(["gallery", "search", "--name", "model-a", "--store"])
-        .arg(&store)
-        .arg("--vectors")
-        .arg(dir.path().join("w.npy"))
-        .output()
-        .unwrap();
+    let out = gallery(
+        &["search", "--name", "model-a"],
+        &store,
+        &dir.path().join("w.npy"),
+    )
+    .output()
+    .unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("dimension"), "{e}");
 }

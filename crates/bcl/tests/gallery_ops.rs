@@ -3,12 +3,10 @@
 //! in the documented order, the data-set check, and an image query over HTTP that gives the
 //! same answer as the library.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bcl::data::{synthetic, write_idx_dir};
+use bcl::data::{synthetic, write_idx_dir, Dataset};
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{router, serve, LiveBackfill, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
@@ -38,6 +36,23 @@ fn plan(fraction: f64) -> ops::BackfillPlan {
         strategy: BackfillStrategy::Random,
         seed: 7,
     }
+}
+
+/// `root/gallery`: a usearch gallery of `test` embedded by `old`, closed again.
+fn old_gallery(root: &Path, cfg: &RunConfig, old: &Embedder, test: &Dataset) -> PathBuf {
+    let dir = root.join("gallery");
+    let mut store =
+        UsearchStore::create(&dir, GalleryManifest::new(16), UsearchConfig::default()).unwrap();
+    ops::build(
+        &mut store,
+        old,
+        test,
+        &origin(cfg),
+        &EmbedOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    dir
 }
 
 fn models(root: &Path) -> (RunConfig, Embedder, Embedder, Embedder) {
@@ -191,14 +206,15 @@ fn build_search_backfill_and_serve_an_image() {
     let h = rt.spawn(serve(l, router(state), async {
         let _ = rx.await;
     }));
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "POST /search?k=4&exact=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n", png.len()).unwrap();
-    s.write_all(&png).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let body: serde_json::Value =
-        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let (status, resp) = common::http_request(
+        addr,
+        "POST",
+        "/search?k=4&exact=true",
+        Some("image/png"),
+        &png,
+    );
+    assert_eq!(status, 200, "{resp}");
+    let body: serde_json::Value = serde_json::from_str(&resp).unwrap();
     let ids: Vec<u64> = body["results"][0]
         .as_array()
         .unwrap()
@@ -216,17 +232,7 @@ fn a_server_refuses_an_unrelated_query_model() {
     let root = tempfile::tempdir().unwrap();
     let (cfg, old, _bct, ind) = models(root.path());
     let (_, test) = pipeline::load_data(&cfg.data).unwrap();
-    let dir = root.path().join("gallery");
-    ops::build(
-        &mut UsearchStore::create(&dir, GalleryManifest::new(16), UsearchConfig::default())
-            .unwrap(),
-        &old,
-        &test,
-        &origin(&cfg),
-        &EmbedOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let dir = old_gallery(root.path(), &cfg, &old, &test);
     let store = UsearchStore::open(&dir).unwrap();
     let e = ServeState::new(Box::new(store), Some(ind), ServeConfig::default(), false)
         .err()
@@ -239,19 +245,7 @@ fn a_server_backfills_while_it_serves() {
     let root = tempfile::tempdir().unwrap();
     let (cfg, old, bct, _ind) = models(root.path());
     let (_, test) = pipeline::load_data(&cfg.data).unwrap();
-    let dir = root.path().join("gallery");
-    let mut store =
-        UsearchStore::create(&dir, GalleryManifest::new(16), UsearchConfig::default()).unwrap();
-    ops::build(
-        &mut store,
-        &old,
-        &test,
-        &origin(&cfg),
-        &EmbedOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    drop(store);
+    let dir = old_gallery(root.path(), &cfg, &old, &test);
     let bct_dir = bct.dir.clone();
     let job = |e: Embedder| LiveBackfill {
         embedder: e,
@@ -303,11 +297,14 @@ fn a_server_backfills_while_it_serves() {
     let q = serde_json::json!({ "vector": vec![0.25f32; 16], "k": 3 }).to_string();
     let mut answered = 0;
     loop {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(s, "POST /search HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{q}", q.len()).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let (status, resp) = common::http_request(
+            addr,
+            "POST",
+            "/search",
+            Some("application/json"),
+            q.as_bytes(),
+        );
+        assert_eq!(status, 200, "{resp}");
         answered += 1;
         if worker.is_finished() {
             break;
@@ -318,16 +315,8 @@ fn a_server_backfills_while_it_serves() {
         (r.reembedded, r.by_new_model, r.total),
         (test.len(), test.len(), test.len())
     );
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let stats: serde_json::Value =
-        serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let (_, resp) = common::http_request(addr, "GET", "/stats", None, b"");
+    let stats: serde_json::Value = serde_json::from_str(&resp).unwrap();
     assert_eq!(
         stats["backfill"]["done"].as_u64(),
         Some(test.len() as u64),

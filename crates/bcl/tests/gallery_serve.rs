@@ -2,8 +2,7 @@
 //! search, clear 4xx answers to malformed, oversized and ill-typed requests, and a graceful
 //! shutdown that lets the server future finish.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 
 use bcl::gallery::serve::{router, serve, ServeConfig, ServeState};
@@ -12,38 +11,8 @@ use bcl::gallery::{GalleryManifest, GalleryStore, ModelInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// One HTTP/1.1 request on a fresh connection; returns the status and the body.
-fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    ctype: Option<&str>,
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(c) = ctype {
-        head.push_str(&format!("Content-Type: {c}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    s.write_all(head.as_bytes()).unwrap();
-    // the server may answer (413) and close before reading an oversized body
-    let _ = s.write_all(body);
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
-}
+mod common;
+use common::http_request;
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -94,11 +63,11 @@ fn search_over_http_and_clear_errors() {
     });
     let addr = arx.recv().unwrap();
 
-    let (st, b) = request(addr, "GET", "/health", None, b"");
+    let (st, b) = http_request(addr, "GET", "/health", None, b"");
     assert_eq!((st, json(&b)["items"].as_u64()), (200, Some(500)));
 
     let body = serde_json::json!({ "vector": q, "k": 5, "exact": true }).to_string();
-    let (st, b) = request(
+    let (st, b) = http_request(
         addr,
         "POST",
         "/search",
@@ -115,7 +84,7 @@ fn search_over_http_and_clear_errors() {
     }
     // several queries, k from the query string, approximate by default
     let body = serde_json::json!({ "vectors": [q.clone(), q.clone()] }).to_string();
-    let (st, b) = request(
+    let (st, b) = http_request(
         addr,
         "POST",
         "/search?k=3",
@@ -131,7 +100,7 @@ fn search_over_http_and_clear_errors() {
     assert_eq!(r["results"].as_array().unwrap().len(), 2);
 
     let bad = |ctype: Option<&str>, path: &str, body: &[u8], status: u16, says: &str| {
-        let (st, b) = request(addr, "POST", path, ctype, body);
+        let (st, b) = http_request(addr, "POST", path, ctype, body);
         assert_eq!(st, status, "{b}");
         let e = json(&b)["error"].as_str().unwrap().to_string();
         assert!(e.contains(says), "{e}");
@@ -178,10 +147,10 @@ fn search_over_http_and_clear_errors() {
     );
     let big = vec![b' '; 64 << 10];
     bad(j, "/search", &big, 413, "over the limit");
-    let (st, b) = request(addr, "GET", "/nowhere", None, b"");
+    let (st, b) = http_request(addr, "GET", "/nowhere", None, b"");
     assert_eq!(st, 404, "{b}");
 
-    let (st, b) = request(addr, "GET", "/stats", None, b"");
+    let (st, b) = http_request(addr, "GET", "/stats", None, b"");
     assert_eq!(st, 200);
     let s = json(&b);
     assert_eq!(s["items_per_model"]["ext"].as_u64(), Some(500));

@@ -69,6 +69,25 @@ fn assert_same(hits: &[Hit], want: &[Hit]) {
     assert_eq!(ids, wids);
 }
 
+/// A new store of `n` random unit vectors of model "a", ids `0..n`.
+fn filled(
+    b: &dyn Backend,
+    dir: &Path,
+    n: usize,
+    dim: usize,
+    rng: &mut ChaCha8Rng,
+) -> Box<dyn GalleryStore> {
+    let mut s = b.create(dir, dim);
+    register(s.as_mut(), "a");
+    s.add(
+        "a",
+        &(0..n as u64).collect::<Vec<_>>(),
+        &random_rows(n, dim, rng),
+    )
+    .unwrap();
+    s
+}
+
 fn register(store: &mut dyn GalleryStore, id: &str) {
     let mut m = store.manifest().clone();
     m.models.push(ModelInfo::external(id, m.dim));
@@ -282,14 +301,7 @@ fn a_torn_log_tail_is_cut_and_committed_adds_survive() {
 fn a_crash_mid_checkpoint_leaves_a_store_that_opens() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let mut s = Usearch.create(dir.path(), 5);
-    register(s.as_mut(), "a");
-    s.add(
-        "a",
-        &(0..50).collect::<Vec<_>>(),
-        &random_rows(50, 5, &mut rng),
-    )
-    .unwrap();
+    let mut s = filled(&Usearch, dir.path(), 50, 5, &mut rng);
     s.checkpoint().unwrap(); // generation 1
     let saved_wal_empty = std::fs::metadata(wal(dir.path())).unwrap().len();
     assert_eq!(saved_wal_empty, 0);
@@ -379,14 +391,7 @@ fn approximate_recall_at_10_against_exact() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let (n, dim) = (20_000, 32);
-    let mut s = Usearch.create(dir.path(), dim);
-    register(s.as_mut(), "a");
-    s.add(
-        "a",
-        &(0..n as u64).collect::<Vec<_>>(),
-        &random_rows(n, dim, &mut rng),
-    )
-    .unwrap();
+    let s = filled(&Usearch, dir.path(), n, dim, &mut rng);
     let q = bcl::gallery::ops::probe_queries(s.as_ref(), 200, 0.5, 1).unwrap();
     let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
     // Reported, not a timing: HNSW at usearch's defaults on random 32-d unit vectors.
@@ -463,14 +468,7 @@ fn lineage_admits_the_model_and_its_declared_successor_only() {
 fn a_reopened_store_serves_concurrent_searches() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let mut s = Usearch.create(dir.path(), 16);
-    register(s.as_mut(), "a");
-    s.add(
-        "a",
-        &(0..3000).collect::<Vec<_>>(),
-        &random_rows(3000, 16, &mut rng),
-    )
-    .unwrap();
+    let mut s = filled(&Usearch, dir.path(), 3000, 16, &mut rng);
     s.checkpoint().unwrap();
     drop(s);
     // reopened from its snapshot (no log to replay), then searched from many threads at once,
@@ -607,15 +605,8 @@ mod milvus {
         assert!(e.to_string().contains("already exists"), "{e}");
         // and the approximate index's recall against exact, reported
         let dir = tempfile::tempdir().unwrap();
-        let mut s = b.create(dir.path(), 32);
-        register(s.as_mut(), "a");
         let mut rng = ChaCha8Rng::seed_from_u64(8);
-        s.add(
-            "a",
-            &(0..5000).collect::<Vec<_>>(),
-            &random_rows(5000, 32, &mut rng),
-        )
-        .unwrap();
+        let s = filled(&b, dir.path(), 5000, 32, &mut rng);
         let q = bcl::gallery::ops::probe_queries(s.as_ref(), 100, 0.5, 1).unwrap();
         let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
         println!("milvus-lite HNSW recall@10 against exact, 5000 vectors, d = 32: {r:.4}");

@@ -3,6 +3,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use bcl::data::images::ImagePrep;
@@ -74,4 +75,37 @@ pub fn tiny_rgb_config(data: &Path, classes: usize, prep: ImagePrep) -> RunConfi
     cfg.old.epochs = 4;
     cfg.new.epochs = 2;
     cfg
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body.
+pub fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(c) = ctype {
+        head.push_str(&format!("Content-Type: {c}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    // the server may answer (413) and close before reading an oversized body
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
 }
