@@ -29,6 +29,17 @@ pub enum GalleryCommand {
     Backfill(BackfillArgs),
     /// Items per model, lineage and data source, as JSON.
     Status(StatusArgs),
+    /// Open a gallery whose log is damaged: keep every intact record, report what was lost,
+    /// and set the damaged log aside (usearch backend).
+    Recover(RecoverArgs),
+}
+
+/// `bcl gallery recover`.
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
 }
 
 /// Where the images come from (defaults: the model's training data, test split).
@@ -81,6 +92,10 @@ pub struct BackendArgs {
     /// HNSW candidate list while searching (usearch; 0: default, 64).
     #[arg(long, default_value_t = 0)]
     expansion_search: usize,
+    /// Fold the write-ahead log into a snapshot once it passes this many bytes (usearch; 0:
+    /// the default, 256 MiB).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_bytes: u64,
     /// Milvus server address.
     #[arg(long, default_value = "http://127.0.0.1:19530")]
     milvus_uri: String,
@@ -108,6 +123,7 @@ impl BackendArgs {
                 connectivity: self.connectivity,
                 expansion_add: self.expansion_add,
                 expansion_search: self.expansion_search,
+                checkpoint_bytes: self.checkpoint_bytes,
             }),
             BackendArg::Milvus => {
                 let d = MilvusConfig::default();
@@ -574,6 +590,29 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                 });
             }
             println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        GalleryCommand::Recover(a) => {
+            let (store, r) = gal::usearch_store::UsearchStore::recover(&a.store)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "items": store.len(),
+                    "intact_records": r.records,
+                    "damaged_bytes": r.damaged,
+                    "lost_sequences": r.lost_sequences,
+                    "saved_log": r.saved_log,
+                }))?
+            );
+            if !r.lost_sequences.is_empty() {
+                eprintln!(
+                    "warning: {} acknowledged write(s) were in the damaged part of the log and \
+                     are lost; the damaged log is kept at {}",
+                    r.lost_sequences.len(),
+                    r.saved_log
+                        .as_deref()
+                        .map_or_else(|| "?".into(), |p| p.display().to_string())
+                );
+            }
         }
     }
     Ok(())

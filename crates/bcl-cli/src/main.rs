@@ -687,6 +687,8 @@ fn main() {
                 .unwrap_or_else(|_| "bcl=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only where a person reads it: a log sent to a file or a pipe stays plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");

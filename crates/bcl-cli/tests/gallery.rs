@@ -51,9 +51,15 @@ fn a_killed_add_keeps_what_it_reported_committed() {
     let dir = tempfile::tempdir().unwrap();
     let (n, dim) = (40_000, 64);
     let v = vectors(&dir.path().join("v.npy"), n, dim, 1);
-    // kill after 1, 6 and 17 reported commits of 250 vectors
-    for (round, kill_after) in [1usize, 6, 17].into_iter().enumerate() {
+    // kill after 1, 6 and 17 reported commits of 250 vectors; and after 30 with a log folded
+    // into a snapshot every ~3 commits (a record of 250 vectors is 66 kB), so that commits made
+    // after automatic checkpoints are checked too
+    for (round, (kill_after, checkpoint)) in [(1usize, 0u64), (6, 0), (17, 0), (30, 200_000)]
+        .into_iter()
+        .enumerate()
+    {
         let store = dir.path().join(format!("store-{round}"));
+        let checkpoint = checkpoint.to_string();
         let mut child = gallery(
             &[
                 "add",
@@ -63,6 +69,8 @@ fn a_killed_add_keeps_what_it_reported_committed() {
                 "--commit",
                 "250",
                 "--print-commits",
+                "--checkpoint-bytes",
+                &checkpoint,
             ],
             &store,
             &dir.path().join("v.npy"),
@@ -89,6 +97,15 @@ fn a_killed_add_keeps_what_it_reported_committed() {
             "round {round}: the child finished before the kill"
         );
         assert!(committed >= kill_after * 250);
+        if checkpoint != "0" {
+            let f: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(store.join("gallery.json")).unwrap())
+                    .unwrap();
+            assert!(
+                f["generation"].as_u64().unwrap() >= 5,
+                "round {round}: the log was folded into snapshots: {f}"
+            );
+        }
         let s = status(&store);
         let items = s["items"].as_u64().unwrap() as usize;
         assert!(
@@ -155,6 +172,17 @@ fn lineage_refusal_and_force_through_the_cli() {
     assert_eq!(String::from_utf8_lossy(&forced.stdout).lines().count(), 2);
     let same = search("model-a", false);
     assert!(same.status.success());
+    // a model name longer than the store records is refused before anything is written
+    let long = "n".repeat(70_000);
+    let out = gallery(
+        &["add", "--create", "--name", &long],
+        &dir.path().join("g2"),
+        &dir.path().join("v.npy"),
+    )
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("1 to 256 bytes"), "{e}");
     // a query file of the wrong dimension is an error naming the dimensions
     let _ = vectors(&dir.path().join("w.npy"), 2, 5, 4);
     let out = gallery(

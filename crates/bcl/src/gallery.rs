@@ -222,12 +222,100 @@ pub fn validate_vectors(values: &[f32], n: usize, dim: usize, what: &str) -> Res
     Ok(())
 }
 
-/// Row-wise L2 normalisation in place (rows are validated non-zero first).
+/// Row-wise L2 normalisation in place (rows are validated non-zero first). A row whose sum of
+/// squares overflows f32 (components above about 1.8e19) or underflows it is first scaled by its
+/// largest component, so it keeps its direction instead of becoming all zeros.
 pub fn normalise_rows(values: &mut [f32], dim: usize) {
     for row in values.chunks_mut(dim) {
+        let ss = row.iter().map(|v| v * v).sum::<f32>();
+        if !ss.is_finite() || ss < f32::MIN_POSITIVE {
+            let m = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            if m > 0.0 && m.is_finite() {
+                row.iter_mut().for_each(|v| *v /= m);
+            }
+        }
         let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
         row.iter_mut().for_each(|v| *v /= n);
     }
+}
+
+/// The largest vector dimension a gallery accepts (a bound that keeps one vector's record
+/// small; embedding models stay far below it).
+pub const MAX_DIM: usize = 1 << 16;
+
+/// The longest model id (in bytes) a gallery records (the Milvus backend stores it in a
+/// 256-byte field).
+pub const MAX_MODEL_ID_BYTES: usize = 256;
+
+/// Checks a gallery's dimension: at least 1 and at most [`MAX_DIM`].
+pub fn validate_dim(dim: usize) -> Result<()> {
+    if dim == 0 || dim > MAX_DIM {
+        return Err(GalleryError::Invalid(format!(
+            "a gallery's dimension must be between 1 and {MAX_DIM}, not {dim}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the models of a manifest: ids non-empty, at most [`MAX_MODEL_ID_BYTES`], unique.
+pub fn validate_models(models: &[ModelInfo]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for m in models {
+        if m.id.is_empty() || m.id.len() > MAX_MODEL_ID_BYTES {
+            return Err(GalleryError::Invalid(format!(
+                "a model id must have 1 to {MAX_MODEL_ID_BYTES} bytes; this one has {}",
+                m.id.len()
+            )));
+        }
+        if !seen.insert(m.id.as_str()) {
+            return Err(GalleryError::Invalid(format!(
+                "model {} is registered twice in the manifest",
+                m.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to create a gallery where one exists, or in a directory that holds anything but files
+/// the store itself names (`own`: leftovers of a create that crashed): the store must never mix with, or later
+/// clean up, other people's files.
+pub fn check_fresh_dir(dir: &std::path::Path, own: impl Fn(&str) -> bool) -> Result<()> {
+    if dir.join(usearch_store::STORE_FILE).exists() {
+        return Err(GalleryError::Invalid(format!(
+            "{}: a gallery already exists here; add to it with `bcl gallery add` or choose \
+             another directory",
+            dir.display()
+        )));
+    }
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(GalleryError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let foreign: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !own(n))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut shown = foreign.clone();
+    shown.sort();
+    shown.truncate(5);
+    Err(GalleryError::Invalid(format!(
+        "{}: the directory is not empty ({}{}); a gallery needs a new or empty directory of its \
+         own",
+        dir.display(),
+        shown.join(", "),
+        if foreign.len() > 5 { ", ..." } else { "" }
+    )))
 }
 
 /// The verdict of a lineage check that passed.
@@ -322,6 +410,7 @@ pub fn prepare_add(
 
 /// Validates query vectors and k, and returns the queries L2-normalised.
 pub fn prepare_queries(dim: usize, queries: &[f32], k: usize) -> Result<Vec<f32>> {
+    validate_dim(dim)?;
     if k == 0 {
         return Err(GalleryError::Invalid("k must be at least 1".into()));
     }
@@ -339,6 +428,7 @@ pub fn prepare_queries(dim: usize, queries: &[f32], k: usize) -> Result<Vec<f32>
 
 /// Checks a manifest update: same dimension, models only appended.
 pub fn check_manifest_change(old: &GalleryManifest, new: &GalleryManifest) -> Result<()> {
+    validate_models(&new.models)?;
     if new.dim != old.dim {
         return Err(GalleryError::Invalid(format!(
             "the gallery's dimension is {}; it cannot change to {}",

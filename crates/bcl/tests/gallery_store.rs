@@ -603,6 +603,20 @@ mod milvus {
             .err()
             .unwrap();
         assert!(e.to_string().contains("already exists"), "{e}");
+        // two writers registering models at the same time both keep their registration
+        // (issue 11, item 6: the manifest was one row, rewritten whole by each writer)
+        let dir = tempfile::tempdir().unwrap();
+        drop(b.create(dir.path(), 4));
+        let mut w1 = MilvusStore::open(dir.path()).unwrap();
+        let mut w2 = MilvusStore::open(dir.path()).unwrap();
+        register(&mut w1, "x");
+        register(&mut w2, "y"); // w2's manifest does not know x yet
+        assert_eq!(w2.manifest().models.len(), 2, "w2 sees x after its write");
+        w1.add("x", &[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        w2.add("y", &[2], &[0.0, 1.0, 0.0, 0.0]).unwrap();
+        let s = b.reopen(dir.path());
+        let ids: Vec<&str> = s.manifest().models.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["x", "y"]);
         // and the approximate index's recall against exact, reported
         let dir = tempfile::tempdir().unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(8);
@@ -611,5 +625,309 @@ mod milvus {
         let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
         println!("milvus-lite HNSW recall@10 against exact, 5000 vectors, d = 32: {r:.4}");
         assert!(r > 0.5, "recall@10 {r}");
+    }
+}
+
+/// Hostile-input and data-loss regressions of the usearch store (issue 11, items 1 to 6).
+mod hostile {
+    use super::*;
+
+    fn store_with(dir: &Path, dim: usize, checkpoint_bytes: u64) -> UsearchStore {
+        let cfg = UsearchConfig {
+            checkpoint_bytes,
+            ..Default::default()
+        };
+        let mut s = UsearchStore::create(dir, GalleryManifest::new(dim), cfg).unwrap();
+        register(&mut s, "a");
+        s
+    }
+
+    /// Adds `batches` batches of 10 vectors (ids `b*10..b*10+10`) one record each.
+    fn add_batches(s: &mut UsearchStore, batches: u64, dim: usize, rng: &mut ChaCha8Rng) {
+        for b in 0..batches {
+            let ids: Vec<u64> = (b * 10..b * 10 + 10).collect();
+            s.add("a", &ids, &random_rows(10, dim, rng)).unwrap();
+        }
+    }
+
+    /// Byte offsets of the log's records (the layout: `[len u32][crc u32][payload]`).
+    fn record_offsets(log: &[u8]) -> Vec<usize> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at + 8 <= log.len() {
+            out.push(at);
+            at += 8 + u32::from_le_bytes(log[at..at + 4].try_into().unwrap()) as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn writes_after_an_automatic_checkpoint_survive_a_reopen() {
+        // item 1: the log is truncated by each automatic checkpoint; later records must land
+        // at its start, not after a run of zeros
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut s = store_with(dir.path(), 8, 2_000); // a record of 10 vectors is ~430 bytes
+        for b in 0..40u64 {
+            let ids: Vec<u64> = (b * 10..b * 10 + 10).collect();
+            s.add("a", &ids, &random_rows(10, 8, &mut rng)).unwrap();
+            let log = std::fs::read(wal(dir.path())).unwrap();
+            assert!(log.len() <= 2_000 + 430, "add {b}: {} bytes", log.len());
+            assert!(
+                log.is_empty() || !log.starts_with(&[0; 4]),
+                "add {b}: the log after a checkpoint starts with zeros"
+            );
+        }
+        let gen: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("gallery.json")).unwrap())
+                .unwrap();
+        assert!(gen["generation"].as_u64().unwrap() >= 5, "{gen}");
+        drop(s); // as a kill would: no final checkpoint
+        let s = UsearchStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 400, "every acknowledged add is there");
+    }
+
+    #[test]
+    fn a_damaged_record_before_the_tail_is_refused_then_recovered() {
+        // item 2: a flipped bit in record 2 of 22
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let mut s = store_with(dir.path(), 6, 0);
+        add_batches(&mut s, 22, 6, &mut rng);
+        drop(s);
+        let mut log = std::fs::read(wal(dir.path())).unwrap();
+        let offsets = record_offsets(&log);
+        assert_eq!(offsets.len(), 22);
+        log[offsets[1] + 40] ^= 0x10;
+        std::fs::write(wal(dir.path()), &log).unwrap();
+        match UsearchStore::open(dir.path()) {
+            Err(GalleryError::Corrupt { path, reason }) => {
+                assert_eq!(path, wal(dir.path()));
+                assert!(
+                    reason.contains("2..=2")
+                        && reason.contains("20 intact")
+                        && reason.contains("bcl gallery recover"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Corrupt, got {:?}", other.map(|s| s.len())),
+        }
+        assert_eq!(
+            std::fs::read(wal(dir.path())).unwrap(),
+            log,
+            "a refused open leaves the log as it was"
+        );
+        let (s, r) = UsearchStore::recover(dir.path()).unwrap();
+        assert_eq!(s.len(), 210, "every record but the damaged one");
+        assert_eq!(r.lost_sequences, vec![2]);
+        assert_eq!(r.records, 21);
+        let saved = r.saved_log.unwrap();
+        assert_eq!(
+            std::fs::read(&saved).unwrap(),
+            log,
+            "the damaged log is kept"
+        );
+        assert!(s.vectors(&[15]).is_err() && s.vectors(&[25]).is_ok());
+        drop(s);
+        let s = UsearchStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 210);
+        assert!(saved.exists(), "reopening never removes the saved log");
+    }
+
+    #[test]
+    fn a_gap_of_zeros_between_consecutive_records_loses_nothing() {
+        // the log older versions wrote after an automatic checkpoint: records, a run of zeros,
+        // then the next records in sequence; nothing is missing, so it opens with everything
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let mut s = store_with(dir.path(), 4, 0);
+        add_batches(&mut s, 6, 4, &mut rng);
+        drop(s);
+        let log = std::fs::read(wal(dir.path())).unwrap();
+        let cut = record_offsets(&log)[3];
+        let mut holed = log[..cut].to_vec();
+        holed.extend(std::iter::repeat_n(0u8, 5000));
+        holed.extend_from_slice(&log[cut..]);
+        std::fs::write(wal(dir.path()), &holed).unwrap();
+        let s = UsearchStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 60);
+        assert!(
+            std::fs::metadata(wal(dir.path())).unwrap().len() == 0,
+            "the hole is folded away by a checkpoint"
+        );
+    }
+
+    #[test]
+    fn model_ids_too_long_for_the_log_are_refused_at_registration() {
+        // item 3: a u16 length field must never truncate a name silently
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with(dir.path(), 4, 0);
+        let mut m = s.manifest().clone();
+        m.models.push(ModelInfo::external(&"x".repeat(70_000), 4));
+        match s.set_manifest(m) {
+            Err(GalleryError::Invalid(t)) => assert!(t.contains("1 to 256 bytes"), "{t}"),
+            other => panic!("{other:?}"),
+        }
+        let mut m = s.manifest().clone();
+        m.models.push(ModelInfo::external("a", 4));
+        assert!(matches!(s.set_manifest(m), Err(GalleryError::Invalid(t)) if t.contains("twice")));
+        let long = "y".repeat(256);
+        register(&mut s, &long);
+        s.add(&long, &[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        drop(s);
+        let s = UsearchStore::open(dir.path()).unwrap();
+        assert_eq!(s.counts().unwrap()[&long], 1);
+    }
+
+    #[test]
+    fn the_store_touches_no_file_it_did_not_name() {
+        // item 4
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("index-notes.txt");
+        std::fs::write(&notes, b"mine").unwrap();
+        match UsearchStore::create(
+            dir.path(),
+            GalleryManifest::new(4),
+            UsearchConfig::default(),
+        ) {
+            Err(GalleryError::Invalid(t)) => {
+                assert!(
+                    t.contains("not empty") && t.contains("index-notes.txt"),
+                    "{t}"
+                )
+            }
+            other => panic!("{:?}", other.map(|s| s.len())),
+        }
+        assert!(notes.exists());
+        let store = dir.path().join("g");
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let mut s = store_with(&store, 4, 0);
+        add_batches(&mut s, 2, 4, &mut rng);
+        s.checkpoint().unwrap();
+        drop(s);
+        // files a user put into the gallery directory afterwards
+        let theirs = [
+            "index-notes.txt",
+            "items-list.tmp",
+            "index-2.usearch.bak",
+            "x.tmp",
+            ".gallery.json.old.tmp",
+        ];
+        for f in theirs {
+            std::fs::write(store.join(f), b"mine").unwrap();
+        }
+        // and the store's own leftovers of a checkpoint that died
+        std::fs::write(store.join("index-7.usearch.tmp"), b"junk").unwrap();
+        std::fs::write(store.join("items-7.bin"), b"junk").unwrap();
+        let s = UsearchStore::open(&store).unwrap();
+        assert_eq!(s.len(), 20);
+        for f in theirs {
+            assert!(store.join(f).exists(), "{f} was removed");
+        }
+        assert!(!store.join("index-7.usearch.tmp").exists());
+        assert!(!store.join("items-7.bin").exists());
+    }
+
+    /// Rewrites `items-1.bin` with the given body and a valid checksum.
+    fn write_items_file(dir: &Path, body: &[u8]) {
+        let mut b = body.to_vec();
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(dir.join("items-1.bin"), b).unwrap();
+    }
+
+    #[test]
+    fn crafted_counts_dimensions_and_huge_vectors_get_errors_not_panics() {
+        // item 5
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with(dir.path(), 4, 0);
+        s.add("a", &[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        // an item count of 2^62 with a valid checksum: n * 12 wraps in usize
+        let mut body = (1u64 << 62).to_le_bytes().to_vec();
+        body.extend_from_slice(&[0; 4]);
+        write_items_file(dir.path(), &body);
+        match UsearchStore::open(dir.path()) {
+            Err(GalleryError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("item count"), "{reason}")
+            }
+            other => panic!("{:?}", other.map(|s| s.len())),
+        }
+        // a manifest of dimension 0 (and one too large)
+        for dim in [0usize, 1 << 20] {
+            let d = tempfile::tempdir().unwrap();
+            drop(store_with(d.path(), 4, 0));
+            let p = d.path().join("gallery.json");
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            v["manifest"]["dim"] = dim.into();
+            std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+            match UsearchStore::open(d.path()) {
+                Err(GalleryError::Corrupt { path, reason }) => {
+                    assert_eq!(path, p);
+                    assert!(reason.contains("dimension"), "{reason}");
+                }
+                other => panic!("dim {dim}: {:?}", other.map(|s| s.len())),
+            }
+            assert!(UsearchStore::create(
+                &d.path().join("new"),
+                GalleryManifest::new(dim),
+                UsearchConfig::default()
+            )
+            .is_err());
+        }
+        // finite but huge (and tiny) components keep their direction
+        let d = tempfile::tempdir().unwrap();
+        let mut s = store_with(d.path(), 4, 0);
+        s.add(
+            "a",
+            &[1, 2, 3],
+            &[
+                3e30, 4e30, 0.0, 0.0, 0.0, 0.0, -1e38, 0.0, 1e-40, 0.0, 0.0, 0.0,
+            ],
+        )
+        .unwrap();
+        let v = s.vectors(&[1, 2, 3]).unwrap();
+        let want = [0.6, 0.8, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+        for (g, w) in v.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{v:?}");
+        }
+        let hits = s.search_exact(&[6e25, 8e25, 0.0, 0.0], 1).unwrap();
+        assert_eq!(hits[0][0].id, 1);
+        assert!((hits[0][0].score - 1.0).abs() < 1e-5, "{hits:?}");
+    }
+
+    #[test]
+    fn a_write_that_fails_inside_the_index_poisons_the_store_until_reopened() {
+        // item 6: removals happen before additions; a failure between must not leave a store
+        // that serves an index and an item list that disagree
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let mut s = store_with(dir.path(), 4, 0);
+        add_batches(&mut s, 3, 4, &mut rng);
+        let upd = random_rows(5, 4, &mut rng);
+        s.fail_next_apply();
+        assert!(matches!(
+            s.add("a", &[0, 1, 2, 3, 4], &upd),
+            Err(GalleryError::Index(_))
+        ));
+        for r in [
+            s.search_exact(&upd[..4], 3).map(|_| ()),
+            s.vectors(&[7]).map(|_| ()),
+            s.add("a", &[99], &upd[..4]),
+            s.checkpoint(),
+        ] {
+            match r {
+                Err(GalleryError::Invalid(t)) => assert!(t.contains("reopen"), "{t}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(s);
+        // the record reached the log before the index failed: reopening applies it
+        let s = UsearchStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 30);
+        let got = s.vectors(&[0]).unwrap();
+        assert!(got.iter().zip(&upd[..4]).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 }

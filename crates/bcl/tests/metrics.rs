@@ -7,9 +7,8 @@ use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics, update_ga
 use tch::Tensor;
 
 fn golden_dir() -> PathBuf {
-    std::env::var_os("BCL_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
         .join("golden")
 }
 

@@ -8,9 +8,7 @@ use bcl::eval::revisited::{crop_rect, revisited_metrics, QueryGnd, RevisitedGnd}
 use tch::Tensor;
 
 fn shared() -> PathBuf {
-    std::env::var_os("BCL_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
 }
 
 fn matrix(v: &serde_json::Value) -> Tensor {

@@ -2,7 +2,10 @@
 //! the `milvus-sdk-rust` crate. One collection holds the items (`id` primary key, `model`, the
 //! vector twice: `vec` under an HNSW index for approximate search and `vec_flat` under a FLAT
 //! index, so exact search is always there as the reference); a second collection
-//! (`<name>_manifest`) holds the manifest as JSON. The gallery directory keeps only a pointer
+//! (`<name>_manifest`) holds the manifest as JSON: row 0 the dimension and data source, and one
+//! row per registered model keyed by a hash of its id, so that writers registering models at the
+//! same time never overwrite each other's registration (Milvus has no transactions to lock the
+//! manifest with; an upsert of a row of one's own needs none). The gallery directory keeps only a pointer
 //! file (`gallery.json`: backend, URI, collection). Writes are upserts acknowledged by Milvus
 //! (durable in its log); `checkpoint` flushes.
 
@@ -26,6 +29,22 @@ const VEC_FLAT: &str = "vec_flat";
 const MANIFEST: &str = "manifest";
 /// Rows per query page when listing items (Milvus caps a query's limit + offset at 16384).
 const PAGE: i64 = 16_000;
+
+/// One registered model's row in the manifest collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelRow {
+    /// Registration time (ns since the epoch): the order of arrival.
+    order: u128,
+    model: super::ModelInfo,
+}
+
+/// The manifest collection's key of a model's row: 63 bits of the SHA-256 of its id, never 0
+/// (row 0 is the base manifest).
+fn model_key(id: &str) -> i64 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    (i64::from_le_bytes(h[..8].try_into().expect("8 bytes")) & i64::MAX).max(1)
+}
 
 /// The pointer file in the gallery directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,18 +140,9 @@ impl MilvusStore {
     /// Creates the collections in Milvus and the pointer file in `dir` (refused if either
     /// exists).
     pub fn create(dir: &Path, manifest: GalleryManifest, cfg: MilvusConfig) -> Result<Self> {
-        if manifest.dim == 0 {
-            return Err(GalleryError::Invalid(
-                "a gallery needs dimension > 0".into(),
-            ));
-        }
-        if dir.join(STORE_FILE).exists() {
-            return Err(GalleryError::Invalid(format!(
-                "{}: a gallery already exists here; add to it with `bcl gallery add` or choose \
-                 another directory",
-                dir.display()
-            )));
-        }
+        super::validate_dim(manifest.dim)?;
+        super::validate_models(&manifest.models)?;
+        super::check_fresh_dir(dir, |_| false)?;
         let (rt, client) = Self::connect(&cfg)?;
         let store = Self {
             dir: dir.to_path_buf(),
@@ -144,7 +154,7 @@ impl MilvusStore {
             ef: 64,
         };
         store.block(store.create_collections())?;
-        store.block(store.write_manifest(&store.manifest))?;
+        store.block(store.write_manifest(&store.manifest, &store.manifest.models))?;
         let text = serde_json::to_string_pretty(&Pointer {
             backend: "milvus".into(),
             milvus: store.cfg.clone(),
@@ -181,6 +191,10 @@ impl MilvusStore {
             ef: 64,
         };
         store.manifest = store.block(store.read_manifest())?;
+        super::validate_dim(store.manifest.dim).map_err(|e| GalleryError::Corrupt {
+            path: path.clone(),
+            reason: format!("the manifest in Milvus: {e}"),
+        })?;
         store.len = store.block(store.count(""))?;
         Ok(store)
     }
@@ -282,12 +296,33 @@ impl MilvusStore {
             .map_err(err)
     }
 
-    async fn write_manifest(&self, m: &GalleryManifest) -> Result<()> {
-        let text = serde_json::to_string(m).map_err(err)?;
+    /// Writes the base manifest (row 0: dimension, data source) and a row of its own for each
+    /// model of `new_models`.
+    async fn write_manifest(
+        &self,
+        m: &GalleryManifest,
+        new_models: &[super::ModelInfo],
+    ) -> Result<()> {
+        let mut base = m.clone();
+        base.models.clear();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut keys = vec![0];
+        let mut texts = vec![serde_json::to_string(&base).map_err(err)?];
+        for (i, model) in new_models.iter().enumerate() {
+            keys.push(model_key(&model.id));
+            let row = ModelRow {
+                order: now + i as u128,
+                model: model.clone(),
+            };
+            texts.push(serde_json::to_string(&row).map_err(err)?);
+        }
+        let n = keys.len();
         let columns = vec![
-            FieldData::int64(ID, vec![0]),
-            FieldData::varchar(MANIFEST, vec![text]),
-            FieldData::float_vector(VEC, vec![vec![0.0, 0.0]]),
+            FieldData::int64(ID, keys),
+            FieldData::varchar(MANIFEST, texts),
+            FieldData::float_vector(VEC, vec![vec![0.0, 0.0]; n]),
         ];
         self.client
             .upsert(
@@ -307,25 +342,35 @@ impl MilvusStore {
         Ok(())
     }
 
+    /// Reads the manifest: row 0, then the models of their own rows in order of arrival (after
+    /// any model listed in row 0 itself, as galleries made before model rows have them).
     async fn read_manifest(&self) -> Result<GalleryManifest> {
         let name = meta_name(&self.cfg.collection);
-        let r = self
-            .query_rows(&name, Self::id_filter(&[0]), &[MANIFEST], None)
-            .await?;
-        let row = r
-            .results()
-            .rows()
-            .map_err(err)?
-            .next()
-            .ok_or_else(|| GalleryError::Corrupt {
-                path: self.dir.join(STORE_FILE),
-                reason: format!("Milvus collection {name} holds no manifest"),
-            })?;
-        let text = row.get_str(MANIFEST).map_err(err)?;
-        serde_json::from_str(text).map_err(|e| GalleryError::Corrupt {
+        let corrupt = |reason: String| GalleryError::Corrupt {
             path: self.dir.join(STORE_FILE),
-            reason: format!("the manifest in Milvus collection {name}: {e}"),
-        })
+            reason: format!("the manifest in Milvus collection {name}: {reason}"),
+        };
+        let r = self
+            .query_rows(&name, format!("{ID} >= 0"), &[ID, MANIFEST], None)
+            .await?;
+        let mut base: Option<GalleryManifest> = None;
+        let mut rows: Vec<ModelRow> = Vec::new();
+        for row in r.results().rows().map_err(err)? {
+            let text = row.get_str(MANIFEST).map_err(err)?;
+            if row.get_i64(ID).map_err(err)? == 0 {
+                base = Some(serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?);
+            } else {
+                rows.push(serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?);
+            }
+        }
+        let mut m = base.ok_or_else(|| corrupt("no manifest row".into()))?;
+        rows.sort_by(|a, b| (a.order, &a.model.id).cmp(&(b.order, &b.model.id)));
+        for r in rows {
+            if m.model(&r.model.id).is_none() {
+                m.models.push(r.model);
+            }
+        }
+        Ok(m)
     }
 
     /// `id in [...]`: the SDK's `get` sends a filter template milvus-lite does not parse, so
@@ -436,8 +481,10 @@ impl GalleryStore for MilvusStore {
 
     fn set_manifest(&mut self, manifest: GalleryManifest) -> Result<()> {
         super::check_manifest_change(&self.manifest, &manifest)?;
-        self.block(self.write_manifest(&manifest))?;
-        self.manifest = manifest;
+        let new_models = manifest.models[self.manifest.models.len()..].to_vec();
+        self.block(self.write_manifest(&manifest, &new_models))?;
+        // Another writer may have registered models meanwhile: take the server's view.
+        self.manifest = self.block(self.read_manifest())?;
         Ok(())
     }
 

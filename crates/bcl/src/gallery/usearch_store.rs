@@ -6,10 +6,17 @@
 //!   (replaced by atomic rename: the commit point of a checkpoint);
 //! - `index-G.usearch`, `items-G.bin`: snapshot G (index, and ids → model with a CRC);
 //! - `wal.log`: records `[len u32][crc32 u32][seq u64, model, n, ids, vectors]` written after the
-//!   snapshot; an `add` returns after its record is appended and synced, so what was reported
-//!   committed survives a kill. On open a torn or corrupt tail record is cut off and the rest
-//!   replayed (records the snapshot already holds are skipped by sequence number);
+//!   snapshot, sequence numbers consecutive; an `add` returns after its records are appended and
+//!   synced, so what was reported committed survives a kill. On open the records are replayed
+//!   (those the snapshot already holds are skipped by sequence number). A damaged last record is
+//!   a torn write (never reported committed) and is cut off. Damage anywhere before the tail is
+//!   corruption: when intact records follow it and sequence numbers are missing, the store
+//!   refuses to open ([`UsearchStore::open`]) and says what is damaged; [`UsearchStore::recover`]
+//!   replays every intact record and sets the damaged log aside, never deleting it;
 //! - `LOCK`: held exclusively while a process has the store open.
+//!
+//! The store touches only the files it names itself: `create` refuses a directory holding
+//! anything else, and stray-file clean-up removes only its own snapshot and temporary files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -34,6 +41,8 @@ pub struct UsearchConfig {
     pub expansion_add: usize,
     /// Candidate list size while searching (default 64); larger is slower and more exact.
     pub expansion_search: usize,
+    /// The log is folded into a snapshot once it grows past this many bytes (0: 256 MiB).
+    pub checkpoint_bytes: u64,
 }
 
 /// The store's own file: manifest plus snapshot state.
@@ -53,8 +62,13 @@ struct StoreFile {
 pub const STORE_FILE: &str = "gallery.json";
 const WAL_FILE: &str = "wal.log";
 const LOCK_FILE: &str = "LOCK";
-/// The log is folded into a snapshot once it grows past this many bytes.
+/// The log is folded into a snapshot once it grows past this many bytes, by default.
 const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// An add is written as records of at most this many payload bytes (the length field is u32;
+/// a crash in the middle of a larger add may keep a prefix of its records).
+const MAX_RECORD_BYTES: usize = 64 << 20;
+/// Bytes of a record before its ids: seq u64, model length u16 (the model, then n u32 follow).
+const RECORD_HEAD: usize = 8 + 2;
 
 /// The embedded usearch store (see the module documentation for the layout).
 pub struct UsearchStore {
@@ -66,6 +80,12 @@ pub struct UsearchStore {
     wal: File,
     wal_len: u64,
     next_seq: u64,
+    /// Set when an add failed half-way through the in-memory index: the index and the item
+    /// list may disagree, so every later call is refused (the log, replayed on reopen, holds
+    /// every committed write).
+    poisoned: Option<String>,
+    /// Test hook: the next apply fails after its removals (see [`UsearchStore::fail_next_apply`]).
+    fail_next_apply: bool,
     /// One permit per thread context reserved in the index (see [`Permits`]).
     permits: Permits,
     _lock: File,
@@ -172,22 +192,31 @@ struct WalRecord {
     vectors: Vec<f32>,
 }
 
-fn encode_record(seq: u64, model: &str, ids: &[u64], vectors: &[f32]) -> Vec<u8> {
+/// Encodes one log record; a field that does not fit its width is an error, never truncated.
+fn encode_record(seq: u64, model: &str, ids: &[u64], vectors: &[f32]) -> Result<Vec<u8>> {
+    let too_long = |what: &str| {
+        GalleryError::Invalid(format!(
+            "a log record's {what} does not fit its length field"
+        ))
+    };
+    let ml = u16::try_from(model.len()).map_err(|_| too_long("model id"))?;
+    let n = u32::try_from(ids.len()).map_err(|_| too_long("item count"))?;
     let mut p = Vec::with_capacity(8 + 2 + model.len() + 4 + ids.len() * 8 + vectors.len() * 4);
     p.extend_from_slice(&seq.to_le_bytes());
-    p.extend_from_slice(&(model.len() as u16).to_le_bytes());
+    p.extend_from_slice(&ml.to_le_bytes());
     p.extend_from_slice(model.as_bytes());
-    p.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    p.extend_from_slice(&n.to_le_bytes());
     ids.iter()
         .for_each(|i| p.extend_from_slice(&i.to_le_bytes()));
     vectors
         .iter()
         .for_each(|v| p.extend_from_slice(&v.to_le_bytes()));
+    let len = u32::try_from(p.len()).map_err(|_| too_long("payload"))?;
     let mut out = Vec::with_capacity(p.len() + 8);
-    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
     out.extend_from_slice(&p);
-    out
+    Ok(out)
 }
 
 /// Little-endian reader over a byte slice (hand-written: four fixed-width fields do not justify
@@ -223,6 +252,10 @@ fn decode_payload(p: &[u8], dim: usize) -> Option<WalRecord> {
     let ml = c.u16()? as usize;
     let model = String::from_utf8(c.take(ml)?.to_vec()).ok()?;
     let n = c.u32()? as usize;
+    // The count must match the bytes left before anything is allocated for it.
+    if n == 0 || Some(c.0.len()) != n.checked_mul(8 + 4 * dim) {
+        return None;
+    }
     let ids = (0..n).map(|_| c.u64()).collect::<Option<Vec<_>>>()?;
     let vectors = (0..n * dim)
         .map(|_| c.take(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())))
@@ -235,26 +268,97 @@ fn decode_payload(p: &[u8], dim: usize) -> Option<WalRecord> {
     })
 }
 
-/// Decodes the log: the valid records and the byte length they span (anything after is torn).
-fn read_wal(bytes: &[u8], dim: usize) -> (Vec<WalRecord>, usize) {
-    let mut records = Vec::new();
-    let mut at = 0usize;
-    while bytes.len() - at >= 8 {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        let Some(payload) = bytes.get(at + 8..at + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Some(r) = decode_payload(payload, dim) else {
-            break;
-        };
-        records.push(r);
-        at += 8 + len;
+/// The intact record starting at byte `at`, with the offset after it.
+fn record_at(bytes: &[u8], at: usize, dim: usize) -> Option<(WalRecord, usize)> {
+    let head = bytes.get(at..at.checked_add(8)?)?;
+    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().unwrap());
+    let end = at.checked_add(8)?.checked_add(len)?;
+    let payload = bytes.get(at + 8..end)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
     }
-    (records, at)
+    decode_payload(payload, dim).map(|r| (r, end))
+}
+
+/// Whether a record plausibly starts at `at` (its fields agree with its length), checked before
+/// the checksum so that scanning a damaged region byte by byte stays linear.
+fn plausible_at(bytes: &[u8], at: usize, dim: usize) -> bool {
+    let field = |o: usize, n: usize| bytes.get(at + o..at + o + n);
+    let (Some(len), Some(ml)) = (field(0, 4), field(16, 2)) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+    let ml = u16::from_le_bytes(ml.try_into().unwrap()) as usize;
+    let Some(n) = field(18 + ml, 4) else {
+        return false;
+    };
+    let n = u32::from_le_bytes(n.try_into().unwrap()) as usize;
+    let want = n
+        .checked_mul(8 + 4 * dim)
+        .and_then(|b| b.checked_add(RECORD_HEAD + ml + 4));
+    n > 0 && want == Some(len) && at + 8 + len <= bytes.len()
+}
+
+/// A damaged region of the log followed by intact records.
+#[derive(Debug, Clone)]
+struct Damage {
+    /// Byte offset where the damage starts, and where the next intact record starts.
+    from: usize,
+    to: usize,
+    /// Sequence numbers of the records that must have been in the damaged bytes.
+    missing: std::ops::RangeInclusive<u64>,
+}
+
+/// The log as read: intact records, the damaged regions between them, and the byte length up to
+/// the end of the last intact record (anything after it is a torn tail).
+struct WalScan {
+    records: Vec<WalRecord>,
+    damage: Vec<Damage>,
+    good: usize,
+}
+
+/// Decodes the log. Where a record is damaged, it looks for the next intact record; if there is
+/// none the damage is the torn tail of a crash, otherwise the damaged region is recorded with the
+/// sequence numbers it must have held (none when the records around it are consecutive, as after
+/// a gap of zeros that older versions of this store left behind a checkpoint). `applied` is the
+/// last sequence the snapshot holds: records up to it are not needed from the log.
+fn read_wal(bytes: &[u8], dim: usize, applied: u64) -> WalScan {
+    let mut scan = WalScan {
+        records: Vec::new(),
+        damage: Vec::new(),
+        good: 0,
+    };
+    let mut at = 0usize;
+    while at < bytes.len() {
+        if let Some((r, next)) = record_at(bytes, at, dim) {
+            let prev = scan.records.last().map(|p| p.seq);
+            if prev.is_none_or(|p| r.seq > p) {
+                scan.records.push(r);
+                at = next;
+                scan.good = at;
+                continue;
+            }
+        }
+        // Damaged (or out of order) at `at`: find the next intact record in sequence.
+        let prev = scan.records.last().map_or(applied, |p| p.seq.max(applied));
+        let floor = scan.records.last().map_or(0, |p| p.seq);
+        let next = (at + 1..bytes.len()).find(|&p| {
+            plausible_at(bytes, p, dim)
+                && record_at(bytes, p, dim).is_some_and(|(r, _)| r.seq > floor)
+        });
+        let Some(p) = next else {
+            break; // the torn tail
+        };
+        let (r, _) = record_at(bytes, p, dim).expect("checked above");
+        scan.damage.push(Damage {
+            from: at,
+            to: p,
+            missing: prev + 1..=r.seq.saturating_sub(1),
+        });
+        at = p;
+    }
+    scan
 }
 
 fn items_path(dir: &Path, generation: u64) -> PathBuf {
@@ -296,10 +400,15 @@ fn read_items(path: &Path, models: usize) -> Result<HashMap<u64, u32>> {
         return Err(corrupt("checksum mismatch"));
     }
     let mut c = Cursor(body);
-    let n = c.u64().unwrap_or(0) as usize;
-    if body.len() != 8 + n * 12 {
+    let n = c.u64().unwrap_or(0);
+    let want = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_mul(12))
+        .and_then(|b| b.checked_add(8));
+    if want != Some(body.len()) {
         return Err(corrupt("length does not match its item count"));
     }
+    let n = n as usize;
     let mut items = HashMap::with_capacity(n);
     for _ in 0..n {
         let (id, m) = (c.u64().unwrap(), c.u32().unwrap());
@@ -311,26 +420,86 @@ fn read_items(path: &Path, models: usize) -> Result<HashMap<u64, u32>> {
     Ok(items)
 }
 
+/// What [`UsearchStore::recover`] did to a damaged log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Intact records replayed from the log.
+    pub records: usize,
+    /// Damaged byte ranges skipped (start, end) in the original log.
+    pub damaged: Vec<(u64, u64)>,
+    /// Sequence numbers of the records lost in the damage (acknowledged writes that are gone).
+    pub lost_sequences: Vec<u64>,
+    /// Where the damaged log was copied before the store was repaired (None if it was intact).
+    pub saved_log: Option<PathBuf>,
+}
+
+/// Opens (or creates) the log for reading and appending. Append mode matters: after a
+/// checkpoint truncates the log, the next record must land at its start, not at the old offset.
+fn open_wal(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// Whether `name` is a file this store names itself (and may therefore create or remove).
+fn own_file(name: &str) -> bool {
+    let numbered = |s: &str, pre: &str, post: &str| {
+        s.strip_prefix(pre)
+            .and_then(|r| r.strip_suffix(post))
+            .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+    };
+    // write_atomic's temporary files: `.<target>.<pid>.<i>.tmp`
+    let atomic_tmp = |target: &str| {
+        name.strip_prefix(&format!(".{target}."))
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .is_some_and(|r| {
+                r.split('.').count() == 2
+                    && r.split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            })
+    };
+    let snapshot = |n: &str| numbered(n, "index-", ".usearch") || numbered(n, "items-", ".bin");
+    name == LOCK_FILE
+        || name == WAL_FILE
+        || name == STORE_FILE
+        || snapshot(name)
+        || numbered(name, "index-", ".usearch.tmp")
+        || atomic_tmp(STORE_FILE)
+        || name
+            .strip_prefix('.')
+            .and_then(|r| r.split_once(".bin."))
+            .is_some_and(|(target, _)| {
+                snapshot(&format!("{target}.bin")) && atomic_tmp(&format!("{target}.bin"))
+            })
+        || name.starts_with(&format!("{WAL_FILE}.damaged-"))
+}
+
 impl UsearchStore {
-    /// Creates an empty store in `dir` (created if missing; refused if a store is already there).
+    /// Creates an empty store in `dir`: created if missing, refused if it holds anything but
+    /// files of a store whose create crashed (a gallery needs a directory of its own).
     pub fn create(dir: &Path, manifest: GalleryManifest, index: UsearchConfig) -> Result<Self> {
-        if manifest.dim == 0 {
-            return Err(GalleryError::Invalid(
-                "a gallery needs dimension > 0".into(),
-            ));
-        }
+        super::validate_dim(manifest.dim)?;
+        super::validate_models(&manifest.models)?;
+        super::check_fresh_dir(dir, |n| {
+            own_file(n) && n != STORE_FILE && !n.starts_with(&format!("{WAL_FILE}.damaged-"))
+        })?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = lock(dir)?;
         if dir.join(STORE_FILE).exists() {
             return Err(GalleryError::Invalid(format!(
-                "{}: a gallery already exists here; add to it with `bcl gallery add` or choose \
-                 another directory",
+                "{}: a gallery was created here meanwhile by another process",
                 dir.display()
             )));
         }
         let wal_path = dir.join(WAL_FILE);
-        // A log left by a crashed create would belong to no manifest: start it empty.
-        let wal = File::create(&wal_path).map_err(io_err(&wal_path))?;
+        // A log left by a crashed create would belong to no manifest: start it empty. The log is
+        // opened in append mode, so writes after a checkpoint truncates it land at its start.
+        let wal = open_wal(&wal_path)?;
+        wal.set_len(0).map_err(io_err(&wal_path))?;
         let file = StoreFile {
             backend: "usearch".into(),
             manifest,
@@ -351,14 +520,29 @@ impl UsearchStore {
             wal,
             wal_len: 0,
             next_seq: 1,
+            poisoned: None,
+            fail_next_apply: false,
             permits: Permits::new(context_count()),
             _lock: lock,
         })
     }
 
-    /// Opens the store in `dir`, replaying its log; a torn last record (a crash mid-write) is
-    /// cut off, since it was never reported committed.
+    /// Opens the store in `dir`, replaying its log. A torn last record (a crash mid-write, never
+    /// reported committed) is cut off; damage before the tail that lost committed records is
+    /// refused with [`GalleryError::Corrupt`] naming the byte range and the lost sequences (see
+    /// [`UsearchStore::recover`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, false).map(|(s, _)| s)
+    }
+
+    /// Opens a store whose log is damaged: copies the log aside (`wal.log.damaged-<time>`),
+    /// replays every intact record, folds them into a new snapshot and reports what was lost.
+    /// On an intact store it is the same as [`UsearchStore::open`].
+    pub fn recover(dir: &Path) -> Result<(Self, Recovery)> {
+        Self::open_with(dir, true)
+    }
+
+    fn read_store_file(dir: &Path) -> Result<StoreFile> {
         let path = dir.join(STORE_FILE);
         if !path.is_file() {
             return Err(GalleryError::Missing {
@@ -366,63 +550,132 @@ impl UsearchStore {
                 reason: format!("{STORE_FILE} not found"),
             });
         }
-        let lock = lock(dir)?;
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let file: StoreFile = serde_json::from_str(&text).map_err(|e| GalleryError::Corrupt {
+        let corrupt = |reason: String| GalleryError::Corrupt {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let file: StoreFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
         if file.backend != "usearch" {
+            return Err(corrupt(format!(
+                "written by the {} backend, not usearch",
+                file.backend
+            )));
+        }
+        super::validate_dim(file.manifest.dim).map_err(|e| corrupt(e.to_string()))?;
+        super::validate_models(&file.manifest.models).map_err(|e| corrupt(e.to_string()))?;
+        Ok(file)
+    }
+
+    /// Loads snapshot `file.generation` (an empty index when there is none).
+    fn load_snapshot(dir: &Path, file: &StoreFile) -> Result<(Index, HashMap<u64, u32>)> {
+        let index = new_index(file.manifest.dim, &file.index)?;
+        if file.generation == 0 {
+            return Ok((index, HashMap::new()));
+        }
+        let ip = index_path(dir, file.generation);
+        index
+            .load(ip.to_str().unwrap_or_default())
+            .map_err(|e| GalleryError::Corrupt {
+                path: ip.clone(),
+                reason: e.to_string(),
+            })?;
+        let items = read_items(
+            &items_path(dir, file.generation),
+            file.manifest.models.len(),
+        )?;
+        if index.size() != items.len() {
             return Err(GalleryError::Corrupt {
-                path,
-                reason: format!("written by the {} backend, not usearch", file.backend),
+                path: ip,
+                reason: format!(
+                    "{} vectors but the sidecar lists {} items",
+                    index.size(),
+                    items.len()
+                ),
             });
         }
-        let dim = file.manifest.dim;
-        let index = new_index(dim, &file.index)?;
-        let mut items = HashMap::new();
-        if file.generation > 0 {
-            let ip = index_path(dir, file.generation);
-            index
-                .load(ip.to_str().unwrap_or_default())
-                .map_err(|e| GalleryError::Corrupt {
-                    path: ip.clone(),
-                    reason: e.to_string(),
-                })?;
-            items = read_items(
-                &items_path(dir, file.generation),
-                file.manifest.models.len(),
-            )?;
-            if index.size() != items.len() {
-                return Err(GalleryError::Corrupt {
-                    path: ip,
-                    reason: format!(
-                        "{} vectors but the sidecar lists {} items",
-                        index.size(),
-                        items.len()
-                    ),
-                });
-            }
+        Ok((index, items))
+    }
+
+    fn open_with(dir: &Path, recover: bool) -> Result<(Self, Recovery)> {
+        if !dir.join(STORE_FILE).is_file() {
+            Self::read_store_file(dir)?; // the Missing error
         }
+        let lock = lock(dir)?;
+        let file = Self::read_store_file(dir)?;
+        let (index, items) = Self::load_snapshot(dir, &file)?;
         remove_strays(dir, file.generation);
         let wal_path = dir.join(WAL_FILE);
-        let mut wal = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .append(true)
-            .open(&wal_path)
-            .map_err(io_err(&wal_path))?;
+        let mut wal = open_wal(&wal_path)?;
         let mut bytes = Vec::new();
         wal.read_to_end(&mut bytes).map_err(io_err(&wal_path))?;
-        let (records, good) = read_wal(&bytes, dim);
-        if good < bytes.len() {
+        let scan = read_wal(&bytes, file.manifest.dim, file.applied_seq);
+        let lost: Vec<u64> = scan.damage.iter().flat_map(|d| d.missing.clone()).collect();
+        if !lost.is_empty() && !recover {
+            let d = scan.damage.iter().find(|d| !d.missing.is_empty()).unwrap();
+            return Err(GalleryError::Corrupt {
+                path: wal_path,
+                reason: format!(
+                    "damaged at bytes {}..{} of {}: the records with sequence numbers {}..={} \
+                     ({} acknowledged write(s) in all) cannot be read, and {} intact record(s) \
+                     follow; the store will not open and silently drop them. Restore the log \
+                     from a backup, or run `bcl gallery recover` to keep every intact record \
+                     (the damaged log is kept beside it)",
+                    d.from,
+                    d.to,
+                    bytes.len(),
+                    d.missing.start(),
+                    d.missing.end(),
+                    lost.len(),
+                    scan.records
+                        .iter()
+                        .filter(|r| r.seq > *d.missing.end())
+                        .count()
+                ),
+            });
+        }
+        let mut recovery = Recovery {
+            records: scan.records.len(),
+            damaged: scan
+                .damage
+                .iter()
+                .map(|d| (d.from as u64, d.to as u64))
+                .collect(),
+            lost_sequences: lost,
+            saved_log: None,
+        };
+        if recover && !scan.damage.is_empty() {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let saved = dir.join(format!("{WAL_FILE}.damaged-{secs}"));
+            crate::report::write_atomic(&saved, &bytes).map_err(|e| GalleryError::Corrupt {
+                path: saved.clone(),
+                reason: e.to_string(),
+            })?;
+            recovery.saved_log = Some(saved);
+        }
+        for d in &scan.damage {
             tracing::warn!(
-                "{}: cut {} bytes of an unfinished record (never reported committed)",
+                "{}: skipped {} damaged bytes at {}..{} ({})",
                 wal_path.display(),
-                bytes.len() - good
+                d.to - d.from,
+                d.from,
+                d.to,
+                if d.missing.is_empty() {
+                    "no record is missing around them".to_string()
+                } else {
+                    format!("records {}..={} lost", d.missing.start(), d.missing.end())
+                }
             );
-            wal.set_len(good as u64).map_err(io_err(&wal_path))?;
+        }
+        if scan.good < bytes.len() {
+            tracing::warn!(
+                "{}: cut {} bytes of an unfinished last record (never reported committed)",
+                wal_path.display(),
+                bytes.len() - scan.good
+            );
+            wal.set_len(scan.good as u64).map_err(io_err(&wal_path))?;
             wal.sync_all().map_err(io_err(&wal_path))?;
         }
         let mut store = Self {
@@ -432,14 +685,16 @@ impl UsearchStore {
             index,
             items,
             wal,
-            wal_len: good as u64,
+            wal_len: scan.good as u64,
+            poisoned: None,
+            fail_next_apply: false,
             permits: Permits::new(context_count()),
             _lock: lock,
         };
         // Thread contexts for searches: a loaded index has none reserved ("Reserve capacity
         // ahead of searches"). Searches run on rayon's pool, so its size bounds the callers.
         store.reserve(0)?;
-        for r in records {
+        for r in scan.records {
             store.next_seq = store.next_seq.max(r.seq + 1);
             if r.seq <= store.file.applied_seq {
                 continue;
@@ -455,7 +710,18 @@ impl UsearchStore {
                 })?;
             store.apply(m, &r.ids, &r.vectors)?;
         }
-        Ok(store)
+        if !scan.damage.is_empty() {
+            // Fold what was replayed into a snapshot, so the damaged bytes leave the live log.
+            store.checkpoint()?;
+        }
+        Ok((store, recovery))
+    }
+
+    /// Makes the next write fail inside the in-memory index after its removals, as an index
+    /// error would (for tests of the store's behaviour after such a failure).
+    #[doc(hidden)]
+    pub fn fail_next_apply(&mut self) {
+        self.fail_next_apply = true;
     }
 
     /// The store's directory.
@@ -500,26 +766,52 @@ impl UsearchStore {
         Ok(())
     }
 
-    /// Puts vectors into the in-memory index (upsert).
+    /// Puts vectors into the in-memory index (upsert). Room is reserved before anything
+    /// changes; a failure after the first change poisons the store (see `poisoned`).
     fn apply(&mut self, model: u32, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        self.check_poison()?;
         let dim = self.file.manifest.dim;
-        for id in ids {
-            if self.items.contains_key(id) {
-                self.index.remove(*id).map_err(index_err)?;
-            }
-        }
         self.reserve(ids.len())?;
-        let index = &self.index;
-        ids.par_iter()
-            .zip(vectors.par_chunks(dim))
-            .try_for_each(|(&id, v)| self.permits.with(|| index.add(id, v)).map_err(index_err))?;
-        for &id in ids {
-            self.items.insert(id, model);
+        let changed = (|| {
+            for id in ids {
+                if self.items.remove(id).is_some() {
+                    self.index.remove(*id).map_err(index_err)?;
+                }
+            }
+            if std::mem::take(&mut self.fail_next_apply) {
+                return Err(GalleryError::Index("injected failure (test hook)".into()));
+            }
+            let index = &self.index;
+            ids.par_iter()
+                .zip(vectors.par_chunks(dim))
+                .try_for_each(|(&id, v)| {
+                    self.permits.with(|| index.add(id, v)).map_err(index_err)
+                })?;
+            for &id in ids {
+                self.items.insert(id, model);
+            }
+            Ok(())
+        })();
+        if let Err(e) = &changed {
+            self.poisoned = Some(e.to_string());
         }
-        Ok(())
+        changed
+    }
+
+    /// Refuses to go on after a write failed half-way through the in-memory index.
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(why) => Err(GalleryError::Invalid(format!(
+                "{}: an earlier write failed part-way through the in-memory index ({why}); \
+                 reopen the gallery: its log replays every committed write",
+                self.dir.display()
+            ))),
+        }
     }
 
     fn search(&self, queries: &[f32], k: usize, exact: bool) -> Result<Vec<Vec<Hit>>> {
+        self.check_poison()?;
         let dim = self.file.manifest.dim;
         let q = prepare_queries(dim, queries, k)?;
         q.par_chunks(dim)
@@ -544,7 +836,8 @@ impl UsearchStore {
     }
 }
 
-/// Removes temporary files and snapshots of other generations (left by a crash mid-checkpoint).
+/// Removes the store's own temporary files and snapshots of other generations (left by a crash
+/// mid-checkpoint); any file the store did not name is left alone.
 fn remove_strays(dir: &Path, generation: u64) {
     let keep = [index_path(dir, generation), items_path(dir, generation)];
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -552,9 +845,12 @@ fn remove_strays(dir: &Path, generation: u64) {
     };
     for e in rd.flatten() {
         let p = e.path();
-        let name = e.file_name().to_string_lossy().to_string();
-        let snapshot = name.starts_with("index-") || name.starts_with("items-");
-        if (name.ends_with(".tmp") || snapshot) && !keep.contains(&p) {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let permanent = [LOCK_FILE, WAL_FILE, STORE_FILE].contains(&name.as_str())
+            || name.starts_with(&format!("{WAL_FILE}.damaged-"));
+        if own_file(&name) && !permanent && !keep.contains(&p) && e.path().is_file() {
             let _ = std::fs::remove_file(&p);
         }
     }
@@ -583,16 +879,34 @@ impl GalleryStore for UsearchStore {
     }
 
     fn add(&mut self, model: &str, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        self.check_poison()?;
         let m = self.model_index(model)?;
         let v = prepare_add(&self.file.manifest, model, ids, vectors)?;
-        let rec = encode_record(self.next_seq, model, ids, &v);
+        let dim = self.file.manifest.dim;
+        // Large adds become several records, so no length field can overflow.
+        let per_record =
+            ((MAX_RECORD_BYTES - RECORD_HEAD - model.len() - 4) / (8 + 4 * dim)).max(1);
         let wal_path = self.dir.join(WAL_FILE);
-        self.wal.write_all(&rec).map_err(io_err(&wal_path))?;
-        self.wal.sync_data().map_err(io_err(&wal_path))?;
-        self.wal_len += rec.len() as u64;
-        self.next_seq += 1;
-        self.apply(m, ids, &v)?;
-        if self.wal_len > CHECKPOINT_BYTES {
+        for (ids, v) in ids.chunks(per_record).zip(v.chunks(per_record * dim)) {
+            let rec = encode_record(self.next_seq, model, ids, v)?;
+            let written = self.wal.write_all(&rec).and_then(|()| self.wal.sync_data());
+            if let Err(e) = written {
+                // Cut what part of the record reached the log, so the next write does not
+                // follow a damaged record (the add was not acknowledged).
+                if self.wal.set_len(self.wal_len).is_err() {
+                    self.poisoned = Some(format!("the log could not be written: {e}"));
+                }
+                return Err(io_err(&wal_path)(e));
+            }
+            self.wal_len += rec.len() as u64;
+            self.next_seq += 1;
+            self.apply(m, ids, v)?;
+        }
+        let limit = match self.file.index.checkpoint_bytes {
+            0 => CHECKPOINT_BYTES,
+            n => n,
+        };
+        if self.wal_len > limit {
             self.checkpoint()?;
         }
         Ok(())
@@ -607,6 +921,7 @@ impl GalleryStore for UsearchStore {
     }
 
     fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>> {
+        self.check_poison()?;
         let dim = self.file.manifest.dim;
         let mut out = vec![0f32; ids.len() * dim];
         for (&id, row) in ids.iter().zip(out.chunks_mut(dim)) {
@@ -656,6 +971,7 @@ impl GalleryStore for UsearchStore {
     }
 
     fn checkpoint(&mut self) -> Result<()> {
+        self.check_poison()?;
         if self.wal_len == 0 {
             return Ok(());
         }
