@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use bcl::data::DataConfig;
 use bcl::data::Dataset;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{self, ServeConfig, ServeState};
@@ -13,7 +14,7 @@ use bcl::gallery::{
     self as gal, BackendConfig, GalleryManifest, GalleryStore, Lineage, MilvusConfig, ModelInfo,
 };
 use bcl::model::Embedder;
-use bcl::pipeline::{self, parse_device, DataConfig, RunConfig};
+use bcl::pipeline::{parse_device, RunConfig};
 use clap::{Args, Subcommand};
 
 /// Gallery commands.
@@ -53,7 +54,7 @@ pub struct DataArgs {
     data: Option<PathBuf>,
     /// test or train.
     #[arg(long, default_value = "test")]
-    split: String,
+    split: bcl::data::Part,
     /// Use only the first N images of each class of the split.
     #[arg(long)]
     per_class: Option<usize>,
@@ -349,13 +350,25 @@ fn load_model(p: &Path, device: &str) -> Result<Embedder> {
     Embedder::load(p, device).with_context(|| format!("{}: cannot load the model", p.display()))
 }
 
+/// The data configuration of the run that trained the model in `model_dir` (its
+/// `config.toml`); a model without one needs `--config`.
+pub fn run_data_config(model_dir: &Path) -> Result<DataConfig> {
+    let path = model_dir.join("config.toml");
+    if !path.is_file() {
+        bail!(
+            "{}: no run configuration beside the model, so its data are unknown; give --config \
+             with a [data] section",
+            path.display()
+        );
+    }
+    Ok(RunConfig::from_toml_file(&path)?.data)
+}
+
 /// The data configuration: --config's, else the model's training run's, with flag overrides.
 fn data_config(a: &DataArgs, model_dir: Option<&Path>) -> Result<DataConfig> {
     let mut cfg = match (&a.config, model_dir) {
         (Some(p), _) => RunConfig::from_toml_file(p)?.data,
-        (None, Some(m)) => pipeline::old_run(m)
-            .map(|(c, _)| c.data)
-            .unwrap_or_default(),
+        (None, Some(m)) => run_data_config(m)?,
         (None, None) => DataConfig::default(),
     };
     if let Some(d) = &a.data {
@@ -365,12 +378,7 @@ fn data_config(a: &DataArgs, model_dir: Option<&Path>) -> Result<DataConfig> {
 }
 
 fn load_split(a: &DataArgs, cfg: &DataConfig) -> Result<Dataset> {
-    let (train, test) = pipeline::load_data(cfg)?;
-    let d = match a.split.as_str() {
-        "test" => test,
-        "train" => train,
-        s => bail!("--split {s}: expected test or train"),
-    };
+    let d = bcl::data::open_part(cfg, a.split)?;
     Ok(match a.per_class {
         Some(n) => d.take_per_class(n),
         None => d,
@@ -437,7 +445,7 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                 &data,
                 &ops::DataOrigin {
                     data: dcfg.clone(),
-                    split: a.data.split.clone(),
+                    split: a.data.split,
                     per_class: a.data.per_class,
                 },
                 &embed_options(&a.embed, false)?,
@@ -459,7 +467,7 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
                 let name = a.name.as_deref().unwrap_or_default();
                 let info = ModelInfo::external(name, dim);
                 let mut store: Box<dyn GalleryStore> =
-                    if a.create && !a.store.join(gal::usearch_store::STORE_FILE).exists() {
+                    if a.create && !a.store.join(gal::GALLERY_FILE).exists() {
                         gal::create(&a.store, GalleryManifest::new(dim), &a.backend.config())?
                     } else {
                         gal::open(&a.store)?

@@ -246,7 +246,11 @@ struct EvalArgs {
     /// Model directories (repeat); new models are paired with the model they claim compatibility with.
     #[arg(long = "model", required = true)]
     models: Vec<PathBuf>,
-    /// Directory of MNIST-layout IDX files (default: the first model's run configuration).
+    /// TOML run configuration whose [data] section names the test data (default: the first
+    /// model's own run configuration).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the configuration's).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Use only the first N test images per class.
@@ -396,8 +400,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             print!("{md}");
             if let Some(out) = a.out {
-                bcl::report::write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
-                bcl::report::write_atomic(
+                bcl::files::write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
+                bcl::files::write_atomic(
                     &out.join("benchmarks.json"),
                     serde_json::to_string_pretty(&reports)?.as_bytes(),
                 )?;
@@ -463,16 +467,17 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .map(|p| Embedder::load(p, device))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut data_cfg = pipeline::old_run(&models[0].dir)
-                .map(|(c, _)| c.data)
-                .unwrap_or_default();
+            let mut data_cfg = match &a.config {
+                Some(p) => RunConfig::from_toml_file(p)?.data,
+                None => gallery_cmd::run_data_config(&models[0].dir)?,
+            };
             if let Some(d) = a.data {
                 data_cfg.dir = d;
             }
             if a.test_per_class.is_some() {
                 data_cfg.test_per_class = a.test_per_class;
             }
-            let (_, test) = pipeline::load_data(&data_cfg)?;
+            let test = bcl::data::open_test(&data_cfg)?;
             let report = pipeline::evaluate_models(&models, &test, 512)?;
             println!("{}", rows_markdown(&report.rows));
             println!("compatibility matrix (mAP), rows query model, columns gallery model:");
@@ -691,7 +696,33 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        match flag_hint(&e) {
+            Some(hint) => eprintln!("error: {e:#}\nhint: {hint}"),
+            None => eprintln!("error: {e:#}"),
+        }
         std::process::exit(1);
     }
+}
+
+/// The command-line flag that resolves a library error, where one does (the library says what
+/// is wrong in its own terms; only the binary knows its flags).
+fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
+    use bcl::gallery::GalleryError;
+    use bcl::pipeline::PipelineError;
+    use bcl::train::TrainError;
+    let train = |t: &TrainError| match t {
+        TrainError::Exists(_) => Some("pass --resume to continue it, or choose another --out"),
+        TrainError::ConfigChanged { .. } => Some("choose another --out"),
+        TrainError::Interrupted { .. } => Some("continue it with --resume"),
+        _ => None,
+    };
+    e.chain().find_map(|c| {
+        if let Some(GalleryError::Lineage(_)) = c.downcast_ref::<GalleryError>() {
+            return Some("pass --force to search anyway");
+        }
+        if let Some(PipelineError::Train(t)) = c.downcast_ref::<PipelineError>() {
+            return train(t);
+        }
+        c.downcast_ref::<TrainError>().and_then(train)
+    })
 }

@@ -1,12 +1,17 @@
 //! Data: the IDX reader (MNIST layout, plain or gzipped), in-memory image datasets, the
 //! deterministic scenario splits of METHOD.md section 6, and training-time augmentation;
-//! `cifar` reads CIFAR-100's binary files, `lists` the image lists of the retrieval benchmarks,
-//! `images` decodes image files (and loads them in parallel).
+//! `config` says what a run's data are, `source` opens them for every format (the one way every
+//! command reads data), `cifar` reads CIFAR-100's binary files, `lists` the image lists of the
+//! retrieval benchmarks, `images` decodes image files (and loads them in parallel).
 
 pub mod cifar;
+pub mod config;
 pub mod images;
 pub mod lists;
 pub mod source;
+
+pub use config::{DataConfig, DataFormat, Part};
+pub use source::{open, open_part, open_test, Opened, TrainSource};
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -101,6 +106,9 @@ pub enum DataError {
     /// A split configuration that cannot be applied.
     #[error("invalid split: {0}")]
     InvalidSplit(String),
+    /// A data configuration that does not match the data (classes, format settings).
+    #[error("{0}")]
+    Config(String),
     /// A list or binary file that does not follow its published layout.
     #[error("{path}{}: {reason}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
     Format {
@@ -304,6 +312,20 @@ impl Dataset {
     /// Bytes per image.
     pub fn item_size(&self) -> usize {
         self.channels * self.rows * self.cols
+    }
+
+    /// The items at `indices` with labels mapped to `classes` order (label `classes[i]` → `i`).
+    pub fn relabel(&self, indices: &[usize], classes: &[i64]) -> Self {
+        let mut sub = self.subset(indices);
+        let mut map = vec![-1i64; self.classes];
+        for (i, &c) in classes.iter().enumerate() {
+            map[c as usize] = i as i64;
+        }
+        for l in sub.labels.iter_mut() {
+            *l = map[*l as usize];
+        }
+        sub.classes = classes.len();
+        sub
     }
 
     /// The items at `indices`, keeping their ids and labels.

@@ -16,15 +16,14 @@ use tch::Tensor;
 
 use crate::data::Scenario;
 use crate::eval::leave_one_out;
+use crate::files::write_atomic;
 use crate::loss::Method;
 use crate::model::{l2_normalize, Embedder};
 use crate::pipeline::{
     evaluate_models_with, train_new, train_old, EvalReport, MatrixCells, PipelineError, RunConfig,
     StepOptions,
 };
-use crate::report::{
-    plot_frontier, plot_matrix, plot_prototypes_pca, write_atomic, FrontierSeries, ResultRow,
-};
+use crate::report::{plot_frontier, plot_matrix, plot_prototypes_pca, FrontierSeries, ResultRow};
 
 /// A knob a sweep turns.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,14 +136,20 @@ impl Default for ExperimentConfig {
 impl ExperimentConfig {
     /// Reads a TOML file over the defaults (unknown keys are errors).
     pub fn from_toml_file(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Config {
+        let cfg: Self = crate::files::read_toml(path)?;
+        let invalid = |reason: String| PipelineError::Config {
             path: path.to_path_buf(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        let cfg: Self = toml::from_str(&text).map_err(|e| PipelineError::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        cfg.base.validate().map_err(&invalid)?;
+        for s in &cfg.sweeps {
+            for &v in &s.values {
+                s.knob
+                    .apply(&cfg.base, v)
+                    .validate()
+                    .map_err(|e| invalid(format!("sweep {} = {v}: {e}", s.knob.as_str())))?;
+            }
+        }
         if cfg.seeds.is_empty() || cfg.scenarios.is_empty() || cfg.methods.is_empty() {
             return Err(PipelineError::Config {
                 path: path.to_path_buf(),
@@ -524,10 +529,7 @@ pub fn run_experiment(
 ) -> Result<ExperimentReport, PipelineError> {
     std::fs::create_dir_all(out)
         .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
-    write_atomic(
-        &out.join("experiment.toml"),
-        toml::to_string_pretty(cfg).expect("serialises").as_bytes(),
-    )?;
+    crate::files::write_toml(&out.join("experiment.toml"), cfg)?;
     let opts = StepOptions {
         resume: true,
         ..opts.clone()
@@ -577,7 +579,7 @@ pub fn run_experiment(
                 .collect();
             let (report, points): (EvalReport, Vec<FrontierPoint>) =
                 cached(&dir.join("eval.json"), &model_ids(&all_dirs)?, || {
-                    let test = crate::pipeline::load_test(&rc.data)?;
+                    let test = crate::data::open_test(&rc.data)?;
                     let models = dirs
                         .iter()
                         .map(|d| Embedder::load(d, opts.device))
@@ -746,12 +748,7 @@ pub fn run_experiment(
         backfill: deploy,
         benchmarks: bench_runs,
     };
-    write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)
-            .expect("serialises")
-            .as_bytes(),
-    )?;
+    crate::files::write_json(&out.join("report.json"), &report)?;
     Ok(report)
 }
 

@@ -55,6 +55,11 @@ pub enum GalleryError {
     },
 }
 
+/// The file every gallery directory holds, whatever its backend: `backend` names the backend,
+/// the rest is the backend's (the usearch store's manifest and snapshot state, or a pointer to
+/// a Milvus collection).
+pub const GALLERY_FILE: &str = "gallery.json";
+
 /// Result alias of the gallery module.
 pub type Result<T> = std::result::Result<T, GalleryError>;
 
@@ -101,9 +106,9 @@ impl ModelInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DataSource {
     /// The data configuration the items were read with.
-    pub data: crate::pipeline::DataConfig,
-    /// "test" or "train".
-    pub split: String,
+    pub data: crate::data::DataConfig,
+    /// Which part of the data set.
+    pub split: crate::data::Part,
     /// Only the first N items of each class of the split were used.
     #[serde(default)]
     pub per_class: Option<usize>,
@@ -281,7 +286,7 @@ pub fn validate_models(models: &[ModelInfo]) -> Result<()> {
 /// the store itself names (`own`: leftovers of a create that crashed): the store must never mix with, or later
 /// clean up, other people's files.
 pub fn check_fresh_dir(dir: &std::path::Path, own: impl Fn(&str) -> bool) -> Result<()> {
-    if dir.join(usearch_store::STORE_FILE).exists() {
+    if dir.join(GALLERY_FILE).exists() {
         return Err(GalleryError::Invalid(format!(
             "{}: a gallery already exists here; add to it with `bcl gallery add` or choose \
              another directory",
@@ -378,7 +383,8 @@ pub fn check_lineage(
         Ok(Lineage::Forced(text))
     } else {
         Err(GalleryError::Lineage(format!(
-            "{text}. Use a model trained against the gallery's model, or pass --force to search anyway"
+            "{text}. Use a model trained against the gallery's model, or force the search past \
+             the lineage check"
         )))
     }
 }
@@ -514,13 +520,13 @@ pub fn create(
 
 /// Opens the gallery in `dir`, with the backend its `gallery.json` names.
 pub fn open(dir: &std::path::Path) -> Result<Box<dyn GalleryStore>> {
-    let path = dir.join(usearch_store::STORE_FILE);
+    let path = dir.join(GALLERY_FILE);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(GalleryError::Missing {
                 path: dir.to_path_buf(),
-                reason: format!("{} not found", usearch_store::STORE_FILE),
+                reason: format!("{} not found", GALLERY_FILE),
             })
         }
         Err(source) => return Err(GalleryError::Io { path, source }),

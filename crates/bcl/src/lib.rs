@@ -3,11 +3,14 @@
 //! A new embedding model is trained so that its query vectors can be searched against a
 //! gallery embedded by an older model (no backfilling). The modules follow the concepts of
 //! the project's METHOD.md: [`data`], [`model`], [`loss`], [`perturb`], [`train`], [`eval`],
-//! [`report`] and [`gallery`] (deployment: a store that outlives its model), with [`pipeline`] wiring them into the steps the `bcl` binary exposes.
+//! [`report`] and [`gallery`] (deployment: a store that outlives its model), with [`pipeline`]
+//! wiring them into the steps the `bcl` binary exposes, [`experiment`] running many of them,
+//! and [`files`] the file I/O they share.
 
 pub mod data;
 pub mod eval;
 pub mod experiment;
+pub mod files;
 pub mod gallery;
 pub mod loss;
 pub mod model;

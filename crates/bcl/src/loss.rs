@@ -10,8 +10,8 @@ pub mod zoo;
 
 use crate::model::l2_normalize;
 use crate::perturb::{
-    class_prototypes, geometry_stats, pseudo_old, Ndpp, NdppConfig, Odpp, OdppConfig, Perturbation,
-    RefreshInputs, RefreshStats,
+    class_prototypes, geometry_stats, pseudo_old_table, Ndpp, NdppConfig, Odpp, OdppConfig,
+    Perturbation, RefreshInputs, RefreshStats,
 };
 
 /// Which classification head the model trains with.
@@ -302,7 +302,7 @@ impl PerturbedBct {
 
     /// Sets Δ (and the pseudo-old prototypes it defines).
     pub fn set_delta(&mut self, delta: Tensor) {
-        self.pseudo = pseudo_old(&self.old, &delta).detach();
+        self.pseudo = pseudo_old_table(&self.old, &delta);
         self.delta = delta.detach();
     }
 
@@ -594,7 +594,7 @@ impl Method {
             Method::Ndpp => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
                 "refresh": cfg.refresh, "ndpp": cfg.ndpp }),
             Method::Odpp => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
-                "refresh": cfg.refresh, "odpp": cfg.odpp }),
+                "refresh": cfg.refresh, "odpp": cfg.odpp_resolved() }),
             Method::Lce => {
                 json!({ "lambda": cfg.lambda, "old_bank_per_class": bank, "lce": cfg.lce })
             }
@@ -642,7 +642,7 @@ impl Method {
                     cfg.scale,
                     p,
                     cfg.refresh.clone(),
-                    Box::new(Odpp::new(cfg.odpp.clone(), bank, labels, c, d)),
+                    Box::new(Odpp::new(cfg.odpp_resolved(), bank, labels, c, d)),
                 ))
             }
             Method::Lce => {
@@ -739,7 +739,7 @@ impl Default for CompatConfig {
     fn default() -> Self {
         Self {
             lambda: 1.0,
-            scale: 16.0,
+            scale: crate::perturb::DEFAULT_SCALE,
             refresh: RefreshConfig::default(),
             ndpp: NdppConfig::default(),
             odpp: OdppConfig::default(),
@@ -748,5 +748,123 @@ impl Default for CompatConfig {
             ract: Default::default(),
             advbct: Default::default(),
         }
+    }
+}
+
+/// Checks that `v` lies where `ok` says, naming the setting and the range otherwise.
+fn check(name: &str, v: f64, ok: bool, range: &str) -> Result<(), String> {
+    if ok && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{name} = {v}: expected {range}"))
+    }
+}
+
+impl CompatConfig {
+    /// ODPP's settings with its logit scale resolved (unset: the influence loss's `scale`).
+    pub fn odpp_resolved(&self) -> OdppConfig {
+        let mut o = self.odpp.clone();
+        o.scale.get_or_insert(self.scale);
+        o
+    }
+
+    /// Checks every setting against its meaning; the error names the setting (as written in a
+    /// configuration file) and its allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        let c = self;
+        check("compat.lambda", c.lambda, c.lambda >= 0.0, ">= 0")?;
+        check("compat.scale", c.scale, c.scale > 0.0, "> 0")?;
+        let r = &c.refresh;
+        if r.every_steps == Some(0) {
+            return Err(
+                "compat.refresh.every_steps = 0: expected >= 1 (or unset: each epoch)".into(),
+            );
+        }
+        if r.bank_per_class == 0 {
+            return Err("compat.refresh.bank_per_class = 0: expected >= 1".into());
+        }
+        let m = r.ema_momentum;
+        check(
+            "compat.refresh.ema_momentum",
+            m,
+            (0.0..1.0).contains(&m),
+            "in [0, 1)",
+        )?;
+        let n = &c.ndpp;
+        if n.k == 0 {
+            return Err("compat.ndpp.k = 0: expected >= 1 neighbours".into());
+        }
+        check("compat.ndpp.tau", n.tau, n.tau > 0.0, "> 0")?;
+        check(
+            "compat.ndpp.alpha",
+            n.alpha,
+            (0.0..=1.0).contains(&n.alpha),
+            "in [0, 1]",
+        )?;
+        check(
+            "compat.ndpp.eps",
+            n.eps,
+            (0.0..1.0).contains(&n.eps),
+            "in [0, 1)",
+        )?;
+        if let Some(b) = n.beta {
+            check("compat.ndpp.beta", b, b > 0.0 && b < 0.5, "in (0, 1/2)")?;
+        }
+        let o = &c.odpp;
+        check("compat.odpp.lr", o.lr, o.lr > 0.0, "> 0")?;
+        check("compat.odpp.mu", o.mu, o.mu >= 0.0, ">= 0")?;
+        check("compat.odpp.gamma", o.gamma, o.gamma >= 0.0, ">= 0")?;
+        check(
+            "compat.odpp.eps",
+            o.eps,
+            (0.0..1.0).contains(&o.eps),
+            "in [0, 1)",
+        )?;
+        if let Some(s) = o.scale {
+            check("compat.odpp.scale", s, s > 0.0, "> 0")?;
+        }
+        if o.old_bank_per_class == 0 {
+            return Err("compat.odpp.old_bank_per_class = 0: expected >= 1".into());
+        }
+        let l = &c.lce;
+        check(
+            "compat.lce.align_weight",
+            l.align_weight,
+            l.align_weight >= 0.0,
+            ">= 0",
+        )?;
+        let b = l.boundary_weight;
+        check("compat.lce.boundary_weight", b, b >= 0.0, ">= 0")?;
+        let u = &c.unibct;
+        if u.k == 0 {
+            return Err("compat.unibct.k = 0: expected >= 1 neighbours".into());
+        }
+        check(
+            "compat.unibct.alpha",
+            u.alpha,
+            (0.0..1.0).contains(&u.alpha),
+            "in [0, 1)",
+        )?;
+        let t = c.ract.temperature;
+        check("compat.ract.temperature", t, t > 0.0, "> 0")?;
+        let a = &c.advbct;
+        check(
+            "compat.advbct.adv_weight",
+            a.adv_weight,
+            a.adv_weight >= 0.0,
+            ">= 0",
+        )?;
+        let b = a.boundary_weight;
+        check("compat.advbct.boundary_weight", b, b >= 0.0, ">= 0")?;
+        check("compat.advbct.elastic", a.elastic, a.elastic >= 0.0, ">= 0")?;
+        if a.hidden < 1 {
+            return Err(format!(
+                "compat.advbct.hidden = {}: expected >= 1",
+                a.hidden
+            ));
+        }
+        let g = a.schedule_gamma;
+        check("compat.advbct.schedule_gamma", g, g >= 0.0, ">= 0")?;
+        Ok(())
     }
 }

@@ -41,9 +41,20 @@ pub fn class_prototypes(
     Ok(l2_normalize(&sums))
 }
 
-/// Pseudo-old prototypes `normalize(P° + Δ)`.
+/// Pseudo-old prototypes `normalize(P° + Δ)` (differentiable in Δ: ODPP optimises through it).
 pub fn pseudo_old(old: &Tensor, delta: &Tensor) -> Tensor {
     l2_normalize(&(old + delta))
+}
+
+/// The pseudo-old prototype table a loss trains against: [`pseudo_old`], except that a row whose
+/// δ is zero keeps its old prototype bit for bit (renormalising an already unit row moves it by
+/// rounding, and training amplifies that: 1e-7 grew to 5e-3 in BatchNorm statistics within 20
+/// steps), so that Δ = 0 trains exactly as BCT. Constant: no gradient flows through it.
+pub fn pseudo_old_table(old: &Tensor, delta: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let moved = delta.abs().amax([1i64].as_slice(), true).gt(0.0);
+        pseudo_old(old, delta).where_self(&moved, old)
+    })
 }
 
 /// Rows of prototypes per block in the C × C similarity computations: memory stays at
@@ -293,8 +304,9 @@ pub struct OdppConfig {
     pub gamma: f64,
     /// Bound `ε` on each `‖δ_k‖` (projection).
     pub eps: f64,
-    /// Scale `s` of the cosine logits in `CE_s`.
-    pub scale: f64,
+    /// Scale `s` of the cosine logits in `CE_s`; unset, the influence loss's (`[compat] scale`),
+    /// so that Δ is optimised for the logits the new model is trained with.
+    pub scale: Option<f64>,
     /// Old features per class in the bank `F°` (computed once).
     pub old_bank_per_class: usize,
 }
@@ -310,11 +322,15 @@ impl Default for OdppConfig {
             mu: 1.0,
             gamma: 0.1,
             eps: 0.3,
-            scale: 16.0,
+            scale: None,
             old_bank_per_class: 128,
         }
     }
 }
+
+/// The logit scale of the influence loss (`[compat] scale`) by default, and of ODPP's `CE_s` when
+/// neither is set.
+pub const DEFAULT_SCALE: f64 = 16.0;
 
 /// ODPP: Δ as a free variable, optimised by projected Adam on J(Δ), warm-started.
 pub struct Odpp {
@@ -376,8 +392,9 @@ impl Odpp {
         new_labels: &Tensor,
     ) -> Tensor {
         let p = pseudo_old(old, delta);
-        prototype_ce(new_bank, new_labels, &p, self.cfg.scale)
-            + prototype_ce(&self.old_bank, &self.old_bank_labels, &p, self.cfg.scale) * self.cfg.mu
+        let s = self.cfg.scale.unwrap_or(DEFAULT_SCALE);
+        prototype_ce(new_bank, new_labels, &p, s)
+            + prototype_ce(&self.old_bank, &self.old_bank_labels, &p, s) * self.cfg.mu
             + delta.square().sum(Kind::Float) * self.cfg.gamma
     }
 

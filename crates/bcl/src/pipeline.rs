@@ -9,18 +9,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::source::{ImageFiles, TrainData};
+use crate::data::source::TrainData;
 use crate::data::{
-    load_idx_dir, per_class_sample, rng_for, DataError, Dataset, Scenario, Split, SplitConfig,
-    DEFAULT_DATA_DIR,
+    per_class_sample, rng_for, DataConfig, DataError, Dataset, Scenario, Split, SplitConfig,
 };
 use crate::eval::{is_compatible, update_gain, CompatMatrix, EvalError};
+use crate::files::write_atomic;
 use crate::loss::{BuildContext, CompatConfig, Method};
 use crate::model::{Embedder, ModelConfig, ModelError};
 use crate::perturb::{class_prototypes, PrototypeError};
 use crate::report::{
-    matrix_csv, plot_curves, plot_matrix, rows_csv, rows_markdown, write_atomic, ReportError,
-    ResultRow,
+    matrix_csv, plot_curves, plot_matrix, rows_csv, rows_markdown, ReportError, ResultRow,
 };
 use crate::train::{
     finished_run, job_config_string, train, EpochStats, TrainConfig, TrainError, TrainJob,
@@ -45,6 +44,9 @@ pub enum PipelineError {
     /// Reports.
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// Reading or writing a file.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// Prototypes.
     #[error(transparent)]
     Prototype(#[from] PrototypeError),
@@ -59,66 +61,6 @@ pub enum PipelineError {
     /// Anything else the user must fix, with the reason.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// The on-disk layout of a data directory.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    /// MNIST-layout IDX files (Fashion-MNIST, MNIST), plain or gzipped.
-    #[default]
-    Idx,
-    /// CIFAR-100's binary version (`train.bin`, `test.bin`; 3 × 32 × 32, 100 fine classes).
-    Cifar100,
-    /// Class-per-folder image trees `dir/train/<class>/` and `dir/test/<class>/` (JPEG/PNG),
-    /// decoded into memory at `[data.image]` size (or streamed with `stream = true`).
-    ImageFolder,
-    /// Google Landmarks v2: `dir/train_clean.csv` and `dir/train/a/b/c/<id>.jpg`; training
-    /// images streamed, the last `test_per_class` images of each landmark held out as the
-    /// class-level test set (the benchmarks are `[[benchmark]]` entries).
-    Gldv2,
-    /// In-shop: `dir/list_eval_partition.txt`; the train partition streamed, query ∪ gallery
-    /// (item ids as classes) the class-level test set.
-    Inshop,
-    /// Stanford Online Products: `dir/Ebay_train.txt` streamed, `dir/Ebay_test.txt` the
-    /// class-level test set.
-    Sop,
-}
-
-/// Where the data come from and how much of it to use.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataConfig {
-    /// Layout of `dir`.
-    pub format: DataFormat,
-    /// Resize and crop of image files (`image-folder` only).
-    pub image: crate::data::images::ImagePrep,
-    /// Directory of the data files (IDX files, or CIFAR-100's binary files).
-    pub dir: PathBuf,
-    /// Number of classes the labels range over.
-    pub classes: usize,
-    /// Use only the first N training images of each class (quick runs).
-    pub train_per_class: Option<usize>,
-    /// Use only the first N test images of each class (quick runs).
-    pub test_per_class: Option<usize>,
-    /// `image-folder` only: decode training images batch by batch while training (bounded
-    /// memory, for sets larger than RAM) instead of decoding them all into memory first.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub stream: bool,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            format: DataFormat::Idx,
-            image: Default::default(),
-            dir: PathBuf::from(DEFAULT_DATA_DIR),
-            classes: 10,
-            train_per_class: None,
-            test_per_class: None,
-            stream: false,
-        }
-    }
 }
 
 /// The whole configuration of a run; saved as `config.toml` in every run directory.
@@ -185,14 +127,18 @@ impl RunConfig {
 
     /// Reads a TOML file over the defaults (unknown keys are errors).
     pub fn from_toml_file(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Config {
+        let cfg: Self = crate::files::read_toml(path)?;
+        cfg.validate().map_err(|reason| PipelineError::Config {
             path: path.to_path_buf(),
-            reason: format!("cannot read: {e}"),
+            reason,
         })?;
-        toml::from_str(&text).map_err(|e| PipelineError::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        Ok(cfg)
+    }
+
+    /// Checks the settings whose meaning bounds them (the compatibility term's); the error
+    /// names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        self.compat.validate()
     }
 
     /// The configuration as TOML text.
@@ -235,48 +181,6 @@ pub fn parse_device(s: &str) -> Result<Device, PipelineError> {
     }
 }
 
-/// Reads the train and test sets the configuration names (with its per-class limits).
-pub fn load_data(cfg: &DataConfig) -> Result<(Dataset, Dataset), PipelineError> {
-    let (mut train, mut test) = match cfg.format {
-        DataFormat::Idx => load_idx_dir(&cfg.dir, cfg.classes)?,
-        DataFormat::Cifar100 => {
-            if cfg.classes != 100 {
-                return Err(PipelineError::Invalid(format!(
-                    "data.classes is {} but CIFAR-100 has 100 (fine) classes",
-                    cfg.classes
-                )));
-            }
-            crate::data::cifar::load_cifar100_dir(&cfg.dir)?
-        }
-        DataFormat::Gldv2 | DataFormat::Inshop | DataFormat::Sop => {
-            return Err(PipelineError::Invalid(format!(
-                "data.format {:?} streams its training images: this step reads the test set \
-                 only through load_train_source",
-                cfg.format
-            )))
-        }
-        DataFormat::ImageFolder => {
-            let (train, test) = crate::data::images::load_image_folder_dir(&cfg.dir, &cfg.image)?;
-            if train.classes != cfg.classes {
-                return Err(PipelineError::Invalid(format!(
-                    "{}: {} class folders, but data.classes is {}",
-                    cfg.dir.join("train").display(),
-                    train.classes,
-                    cfg.classes
-                )));
-            }
-            (train, test)
-        }
-    };
-    if let Some(n) = cfg.train_per_class {
-        train = train.take_per_class(n);
-    }
-    if let Some(n) = cfg.test_per_class {
-        test = test.take_per_class(n);
-    }
-    Ok((train, test))
-}
-
 /// Options common to training steps.
 #[derive(Debug, Clone)]
 pub struct StepOptions {
@@ -291,119 +195,6 @@ pub struct StepOptions {
     pub probe_test: bool,
     /// Stop after this many epochs of this call, leaving a resumable checkpoint.
     pub stop_after: Option<usize>,
-}
-
-/// A run's training set: decoded in memory, or image files streamed while training.
-#[derive(Debug, Clone)]
-pub enum TrainSource {
-    /// In memory.
-    Memory(Dataset),
-    /// Files decoded batch by batch (`[data] stream = true`).
-    Files(ImageFiles),
-}
-
-impl TrainSource {
-    /// Every item's label.
-    pub fn labels(&self) -> Vec<i64> {
-        self.as_data().labels()
-    }
-
-    /// Borrowed for the training loop.
-    pub fn as_data(&self) -> TrainData<'_> {
-        match self {
-            TrainSource::Memory(d) => TrainData::Memory(d),
-            TrainSource::Files(f) => TrainData::Files(f),
-        }
-    }
-
-    /// The items at `indices` with labels in `classes` order.
-    pub fn relabel(&self, indices: &[usize], classes: &[i64]) -> Self {
-        match self {
-            TrainSource::Memory(d) => TrainSource::Memory(relabel(d, indices, classes)),
-            TrainSource::Files(f) => TrainSource::Files(f.relabel(indices, classes)),
-        }
-    }
-}
-
-/// Reads the training source and the (in-memory) test set the configuration names: the
-/// training images streamed from files when `stream = true` (image folders), else in memory.
-pub fn load_train_source(cfg: &DataConfig) -> Result<(TrainSource, Dataset), PipelineError> {
-    use crate::data::lists;
-    let listed = matches!(
-        cfg.format,
-        DataFormat::Gldv2 | DataFormat::Inshop | DataFormat::Sop
-    );
-    if !cfg.stream && !listed {
-        let (train, test) = load_data(cfg)?;
-        return Ok((TrainSource::Memory(train), test));
-    }
-    cfg.image.validate().map_err(PipelineError::Invalid)?;
-    // (training list, its root, test list, its root)
-    let (train_root, mut train, test_root, mut test) = match cfg.format {
-        DataFormat::ImageFolder => {
-            let (tr, te) = crate::data::images::read_image_folder_lists(&cfg.dir)?;
-            (cfg.dir.join("train"), tr, cfg.dir.join("test"), te)
-        }
-        DataFormat::Gldv2 => {
-            let all = lists::read_gldv2_clean(&cfg.dir.join("train_clean.csv"))?;
-            let Some(n) = cfg.test_per_class else {
-                return Err(PipelineError::Invalid(
-                    "data.format = \"gldv2\" needs data.test_per_class: the last N images of \
-                     each landmark are held out as the class-level test set"
-                        .into(),
-                ));
-            };
-            let (tr, te) = all.hold_out_last_per_class(n);
-            (cfg.dir.clone(), tr, cfg.dir.clone(), te)
-        }
-        DataFormat::Inshop => {
-            let p = lists::read_inshop(&cfg.dir.join("list_eval_partition.txt"))?;
-            let mut te = p.query.clone();
-            te.items.extend(p.gallery.items.iter().cloned());
-            (cfg.dir.clone(), p.train, cfg.dir.clone(), te)
-        }
-        DataFormat::Sop => (
-            cfg.dir.clone(),
-            lists::read_sop(&cfg.dir.join("Ebay_train.txt"))?,
-            cfg.dir.clone(),
-            lists::read_sop(&cfg.dir.join("Ebay_test.txt"))?,
-        ),
-        f => {
-            return Err(PipelineError::Invalid(format!(
-                "data.stream = true needs an image format (image-folder, gldv2, inshop, sop), \
-                 not {f:?}"
-            )))
-        }
-    };
-    if train.classes.len() != cfg.classes {
-        return Err(PipelineError::Invalid(format!(
-            "{}: {} training classes, but data.classes is {}",
-            cfg.dir.display(),
-            train.classes.len(),
-            cfg.classes
-        )));
-    }
-    if let Some(n) = cfg.train_per_class {
-        train = train.take_per_class(n);
-    }
-    if let (Some(n), false) = (cfg.test_per_class, cfg.format == DataFormat::Gldv2) {
-        test = test.take_per_class(n);
-    }
-    let test = crate::data::images::materialise(&test_root, &test, &cfg.image)?;
-    Ok((
-        TrainSource::Files(ImageFiles {
-            root: train_root,
-            list: train,
-            prep: cfg.image,
-            prefetch: 4,
-        }),
-        test,
-    ))
-}
-
-/// The test set the configuration names, without decoding a streamed training set.
-pub fn load_test(cfg: &DataConfig) -> Result<Dataset, PipelineError> {
-    Ok(load_train_source(cfg)?.1)
 }
 
 /// Normalised embeddings `[N, d]` (CPU) of every training item by `model`, streamed.
@@ -427,28 +218,6 @@ pub fn embed_train(
     Ok(Tensor::cat(&out, 0))
 }
 
-fn relabel(data: &Dataset, indices: &[usize], classes: &[i64]) -> Dataset {
-    let mut sub = data.subset(indices);
-    let mut map = vec![-1i64; data.classes];
-    for (i, &c) in classes.iter().enumerate() {
-        map[c as usize] = i as i64;
-    }
-    for l in sub.labels.iter_mut() {
-        *l = map[*l as usize];
-    }
-    sub.classes = classes.len();
-    sub
-}
-
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), PipelineError> {
-    Ok(write_atomic(
-        path,
-        serde_json::to_string_pretty(v)
-            .expect("serialises")
-            .as_bytes(),
-    )?)
-}
-
 /// Trains the old model (classification only) on the split's old part; writes `config.toml`,
 /// `split.json` and the model into `out`.
 pub fn train_old(
@@ -456,12 +225,16 @@ pub fn train_old(
     out: &Path,
     opts: &StepOptions,
 ) -> Result<TrainOutcome, PipelineError> {
-    let (train_set, test_set) = load_train_source(&cfg.data)?;
+    cfg.validate().map_err(PipelineError::Invalid)?;
+    let crate::data::Opened {
+        train: train_set,
+        test: test_set,
+    } = crate::data::open(&cfg.data)?;
     let split = Split::new(&cfg.split, &train_set.labels(), cfg.data.classes)?;
     std::fs::create_dir_all(out)
         .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
     write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    write_json(&out.join("split.json"), &split)?;
+    crate::files::write_json(&out.join("split.json"), &split)?;
     let data = train_set.relabel(&split.old_indices, &split.old_classes);
     Ok(train(TrainJob {
         name: "old".into(),
@@ -521,6 +294,7 @@ pub fn train_successor(
     out: &Path,
     opts: &StepOptions,
 ) -> Result<TrainOutcome, PipelineError> {
+    cfg.validate().map_err(PipelineError::Invalid)?;
     let (_, saved_split) = old_run(old_dir)?;
     let mut note = format!("lambda={} scale={}", cfg.compat.lambda, cfg.compat.scale);
     if let Some(r) = fraction {
@@ -561,7 +335,10 @@ pub fn train_successor(
             return Ok(done);
         }
     }
-    let (train_set, test_set) = load_train_source(&cfg.data)?;
+    let crate::data::Opened {
+        train: train_set,
+        test: test_set,
+    } = crate::data::open(&cfg.data)?;
     let train_labels = train_set.labels();
     let split = Split::new(&saved_split.config, &train_labels, cfg.data.classes)?;
     if split.fingerprint != saved_split.fingerprint {
@@ -624,7 +401,7 @@ pub fn train_successor(
     let mut saved = cfg.clone();
     saved.split = split.config.clone();
     write_atomic(&out.join("config.toml"), saved.to_toml().as_bytes())?;
-    write_json(&out.join("split.json"), &split)?;
+    crate::files::write_json(&out.join("split.json"), &split)?;
     Ok(train(TrainJob {
         name: format!("new-{method}"),
         role: "new".into(),
@@ -768,7 +545,7 @@ pub fn write_report(
         &dir.join("matrix.csv"),
         matrix_csv(&report.matrix).as_bytes(),
     )?;
-    write_json(&dir.join("metrics.json"), report)?;
+    crate::files::write_json(&dir.join("metrics.json"), report)?;
     plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
     if !curves.is_empty() {
         plot_curves(curves, &dir.join("training_curves.svg"))?;
@@ -795,7 +572,7 @@ pub fn demo(cfg: &RunConfig, out: &Path, opts: &StepOptions) -> Result<EvalRepor
         .iter()
         .map(|d| Embedder::load(d, opts.device))
         .collect::<Result<Vec<_>, _>>()?;
-    let test = load_test(&cfg.data)?;
+    let test = crate::data::open_test(&cfg.data)?;
     let report = evaluate_models(&models, &test, cfg.eval_batch)?;
     write_report(out, &report, &curves)?;
     Ok(report)

@@ -1,7 +1,7 @@
-//! Report: atomic file writes, the results table (Markdown, CSV, JSON) and SVG plots
-//! (compatibility matrix heat map, training curves).
+//! Report: the results table (Markdown, CSV, JSON) and SVG plots (compatibility matrix heat
+//! map, training curves). File writes go through [`crate::files`].
 
-use std::io::Write;
+use crate::files::write_atomic;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
@@ -15,13 +15,8 @@ use crate::train::EpochStats;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A file could not be written.
-    #[error("{path}: cannot write: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// A plot could not be drawn.
     #[error("{path}: cannot draw plot: {reason}")]
     Plot {
@@ -30,45 +25,6 @@ pub enum ReportError {
         /// What failed.
         reason: String,
     },
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
-    let io = |source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile_in(dir, path).map_err(io)?;
-    tmp.1.write_all(bytes).map_err(io)?;
-    tmp.1.sync_all().map_err(io)?;
-    std::fs::rename(&tmp.0, path).map_err(io)?;
-    // The rename is durable once the directory entry is: sync the directory too.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let base = target.file_name().and_then(|s| s.to_str()).unwrap_or("out");
-    for i in 0..1000u32 {
-        let p = dir.join(format!(".{base}.{}.{i}.tmp", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(f) => return Ok((p, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free temporary file name"))
 }
 
 /// One row of the results table: a new model evaluated against the old gallery.
@@ -223,7 +179,7 @@ pub fn plot_matrix(m: &CompatMatrix, path: &Path) -> Result<(), ReportError> {
         }
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    write_atomic(path, svg.as_bytes())
+    Ok(write_atomic(path, svg.as_bytes())?)
 }
 
 /// Draws the training loss of each model per epoch as SVG line plots.
@@ -281,7 +237,7 @@ pub fn plot_curves(curves: &[(String, Vec<EpochStats>)], path: &Path) -> Result<
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    write_atomic(path, svg.as_bytes())
+    Ok(write_atomic(path, svg.as_bytes())?)
 }
 
 /// One curve of a frontier plot: (cross-test mAP, self-test mAP, label) points.
@@ -413,7 +369,7 @@ pub fn plot_xy(
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    write_atomic(path, svg.as_bytes())
+    Ok(write_atomic(path, svg.as_bytes())?)
 }
 
 /// Points in a plane.
@@ -503,5 +459,5 @@ pub fn plot_prototypes_pca(
         }
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    write_atomic(path, svg.as_bytes())
+    Ok(write_atomic(path, svg.as_bytes())?)
 }

@@ -12,20 +12,20 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::source::TrainData;
 use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset, Normalization};
+use crate::files::FileError;
 use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
 use crate::model::{
     file_id, load_pretrained, Backbone, Embedder, EmbeddingNet, ModelCard, ModelConfig,
     BACKBONE_PATH, CARD_FILE, WEIGHTS_FILE,
 };
 use crate::perturb::RefreshStats;
-use crate::report::{write_atomic, ReportError};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// Writing or reading the run's files failed.
     #[error(transparent)]
-    Report(#[from] ReportError),
+    File(#[from] FileError),
     /// A model file could not be handled.
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
@@ -40,13 +40,11 @@ pub enum TrainError {
         /// What failed.
         reason: String,
     },
-    /// The output directory already holds a run and `--resume` was not given.
-    #[error(
-        "{0}: already holds a training run; pass --resume to continue it or choose another --out"
-    )]
+    /// The output directory already holds a run and resuming was not asked for.
+    #[error("{0}: already holds a training run; resume it or choose another output directory")]
     Exists(PathBuf),
     /// The checkpoint belongs to a run with another configuration.
-    #[error("{path}: the checkpoint was made with another configuration; resume needs the same settings (or choose another --out)")]
+    #[error("{path}: the checkpoint was made with another configuration; resume needs the same settings (or choose another output directory)")]
     ConfigChanged {
         /// The state file.
         path: PathBuf,
@@ -64,7 +62,7 @@ pub enum TrainError {
         loss: f64,
     },
     /// The run stopped early on request; its checkpoint can be resumed.
-    #[error("{dir}: stopped after {epochs_done} epochs as requested; resume with --resume")]
+    #[error("{dir}: stopped after {epochs_done} epochs as requested; resume it to continue")]
     Interrupted {
         /// Epochs completed so far.
         epochs_done: usize,
@@ -584,7 +582,13 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             norm,
             job.device,
         );
-        tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
+        {
+            // Under the initialisation lock: a reseed from this thread must not land between
+            // another training's seed and its initial draws (no op of the epoch itself draws
+            // from libtorch's generator today; the seed keeps any future one reproducible).
+            let _g = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
+        }
         let bar = if job.progress {
             let b = ProgressBar::new(per_epoch as u64);
             b.set_style(
@@ -707,12 +711,7 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             history: history.clone(),
             refreshes: refreshes.clone(),
         };
-        write_atomic(
-            &state_path,
-            serde_json::to_string_pretty(&st)
-                .expect("serialises")
-                .as_bytes(),
-        )?;
+        crate::files::write_json(&state_path, &st)?;
     }
 
     let probe_features = match job.probe {
@@ -757,26 +756,11 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             .map(|o| o.card.id.clone()),
         note: job.note.clone(),
     };
-    write_atomic(
-        &out.join("history.json"),
-        serde_json::to_string_pretty(&history)
-            .expect("serialises")
-            .as_bytes(),
-    )?;
+    crate::files::write_json(&out.join("history.json"), &history)?;
     if !refreshes.is_empty() {
-        write_atomic(
-            &out.join("refreshes.json"),
-            serde_json::to_string_pretty(&refreshes)
-                .expect("serialises")
-                .as_bytes(),
-        )?;
+        crate::files::write_json(&out.join("refreshes.json"), &refreshes)?;
     }
-    write_atomic(
-        &card_path,
-        serde_json::to_string_pretty(&card)
-            .expect("serialises")
-            .as_bytes(),
-    )?;
+    crate::files::write_json(&card_path, &card)?;
     Ok(TrainOutcome {
         card,
         history,

@@ -310,9 +310,10 @@ fn cifar100_reads_and_rejects() {
 
 #[test]
 fn cifar100_runs_through_the_pipeline() {
+    use bcl::data::DataFormat;
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline::{self, DataFormat, RunConfig, StepOptions};
+    use bcl::pipeline::{self, RunConfig, StepOptions};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("cifar-100-binary");
     std::fs::create_dir_all(&dir).unwrap();
@@ -359,12 +360,12 @@ fn cifar100_runs_through_the_pipeline() {
         Embedder::load(&d.path().join("old"), tch::Device::Cpu).unwrap(),
         Embedder::load(&d.path().join("new"), tch::Device::Cpu).unwrap(),
     ];
-    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let test = bcl::data::open_test(&cfg.data).unwrap();
     let r = pipeline::evaluate_models(&models, &test, 64).unwrap();
     assert_eq!(r.test_items, 100);
     assert_eq!(r.rows.len(), 1);
     // a wrong class count is refused
     cfg.data.classes = 10;
-    let e = pipeline::load_data(&cfg.data).unwrap_err().to_string();
+    let e = bcl::data::open(&cfg.data).unwrap_err().to_string();
     assert!(e.contains("100 (fine) classes"), "{e}");
 }

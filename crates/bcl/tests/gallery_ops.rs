@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bcl::data::{synthetic, write_idx_dir, Dataset};
+use bcl::data::Dataset;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{router, serve, LiveBackfill, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
@@ -25,7 +25,7 @@ fn opts() -> StepOptions {
 fn origin(cfg: &RunConfig) -> ops::DataOrigin {
     ops::DataOrigin {
         data: cfg.data.clone(),
-        split: "test".into(),
+        split: bcl::data::Part::Test,
         per_class: None,
     }
 }
@@ -55,34 +55,42 @@ fn old_gallery(root: &Path, cfg: &RunConfig, old: &Embedder, test: &Dataset) -> 
     dir
 }
 
-fn models(root: &Path) -> (RunConfig, Embedder, Embedder, Embedder) {
-    let data = root.join("data");
-    let (train, test) = synthetic(5, 40, 12, 3);
-    write_idx_dir(&data, &train, &test).unwrap();
-    let mut cfg = RunConfig::default();
-    cfg.data.dir = data;
-    cfg.data.classes = 5;
-    cfg.model.width = 4;
-    cfg.model.dim = 16;
-    for t in [&mut cfg.old, &mut cfg.new] {
-        t.batch_size = 32;
-        t.epochs = 1;
-    }
-    let run = root.join("run");
-    pipeline::train_old(&cfg, &run.join("old"), &opts()).unwrap();
-    for m in [Method::Bct, Method::Independent] {
-        let out = run.join(format!("new-{}", m.as_str()));
-        pipeline::train_new(&cfg, &run.join("old"), m, &out, &opts()).unwrap();
-    }
+/// The data and the three models (old, bct, independent) every test uses, trained once per test
+/// process (the tests run on threads of one process) under cargo's temporary directory for
+/// integration tests; a new process trains them afresh.
+fn trained() -> &'static (PathBuf, RunConfig) {
+    static TRAINED: std::sync::OnceLock<(PathBuf, RunConfig)> = std::sync::OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gallery_ops-models");
+        let _ = std::fs::remove_dir_all(&root);
+        let cfg = common::tiny_idx_config(&root.join("data"), 5, 1);
+        let run = root.join("run");
+        pipeline::train_old(&cfg, &run.join("old"), &opts()).unwrap();
+        for m in [Method::Bct, Method::Independent] {
+            let out = run.join(format!("new-{}", m.as_str()));
+            pipeline::train_new(&cfg, &run.join("old"), m, &out, &opts()).unwrap();
+        }
+        (run, cfg)
+    })
+}
+
+/// The shared configuration and models: (config, old, bct, independent).
+fn models() -> (RunConfig, Embedder, Embedder, Embedder) {
+    let (run, cfg) = trained();
     let load = |n: &str| Embedder::load(&run.join(n), Device::Cpu).unwrap();
-    (cfg, load("old"), load("new-bct"), load("new-independent"))
+    (
+        cfg.clone(),
+        load("old"),
+        load("new-bct"),
+        load("new-independent"),
+    )
 }
 
 #[test]
 fn build_search_backfill_and_serve_an_image() {
     let root = tempfile::tempdir().unwrap();
-    let (cfg, old, bct, ind) = models(root.path());
-    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let (cfg, old, bct, ind) = models();
+    let test = bcl::data::open_test(&cfg.data).unwrap();
     let dir = root.path().join("gallery");
     let eo = EmbedOptions {
         commit: 16,
@@ -230,21 +238,24 @@ fn build_search_backfill_and_serve_an_image() {
 #[test]
 fn a_server_refuses_an_unrelated_query_model() {
     let root = tempfile::tempdir().unwrap();
-    let (cfg, old, _bct, ind) = models(root.path());
-    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let (cfg, old, _bct, ind) = models();
+    let test = bcl::data::open_test(&cfg.data).unwrap();
     let dir = old_gallery(root.path(), &cfg, &old, &test);
     let store = UsearchStore::open(&dir).unwrap();
     let e = ServeState::new(Box::new(store), Some(ind), ServeConfig::default(), false)
         .err()
         .unwrap();
-    assert!(e.to_string().contains("--force"), "{e}");
+    assert!(
+        matches!(&e, bcl::gallery::GalleryError::Lineage(t) if t.contains("force")),
+        "{e}"
+    );
 }
 
 #[test]
 fn a_server_backfills_while_it_serves() {
     let root = tempfile::tempdir().unwrap();
-    let (cfg, old, bct, _ind) = models(root.path());
-    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let (cfg, old, bct, _ind) = models();
+    let test = bcl::data::open_test(&cfg.data).unwrap();
     let dir = old_gallery(root.path(), &cfg, &old, &test);
     let bct_dir = bct.dir.clone();
     let job = |e: Embedder| LiveBackfill {

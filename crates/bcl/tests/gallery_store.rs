@@ -445,7 +445,7 @@ fn lineage_admits_the_model_and_its_declared_successor_only() {
     for (counts, q) in [(&only_old, &stranger), (&mixed, &old), (&only_old, &next)] {
         match check_lineage(&m, counts, q, false) {
             Err(GalleryError::Lineage(t)) => {
-                assert!(t.contains(&q.id) && t.contains("--force"), "{t}")
+                assert!(t.contains(&q.id) && t.contains("force"), "{t}")
             }
             other => panic!("{} on {counts:?}: {other:?}", q.id),
         }

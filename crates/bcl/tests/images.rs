@@ -207,7 +207,7 @@ fn image_folder_end_to_end() {
         Embedder::load(&d.path().join("old"), tch::Device::Cpu).unwrap(),
         Embedder::load(&d.path().join("bct"), tch::Device::Cpu).unwrap(),
     ];
-    let (_, test) = pipeline::load_data(&cfg.data).unwrap();
+    let test = bcl::data::open_test(&cfg.data).unwrap();
     assert_eq!((test.len(), test.channels, test.rows), (24, 3, 28));
     let r = pipeline::evaluate_models(&models, &test, 16).unwrap();
     let row = &r.rows[0];
@@ -215,7 +215,7 @@ fn image_folder_end_to_end() {
     // a test class without training images is refused
     make_folder(&data.join("test").join("..").join("test2"), 1, 1, 3);
     std::fs::rename(data.join("test2/class0"), data.join("test/zebra")).unwrap();
-    let e = pipeline::load_data(&cfg.data).unwrap_err().to_string();
+    let e = bcl::data::open(&cfg.data).unwrap_err().to_string();
     assert!(
         e.contains("zebra") && e.contains("no training images"),
         "{e}"
@@ -304,9 +304,10 @@ fn streamed_batches_equal_decoded_ones_and_repeat() {
 #[test]
 fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
     let _rng = tch_rng_lock();
+    use bcl::data::DataFormat;
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline::{self, DataFormat};
+    use bcl::pipeline;
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
     make_folder(&data.join("train"), 4, 24, 1);
@@ -348,14 +349,12 @@ fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
         a,
         Embedder::load(&d.path().join("bct"), tch::Device::Cpu).unwrap(),
     ];
-    let (_, test) = pipeline::load_train_source(&cfg.data).unwrap();
+    let test = bcl::data::open(&cfg.data).unwrap().test;
     let r = pipeline::evaluate_models(&models, &test, 16).unwrap();
     let row = &r.rows[0];
     assert!(row.self_map > 0.25 && row.cross_map > 0.25, "{row:?}");
     // streaming is for image folders only
     cfg.data.format = DataFormat::Idx;
-    let e = pipeline::load_train_source(&cfg.data)
-        .unwrap_err()
-        .to_string();
+    let e = bcl::data::open(&cfg.data).unwrap_err().to_string();
     assert!(e.contains("stream"), "{e}");
 }

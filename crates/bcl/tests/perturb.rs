@@ -1,11 +1,12 @@
 //! Prototype perturbation: NDPP's closed form and ODPP's projected optimisation, checked by
 //! properties (bounds, geometry, monotone objective) and against BCT (Δ = 0).
 
-use bcl::loss::{Bct, CompatInputs, CompatLoss, PerturbedBct, RefreshConfig};
 use bcl::model::l2_normalize;
 use bcl::perturb::{nearest_angles, pseudo_old, Ndpp, NdppConfig, NdppWeights, Odpp, OdppConfig};
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
+
+mod common;
 
 /// libtorch's generator is global and the tests of this file run on parallel threads: every
 /// draw from it holds this lock, so that a test's data do not depend on the other tests.
@@ -34,62 +35,50 @@ fn row_norms(t: &Tensor) -> Vec<f64> {
         .collect()
 }
 
+/// With Δ = 0 the perturbation methods are BCT: NDPP with ε = 0 and ODPP with no optimisation
+/// step, trained through the real refresh path (a refresh every 3 steps from the first epoch:
+/// feature passes, new prototypes, Δ written into the loss), end with BCT's weights.
 #[test]
-fn zero_perturbation_is_exactly_bct() {
-    let g = rng_lock();
-    let old = protos_locked(6, 8, 1);
-    tch::manual_seed(2);
-    let f0 = l2_normalize(&Tensor::randn([5, 8], (Kind::Float, Device::Cpu)));
-    drop(g);
-    let y = Tensor::from_slice(&[0i64, 3, 5, 1, 3]);
-    let bct = Bct {
-        lambda: 1.0,
-        scale: 16.0,
-        prototypes: old.shallow_clone(),
+fn zero_perturbation_trains_exactly_as_bct() {
+    use bcl::loss::Method;
+    use bcl::pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::tiny_idx_config(&dir.path().join("data"), 5, 2);
+    cfg.compat.refresh.every_steps = Some(3);
+    cfg.compat.refresh.start_epoch = 0;
+    cfg.compat.refresh.bank_per_class = 10;
+    cfg.compat.ndpp.eps = 0.0;
+    cfg.compat.odpp.steps = 0;
+    cfg.compat.odpp.old_bank_per_class = 10;
+    let opts = common::cpu_opts(false, None);
+    let old = dir.path().join("old");
+    pipeline::train_old(&cfg, &old, &opts).unwrap();
+    let weights = |m: Method| {
+        let out = dir.path().join(m.as_str());
+        pipeline::train_new(&cfg, &old, m, &out, &opts).unwrap();
+        let refreshes = out.join("refreshes.json");
+        let w: std::collections::BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(out.join("model.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        (w, refreshes)
     };
-    for strategy in [
-        Box::new(Ndpp {
-            cfg: NdppConfig::default(),
-        }) as Box<dyn bcl::perturb::Perturbation>,
-        Box::new(Odpp::new(
-            OdppConfig::default(),
-            f0.shallow_clone(),
-            y.shallow_clone(),
-            6,
-            8,
-        )),
-    ] {
-        let p = PerturbedBct::new(
-            1.0,
-            16.0,
-            old.shallow_clone(),
-            RefreshConfig::default(),
-            strategy,
+    let (bct, _) = weights(Method::Bct);
+    for m in [Method::Ndpp, Method::Odpp] {
+        let (w, refreshes) = weights(m);
+        let log: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&refreshes).unwrap()).unwrap();
+        assert!(
+            log.as_array().unwrap().len() >= 3,
+            "{m}: the refresh path ran: {log}"
         );
-        let fa = f0.detach().set_requires_grad(true);
-        let fb = f0.detach().set_requires_grad(true);
-        let la = bct
-            .loss(&CompatInputs {
-                new: &fa,
-                labels: &y,
-                old: None,
-                classifier: None,
-                progress: 0.0,
-            })
-            .unwrap();
-        let lb = p
-            .loss(&CompatInputs {
-                new: &fb,
-                labels: &y,
-                old: None,
-                classifier: None,
-                progress: 0.0,
-            })
-            .unwrap();
-        assert_eq!(la.double_value(&[]), lb.double_value(&[]), "losses differ");
-        la.backward();
-        lb.backward();
-        assert!(fa.grad().equal(&fb.grad()), "gradients differ");
+        assert_eq!(w.keys().collect::<Vec<_>>(), bct.keys().collect::<Vec<_>>());
+        for (name, a) in &w {
+            let b = &bct[name];
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff <= 1e-6, "{m}: {name} differs from bct's by {diff}");
+        }
     }
 }
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use bcl::data::images::ImagePrep;
 use bcl::data::lists::gldv2_path;
+use bcl::data::DataFormat;
 use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
 use bcl::experiment::{run_experiment, ExperimentConfig};
 use bcl::loss::Method;
 use bcl::pipeline::benchmark::BenchmarkKind;
-use bcl::pipeline::DataFormat;
 use image::RgbImage;
 
 mod common;

@@ -1,13 +1,15 @@
-//! Training items as the training loop consumes them: an in-memory [`Dataset`], or image files
-//! decoded batch by batch by the prefetching [`ImageLoader`] so that a training set far larger
-//! than memory (GLDv2's 1.5 million images) trains with at most `prefetch` batches of pixels
-//! held at once.
+//! The data source: [`open`] reads any [`DataConfig`] (every format) into its training items as
+//! the training loop consumes them, an in-memory [`Dataset`] or image files decoded batch by
+//! batch by the prefetching [`ImageLoader`] (so that a training set far larger than memory,
+//! GLDv2's 1.5 million images, trains with at most `prefetch` batches of pixels held at once),
+//! and its test set; [`open_part`] gives one part in memory. Every command reads data here.
 
 use std::path::PathBuf;
 
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Tensor};
 
+use super::config::{DataConfig, DataFormat, Part};
 use super::images::{load_image, ImageLoader, ImagePrep};
 use super::lists::ImageList;
 use super::{rng_for, AugmentConfig, DataError, Dataset, Normalization};
@@ -186,5 +188,196 @@ impl<'a> TrainData<'a> {
                 }))
             }
         }
+    }
+}
+
+/// A run's training set: decoded in memory, or image files streamed while training.
+#[derive(Debug, Clone)]
+pub enum TrainSource {
+    /// In memory.
+    Memory(Dataset),
+    /// Files decoded batch by batch (`[data] stream = true`, and the listed benchmark formats).
+    Files(ImageFiles),
+}
+
+impl TrainSource {
+    /// Every item's label.
+    pub fn labels(&self) -> Vec<i64> {
+        self.as_data().labels()
+    }
+
+    /// Borrowed for the training loop.
+    pub fn as_data(&self) -> TrainData<'_> {
+        match self {
+            TrainSource::Memory(d) => TrainData::Memory(d),
+            TrainSource::Files(f) => TrainData::Files(f),
+        }
+    }
+
+    /// The items at `indices` with labels in `classes` order.
+    pub fn relabel(&self, indices: &[usize], classes: &[i64]) -> Self {
+        match self {
+            TrainSource::Memory(d) => TrainSource::Memory(d.relabel(indices, classes)),
+            TrainSource::Files(f) => TrainSource::Files(f.relabel(indices, classes)),
+        }
+    }
+}
+
+/// A data configuration, opened: the training set (in memory or streamed) and the test set (in
+/// memory), whatever the format.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// The training items.
+    pub train: TrainSource,
+    /// The test items.
+    pub test: Dataset,
+}
+
+/// The image lists of a listed or streamed configuration: (training root, training list, test
+/// root, test list), with the per-class limits applied.
+fn image_lists(cfg: &DataConfig) -> Result<(PathBuf, ImageList, PathBuf, ImageList), DataError> {
+    use super::lists;
+    cfg.image.validate().map_err(DataError::Config)?;
+    let (train_root, mut train, test_root, mut test) = match cfg.format {
+        DataFormat::ImageFolder => {
+            let (tr, te) = super::images::read_image_folder_lists(&cfg.dir)?;
+            (cfg.dir.join("train"), tr, cfg.dir.join("test"), te)
+        }
+        DataFormat::Gldv2 => {
+            let all = lists::read_gldv2_clean(&cfg.dir.join("train_clean.csv"))?;
+            let Some(n) = cfg.test_per_class else {
+                return Err(DataError::Config(
+                    "data.format = \"gldv2\" needs data.test_per_class: the last N images of \
+                     each landmark are held out as the class-level test set"
+                        .into(),
+                ));
+            };
+            let (tr, te) = all.hold_out_last_per_class(n);
+            (cfg.dir.clone(), tr, cfg.dir.clone(), te)
+        }
+        DataFormat::Inshop => {
+            let p = lists::read_inshop(&cfg.dir.join("list_eval_partition.txt"))?;
+            let mut te = p.query.clone();
+            te.items.extend(p.gallery.items.iter().cloned());
+            (cfg.dir.clone(), p.train, cfg.dir.clone(), te)
+        }
+        DataFormat::Sop => (
+            cfg.dir.clone(),
+            lists::read_sop(&cfg.dir.join("Ebay_train.txt"))?,
+            cfg.dir.clone(),
+            lists::read_sop(&cfg.dir.join("Ebay_test.txt"))?,
+        ),
+        f @ (DataFormat::Idx | DataFormat::Cifar100) => {
+            return Err(DataError::Config(format!(
+                "data.stream = true needs an image format (image-folder, gldv2, inshop, sop), \
+                 not {f:?}"
+            )))
+        }
+    };
+    if train.classes.len() != cfg.classes {
+        return Err(DataError::Config(format!(
+            "{}: {} training classes, but data.classes is {}",
+            cfg.dir.display(),
+            train.classes.len(),
+            cfg.classes
+        )));
+    }
+    if let Some(n) = cfg.train_per_class {
+        train = train.take_per_class(n);
+    }
+    if let (Some(n), false) = (cfg.test_per_class, cfg.format == DataFormat::Gldv2) {
+        test = test.take_per_class(n);
+    }
+    Ok((train_root, train, test_root, test))
+}
+
+/// Reads an in-memory format (IDX, CIFAR-100, image folders not streamed), with the per-class
+/// limits applied.
+fn in_memory(cfg: &DataConfig) -> Result<(Dataset, Dataset), DataError> {
+    let (mut train, mut test) = match cfg.format {
+        DataFormat::Idx => super::load_idx_dir(&cfg.dir, cfg.classes)?,
+        DataFormat::Cifar100 => {
+            if cfg.classes != 100 {
+                return Err(DataError::Config(format!(
+                    "data.classes is {} but CIFAR-100 has 100 (fine) classes",
+                    cfg.classes
+                )));
+            }
+            super::cifar::load_cifar100_dir(&cfg.dir)?
+        }
+        DataFormat::ImageFolder => {
+            let (train, test) = super::images::load_image_folder_dir(&cfg.dir, &cfg.image)?;
+            if train.classes != cfg.classes {
+                return Err(DataError::Config(format!(
+                    "{}: {} class folders, but data.classes is {}",
+                    cfg.dir.join("train").display(),
+                    train.classes,
+                    cfg.classes
+                )));
+            }
+            (train, test)
+        }
+        f => {
+            return Err(DataError::Config(format!(
+                "data.format {f:?} lists image files: it is opened streamed"
+            )))
+        }
+    };
+    if let Some(n) = cfg.train_per_class {
+        train = train.take_per_class(n);
+    }
+    if let Some(n) = cfg.test_per_class {
+        test = test.take_per_class(n);
+    }
+    Ok((train, test))
+}
+
+/// Whether a configuration's training images are streamed from files.
+fn streamed(cfg: &DataConfig) -> bool {
+    cfg.stream || cfg.format.is_listed()
+}
+
+/// Opens the data a configuration names, in every format: the training images streamed from
+/// files for the listed formats and `stream = true`, else in memory; the test set in memory.
+pub fn open(cfg: &DataConfig) -> Result<Opened, DataError> {
+    if !streamed(cfg) {
+        let (train, test) = in_memory(cfg)?;
+        return Ok(Opened {
+            train: TrainSource::Memory(train),
+            test,
+        });
+    }
+    let (train_root, train, test_root, test) = image_lists(cfg)?;
+    let test = super::images::materialise(&test_root, &test, &cfg.image)?;
+    Ok(Opened {
+        train: TrainSource::Files(ImageFiles {
+            root: train_root,
+            list: train,
+            prep: cfg.image,
+            prefetch: 4,
+        }),
+        test,
+    })
+}
+
+/// The test set a configuration names (a streamed training set is not decoded).
+pub fn open_test(cfg: &DataConfig) -> Result<Dataset, DataError> {
+    open_part(cfg, Part::Test)
+}
+
+/// One part of the data in memory: the test set, or the training set (decoded from its files
+/// where it would be streamed; bound it with `train_per_class` on large sets).
+pub fn open_part(cfg: &DataConfig, part: Part) -> Result<Dataset, DataError> {
+    if !streamed(cfg) {
+        let (train, test) = in_memory(cfg)?;
+        return Ok(match part {
+            Part::Train => train,
+            Part::Test => test,
+        });
+    }
+    let (train_root, train, test_root, test) = image_lists(cfg)?;
+    match part {
+        Part::Train => super::images::materialise(&train_root, &train, &cfg.image),
+        Part::Test => super::images::materialise(&test_root, &test, &cfg.image),
     }
 }

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::mean_std;
 use crate::data::Scenario;
 use crate::eval::deploy::{backfill_curve, flips, top1_labels, Flips};
+use crate::files::write_atomic;
 use crate::loss::Method;
 use crate::model::Embedder;
 use crate::pipeline::{PipelineError, RunConfig, StepOptions};
-use crate::report::{plot_xy, write_atomic, FrontierSeries, Reference};
+use crate::report::{plot_xy, FrontierSeries, Reference};
 
 /// Which methods get a deployment evaluation, and how.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,7 +74,7 @@ pub fn deploy_run(
         .collect();
     let key = (super::model_ids(&dirs)?, bf.clone());
     super::cached(&dir.join("backfill.json"), &key, || {
-        let test = crate::pipeline::load_test(&rc.data)?;
+        let test = crate::data::open_test(&rc.data)?;
         let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
         let old_top1 = top1_labels(&old, &old, &test.labels)?;
         let oo = old_old_map;

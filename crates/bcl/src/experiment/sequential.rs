@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::{mean_std, ExperimentConfig};
 use crate::data::Scenario;
 use crate::eval::{is_compatible, CompatMatrix};
+use crate::files::write_atomic;
 use crate::loss::Method;
 use crate::model::{Embedder, ModelCard, CARD_FILE};
 use crate::pipeline::{train_old, train_successor, PipelineError, StepOptions};
-use crate::report::{plot_matrix, write_atomic};
+use crate::report::plot_matrix;
 
 /// Which earlier model each successor of a chain is trained against.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -210,7 +211,7 @@ fn evaluate_chain(
     let run = match cached {
         Some((_, r)) => r,
         None => {
-            let test = crate::pipeline::load_test(&rc.data)?;
+            let test = crate::data::open_test(&rc.data)?;
             let feats = dirs
                 .iter()
                 .map(|d| Ok(Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch)))

@@ -21,7 +21,7 @@ use super::{
     Result,
 };
 
-const STORE_FILE: &str = super::usearch_store::STORE_FILE;
+const STORE_FILE: &str = super::GALLERY_FILE;
 const ID: &str = "id";
 const MODEL: &str = "model";
 const VEC: &str = "vec";
@@ -160,7 +160,7 @@ impl MilvusStore {
             milvus: store.cfg.clone(),
         })
         .map_err(err)?;
-        crate::report::write_atomic(&dir.join(STORE_FILE), text.as_bytes()).map_err(|e| {
+        crate::files::write_atomic(&dir.join(STORE_FILE), text.as_bytes()).map_err(|e| {
             GalleryError::Corrupt {
                 path: dir.join(STORE_FILE),
                 reason: e.to_string(),

@@ -198,9 +198,9 @@ pub struct BuildReport {
 #[derive(Debug, Clone)]
 pub struct DataOrigin {
     /// The data configuration.
-    pub data: crate::pipeline::DataConfig,
-    /// "test" or "train".
-    pub split: String,
+    pub data: crate::data::DataConfig,
+    /// Which part of the data set.
+    pub split: crate::data::Part,
     /// Only the first N items of each class of the split.
     pub per_class: Option<usize>,
 }
@@ -229,7 +229,7 @@ pub fn build(
     let mut manifest = store.manifest().clone();
     manifest.source = Some(DataSource {
         data: origin.data.clone(),
-        split: origin.split.clone(),
+        split: origin.split,
         per_class: origin.per_class,
         count: data.len(),
         fingerprint: dataset_fingerprint(data),
@@ -246,11 +246,8 @@ pub fn build(
 
 /// Loads the data set a gallery was built from (its recorded configuration, split and
 /// per-class limit); [`check_source`] then confirms it is the same.
-pub fn load_source(
-    src: &DataSource,
-) -> std::result::Result<Dataset, crate::pipeline::PipelineError> {
-    let (train, test) = crate::pipeline::load_data(&src.data)?;
-    let d = if src.split == "train" { train } else { test };
+pub fn load_source(src: &DataSource) -> std::result::Result<Dataset, crate::data::DataError> {
+    let d = crate::data::open_part(&src.data, src.split)?;
     Ok(match src.per_class {
         Some(n) => d.take_per_class(n),
         None => d,
@@ -354,7 +351,7 @@ pub fn backfill_todo(
     } = plan;
     if !(0.0..=1.0).contains(&fraction) || fraction.is_nan() {
         return Err(GalleryError::Invalid(format!(
-            "--fraction {fraction}: expected a share between 0 and 1"
+            "backfill fraction {fraction}: expected a share between 0 and 1"
         )));
     }
     check_source(store, data)?;

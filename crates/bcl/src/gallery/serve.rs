@@ -165,7 +165,7 @@ impl ServeState {
             if q.id != model.id {
                 return Err(GalleryError::Invalid(format!(
                     "the server's query model {} is not the backfill's model {}: serve the new \
-                     model (--model) while backfilling",
+                     model while backfilling",
                     q.name, model.name
                 )));
             }
@@ -395,7 +395,7 @@ fn parse_request(
             let Some(emb) = &st.embedder else {
                 return Err(bad(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "this server has no query model (start it with --model) and takes vectors only",
+                    "this server has no query model to embed images with; it takes vectors only",
                 ));
             };
             let emb = emb.lock().unwrap_or_else(|p| p.into_inner());

@@ -58,8 +58,8 @@ struct StoreFile {
     applied_seq: u64,
 }
 
-/// The store file's name.
-pub const STORE_FILE: &str = "gallery.json";
+/// The store file: the gallery's own file, here with the snapshot state beside the manifest.
+const STORE_FILE: &str = super::GALLERY_FILE;
 const WAL_FILE: &str = "wal.log";
 const LOCK_FILE: &str = "LOCK";
 /// The log is folded into a snapshot once it grows past this many bytes, by default.
@@ -178,7 +178,7 @@ fn write_store_file(dir: &Path, f: &StoreFile) -> Result<()> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    crate::report::write_atomic(&path, text.as_bytes()).map_err(|e| GalleryError::Corrupt {
+    crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| GalleryError::Corrupt {
         path,
         reason: e.to_string(),
     })
@@ -380,7 +380,7 @@ fn write_items(path: &Path, items: &HashMap<u64, u32>) -> Result<()> {
     }
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
-    crate::report::write_atomic(path, &b).map_err(|e| GalleryError::Corrupt {
+    crate::files::write_atomic(path, &b).map_err(|e| GalleryError::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })
@@ -649,7 +649,7 @@ impl UsearchStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             let saved = dir.join(format!("{WAL_FILE}.damaged-{secs}"));
-            crate::report::write_atomic(&saved, &bytes).map_err(|e| GalleryError::Corrupt {
+            crate::files::write_atomic(&saved, &bytes).map_err(|e| GalleryError::Corrupt {
                 path: saved.clone(),
                 reason: e.to_string(),
             })?;

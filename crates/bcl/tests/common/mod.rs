@@ -7,7 +7,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use bcl::data::images::ImagePrep;
-use bcl::pipeline::{DataFormat, RunConfig, StepOptions};
+use bcl::data::DataFormat;
+use bcl::pipeline::{RunConfig, StepOptions};
 use image::{Rgb, RgbImage};
 
 /// libtorch's random generator is global: a test that compares two trainings (resume equals
@@ -108,4 +109,21 @@ pub fn http_request(
         .unwrap_or("")
         .to_string();
     (status, body)
+}
+
+/// A tiny grey-scale run on generated IDX files in `data` (`classes` classes of 60 training and
+/// 10 test images): a 4-wide small backbone, 16-d embedding, batches of 32, `epochs` each.
+pub fn tiny_idx_config(data: &Path, classes: usize, epochs: usize) -> RunConfig {
+    let (train, test) = bcl::data::synthetic(classes, 60, 10, 3);
+    bcl::data::write_idx_dir(data, &train, &test).unwrap();
+    let mut cfg = RunConfig::default();
+    cfg.data.dir = data.to_path_buf();
+    cfg.data.classes = classes;
+    cfg.model.width = 4;
+    cfg.model.dim = 16;
+    for t in [&mut cfg.old, &mut cfg.new] {
+        t.batch_size = 32;
+        t.epochs = epochs;
+    }
+    cfg
 }
