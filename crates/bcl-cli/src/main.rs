@@ -236,6 +236,15 @@ struct TrainNewArgs {
     /// Weight λ of the compatibility loss.
     #[arg(long)]
     lambda: Option<f64>,
+    /// The new model's backbone (small, resnet18 or resnet50; default: the old model's).
+    #[arg(long)]
+    backbone: Option<bcl::model::Backbone>,
+    /// The new model's first-stage width (small backbone; default: the old model's).
+    #[arg(long)]
+    width: Option<i64>,
+    /// The new model's blocks per stage (small backbone; default: the old model's).
+    #[arg(long)]
+    blocks: Option<i64>,
     /// Output directory (default runs/new-METHOD).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -445,6 +454,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(s) = a.common.seed {
                 cfg.new.seed = s;
+            }
+            if let Some(b) = a.backbone {
+                cfg.new_model.backbone = Some(b);
+            }
+            if let Some(w) = a.width {
+                cfg.new_model.width = Some(w);
+            }
+            if let Some(b) = a.blocks {
+                cfg.new_model.blocks = Some(b);
             }
             if let Some(l) = a.lambda {
                 if !(l >= 0.0 && l.is_finite()) {

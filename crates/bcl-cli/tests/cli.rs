@@ -261,6 +261,10 @@ fn train_eval_round_trip_through_the_cli() {
                 "bct",
                 "--lambda",
                 "2",
+                "--width",
+                "8",
+                "--blocks",
+                "2",
                 "--old",
             ])
             .arg(&old)
@@ -270,6 +274,22 @@ fn train_eval_round_trip_through_the_cli() {
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(new.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["method"], "bct");
+    // a heterogeneous upgrade: the new model is twice as wide and deep as the old (width 4,
+    // one block), in the old model's dimension
+    assert_eq!(
+        (
+            &card["arch"]["width"],
+            &card["arch"]["blocks"],
+            &card["arch"]["dim"]
+        ),
+        (&8.into(), &2.into(), &16.into())
+    );
+    let old_card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(old.join("model.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&old_card["arch"]["width"], &old_card["arch"]["blocks"]),
+        (&4.into(), &1.into())
+    );
     assert!(card["note"].as_str().unwrap().contains("lambda=2"));
     let out = run_ok(
         bcl()

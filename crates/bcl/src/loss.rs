@@ -585,6 +585,15 @@ impl Method {
     /// The part of `cfg` this method reads, as JSON: two runs of the method with the same
     /// view train the same loss (used to refuse resuming a run under other settings).
     pub fn config_view(&self, cfg: &CompatConfig) -> serde_json::Value {
+        let mut v = self.own_config_view(cfg);
+        // Only when set: runs made before the setting existed keep their view.
+        if self.needs_prototypes() && cfg.prototypes != OldPrototypes::default() {
+            v["prototypes"] = serde_json::json!(cfg.prototypes);
+        }
+        v
+    }
+
+    fn own_config_view(&self, cfg: &CompatConfig) -> serde_json::Value {
         use serde_json::json;
         let bank = cfg.odpp.old_bank_per_class;
         match self {
@@ -710,6 +719,19 @@ pub struct BuildContext {
     pub old_bank: Option<(Tensor, Tensor)>,
 }
 
+/// Where the old class prototypes `P°` come from, for the methods that start from them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OldPrototypes {
+    /// `normalize(mean{g_i : y_i = k})` over the new training set, with the frozen old model
+    /// (METHOD.md section 2; covers classes the old model never saw).
+    #[default]
+    ClassMeans,
+    /// The old model's classifier rows (normalised), as BCT was published: the old classifier
+    /// is the influence loss's; classes it lacks take their old-feature class mean.
+    OldClassifier,
+}
+
 /// Configuration of the compatibility term.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -718,6 +740,9 @@ pub struct CompatConfig {
     pub lambda: f64,
     /// Scale `s` of the influence loss's cosine logits.
     pub scale: f64,
+    /// Where the old prototypes come from (bct, ndpp, odpp, lce, unibct, advbct).
+    #[serde(skip_serializing_if = "is_default")]
+    pub prototypes: OldPrototypes,
     /// When the perturbation methods refresh Δ.
     pub refresh: RefreshConfig,
     /// NDPP's hyper-parameters.
@@ -740,6 +765,7 @@ impl Default for CompatConfig {
         Self {
             lambda: 1.0,
             scale: crate::perturb::DEFAULT_SCALE,
+            prototypes: OldPrototypes::ClassMeans,
             refresh: RefreshConfig::default(),
             ndpp: NdppConfig::default(),
             odpp: OdppConfig::default(),
@@ -749,6 +775,10 @@ impl Default for CompatConfig {
             advbct: Default::default(),
         }
     }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Checks that `v` lies where `ok` says, naming the setting and the range otherwise.

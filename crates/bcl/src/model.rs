@@ -55,6 +55,20 @@ pub enum Backbone {
     Resnet50,
 }
 
+impl std::str::FromStr for Backbone {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "small" => Ok(Backbone::Small),
+            "resnet18" => Ok(Backbone::Resnet18),
+            "resnet50" => Ok(Backbone::Resnet50),
+            _ => Err(format!(
+                "unknown backbone {s:?}: expected small, resnet18 or resnet50"
+            )),
+        }
+    }
+}
+
 /// Global pooling of the last feature map.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -118,6 +132,95 @@ impl Default for ModelConfig {
             dim: 128,
             in_channels: 1,
         }
+    }
+}
+
+/// The new model's architecture where it differs from the old model's: the `[new_model]`
+/// section of a run configuration. Each field left unset is the old model's (`[model]`), so an
+/// upgrade to a wider or deeper net is `[new_model] width = 32, blocks = 2`. The embedding
+/// dimension must stay the old model's: a new query is searched against old vectors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelOverride {
+    /// The backbone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<Backbone>,
+    /// Global pooling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    /// Initial GeM exponent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gem_p: Option<f64>,
+    /// Weights to start the backbone from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<PathBuf>,
+    /// Channels of the first stage of the small backbone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<i64>,
+    /// Basic blocks per stage of the small backbone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<i64>,
+    /// Embedding dimension (must equal the old model's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dim: Option<i64>,
+    /// Input channels (must equal the old model's: both embed the same images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_channels: Option<i64>,
+}
+
+impl ModelOverride {
+    /// Whether nothing is overridden (the new model has the old model's architecture).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with the overridden fields replaced.
+    pub fn apply(&self, base: &ModelConfig) -> ModelConfig {
+        let mut m = base.clone();
+        if let Some(v) = self.backbone {
+            m.backbone = v;
+        }
+        if let Some(v) = self.pooling {
+            m.pooling = v;
+        }
+        if let Some(v) = self.gem_p {
+            m.gem_p = v;
+        }
+        if let Some(v) = &self.pretrained {
+            m.pretrained = Some(v.clone());
+        }
+        if let Some(v) = self.width {
+            m.width = v;
+        }
+        if let Some(v) = self.blocks {
+            m.blocks = v;
+        }
+        if let Some(v) = self.dim {
+            m.dim = v;
+        }
+        if let Some(v) = self.in_channels {
+            m.in_channels = v;
+        }
+        m
+    }
+
+    /// Checks that the new model can search the old model's vectors: the same embedding
+    /// dimension and input channels.
+    pub fn check_against(&self, old: &ModelConfig) -> Result<(), String> {
+        if let Some(d) = self.dim.filter(|&d| d != old.dim) {
+            return Err(format!(
+                "new_model.dim = {d}: the new model must embed in the old model's dimension \
+                 (model.dim = {}), or its queries cannot be searched against the old gallery",
+                old.dim
+            ));
+        }
+        if let Some(c) = self.in_channels.filter(|&c| c != old.in_channels) {
+            return Err(format!(
+                "new_model.in_channels = {c}: both models embed the same images (model.in_channels = {})",
+                old.in_channels
+            ));
+        }
+        Ok(())
     }
 }
 

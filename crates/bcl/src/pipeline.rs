@@ -15,8 +15,8 @@ use crate::data::{
 };
 use crate::eval::{is_compatible, update_gain, CompatMatrix, EvalError};
 use crate::files::write_atomic;
-use crate::loss::{BuildContext, CompatConfig, Method};
-use crate::model::{Embedder, ModelConfig, ModelError};
+use crate::loss::{BuildContext, CompatConfig, Method, OldPrototypes};
+use crate::model::{Embedder, ModelConfig, ModelError, ModelOverride};
 use crate::perturb::{class_prototypes, PrototypeError};
 use crate::report::{
     matrix_csv, plot_curves, plot_matrix, rows_csv, rows_markdown, ReportError, ResultRow,
@@ -71,8 +71,12 @@ pub struct RunConfig {
     pub data: DataConfig,
     /// Old/new split.
     pub split: SplitConfig,
-    /// Architecture (shared by old and new models).
+    /// Architecture of the old model, and of new models where `new_model` does not override it.
     pub model: ModelConfig,
+    /// The new models' architecture where it differs from the old model's (a heterogeneous
+    /// upgrade: a wider or deeper backbone); empty by default.
+    #[serde(skip_serializing_if = "ModelOverride::is_empty")]
+    pub new_model: ModelOverride,
     /// Training of the old model.
     pub old: TrainConfig,
     /// Training of new models (its seed differs from the old model's: METHOD.md section 6).
@@ -101,6 +105,7 @@ impl Default for RunConfig {
             data: DataConfig::default(),
             split: SplitConfig::default(),
             model: ModelConfig::default(),
+            new_model: ModelOverride::default(),
             old,
             new,
             compat: CompatConfig::default(),
@@ -138,7 +143,13 @@ impl RunConfig {
     /// Checks the settings whose meaning bounds them (the compatibility term's); the error
     /// names the setting.
     pub fn validate(&self) -> Result<(), String> {
+        self.new_model.check_against(&self.model)?;
         self.compat.validate()
+    }
+
+    /// The new models' architecture: `[model]` with `[new_model]`'s overrides.
+    pub fn new_arch(&self) -> ModelConfig {
+        self.new_model.apply(&self.model)
     }
 
     /// The configuration as TOML text.
@@ -325,7 +336,7 @@ pub fn train_successor(
     // A finished run of the same configuration is returned before anything is embedded.
     if opts.resume {
         let key = job_config_string(
-            &cfg.model,
+            &cfg.new_arch(),
             &cfg.new,
             method.as_str(),
             &note,
@@ -354,6 +365,20 @@ pub fn train_successor(
         return Err(PipelineError::Invalid(format!(
             "{}: not an old model",
             old_dir.display()
+        )));
+    }
+    let arch = cfg.new_arch();
+    if old.card.arch.dim != arch.dim || old.card.arch.in_channels != arch.in_channels {
+        return Err(PipelineError::Invalid(format!(
+            "{}: the old model embeds {}-channel images in dimension {}, the new model's \
+             architecture {} in {}: a new model must embed the same images in the old model's \
+             dimension (set new_model.dim, or model.dim, to {})",
+            old_dir.display(),
+            old.card.arch.in_channels,
+            old.card.arch.dim,
+            arch.in_channels,
+            arch.dim,
+            old.card.arch.dim
         )));
     }
     let classes: Vec<i64> = (0..cfg.data.classes as i64).collect();
@@ -387,7 +412,11 @@ pub fn train_successor(
         let y = Tensor::from_slice(&data_labels)
             .to_kind(Kind::Int64)
             .to_device(opts.device);
-        ctx.prototypes = Some(class_prototypes(&g, &y, classes.len() as i64)?.detach());
+        let means = class_prototypes(&g, &y, classes.len() as i64)?.detach();
+        ctx.prototypes = Some(match cfg.compat.prototypes {
+            OldPrototypes::ClassMeans => means,
+            OldPrototypes::OldClassifier => old_classifier_prototypes(&old, &means)?,
+        });
         if method.needs_old_bank() {
             let mut rng = rng_for(cfg.new.seed, 4_000_000);
             let idx = per_class_sample(&data_labels, cfg.compat.odpp.old_bank_per_class, &mut rng);
@@ -407,7 +436,7 @@ pub fn train_successor(
         role: "new".into(),
         data: data.as_data(),
         classes,
-        model: cfg.model.clone(),
+        model: arch,
         train: cfg.new.clone(),
         compat: method.build(&cfg.compat, ctx),
         old: Some(&old),
@@ -420,6 +449,47 @@ pub fn train_successor(
         stop_after: opts.stop_after,
         probe: opts.probe_test.then_some(&test_set),
     })?)
+}
+
+/// The old model's classifier rows as prototypes of the classes it covers (its card lists them
+/// in classifier order), normalised; the other classes keep their row of `means`.
+pub fn old_classifier_prototypes(old: &Embedder, means: &Tensor) -> Result<Tensor, PipelineError> {
+    let path = old.dir.join("model.safetensors");
+    let w = Tensor::read_safetensors(&path)
+        .map_err(|e| PipelineError::Config {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?
+        .into_iter()
+        .find(|(n, _)| n == "classifier.weight")
+        .map(|(_, t)| t)
+        .ok_or_else(|| PipelineError::Config {
+            path: path.clone(),
+            reason: "no classifier.weight: compat.prototypes = \"old-classifier\" needs the old \
+                     model's classifier"
+                .into(),
+        })?;
+    let rows = crate::model::l2_normalize(&w.to_kind(Kind::Float)).to_device(means.device());
+    let (c, d) = means
+        .size2()
+        .map_err(|e| PipelineError::Invalid(e.to_string()))?;
+    if rows.size() != [old.card.classes.len() as i64, d] {
+        return Err(PipelineError::Config {
+            path,
+            reason: format!(
+                "classifier.weight is {:?}, the card lists {} classes of dimension {d}",
+                rows.size(),
+                old.card.classes.len()
+            ),
+        });
+    }
+    let out = means.copy();
+    for (i, &k) in old.card.classes.iter().enumerate() {
+        if (0..c).contains(&k) {
+            out.get(k).copy_(&rows.get(i as i64));
+        }
+    }
+    Ok(out)
 }
 
 /// Results of evaluating a set of models on one test set.

@@ -236,3 +236,110 @@ fn bad_sequential_configs_are_rejected() {
         assert!(e.contains(needle) && e.contains("e.toml"), "{body}: {e}");
     }
 }
+
+/// A heterogeneous upgrade: a narrow, shallow old model (width 4, one block per stage) and a
+/// new model twice as wide and deep (`[new_model]`), through every entry point: the experiment
+/// table, a sequential chain, the backfill curve, a gallery built by the old model, searched
+/// and backfilled by the new one, and a server over it.
+#[test]
+fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
+    use bcl::gallery::ops::{self, BackfillPlan, BackfillStrategy, DataOrigin, EmbedOptions};
+    use bcl::gallery::serve::{ServeConfig, ServeState};
+    use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+    use bcl::gallery::{GalleryManifest, Lineage, ModelInfo};
+    use bcl::model::Embedder;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (tr, te) = synthetic(5, 60, 12, 9);
+    write_idx_dir(&data, &tr, &te).unwrap();
+    let mut cfg = ExperimentConfig::default();
+    cfg.base.data.dir = data;
+    cfg.base.data.classes = 5;
+    cfg.base.model.width = 4;
+    cfg.base.model.dim = 16;
+    cfg.base.new_model.width = Some(8);
+    cfg.base.new_model.blocks = Some(2);
+    for t in [&mut cfg.base.old, &mut cfg.base.new] {
+        t.epochs = 2;
+        t.batch_size = 32;
+        t.lr = 0.05;
+    }
+    cfg.scenarios = vec![Scenario::ExtendedData];
+    cfg.seeds = vec![1];
+    cfg.methods = vec![Method::Independent, Method::Bct];
+    cfg.sequential = Some(SequentialConfig {
+        fractions: vec![0.3, 0.6, 1.0],
+        methods: vec![Method::Bct],
+        reference: ChainReference::First,
+        seeds: None,
+    });
+    cfg.backfill = Some(BackfillConfig {
+        fractions: vec![0.0, 0.5, 1.0],
+        methods: vec![Method::Bct],
+        seed: 0,
+    });
+    let out = dir.path().join("exp");
+    let opts = StepOptions {
+        resume: true,
+        device: Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after: None,
+    };
+    let report = run_experiment(&cfg, &out, &opts).unwrap();
+    let card = |d: &str| ModelCard::read(&out.join(d).join("model.json")).unwrap();
+    let run = "extended-data/seed-1";
+    let old = card(&format!("{run}/old"));
+    let bct = card(&format!("{run}/new-bct"));
+    assert_eq!((old.arch.width, old.arch.blocks), (4, 1));
+    assert_eq!((bct.arch.width, bct.arch.blocks, bct.arch.dim), (8, 2, 16));
+    assert_eq!(bct.compatible_with.as_deref(), Some(old.id.as_str()));
+    assert_eq!(report.table.len(), 2);
+    assert_eq!(report.backfill.len(), 1);
+    let m2 = card("sequential/seed-1/bct/m2");
+    assert_eq!((m2.arch.width, m2.arch.blocks), (8, 2));
+    assert_eq!(report.sequential[0].matrix.models.len(), 3);
+
+    // the deployment: a gallery of the old model's vectors, searched and backfilled by the new
+    let old_e = Embedder::load(&out.join(run).join("old"), Device::Cpu).unwrap();
+    let new_e = Embedder::load(&out.join(run).join("new-bct"), Device::Cpu).unwrap();
+    let test = bcl::data::open_test(&cfg.base.data).unwrap();
+    let mut store = UsearchStore::create(
+        &dir.path().join("gallery"),
+        GalleryManifest::new(16),
+        UsearchConfig::default(),
+    )
+    .unwrap();
+    let origin = DataOrigin {
+        data: cfg.base.data.clone(),
+        split: bcl::data::Part::Test,
+        per_class: None,
+    };
+    let eo = EmbedOptions::default();
+    ops::build(&mut store, &old_e, &test, &origin, &eo, &mut |_, _| {}).unwrap();
+    let info = ModelInfo::from_card(&new_e.card);
+    let q = ops::embed_queries(&new_e, &test, 64).unwrap();
+    let (l, hits) = ops::search(&store, Some(&info), &q, 3, true, false).unwrap();
+    assert_eq!((l, hits.len()), (Some(Lineage::Successor), test.len()));
+    let plan = BackfillPlan {
+        fraction: 0.5,
+        strategy: BackfillStrategy::Random,
+        seed: 1,
+    };
+    let r = ops::backfill(&mut store, &new_e, &test, plan, &eo, &mut |_, _| {}).unwrap();
+    assert_eq!(r.by_new_model, test.len() / 2);
+    let st = ServeState::new(Box::new(store), Some(new_e), ServeConfig::default(), false);
+    assert!(
+        st.is_ok(),
+        "the server takes the wider model over the mixed gallery"
+    );
+
+    // a new model that embeds in another dimension is refused, naming the setting
+    let mut bad = cfg.base.clone();
+    bad.new_model.dim = Some(32);
+    let e = bad.validate().unwrap_err();
+    assert!(
+        e.contains("new_model.dim = 32") && e.contains("model.dim = 16"),
+        "{e}"
+    );
+}

@@ -292,3 +292,44 @@ fn blocked_prototype_geometry_matches_the_full_matrix_across_blocks() {
     let norms = row_norms(&d);
     assert!(norms.iter().all(|n| n.is_finite() && *n <= eps + 1e-6));
 }
+
+/// BCT as published: the old classifier's rows are the old prototypes of the classes it covers
+/// (extended-class: 3 of 5), the other classes keep their old-feature class means; a bct run
+/// trains with them.
+#[test]
+fn old_classifier_rows_as_prototypes() {
+    use bcl::loss::{Method, OldPrototypes};
+    use bcl::pipeline;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::tiny_idx_config(&dir.path().join("data"), 5, 1);
+    cfg.split.scenario = bcl::data::Scenario::ExtendedClass;
+    cfg.split.fraction = 0.6;
+    let opts = common::cpu_opts(false, None);
+    let old_dir = dir.path().join("old");
+    pipeline::train_old(&cfg, &old_dir, &opts).unwrap();
+    let old = bcl::model::Embedder::load(&old_dir, Device::Cpu).unwrap();
+    assert_eq!(old.card.classes.len(), 3);
+    let means = protos(5, 16, 7);
+    let p = pipeline::old_classifier_prototypes(&old, &means).unwrap();
+    let w: Tensor = Tensor::read_safetensors(old_dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "classifier.weight")
+        .unwrap()
+        .1;
+    let w = l2_normalize(&w);
+    for k in 0..5i64 {
+        let want = match old.card.classes.iter().position(|&c| c == k) {
+            Some(i) => w.get(i as i64),
+            None => means.get(k),
+        };
+        let diff = (p.get(k) - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "class {k}: {diff}");
+    }
+    cfg.compat.prototypes = OldPrototypes::OldClassifier;
+    let o =
+        pipeline::train_new(&cfg, &old_dir, Method::Bct, &dir.path().join("bct"), &opts).unwrap();
+    assert!(o.history[0].loss_comp.is_finite());
+    let saved = std::fs::read_to_string(dir.path().join("bct/config.toml")).unwrap();
+    assert!(saved.contains("prototypes = \"old-classifier\""), "{saved}");
+}
