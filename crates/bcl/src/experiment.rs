@@ -6,6 +6,7 @@
 
 pub mod backfill;
 pub mod benchmarks;
+pub mod paired;
 pub mod sequential;
 
 use std::collections::BTreeMap;
@@ -672,6 +673,22 @@ pub fn run_experiment(
         aggregate_markdown(&table).as_bytes(),
     )?;
     write_atomic(&out.join("results.csv"), aggregate_csv(&table).as_bytes())?;
+    // Paired by seed: every method against bct and against independent, where they ran.
+    let mut pairs = Vec::new();
+    let mut pmd = String::from(
+        "Paired by seed (each scenario and seed shares split, data and old model); mean \
+         difference and 95% Student-t interval over seeds.\n\n",
+    );
+    for reference in ["bct", "independent"] {
+        let rows = paired::paired(&table_in, reference);
+        if !rows.is_empty() {
+            pmd.push_str(&paired::paired_markdown(&rows));
+            pmd.push('\n');
+            pairs.extend(rows);
+        }
+    }
+    write_atomic(&out.join("paired.md"), pmd.as_bytes())?;
+    crate::files::write_json(&out.join("paired.json"), &pairs)?;
     frontier.sort_by(|a, b| {
         (&a.scenario, &a.method, &a.knob)
             .cmp(&(&b.scenario, &b.method, &b.knob))

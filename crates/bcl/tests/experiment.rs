@@ -94,6 +94,8 @@ fn a_small_experiment_runs_and_resumes() {
         "backfill.md",
         "backfill.csv",
         "backfill-extended-class.svg",
+        "paired.md",
+        "paired.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
@@ -341,5 +343,51 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
     assert!(
         e.contains("new_model.dim = 32") && e.contains("model.dim = 16"),
         "{e}"
+    );
+}
+
+#[test]
+fn paired_differences_by_hand() {
+    use bcl::experiment::paired::{interval, paired, t_975};
+    let row = |method: &str, self_map: f64, cross_map: f64| ResultRow {
+        method: method.into(),
+        old_old_map: 0.5,
+        self_map,
+        cross_map,
+        self_r1: 0.0,
+        cross_r1: 0.0,
+        compatible: true,
+        gain: None,
+    };
+    let runs: Vec<(Scenario, u64, Vec<ResultRow>)> = (1..=3u64)
+        .map(|s| {
+            let k = s as f64;
+            (
+                Scenario::ExtendedClass,
+                s,
+                vec![
+                    row("bct", 0.70, 0.55),
+                    row("ndpp", 0.70 + 0.01 * k, 0.55 + 0.1 + 0.001 * k),
+                ],
+            )
+        })
+        .collect();
+    let p = paired(&runs, "bct");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].seeds, vec![1, 2, 3]);
+    // self differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, half-width 4.303 · 0.01 / √3
+    let half = 4.303 * 0.01 / 3f64.sqrt();
+    assert!((p[0].self_diff.mean - 0.02).abs() < 1e-12);
+    assert!((p[0].self_diff.low - (0.02 - half)).abs() < 1e-9);
+    assert!(!p[0].self_diff.excludes_zero(), "within the seed spread");
+    // cross differences 0.101, 0.102, 0.103: far from zero
+    assert!(p[0].cross_diff.excludes_zero());
+    assert_eq!(t_975(2), 4.303);
+    assert_eq!(t_975(1000), 1.96);
+    assert!(interval(&[0.3]).low.is_nan(), "one value has no interval");
+    let md = bcl::experiment::paired::paired_markdown(&p);
+    assert!(
+        md.contains("within the seed spread") && md.contains("result"),
+        "{md}"
     );
 }

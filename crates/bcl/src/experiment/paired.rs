@@ -1,0 +1,154 @@
+//! Paired comparisons over seeds. Runs of one scenario and seed share their split, data and old
+//! model, so a method is compared with a reference seed by seed: the per-seed differences of
+//! self-test and cross-test mAP, their mean and a 95% Student-t interval. A difference is a
+//! result only where its interval excludes zero; otherwise it is within the seed spread.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Scenario;
+use crate::report::ResultRow;
+
+/// A mean with its 95% interval.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Interval {
+    /// The mean.
+    pub mean: f64,
+    /// Lower end of the 95% interval.
+    pub low: f64,
+    /// Upper end.
+    pub high: f64,
+}
+
+impl Interval {
+    /// Whether the interval excludes zero (the difference is a result).
+    pub fn excludes_zero(&self) -> bool {
+        self.low > 0.0 || self.high < 0.0
+    }
+}
+
+/// The 97.5% quantile of Student's t with `df` degrees of freedom (a table to 30, then the
+/// normal's 1.96; hand-written: eleven numbers do not justify a statistics crate).
+pub fn t_975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => T[df - 1],
+        _ => 1.96,
+    }
+}
+
+/// Mean and 95% t-interval of `xs` (NaN ends with fewer than two values).
+pub fn interval(xs: &[f64]) -> Interval {
+    let n = xs.len();
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    if n < 2 {
+        return Interval {
+            mean,
+            low: f64::NAN,
+            high: f64::NAN,
+        };
+    }
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let half = t_975(n - 1) * (var / n as f64).sqrt();
+    Interval {
+        mean,
+        low: mean - half,
+        high: mean + half,
+    }
+}
+
+/// One method against a reference, paired by seed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PairedRow {
+    /// Scenario.
+    pub scenario: String,
+    /// The method.
+    pub method: String,
+    /// The method it is compared with.
+    pub reference: String,
+    /// Seeds where both ran.
+    pub seeds: Vec<u64>,
+    /// Self-test mAP, method minus reference, per seed.
+    pub self_diffs: Vec<f64>,
+    /// Cross-test mAP, method minus reference, per seed.
+    pub cross_diffs: Vec<f64>,
+    /// Mean and 95% interval of the self-test differences.
+    pub self_diff: Interval,
+    /// Mean and 95% interval of the cross-test differences.
+    pub cross_diff: Interval,
+}
+
+/// Every method against `reference`, per scenario, over the seeds where both ran.
+pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: &str) -> Vec<PairedRow> {
+    let mut out: Vec<PairedRow> = Vec::new();
+    for (sc, seed, rows) in runs {
+        let Some(r) = rows.iter().find(|r| r.method == reference) else {
+            continue;
+        };
+        for m in rows.iter().filter(|m| m.method != reference) {
+            let key = (sc.to_string(), m.method.clone());
+            let i = match out
+                .iter()
+                .position(|p| (p.scenario.clone(), p.method.clone()) == key)
+            {
+                Some(i) => i,
+                None => {
+                    out.push(PairedRow {
+                        scenario: key.0,
+                        method: key.1,
+                        reference: reference.to_string(),
+                        seeds: Vec::new(),
+                        self_diffs: Vec::new(),
+                        cross_diffs: Vec::new(),
+                        self_diff: interval(&[]),
+                        cross_diff: interval(&[]),
+                    });
+                    out.len() - 1
+                }
+            };
+            let p = &mut out[i];
+            p.seeds.push(*seed);
+            p.self_diffs.push(m.self_map - r.self_map);
+            p.cross_diffs.push(m.cross_map - r.cross_map);
+        }
+    }
+    for p in &mut out {
+        p.self_diff = interval(&p.self_diffs);
+        p.cross_diff = interval(&p.cross_diffs);
+    }
+    out
+}
+
+fn cell(i: &Interval) -> String {
+    let verdict = if i.low.is_nan() {
+        "one seed"
+    } else if i.excludes_zero() {
+        "result"
+    } else {
+        "within the seed spread"
+    };
+    format!("{:+.4} [{:+.4}, {:+.4}] ({verdict})", i.mean, i.low, i.high)
+}
+
+/// The paired comparisons as Markdown.
+pub fn paired_markdown(rows: &[PairedRow]) -> String {
+    let mut s = String::from(
+        "| scenario | method | minus | seeds | self mAP difference [95% CI] | cross mAP difference [95% CI] |\n|---|---|---|---:|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.method,
+            r.reference,
+            r.seeds.len(),
+            cell(&r.self_diff),
+            cell(&r.cross_diff)
+        ));
+    }
+    s
+}
