@@ -138,34 +138,18 @@ pub(crate) fn read_nonempty(path: &Path) -> Result<Vec<u8>, DataError> {
     Ok(raw)
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = read_nonempty(path)?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Gzip {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
-        if out.is_empty() {
-            return Err(DataError::Empty {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
+/// The largest IDX file (header and body) `bcl` reads: a bound on what a header may declare, so
+/// that a crafted header cannot make a gzip stream decompress without end.
+const MAX_IDX_BYTES: usize = 1 << 33;
 
-/// Parses an IDX header; returns the dimensions and the offset of the data.
-fn parse_idx(
+/// Parses an IDX header from the first bytes of a file; returns the dimensions, the header's
+/// length and the total length (header and body) the header declares.
+fn parse_idx_header(
     path: &Path,
     bytes: &[u8],
     magic: u32,
     what: &'static str,
-) -> Result<(Vec<usize>, usize), DataError> {
+) -> Result<(Vec<usize>, usize, usize), DataError> {
     if bytes.len() < 4 {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
@@ -197,44 +181,100 @@ fn parse_idx(
             u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
         })
         .collect();
-    let expected = dims
+    let total = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .and_then(|n| n.checked_add(header))
-        .unwrap_or(usize::MAX);
-    if bytes.len() != expected {
+        .filter(|&t| t <= MAX_IDX_BYTES)
+        .ok_or_else(|| DataError::Format {
+            path: path.to_path_buf(),
+            line: None,
+            reason: format!(
+                "the header declares dimensions {dims:?}: more than the {MAX_IDX_BYTES} bytes bcl \
+                 reads from one IDX file"
+            ),
+        })?;
+    Ok((dims, header, total))
+}
+
+/// Reads an IDX file, plain or gzipped, checking its header before its body: a gzip stream is
+/// decompressed only up to the size its header declares (a small "gzip bomb" fails after at
+/// most that many bytes, not after exhausting memory). Returns the dimensions and the body.
+fn read_idx_file(
+    path: &Path,
+    magic: u32,
+    what: &'static str,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let raw = read_nonempty(path)?;
+    if !(raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b) {
+        let (dims, header, total) = parse_idx_header(path, &raw, magic, what)?;
+        if raw.len() != total {
+            return Err(DataError::Truncated {
+                path: path.to_path_buf(),
+                expected: total,
+                found: raw.len(),
+            });
+        }
+        return Ok((dims, raw[header..].to_vec()));
+    }
+    let gz_err = |e: std::io::Error| DataError::Gzip {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let ndim = (magic & 0xff) as u64;
+    let mut bytes = Vec::new();
+    (&mut dec)
+        .take(4 + 4 * ndim)
+        .read_to_end(&mut bytes)
+        .map_err(gz_err)?;
+    if bytes.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let (dims, header, total) = parse_idx_header(path, &bytes, magic, what)?;
+    // One byte past the declared end tells a longer stream from an exact one.
+    (&mut dec)
+        .take((total - header) as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(gz_err)?;
+    if bytes.len() > total {
+        return Err(DataError::Gzip {
+            path: path.to_path_buf(),
+            reason: format!("decompresses to more than the {total} bytes its header declares"),
+        });
+    }
+    if bytes.len() < total {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
-            expected,
+            expected: total,
             found: bytes.len(),
         });
     }
-    Ok((dims, header))
+    Ok((dims, bytes.split_off(header)))
 }
 
 /// Reads an IDX images file (magic 0x803): returns (pixels, n, rows, cols).
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    let bytes = read_maybe_gz(path)?;
-    let (dims, off) = parse_idx(
-        path,
-        &bytes,
-        IMAGES_MAGIC,
-        "IDX unsigned-byte images, 3 dims",
-    )?;
-    Ok((bytes[off..].to_vec(), dims[0], dims[1], dims[2]))
+    let (dims, body) = read_idx_file(path, IMAGES_MAGIC, "IDX unsigned-byte images, 3 dims")?;
+    if dims[1] == 0 || dims[2] == 0 {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            line: None,
+            reason: format!(
+                "images of {} × {} pixels: each image needs at least one pixel",
+                dims[1], dims[2]
+            ),
+        });
+    }
+    Ok((body, dims[0], dims[1], dims[2]))
 }
 
 /// Reads an IDX labels file (magic 0x801) and checks every label is below `classes`.
 pub fn read_idx_labels(path: &Path, classes: usize) -> Result<Vec<i64>, DataError> {
-    let bytes = read_maybe_gz(path)?;
-    let (_, off) = parse_idx(
-        path,
-        &bytes,
-        LABELS_MAGIC,
-        "IDX unsigned-byte labels, 1 dim",
-    )?;
-    bytes[off..]
-        .iter()
+    let (_, body) = read_idx_file(path, LABELS_MAGIC, "IDX unsigned-byte labels, 1 dim")?;
+    body.iter()
         .enumerate()
         .map(|(index, &label)| {
             if (label as usize) < classes {

@@ -286,10 +286,70 @@ fn npy_err(path: &Path, reason: impl std::fmt::Display) -> EvalError {
     }
 }
 
+/// The largest `.npy` header read (numpy writes a few hundred bytes; a crafted file may declare
+/// gigabytes, which the reader would allocate before reading a byte of it).
+const MAX_NPY_HEADER: u64 = 1 << 20;
+
+/// Checks an `.npy` file's preamble before any parser allocates from it: the header length it
+/// declares must fit the file and [`MAX_NPY_HEADER`]. Returns the offset of the data.
+fn npy_data_offset(path: &Path, file_len: u64) -> Result<u64, EvalError> {
+    use std::io::Read;
+    let mut pre = [0u8; 12];
+    let mut f =
+        std::fs::File::open(path).map_err(|e| npy_err(path, format!("cannot open: {e}")))?;
+    let n = f
+        .read(&mut pre)
+        .map_err(|e| npy_err(path, format!("cannot read: {e}")))?;
+    if n < 10 || &pre[..6] != b"\x93NUMPY" {
+        return Err(npy_err(path, "not a valid .npy file: no NUMPY preamble"));
+    }
+    let (len, preamble) = match pre[6] {
+        1 => (u16::from_le_bytes([pre[8], pre[9]]) as u64, 10),
+        2 | 3 if n >= 12 => (
+            u32::from_le_bytes([pre[8], pre[9], pre[10], pre[11]]) as u64,
+            12,
+        ),
+        v => return Err(npy_err(path, format!("not a valid .npy file: version {v}"))),
+    };
+    if len > MAX_NPY_HEADER || preamble + len > file_len {
+        return Err(npy_err(
+            path,
+            format!(
+                "the header declares {len} bytes; the file has {file_len} in all (and bcl reads \
+                 headers of at most {MAX_NPY_HEADER})"
+            ),
+        ));
+    }
+    Ok(preamble + len)
+}
+
 fn open_npy(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, EvalError> {
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| npy_err(path, format!("cannot open: {e}")))?
+        .len();
+    let offset = npy_data_offset(path, file_len)?;
     let f = std::fs::File::open(path).map_err(|e| npy_err(path, format!("cannot open: {e}")))?;
-    npyz::NpyFile::new(std::io::BufReader::new(f))
-        .map_err(|e| npy_err(path, format!("not a valid .npy file: {e}")))
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(f))
+        .map_err(|e| npy_err(path, format!("not a valid .npy file: {e}")))?;
+    // The shape times the item size, with overflow checked, must be exactly the bytes after the
+    // header: a crafted shape whose product wraps would otherwise pass and fail much later.
+    let item = npy.dtype().num_bytes().map(|b| b as u64);
+    let need = npy
+        .shape()
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .and_then(|n| item.and_then(|b| n.checked_mul(b)));
+    if need != Some(file_len - offset) {
+        return Err(npy_err(
+            path,
+            format!(
+                "the shape {:?} does not match the {} bytes of data the file holds",
+                npy.shape(),
+                file_len - offset
+            ),
+        ));
+    }
+    Ok(npy)
 }
 
 /// Reads a 2-D f32 or f64 `.npy` matrix as a `[N, d]` tensor (f64 kept as f64).

@@ -208,3 +208,40 @@ fn directory_round_trip() {
     assert_eq!(tr.labels, train.labels);
     assert_eq!(te.labels, test.labels);
 }
+
+#[test]
+fn a_gzip_bomb_is_cut_at_the_size_its_header_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    // the header declares 2 × 3 × 4 = 24 bytes of pixels; the stream holds 64 MiB more
+    let mut body = images_bytes(2, 3, 4, &[7u8; 24]);
+    body.extend(std::iter::repeat_n(0u8, 64 << 20));
+    let p = dir.path().join("bomb.gz");
+    gz(&p, &body);
+    assert!(
+        std::fs::metadata(&p).unwrap().len() < 1 << 20,
+        "a small file"
+    );
+    let e = read_idx_images(&p).unwrap_err();
+    assert!(
+        matches!(&e, DataError::Gzip { reason, .. } if reason.contains("more than the 40 bytes")),
+        "{e}"
+    );
+    // a header declaring more than bcl reads is refused before any body is read
+    let p = dir.path().join("huge.gz");
+    gz(&p, &images_bytes(u32::MAX, u32::MAX, 4, &[]));
+    let e = read_idx_images(&p).unwrap_err();
+    assert!(e.to_string().contains("more than the"), "{e}");
+    // and a plain file the same
+    let p = dir.path().join("huge");
+    std::fs::write(&p, images_bytes(u32::MAX, u32::MAX, 4, &[])).unwrap();
+    assert!(read_idx_images(&p).is_err());
+}
+
+#[test]
+fn images_without_pixels_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("i");
+    std::fs::write(&p, images_bytes(5, 0, 0, &[])).unwrap();
+    let e = read_idx_images(&p).unwrap_err();
+    assert!(e.to_string().contains("0 × 0 pixels"), "{e}");
+}

@@ -931,3 +931,25 @@ mod hostile {
         assert!(got.iter().zip(&upd[..4]).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 }
+
+/// Sizes from the command line (issue 11, item 13): a k beyond the gallery is all of it, even
+/// usize::MAX; a recall probe of 2e8 queries is an error, not an abort.
+#[test]
+fn huge_k_and_probe_sizes_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let s = filled(&Usearch, dir.path(), 50, 4, &mut rng);
+    let q = random_rows(2, 4, &mut rng);
+    for k in [10_000_000_000usize, usize::MAX] {
+        for hits in s.search_exact(&q, k).unwrap() {
+            assert_eq!(hits.len(), 50);
+        }
+        for hits in s.search_approx(&q, k).unwrap() {
+            assert_eq!(hits.len(), 50);
+        }
+    }
+    match bcl::gallery::ops::probe_queries(s.as_ref(), 200_000_000, 0.5, 0) {
+        Err(GalleryError::Invalid(t)) => assert!(t.contains("at most 100000"), "{t}"),
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
+}

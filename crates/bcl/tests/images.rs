@@ -358,3 +358,38 @@ fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
     let e = bcl::data::open(&cfg.data).unwrap_err().to_string();
     assert!(e.contains("stream"), "{e}");
 }
+
+/// Hostile images (issue 11, item 7): a 1 × 20,000,000 PNG (41 kB at best compression) is refused by the
+/// decoder's side limit, and a 1 × 10,000 image by the resize bound (its shorter side scaled to
+/// 256 would make 2.56 billion pixels), as files and as query bytes, with errors, not aborts.
+#[test]
+fn extreme_image_sizes_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let prep = ImagePrep {
+        resize: 256,
+        crop: 224,
+    };
+    let long = dir.path().join("long.png");
+    image::GrayImage::new(1, 20_000_000).save(&long).unwrap();
+    let e = load_image(&long, &prep, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("long.png") && e.contains("cannot decode"), "{e}");
+    let bytes = std::fs::read(&long).unwrap();
+    assert!(bcl::data::images::image_for_model(&bytes, [1, 28, 28]).is_err());
+
+    let thin = dir.path().join("thin.png");
+    image::GrayImage::new(1, 10_000).save(&thin).unwrap();
+    let e = load_image(&thin, &prep, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("aspect ratio"), "{e}");
+    // a query model of 28 × 28 input resizes it to 28 × 280,000: within the bound, answered
+    let bytes = std::fs::read(&thin).unwrap();
+    assert_eq!(
+        bcl::data::images::image_for_model(&bytes, [1, 28, 28])
+            .unwrap()
+            .len(),
+        28 * 28
+    );
+}

@@ -251,3 +251,28 @@ fn npy_readers_accept_valid_and_reject_malformed_files() {
         .to_string()
         .contains("cannot open"));
 }
+
+/// Crafted .npy files (issue 11, item 10): a shape whose product wraps, and a 12-byte version-2
+/// file declaring a 4 GiB header, are errors before anything is allocated for them.
+#[test]
+fn crafted_npy_sizes_are_checked_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.npy");
+    // (2^32, 2^32) float32: 2^64 elements wrap to 0 in 64-bit arithmetic
+    write_npy(&p, "<f4", &[1 << 32, 1 << 32], &[]);
+    let e = read_features_npy(&p).unwrap_err().to_string();
+    assert!(e.contains("does not match") && e.contains("f.npy"), "{e}");
+    // a shape asking for more data than the file holds
+    write_npy(&p, "<f4", &[1000, 1000], &[0u8; 16]);
+    let e = read_features_npy(&p).unwrap_err().to_string();
+    assert!(e.contains("does not match"), "{e}");
+    // version 2, header length 0xFFFFFFFF, nothing else
+    let mut b = b"\x93NUMPY\x02\x00".to_vec();
+    b.extend_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&p, &b).unwrap();
+    let e = read_features_npy(&p).unwrap_err().to_string();
+    assert!(e.contains("the header declares 4294967295 bytes"), "{e}");
+    let l = dir.path().join("l.npy");
+    std::fs::write(&l, &b).unwrap();
+    assert!(read_labels_npy(&l).is_err());
+}

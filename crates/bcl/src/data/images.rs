@@ -66,6 +66,33 @@ pub struct Jitter {
     pub flip: bool,
 }
 
+/// The longest image side decoded (a crafted 1 × 20,000,000 PNG compresses to 41 KB).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// The most pixels a resize may produce: the shorter side scaled to the target makes the longer
+/// side as long as the aspect ratio says, and an extreme ratio would ask for gigabytes.
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 24;
+
+/// Decoding limits: the side bound and at most 512 MiB of decoder allocations.
+fn decode_limits() -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(MAX_IMAGE_SIDE);
+    l.max_image_height = Some(MAX_IMAGE_SIDE);
+    l.max_alloc = Some(512 << 20);
+    l
+}
+
+/// Checks the size a resize of a `w × h` image would produce.
+fn check_resize(w: u32, h: u32, nw: u32, nh: u32) -> Result<(), String> {
+    if nw as u64 * nh as u64 > MAX_RESIZED_PIXELS {
+        return Err(format!(
+            "an image of {w} × {h} pixels would be resized to {nw} × {nh}: its aspect ratio is \
+             too extreme (at most {MAX_RESIZED_PIXELS} pixels after the resize)"
+        ));
+    }
+    Ok(())
+}
+
 fn decode_err(path: &Path, reason: impl std::fmt::Display) -> DataError {
     DataError::Format {
         path: path.to_path_buf(),
@@ -83,7 +110,7 @@ pub fn load_image(
     bbx: Option<&[f64]>,
     jitter: Option<Jitter>,
 ) -> Result<Vec<u8>, DataError> {
-    let mut img = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -92,9 +119,9 @@ pub fn load_image(
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
-        })?
-        .decode()
-        .map_err(|e| decode_err(path, e))?;
+        })?;
+    reader.limits(decode_limits());
+    let mut img = reader.decode().map_err(|e| decode_err(path, e))?;
     if let Some(b) = bbx {
         let (l, t, w, h) =
             crop_rect(b, img.width(), img.height()).map_err(|r| DataError::Format {
@@ -110,6 +137,7 @@ pub fn load_image(
         ((w as f64 * s).round() as u32).max(prep.crop),
         ((h as f64 * s).round() as u32).max(prep.crop),
     );
+    check_resize(w, h, nw, nh).map_err(|r| decode_err(path, r))?;
     let img = if (nw, nh) == (w, h) {
         img.to_rgb8()
     } else {
@@ -305,14 +333,20 @@ pub fn image_for_model(bytes: &[u8], shape: [usize; 3]) -> Result<Vec<u8>, Strin
     if !(c == 1 || c == 3) || h == 0 || w == 0 {
         return Err(format!("unsupported model input shape {shape:?}"));
     }
-    let img =
-        image::load_from_memory(bytes).map_err(|e| format!("cannot decode the image: {e}"))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("cannot decode the image: {e}"))?;
+    reader.limits(decode_limits());
+    let img = reader
+        .decode()
+        .map_err(|e| format!("cannot decode the image: {e}"))?;
     let (iw, ih) = (img.width().max(1), img.height().max(1));
     let s = (w as f64 / iw as f64).max(h as f64 / ih as f64);
     let (nw, nh) = (
         ((iw as f64 * s).round() as u32).max(w as u32),
         ((ih as f64 * s).round() as u32).max(h as u32),
     );
+    check_resize(iw, ih, nw, nh)?;
     let img = if (nw, nh) == (iw, ih) {
         img
     } else {

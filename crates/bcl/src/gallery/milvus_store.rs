@@ -199,6 +199,11 @@ impl MilvusStore {
         Ok(store)
     }
 
+    /// k as Milvus takes it: at most the gallery's size and Milvus's top-k limit (16,384).
+    fn clamp_k(&self, k: usize) -> usize {
+        k.min(self.len).clamp(1, 16_384)
+    }
+
     /// The gallery directory (holding the pointer file).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -522,13 +527,13 @@ impl GalleryStore for MilvusStore {
     fn search_exact(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let q = prepare_queries(self.manifest.dim, queries, k)?;
         let rows = q.chunks(self.manifest.dim).map(<[f32]>::to_vec).collect();
-        self.block(self.search_field(rows, k, true))
+        self.block(self.search_field(rows, self.clamp_k(k), true))
     }
 
     fn search_approx(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let q = prepare_queries(self.manifest.dim, queries, k)?;
         let rows = q.chunks(self.manifest.dim).map(<[f32]>::to_vec).collect();
-        self.block(self.search_field(rows, k, false))
+        self.block(self.search_field(rows, self.clamp_k(k), false))
     }
 
     fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>> {

@@ -502,9 +502,13 @@ pub fn ann_recall(store: &dyn GalleryStore, queries: &[f32], k: usize) -> Result
     Ok(sum / exact.len().max(1) as f64)
 }
 
+/// Probe queries a recall check may ask for beyond the gallery's size.
+pub const MAX_PROBE_QUERIES: usize = 100_000;
+
 /// `n` query vectors for a recall probe: stored vectors at evenly spaced ids, each moved by
 /// seeded Gaussian noise of norm about `noise` and renormalised (so a query is near, not on,
-/// its source item).
+/// its source item); `n` is at most the larger of the gallery's size and
+/// [`MAX_PROBE_QUERIES`].
 pub fn probe_queries(
     store: &dyn GalleryStore,
     n: usize,
@@ -517,6 +521,14 @@ pub fn probe_queries(
         return Err(GalleryError::Invalid(
             "a recall probe needs a non-empty gallery and at least one query".into(),
         ));
+    }
+    if n > ids.len().max(MAX_PROBE_QUERIES) {
+        return Err(GalleryError::Invalid(format!(
+            "{n} probe queries: at most {} (the larger of the gallery's {} items and \
+             {MAX_PROBE_QUERIES})",
+            ids.len().max(MAX_PROBE_QUERIES),
+            ids.len()
+        )));
     }
     let picks: Vec<u64> = (0..n)
         .map(|i| ids[i * ids.len() / n.max(1) % ids.len()])

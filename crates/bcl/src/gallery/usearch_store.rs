@@ -814,6 +814,9 @@ impl UsearchStore {
         self.check_poison()?;
         let dim = self.file.manifest.dim;
         let q = prepare_queries(dim, queries, k)?;
+        // More than the gallery holds is everything it holds (usearch aborts on a k it cannot
+        // allocate for, such as usize::MAX).
+        let k = k.min(self.items.len()).max(1);
         q.par_chunks(dim)
             .map(|row| {
                 let m = self
