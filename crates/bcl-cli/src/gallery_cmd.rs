@@ -318,6 +318,18 @@ pub struct ServeArgs {
     /// Exact search by default (requests may still say "exact").
     #[arg(long)]
     exact: bool,
+    /// Seconds a client has to send a request's head before its connection is closed.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a whole request may take, body upload included (then 408).
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
+    /// Connections served at once (more wait in the listen queue).
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Seconds in-flight requests (and a live backfill's commit) get after Ctrl-C/SIGTERM.
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_grace: f64,
     /// Serve even if the query model fails the lineage check (/stats says so).
     #[arg(long)]
     force: bool,
@@ -642,7 +654,12 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         default_k: 10.min(a.max_k),
         max_queries: a.max_queries,
         exact: a.exact,
+        header_timeout_s: a.header_timeout,
+        request_timeout_s: a.request_timeout,
+        max_connections: a.max_connections,
+        shutdown_grace_s: a.shutdown_grace,
     };
+    let limits = cfg.conn_limits();
     let source = store.manifest().source.clone();
     let state = Arc::new(ServeState::new(store, emb, cfg, a.force)?);
     let backfill = match a.backfill_fraction {
@@ -685,11 +702,14 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
             a.store.display(),
             listener.local_addr()?
         );
-        serve::serve(
-            listener,
-            serve::router(state.clone()),
-            serve::shutdown_signal(),
-        )
+        // On the signal the backfill stops too (at its next commit), not after the last
+        // connection closes.
+        let st = state.clone();
+        serve::serve(listener, serve::router(state.clone()), limits, async move {
+            serve::shutdown_signal().await;
+            eprintln!("stopping: no new connections; in-flight requests and the backfill finish");
+            st.stop_background();
+        })
         .await?;
         anyhow::Ok(())
     })?;

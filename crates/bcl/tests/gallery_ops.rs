@@ -211,7 +211,7 @@ fn build_search_backfill_and_serve_an_image() {
         .unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let h = rt.spawn(serve(l, router(state), async {
+    let h = rt.spawn(serve(l, router(state), Default::default(), async {
         let _ = rx.await;
     }));
     let (status, resp) = common::http_request(
@@ -298,7 +298,7 @@ fn a_server_backfills_while_it_serves() {
         .unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let h = rt.spawn(serve(l, router(st.clone()), async {
+    let h = rt.spawn(serve(l, router(st.clone()), Default::default(), async {
         let _ = rx.await;
     }));
     let worker = st

@@ -55,7 +55,7 @@ fn search_over_http_and_clear_errors() {
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             atx.send(l.local_addr().unwrap()).unwrap();
-            serve(l, router(state), async {
+            serve(l, router(state), Default::default(), async {
                 let _ = rx.await;
             })
             .await
@@ -164,4 +164,109 @@ fn search_over_http_and_clear_errors() {
         TcpStream::connect(addr).is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+/// The server's limits (issue 11, item 8): a client that never finishes its request head is
+/// disconnected, a stalled upload gets 408, connections beyond the limit wait until one closes,
+/// and after the shutdown signal a stalled request does not hold the server past its grace.
+#[test]
+fn slow_clients_are_cut_off_and_connections_bounded() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = UsearchStore::create(
+        dir.path(),
+        GalleryManifest::new(4),
+        UsearchConfig::default(),
+    )
+    .unwrap();
+    let mut m = store.manifest().clone();
+    m.models.push(ModelInfo::external("ext", 4));
+    store.set_manifest(m).unwrap();
+    store.add("ext", &[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+    let cfg = ServeConfig {
+        header_timeout_s: 0.5,
+        request_timeout_s: 1.0,
+        max_connections: 2,
+        shutdown_grace_s: 1.0,
+        ..Default::default()
+    };
+    let limits = cfg.conn_limits();
+    let state = Arc::new(ServeState::new(Box::new(store), None, cfg, false).unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (atx, arx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            atx.send(l.local_addr().unwrap()).unwrap();
+            serve(l, router(state), limits, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    });
+    let addr = arx.recv().unwrap();
+    let read_all = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).to_string()
+    };
+
+    // a request head that never ends: the connection is closed after the header timeout
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /search HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let got = read_all(&mut s);
+    assert!(!got.contains(" 200 "), "{got}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // a body that stops arriving: 408 after the request timeout
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"vector\": [",
+    )
+    .unwrap();
+    let got = read_all(&mut s);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+
+    // two silent connections take both slots; a third client waits until one closes
+    let a = TcpStream::connect(addr).unwrap();
+    let b = TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    assert!(
+        c.read(&mut first).is_err(),
+        "a third connection was served while two held the slots"
+    );
+    drop((a, b));
+    let got = read_all(&mut c);
+    assert!(
+        got.contains("200 OK") || got.starts_with("TTP/1.1 200"),
+        "{got}"
+    );
+
+    // shutdown with a stalled upload in flight: the server ends within its grace
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    drop(s);
 }

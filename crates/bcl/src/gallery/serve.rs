@@ -1,7 +1,9 @@
 //! `bcl serve`: an HTTP service (axum) over a gallery. `POST /search` takes query vectors as
 //! JSON or one image (embedded by the server's query model), `GET /health` and `GET /stats`
 //! report liveness and counts. Bodies are bounded, bad input gets a 4xx with a JSON reason,
-//! and the server stops gracefully (in-flight requests finish) on its shutdown signal.
+//! slow clients are cut off (a deadline for the request head, another for the whole request),
+//! open connections are bounded, and the server stops on its shutdown signal, letting in-flight
+//! requests finish up to a deadline.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +39,16 @@ pub struct ServeConfig {
     pub max_queries: usize,
     /// Exact search by default (else the approximate index).
     pub exact: bool,
+    /// Seconds a client has to send a request's head (line and headers); past it the connection
+    /// is closed.
+    pub header_timeout_s: f64,
+    /// Seconds a whole request may take, body upload included (past it: 408).
+    pub request_timeout_s: f64,
+    /// Connections served at once; further clients wait in the listen queue.
+    pub max_connections: usize,
+    /// Seconds the server waits for in-flight requests after its shutdown signal before it
+    /// closes their connections.
+    pub shutdown_grace_s: f64,
 }
 
 impl Default for ServeConfig {
@@ -47,7 +59,66 @@ impl Default for ServeConfig {
             default_k: 10,
             max_queries: 256,
             exact: false,
+            header_timeout_s: 10.0,
+            request_timeout_s: 30.0,
+            max_connections: 256,
+            shutdown_grace_s: 10.0,
         }
+    }
+}
+
+impl ServeConfig {
+    /// Checks the limits: positive sizes and finite positive durations.
+    pub fn validate(&self) -> Result<(), GalleryError> {
+        if self.max_k == 0 || self.default_k == 0 || self.default_k > self.max_k {
+            return Err(GalleryError::Invalid(format!(
+                "need 0 < default_k <= max_k, got default_k {} and max_k {}",
+                self.default_k, self.max_k
+            )));
+        }
+        if self.max_queries == 0 || self.max_connections == 0 || self.max_body_bytes == 0 {
+            return Err(GalleryError::Invalid(
+                "max_queries, max_connections and max_body_bytes must be at least 1".into(),
+            ));
+        }
+        for (name, v) in [
+            ("header timeout", self.header_timeout_s),
+            ("request timeout", self.request_timeout_s),
+            ("shutdown grace", self.shutdown_grace_s),
+        ] {
+            if !(v > 0.0 && v.is_finite() && v < 1e6) {
+                return Err(GalleryError::Invalid(format!(
+                    "the {name} must be a positive number of seconds, got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection-level limits [`serve`] applies.
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits {
+            header_timeout: std::time::Duration::from_secs_f64(self.header_timeout_s),
+            max_connections: self.max_connections,
+            shutdown_grace: std::time::Duration::from_secs_f64(self.shutdown_grace_s),
+        }
+    }
+}
+
+/// What [`serve`] bounds per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Time to send a request's head.
+    pub header_timeout: std::time::Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time in-flight requests get after the shutdown signal.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ServeConfig::default().conn_limits()
     }
 }
 
@@ -111,12 +182,7 @@ impl ServeState {
         cfg: ServeConfig,
         force: bool,
     ) -> Result<Self, GalleryError> {
-        if cfg.max_k == 0 || cfg.default_k == 0 || cfg.default_k > cfg.max_k {
-            return Err(GalleryError::Invalid(format!(
-                "need 0 < default_k <= max_k, got default_k {} and max_k {}",
-                cfg.default_k, cfg.max_k
-            )));
-        }
+        cfg.validate()?;
         let query_model = embedder.as_ref().map(|e| ModelInfo::from_card(&e.card));
         let lineage = match &query_model {
             Some(m) => Some(check_lineage(store.manifest(), &store.counts()?, m, force)?),
@@ -234,13 +300,88 @@ impl ServeState {
 }
 
 /// The JSON body of `POST /search`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 struct SearchBody {
     vector: Option<Vec<f32>>,
     vectors: Option<Vec<Vec<f32>>>,
     k: Option<usize>,
     exact: Option<bool>,
+}
+
+/// Parses a [`SearchBody`] and stops at the first query vector past `max_queries`, so an
+/// oversized batch is refused before it is all parsed (`over` tells that error from others).
+/// Written as a seed because serde's derive cannot carry a run-time limit into a field.
+struct BodySeed<'a> {
+    max_queries: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+const BODY_FIELDS: &[&str] = &["vector", "vectors", "k", "exact"];
+
+impl<'de> serde::de::DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = SearchBody;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<SearchBody, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BodySeed<'_> {
+    type Value = SearchBody;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object with \"vector\" or \"vectors\", and optionally \"k\", \"exact\"")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SearchBody, A::Error> {
+        use serde::de::Error;
+        let mut b = SearchBody::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let dup = || A::Error::custom(format!("duplicate field `{key}`"));
+            match key.as_str() {
+                "vector" if b.vector.is_none() => b.vector = Some(map.next_value()?),
+                "vectors" if b.vectors.is_none() => {
+                    b.vectors = Some(map.next_value_seed(VectorsSeed {
+                        max: self.max_queries,
+                        over: self.over,
+                    })?)
+                }
+                "k" if b.k.is_none() => b.k = Some(map.next_value()?),
+                "exact" if b.exact.is_none() => b.exact = Some(map.next_value()?),
+                "vector" | "vectors" | "k" | "exact" => return Err(dup()),
+                other => return Err(A::Error::unknown_field(other, BODY_FIELDS)),
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// A list of query vectors, refused at its `max + 1`-th element.
+struct VectorsSeed<'a> {
+    max: usize,
+    over: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for VectorsSeed<'_> {
+    type Value = Vec<Vec<f32>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Vec<f32>>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for VectorsSeed<'_> {
+    type Value = Vec<Vec<f32>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of query vectors")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element::<Vec<f32>>()? {
+            if out.len() == self.max {
+                self.over.set(true);
+                return Err(serde::de::Error::custom("too many query vectors"));
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
 }
 
 /// Query-string options of `POST /search` (the only options for an image body).
@@ -281,7 +422,34 @@ pub fn router(state: Arc<ServeState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .with_state(state)
+}
+
+/// Answers 408 to a request that has not completed (its body upload included) within the
+/// configured time, so a stalled upload does not hold its connection and memory for ever.
+async fn request_deadline(
+    State(st): State<Arc<ServeState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = std::time::Duration::from_secs_f64(st.cfg.request_timeout_s);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            st.client_errors.fetch_add(1, Ordering::Relaxed);
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request did not complete within {} s",
+                    st.cfg.request_timeout_s
+                ),
+            )
+        }
+    }
 }
 
 async fn health(State(st): State<Arc<ServeState>>) -> Response {
@@ -350,12 +518,32 @@ fn parse_request(
     let dim = st.store().manifest().dim;
     let (queries, k, exact) = match ctype.as_str() {
         "application/json" => {
-            let b: SearchBody = serde_json::from_slice(body).map_err(|e| {
-                bad(
-                    StatusCode::BAD_REQUEST,
-                    format!("malformed JSON body: {e}; expected {{\"vector\": [..], \"k\": 10}}"),
-                )
-            })?;
+            let over = std::cell::Cell::new(false);
+            let seed = BodySeed {
+                max_queries: st.cfg.max_queries,
+                over: &over,
+            };
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let b = serde::de::DeserializeSeed::deserialize(seed, &mut de)
+                .and_then(|b| de.end().map(|()| b))
+                .map_err(|e| {
+                    if over.get() {
+                        bad(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            format!(
+                                "more than {} query vectors; at most {} per request",
+                                st.cfg.max_queries, st.cfg.max_queries
+                            ),
+                        )
+                    } else {
+                        bad(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "malformed JSON body: {e}; expected {{\"vector\": [..], \"k\": 10}}"
+                            ),
+                        )
+                    }
+                })?;
             let rows = match (b.vector, b.vectors) {
                 (Some(v), None) => vec![v],
                 (None, Some(vs)) => vs,
@@ -511,15 +699,63 @@ async fn search(
     resp
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// Serves `app` on `listener` until `shutdown` completes. Each connection has `limits
+/// .header_timeout` to send a request's head; at most `limits.max_connections` are served at
+/// once (the rest wait in the listen queue); after `shutdown`, no connection is accepted and
+/// in-flight requests get `limits.shutdown_grace` to finish before their connections close.
+/// Hand-written over hyper because `axum::serve` exposes none of these limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: transient; back off, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!(
+                "connections still open {} s after the shutdown signal: closing them",
+                limits.shutdown_grace.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Completes on Ctrl-C or SIGTERM.
