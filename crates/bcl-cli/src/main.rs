@@ -473,9 +473,9 @@ fn run(cli: Cli) -> Result<()> {
             let out = a
                 .out
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("runs/new-{}", a.method)));
+                .unwrap_or_else(|| PathBuf::from("runs").join(a.method.model_name()));
             let o = pipeline::train_new(&cfg, &old, a.method, &out, &options(&a.common)?)?;
-            print_history(&format!("new-{}", a.method), &o.history);
+            print_history(&a.method.model_name(), &o.history);
             println!("model {} written to {}", o.card.id, o.dir.display());
         }
         Command::Eval(a) => {

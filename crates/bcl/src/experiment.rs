@@ -500,7 +500,18 @@ pub fn aggregate_csv(rows: &[AggregateRow]) -> String {
 }
 
 fn run_key(scenario: Scenario, seed: u64) -> String {
-    format!("{scenario}/seed-{seed}")
+    format!("{scenario}/{}", seed_dir_name(seed))
+}
+
+/// The directory name of one seed's runs (`seed-3`).
+pub fn seed_dir_name(seed: u64) -> String {
+    format!("seed-{seed}")
+}
+
+/// The directory of one (scenario, seed) run of an experiment: its old model is `old/` and each
+/// new model `Method::model_name()` inside it. Every stage names run directories through here.
+pub fn run_dir(out: &Path, scenario: Scenario, seed: u64) -> PathBuf {
+    out.join(scenario.to_string()).join(seed_dir_name(seed))
 }
 
 fn sweep_dir_name(s: &Sweep, v: f64) -> String {
@@ -551,13 +562,13 @@ pub fn run_experiment(
     for &scenario in &cfg.scenarios {
         for &seed in &cfg.seeds {
             let rc = cfg.run_config(scenario, seed);
-            let dir = out.join(scenario.to_string()).join(format!("seed-{seed}"));
+            let dir = run_dir(out, scenario, seed);
             let old_dir = dir.join("old");
             tracing::info!(%scenario, seed, "experiment run");
             train_old(&rc, &old_dir, &opts)?;
             let mut dirs = vec![old_dir.clone()];
             for &m in &cfg.methods {
-                let d = dir.join(format!("new-{m}"));
+                let d = dir.join(m.model_name());
                 train_new(&rc, &old_dir, m, &d, &opts)?;
                 dirs.push(d);
             }
@@ -609,7 +620,7 @@ pub fn run_experiment(
             if seed == cfg.seeds[0] {
                 plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
                 for m in [Method::Ndpp, Method::Odpp] {
-                    if let Some((o, p)) = saved_prototypes(&dir.join(format!("new-{m}"))) {
+                    if let Some((o, p)) = saved_prototypes(&dir.join(m.model_name())) {
                         plot_prototypes_pca(
                             &o,
                             &p,
@@ -771,7 +782,5 @@ pub fn run_experiment(
 
 /// The directory of one run's model, for callers that want to read it.
 pub fn model_dir(out: &Path, scenario: Scenario, seed: u64, method: Method) -> PathBuf {
-    out.join(scenario.to_string())
-        .join(format!("seed-{seed}"))
-        .join(format!("new-{method}"))
+    run_dir(out, scenario, seed).join(method.model_name())
 }

@@ -564,6 +564,12 @@ impl Method {
         }
     }
 
+    /// The name of a new model trained with this method, and of its directory in a run
+    /// (`new-bct`): the one place that names them.
+    pub fn model_name(&self) -> String {
+        format!("new-{self}")
+    }
+
     /// Whether the method needs the old model's class prototypes.
     pub fn needs_prototypes(&self) -> bool {
         matches!(

@@ -69,6 +69,26 @@ impl std::str::FromStr for Backbone {
     }
 }
 
+/// What a model is in an upgrade: the old model (trained for classification only) or a new
+/// model trained against it. Written as "old"/"new" on the card.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The model whose embeddings fill the gallery.
+    Old,
+    /// A model trained (with some method, perhaps none) beside an old one.
+    New,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Old => "old",
+            Role::New => "new",
+        })
+    }
+}
+
 /// Global pooling of the last feature map.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -604,8 +624,8 @@ pub struct ModelCard {
     pub id: String,
     /// Human-readable name (e.g. "old", "new-bct").
     pub name: String,
-    /// "old" (classification only) or "new" (trained against an old model).
-    pub role: String,
+    /// Old (classification only) or new (trained against an old model).
+    pub role: Role,
     /// Compatibility method used to train it ("none" for an old model).
     pub method: String,
     /// Architecture.

@@ -16,7 +16,7 @@ use crate::data::{
 use crate::eval::{is_compatible, update_gain, CompatMatrix, EvalError};
 use crate::files::write_atomic;
 use crate::loss::{BuildContext, CompatConfig, Method, OldPrototypes};
-use crate::model::{Embedder, ModelConfig, ModelError, ModelOverride};
+use crate::model::{Embedder, ModelConfig, ModelError, ModelOverride, Role};
 use crate::perturb::{class_prototypes, PrototypeError};
 use crate::report::{
     matrix_csv, plot_curves, plot_matrix, rows_csv, rows_markdown, ReportError, ResultRow,
@@ -249,7 +249,7 @@ pub fn train_old(
     let data = train_set.relabel(&split.old_indices, &split.old_classes);
     Ok(train(TrainJob {
         name: "old".into(),
-        role: "old".into(),
+        role: Role::Old,
         data: data.as_data(),
         classes: split.old_classes.clone(),
         model: cfg.model.clone(),
@@ -361,7 +361,7 @@ pub fn train_successor(
         )));
     }
     let old = Embedder::load(old_dir, opts.device)?;
-    if old.card.role != "old" && old.card.compatible_with.is_none() {
+    if old.card.role != Role::Old && old.card.compatible_with.is_none() {
         return Err(PipelineError::Invalid(format!(
             "{}: not an old model",
             old_dir.display()
@@ -432,8 +432,8 @@ pub fn train_successor(
     write_atomic(&out.join("config.toml"), saved.to_toml().as_bytes())?;
     crate::files::write_json(&out.join("split.json"), &split)?;
     Ok(train(TrainJob {
-        name: format!("new-{method}"),
-        role: "new".into(),
+        name: method.model_name(),
+        role: Role::New,
         data: data.as_data(),
         classes,
         model: arch,
@@ -556,14 +556,14 @@ pub fn evaluate_models_with(
         .map(|m| m.embed_dataset(test, batch))
         .collect();
     let matrix = CompatMatrix::compute_pairs(&names, &feats, &test.labels, |q, g| {
-        cells == MatrixCells::All || q == g || models[g].card.role == "old"
+        cells == MatrixCells::All || q == g || models[g].card.role == Role::Old
     })?;
     let indep = models
         .iter()
-        .position(|m| m.card.role == "new" && m.card.method == "independent");
+        .position(|m| m.card.role == Role::New && m.card.method == "independent");
     let mut rows = Vec::new();
     for (i, m) in models.iter().enumerate() {
-        if m.card.role != "new" {
+        if m.card.role != Role::New {
             continue;
         }
         // The old model: the one this model claims compatibility with, else the only old one.
@@ -571,7 +571,7 @@ pub fn evaluate_models_with(
             Some(id) => models.iter().position(|o| &o.card.id == id),
             None => {
                 let olds: Vec<usize> = (0..models.len())
-                    .filter(|&j| models[j].card.role == "old")
+                    .filter(|&j| models[j].card.role == Role::Old)
                     .collect();
                 (olds.len() == 1).then(|| olds[0])
             }
@@ -633,9 +633,9 @@ pub fn demo(cfg: &RunConfig, out: &Path, opts: &StepOptions) -> Result<EvalRepor
     let mut curves = vec![("old".to_string(), train_old(cfg, &old_dir, opts)?.history)];
     let mut dirs = vec![old_dir.clone()];
     for &m in &cfg.methods {
-        let d = out.join(format!("new-{m}"));
+        let d = out.join(m.model_name());
         let o = train_new(cfg, &old_dir, m, &d, opts)?;
-        curves.push((format!("new-{m}"), o.history));
+        curves.push((m.model_name(), o.history));
         dirs.push(d);
     }
     let models = dirs

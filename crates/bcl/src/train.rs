@@ -291,8 +291,8 @@ struct CheckpointState {
 pub struct TrainJob<'a> {
     /// Model name for the card (e.g. "old", "new-bct").
     pub name: String,
-    /// "old" or "new".
-    pub role: String,
+    /// Old or new.
+    pub role: crate::model::Role,
     /// The training items (in memory or streamed from files), labels already in classifier
     /// order `0..classes.len()`.
     pub data: TrainData<'a>,
@@ -734,9 +734,9 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         format: 1,
         id: file_id(&wpath)?,
         name: job.name.clone(),
-        role: job.role.clone(),
+        role: job.role,
         // An old model is trained for classification only.
-        method: if job.role == "old" {
+        method: if job.role == crate::model::Role::Old {
             "none".into()
         } else {
             compat.name().to_string()

@@ -147,7 +147,7 @@ fn small_job<'a>(
 ) -> TrainJob<'a> {
     TrainJob {
         name: "old".into(),
-        role: "old".into(),
+        role: bcl::model::Role::Old,
         data: bcl::data::source::TrainData::Memory(data),
         classes: (0..data.classes as i64).collect(),
         model: bcl::model::ModelConfig {

@@ -944,8 +944,9 @@ fn huge_k_and_probe_sizes_are_bounded() {
         for hits in s.search_exact(&q, k).unwrap() {
             assert_eq!(hits.len(), 50);
         }
+        // approximate search may miss an item the graph does not reach; it must not abort
         for hits in s.search_approx(&q, k).unwrap() {
-            assert_eq!(hits.len(), 50);
+            assert!((40..=50).contains(&hits.len()), "{}", hits.len());
         }
     }
     match bcl::gallery::ops::probe_queries(s.as_ref(), 200_000_000, 0.5, 0) {

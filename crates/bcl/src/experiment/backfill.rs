@@ -70,7 +70,7 @@ pub fn deploy_run(
     opts: &StepOptions,
 ) -> Result<Vec<DeployRun>, PipelineError> {
     let dirs: Vec<_> = std::iter::once(dir.join("old"))
-        .chain(bf.methods.iter().map(|m| dir.join(format!("new-{m}"))))
+        .chain(bf.methods.iter().map(|m| dir.join(m.model_name())))
         .collect();
     let key = (super::model_ids(&dirs)?, bf.clone());
     super::cached(&dir.join("backfill.json"), &key, || {

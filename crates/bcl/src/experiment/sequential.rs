@@ -153,13 +153,10 @@ pub fn run_sequential(
         let mut rc = cfg.run_config(Scenario::ExtendedData, seed);
         rc.split.fraction = seq.fractions[0];
         // The first model is the main table's extended-data old model when that is the same run.
-        let main_old = out
-            .join(Scenario::ExtendedData.to_string())
-            .join(format!("seed-{seed}"))
-            .join("old");
+        let main_old = super::run_dir(out, Scenario::ExtendedData, seed).join("old");
         let same_as_main = cfg.scenarios.contains(&Scenario::ExtendedData)
             && rc == cfg.run_config(Scenario::ExtendedData, seed);
-        let seq_dir = out.join("sequential").join(format!("seed-{seed}"));
+        let seq_dir = out.join("sequential").join(super::seed_dir_name(seed));
         let first: PathBuf = if same_as_main {
             main_old
         } else {
