@@ -111,7 +111,7 @@ fn build_search_backfill_and_serve_an_image() {
     assert_eq!(store.counts().unwrap()[&old.card.id], test.len());
 
     // the stored vectors are the old model's embeddings of the items
-    let e0 = ops::embed_items(&old, &test, &[0], 8);
+    let e0 = ops::embed_items(&old, &test, &[0], 8).unwrap();
     let s0 = store.vectors(&[test.ids[0] as u64]).unwrap();
     assert!(e0.iter().zip(&s0).all(|(a, b)| (a - b).abs() < 1e-5));
 
@@ -153,7 +153,7 @@ fn build_search_backfill_and_serve_an_image() {
         assert_eq!(by_new, rank < k2, "position {p} at rank {rank}");
     }
     let p = order[0];
-    let want = ops::embed_items(&bct, &test, &[p], 8);
+    let want = ops::embed_items(&bct, &test, &[p], 8).unwrap();
     let got = store.vectors(&[test.ids[p] as u64]).unwrap();
     assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-5));
     // the old model may no longer search the mixed gallery; the data set must be the same
@@ -185,7 +185,7 @@ fn build_search_backfill_and_serve_an_image() {
     let want = ops::search(
         &store,
         Some(&bct_info),
-        &ops::embed_items(&bct, &test, &[item], 1),
+        &ops::embed_items(&bct, &test, &[item], 1).unwrap(),
         4,
         true,
         false,

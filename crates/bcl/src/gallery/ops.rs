@@ -70,12 +70,13 @@ pub fn embed_items(
     data: &Dataset,
     positions: &[usize],
     batch: usize,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let e = embedder
         .embed_positions(data, positions, batch)
         .to_kind(Kind::Float)
         .contiguous();
-    Vec::<f32>::try_from(e.view([-1])).unwrap_or_default()
+    Vec::<f32>::try_from(e.view([-1]))
+        .map_err(|e| GalleryError::Index(format!("embeddings to host memory: {e}")))
 }
 
 fn check_input_shape(embedder: &Embedder, data: &Dataset) -> Result<()> {
@@ -137,7 +138,7 @@ fn embed_checked(
     let pb = bar(positions.len(), opts.progress, &embedder.card.name);
     let mut done = 0;
     for chunk in positions.chunks(opts.commit.max(1)) {
-        let v = embed_items(embedder, data, chunk, opts.batch);
+        let v = embed_items(embedder, data, chunk, opts.batch)?;
         let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i] as u64).collect();
         store.add(&model.id, &ids, &v)?;
         done += chunk.len();
@@ -442,7 +443,7 @@ pub fn search(
 pub fn embed_queries(embedder: &Embedder, data: &Dataset, batch: usize) -> Result<Vec<f32>> {
     check_input_shape(embedder, data)?;
     let all: Vec<usize> = (0..data.len()).collect();
-    Ok(embed_items(embedder, data, &all, batch))
+    embed_items(embedder, data, &all, batch)
 }
 
 /// One model's line of a gallery's status.

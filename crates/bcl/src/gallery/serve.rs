@@ -263,7 +263,7 @@ impl ServeState {
                     if st.stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let v = super::ops::embed_items(&job.embedder, &job.data, chunk, job.batch);
+                    let v = super::ops::embed_items(&job.embedder, &job.data, chunk, job.batch)?;
                     let ids: Vec<u64> = chunk.iter().map(|&p| job.data.ids[p] as u64).collect();
                     st.store
                         .write()
@@ -599,7 +599,8 @@ fn parse_request(
                 cols: shape[2],
                 classes: 1,
             };
-            let v = super::ops::embed_items(&emb, &one, &[0], 1);
+            let v = super::ops::embed_items(&emb, &one, &[0], 1)
+                .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             (
                 v,
                 params.k.unwrap_or(st.cfg.default_k),
