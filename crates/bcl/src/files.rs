@@ -79,6 +79,16 @@ fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, std::fs::
     Err(std::io::Error::other("no free temporary file name"))
 }
 
+/// The target of one of [`write_atomic`]'s temporary files (`.<target>.<pid>.<i>.tmp`), so a
+/// store can recognise its own leftovers of a crash and nothing else.
+pub fn atomic_temp_target(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (rest, i) = rest.rsplit_once('.')?;
+    let (target, pid) = rest.rsplit_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(i) && digits(pid) && !target.is_empty()).then_some(target)
+}
+
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), FileError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| FileError::Format {

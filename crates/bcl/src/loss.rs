@@ -747,7 +747,7 @@ pub struct CompatConfig {
     /// Scale `s` of the influence loss's cosine logits.
     pub scale: f64,
     /// Where the old prototypes come from (bct, ndpp, odpp, lce, unibct, advbct).
-    #[serde(skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "crate::model::is_default")]
     pub prototypes: OldPrototypes,
     /// When the perturbation methods refresh Δ.
     pub refresh: RefreshConfig,
@@ -781,10 +781,6 @@ impl Default for CompatConfig {
             advbct: Default::default(),
         }
     }
-}
-
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
-    *v == T::default()
 }
 
 /// Checks that `v` lies where `ok` says, naming the setting and the range otherwise.

@@ -100,7 +100,9 @@ pub enum Pooling {
     Gem,
 }
 
-fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+/// Whether `v` is its type's default (serde's `skip_serializing_if` for settings written only
+/// when set).
+pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 

@@ -18,6 +18,38 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// A server over `store` with `cfg` (its limits included) on a free loopback port, on a thread
+/// of its own: the address, the sender that stops it, and the thread with serve's result.
+fn start(
+    store: UsearchStore,
+    cfg: ServeConfig,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+) {
+    let limits = cfg.conn_limits();
+    let state = Arc::new(ServeState::new(Box::new(store), None, cfg, false).unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (atx, arx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            atx.send(l.local_addr().unwrap()).unwrap();
+            serve(l, router(state), limits, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    });
+    (arx.recv().unwrap(), tx, server)
+}
+
 #[test]
 fn search_over_http_and_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,25 +75,7 @@ fn search_over_http_and_clear_errors() {
         max_queries: 4,
         ..Default::default()
     };
-    let state = Arc::new(ServeState::new(Box::new(store), None, cfg, false).unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (atx, arx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            atx.send(l.local_addr().unwrap()).unwrap();
-            serve(l, router(state), Default::default(), async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    });
-    let addr = arx.recv().unwrap();
+    let (addr, tx, server) = start(store, cfg);
 
     let (st, b) = http_request(addr, "GET", "/health", None, b"");
     assert_eq!((st, json(&b)["items"].as_u64()), (200, Some(500)));
@@ -191,26 +205,7 @@ fn slow_clients_are_cut_off_and_connections_bounded() {
         shutdown_grace_s: 1.0,
         ..Default::default()
     };
-    let limits = cfg.conn_limits();
-    let state = Arc::new(ServeState::new(Box::new(store), None, cfg, false).unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (atx, arx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            atx.send(l.local_addr().unwrap()).unwrap();
-            serve(l, router(state), limits, async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    });
-    let addr = arx.recv().unwrap();
+    let (addr, tx, server) = start(store, cfg);
     let read_all = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut buf = Vec::new();

@@ -44,7 +44,7 @@ pub fn t_975(df: usize) -> f64 {
 /// Mean and 95% t-interval of `xs` (NaN ends with fewer than two values).
 pub fn interval(xs: &[f64]) -> Interval {
     let n = xs.len();
-    let mean = xs.iter().sum::<f64>() / n as f64;
+    let (mean, sd) = super::mean_std(xs);
     if n < 2 {
         return Interval {
             mean,
@@ -52,8 +52,7 @@ pub fn interval(xs: &[f64]) -> Interval {
             high: f64::NAN,
         };
     }
-    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    let half = t_975(n - 1) * (var / n as f64).sqrt();
+    let half = t_975(n - 1) * sd / (n as f64).sqrt();
     Interval {
         mean,
         low: mean - half,
@@ -90,16 +89,16 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: &str) -> Vec<
             continue;
         };
         for m in rows.iter().filter(|m| m.method != reference) {
-            let key = (sc.to_string(), m.method.clone());
+            let scenario = sc.to_string();
             let i = match out
                 .iter()
-                .position(|p| (p.scenario.clone(), p.method.clone()) == key)
+                .position(|p| p.scenario == scenario && p.method == m.method)
             {
                 Some(i) => i,
                 None => {
                     out.push(PairedRow {
-                        scenario: key.0,
-                        method: key.1,
+                        scenario,
+                        method: m.method.clone(),
                         reference: reference.to_string(),
                         seeds: Vec::new(),
                         self_diffs: Vec::new(),

@@ -343,18 +343,20 @@ fn read_wal(bytes: &[u8], dim: usize, applied: u64) -> WalScan {
         // Damaged (or out of order) at `at`: find the next intact record in sequence.
         let prev = scan.records.last().map_or(applied, |p| p.seq.max(applied));
         let floor = scan.records.last().map_or(0, |p| p.seq);
-        let next = (at + 1..bytes.len()).find(|&p| {
-            plausible_at(bytes, p, dim)
-                && record_at(bytes, p, dim).is_some_and(|(r, _)| r.seq > floor)
-        });
-        let Some(p) = next else {
+        let next = (at + 1..bytes.len())
+            .filter(|&p| plausible_at(bytes, p, dim))
+            .find_map(|p| {
+                record_at(bytes, p, dim)
+                    .filter(|(r, _)| r.seq > floor)
+                    .map(|(r, _)| (p, r.seq))
+            });
+        let Some((p, seq)) = next else {
             break; // the torn tail
         };
-        let (r, _) = record_at(bytes, p, dim).expect("checked above");
         scan.damage.push(Damage {
             from: at,
             to: p,
-            missing: prev + 1..=r.seq.saturating_sub(1),
+            missing: prev + 1..=seq.saturating_sub(1),
         });
         at = p;
     }
@@ -452,30 +454,19 @@ fn own_file(name: &str) -> bool {
             .and_then(|r| r.strip_suffix(post))
             .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
     };
-    // write_atomic's temporary files: `.<target>.<pid>.<i>.tmp`
-    let atomic_tmp = |target: &str| {
-        name.strip_prefix(&format!(".{target}."))
-            .and_then(|r| r.strip_suffix(".tmp"))
-            .is_some_and(|r| {
-                r.split('.').count() == 2
-                    && r.split('.')
-                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            })
-    };
     let snapshot = |n: &str| numbered(n, "index-", ".usearch") || numbered(n, "items-", ".bin");
     name == LOCK_FILE
         || name == WAL_FILE
         || name == STORE_FILE
         || snapshot(name)
         || numbered(name, "index-", ".usearch.tmp")
-        || atomic_tmp(STORE_FILE)
-        || name
-            .strip_prefix('.')
-            .and_then(|r| r.split_once(".bin."))
-            .is_some_and(|(target, _)| {
-                snapshot(&format!("{target}.bin")) && atomic_tmp(&format!("{target}.bin"))
-            })
-        || name.starts_with(&format!("{WAL_FILE}.damaged-"))
+        || crate::files::atomic_temp_target(name).is_some_and(|t| t == STORE_FILE || snapshot(t))
+        || damaged_log(name)
+}
+
+/// Whether `name` is a damaged log set aside by [`UsearchStore::recover`] (kept for ever).
+fn damaged_log(name: &str) -> bool {
+    name.starts_with(&format!("{WAL_FILE}.damaged-"))
 }
 
 impl UsearchStore {
@@ -484,9 +475,7 @@ impl UsearchStore {
     pub fn create(dir: &Path, manifest: GalleryManifest, index: UsearchConfig) -> Result<Self> {
         super::validate_dim(manifest.dim)?;
         super::validate_models(&manifest.models)?;
-        super::check_fresh_dir(dir, |n| {
-            own_file(n) && n != STORE_FILE && !n.starts_with(&format!("{WAL_FILE}.damaged-"))
-        })?;
+        super::check_fresh_dir(dir, |n| own_file(n) && !damaged_log(n))?;
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = lock(dir)?;
         if dir.join(STORE_FILE).exists() {
@@ -542,14 +531,9 @@ impl UsearchStore {
         Self::open_with(dir, true)
     }
 
+    /// Reads and checks `gallery.json` (whose presence [`UsearchStore::open_with`] checked).
     fn read_store_file(dir: &Path) -> Result<StoreFile> {
         let path = dir.join(STORE_FILE);
-        if !path.is_file() {
-            return Err(GalleryError::Missing {
-                path: dir.to_path_buf(),
-                reason: format!("{STORE_FILE} not found"),
-            });
-        }
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         let corrupt = |reason: String| GalleryError::Corrupt {
             path: path.clone(),
@@ -598,8 +582,12 @@ impl UsearchStore {
     }
 
     fn open_with(dir: &Path, recover: bool) -> Result<(Self, Recovery)> {
+        // Before the lock, which would create a LOCK file in a directory that is no gallery.
         if !dir.join(STORE_FILE).is_file() {
-            Self::read_store_file(dir)?; // the Missing error
+            return Err(GalleryError::Missing {
+                path: dir.to_path_buf(),
+                reason: format!("{STORE_FILE} not found"),
+            });
         }
         let lock = lock(dir)?;
         let file = Self::read_store_file(dir)?;
@@ -851,8 +839,8 @@ fn remove_strays(dir: &Path, generation: u64) {
         let Some(name) = e.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        let permanent = [LOCK_FILE, WAL_FILE, STORE_FILE].contains(&name.as_str())
-            || name.starts_with(&format!("{WAL_FILE}.damaged-"));
+        let permanent =
+            [LOCK_FILE, WAL_FILE, STORE_FILE].contains(&name.as_str()) || damaged_log(&name);
         if own_file(&name) && !permanent && !keep.contains(&p) && e.path().is_file() {
             let _ = std::fs::remove_file(&p);
         }
