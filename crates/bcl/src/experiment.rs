@@ -6,6 +6,7 @@
 
 pub mod backfill;
 pub mod benchmarks;
+pub mod frontier;
 pub mod paired;
 pub mod sequential;
 
@@ -24,7 +25,8 @@ use crate::pipeline::{
     evaluate_models_with, train_new, train_old, EvalReport, MatrixCells, PipelineError, RunConfig,
     StepOptions,
 };
-use crate::report::{plot_frontier, plot_matrix, plot_prototypes_pca, FrontierSeries, ResultRow};
+use crate::report::{plot_matrix, plot_prototypes_pca, ResultRow};
+pub use frontier::FrontierPoint;
 
 /// A knob a sweep turns.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,27 +218,6 @@ pub struct AggregateRow {
     pub gain: Option<(f64, f64)>,
 }
 
-/// One point of a frontier.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FrontierPoint {
-    /// Scenario.
-    pub scenario: String,
-    /// Seed.
-    pub seed: u64,
-    /// Method.
-    pub method: String,
-    /// Knob.
-    pub knob: String,
-    /// Knob value.
-    pub value: f64,
-    /// Self-test mAP.
-    pub self_map: f64,
-    /// Cross-test mAP.
-    pub cross_map: f64,
-    /// old→old mAP of the run.
-    pub old_old_map: f64,
-}
-
 /// Everything an experiment produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentReport {
@@ -246,6 +227,10 @@ pub struct ExperimentReport {
     pub table: Vec<AggregateRow>,
     /// Frontier points.
     pub frontier: Vec<FrontierPoint>,
+    /// Frontier settings over the sweep seeds.
+    pub frontier_summary: Vec<frontier::SettingSummary>,
+    /// Each method's best compatible setting against bct's, paired by seed.
+    pub best_compatible: Vec<frontier::BestCompatibleRow>,
     /// Refresh diagnostics of the perturbation runs.
     pub diagnostics: Vec<DiagnosticsRow>,
     /// Sequential-upgrade chains (empty without a `[sequential]` section).
@@ -608,8 +593,8 @@ pub fn run_experiment(
                             scenario: scenario.to_string(),
                             seed,
                             method: s.method.to_string(),
-                            knob: s.knob.as_str().into(),
-                            value: *v,
+                            knob: Some(s.knob),
+                            value: Some(*v),
                             self_map: leave_one_out(&f, &f, &test.labels)?.map,
                             cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
                             old_old_map: oo,
@@ -630,27 +615,18 @@ pub fn run_experiment(
                     }
                 }
             }
-            // the main runs give each swept knob its base-value point
+            // the main runs give each method its default point
             if do_sweeps {
-                let mut base_points = Vec::new();
-                for s in &cfg.sweeps {
-                    if let (Some(v), Some(r)) = (
-                        s.knob.base_value(&rc),
-                        report.rows.iter().find(|r| r.method == s.method.as_str()),
-                    ) {
-                        base_points.push(FrontierPoint {
-                            scenario: scenario.to_string(),
-                            seed,
-                            method: s.method.to_string(),
-                            knob: s.knob.as_str().into(),
-                            value: v,
-                            self_map: r.self_map,
-                            cross_map: r.cross_map,
-                            old_old_map: r.old_old_map,
-                        });
-                    }
-                }
-                frontier.extend(base_points);
+                frontier.extend(report.rows.iter().map(|r| FrontierPoint {
+                    scenario: scenario.to_string(),
+                    seed,
+                    method: r.method.clone(),
+                    knob: None,
+                    value: None,
+                    self_map: r.self_map,
+                    cross_map: r.cross_map,
+                    old_old_map: r.old_old_map,
+                }));
                 frontier.extend(points);
             }
             if let Some(bf) = &cfg.backfill {
@@ -700,46 +676,8 @@ pub fn run_experiment(
     }
     write_atomic(&out.join("paired.md"), pmd.as_bytes())?;
     crate::files::write_json(&out.join("paired.json"), &pairs)?;
-    frontier.sort_by(|a, b| {
-        (&a.scenario, &a.method, &a.knob)
-            .cmp(&(&b.scenario, &b.method, &b.knob))
-            .then(a.value.total_cmp(&b.value))
-    });
-    let mut fcsv = String::from("scenario,seed,method,knob,value,self_map,cross_map,old_old_map\n");
-    for p in &frontier {
-        fcsv.push_str(&format!(
-            "{},{},{},{},{},{:.6},{:.6},{:.6}\n",
-            p.scenario, p.seed, p.method, p.knob, p.value, p.self_map, p.cross_map, p.old_old_map
-        ));
-    }
-    write_atomic(&out.join("frontier.csv"), fcsv.as_bytes())?;
-    for sc in &sweep_scenarios {
-        let pts: Vec<&FrontierPoint> = frontier
-            .iter()
-            .filter(|p| p.scenario == sc.to_string())
-            .collect();
-        if pts.is_empty() {
-            continue;
-        }
-        let mut series: BTreeMap<String, Vec<(f64, f64, String)>> = BTreeMap::new();
-        for p in &pts {
-            series
-                .entry(format!("{} ({})", p.method, p.knob))
-                .or_default()
-                .push((p.cross_map, p.self_map, format!("{}", p.value)));
-        }
-        let series: Vec<FrontierSeries> = series
-            .into_iter()
-            .map(|(name, points)| FrontierSeries { name, points })
-            .collect();
-        let oo = pts.iter().map(|p| p.old_old_map).sum::<f64>() / pts.len() as f64;
-        plot_frontier(
-            &series,
-            oo,
-            &format!("{sc}: self-test vs cross-test mAP"),
-            &out.join(format!("frontier-{sc}.svg")),
-        )?;
-    }
+    frontier::sort_points(&mut frontier);
+    let (frontier_summary, best_compatible) = frontier::write_frontier(&frontier, &cfg.base, out)?;
     if !deploy.is_empty() {
         backfill::write_backfill_reports(&deploy, out)?;
     }
@@ -771,6 +709,8 @@ pub fn run_experiment(
         runs,
         table,
         frontier,
+        frontier_summary,
+        best_compatible,
         diagnostics: diag,
         sequential: chains,
         backfill: deploy,

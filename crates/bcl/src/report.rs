@@ -247,10 +247,32 @@ pub struct FrontierSeries {
     pub name: String,
     /// Points; drawn in order of cross-test mAP.
     pub points: Vec<(f64, f64, String)>,
+    /// Interval bars, one per point in the same order (empty: no bars).
+    pub bars: Vec<Bar>,
 }
 
-/// Draws self-test mAP against cross-test mAP, one curve per series, with old→old as a
-/// vertical line (right of it: compatible).
+/// The interval bars of one point: (low, high) along each axis; an end that is not finite
+/// (an interval over fewer than two seeds) draws no bar on that axis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bar {
+    /// Horizontal interval.
+    pub x: (f64, f64),
+    /// Vertical interval.
+    pub y: (f64, f64),
+}
+
+impl Bar {
+    fn x_ends(&self) -> Option<(f64, f64)> {
+        (self.x.0.is_finite() && self.x.1.is_finite()).then_some(self.x)
+    }
+
+    fn y_ends(&self) -> Option<(f64, f64)> {
+        (self.y.0.is_finite() && self.y.1.is_finite()).then_some(self.y)
+    }
+}
+
+/// Draws self-test mAP against cross-test mAP, one curve per series (with its interval bars),
+/// with old→old as a vertical line (right of it: compatible).
 pub fn plot_frontier(
     series: &[FrontierSeries],
     old_old: f64,
@@ -275,8 +297,8 @@ pub enum Reference {
     Horizontal(f64, String),
 }
 
-/// Draws labelled point series joined by lines (sorted by x), with axis descriptions and a
-/// reference line, as SVG.
+/// Draws labelled point series joined by lines (sorted by x), with their interval bars, axis
+/// descriptions and a reference line, as SVG.
 pub fn plot_xy(
     series: &[FrontierSeries],
     axes: (&str, &str),
@@ -284,10 +306,35 @@ pub fn plot_xy(
     title: &str,
     path: &Path,
 ) -> Result<(), ReportError> {
-    let all: Vec<(f64, f64)> = series
+    if let Some(s) = series
         .iter()
-        .flat_map(|s| s.points.iter().map(|p| (p.0, p.1)))
-        .collect();
+        .find(|s| !s.bars.is_empty() && s.bars.len() != s.points.len())
+    {
+        return Err(ReportError::Plot {
+            path: path.to_path_buf(),
+            reason: format!(
+                "series {}: {} bars for {} points",
+                s.name,
+                s.bars.len(),
+                s.points.len()
+            ),
+        });
+    }
+    // the extent covers the points and the ends of their bars
+    let mut all: Vec<(f64, f64)> = Vec::new();
+    for s in series {
+        for (i, p) in s.points.iter().enumerate() {
+            all.push((p.0, p.1));
+            if let Some(b) = s.bars.get(i) {
+                if let Some((lo, hi)) = b.x_ends() {
+                    all.extend([(lo, p.1), (hi, p.1)]);
+                }
+                if let Some((lo, hi)) = b.y_ends() {
+                    all.extend([(p.0, lo), (p.0, hi)]);
+                }
+            }
+        }
+    }
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     match &reference {
         Reference::Vertical(v, _) => (x0, x1) = (*v, *v),
@@ -337,6 +384,19 @@ pub fn plot_xy(
             let color = Palette99::pick(i).to_rgba();
             let mut pts = s.points.clone();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let bars = s.points.iter().zip(&s.bars);
+            chart
+                .draw_series(bars.clone().filter_map(|(p, b)| {
+                    b.y_ends()
+                        .map(|(lo, hi)| ErrorBar::new_vertical(p.0, lo, p.1, hi, color, 6))
+                }))
+                .map_err(|e| plot_err(path, e))?;
+            chart
+                .draw_series(bars.filter_map(|(p, b)| {
+                    b.x_ends()
+                        .map(|(lo, hi)| ErrorBar::new_horizontal(p.1, lo, p.0, hi, color, 6))
+                }))
+                .map_err(|e| plot_err(path, e))?;
             chart
                 .draw_series(LineSeries::new(
                     pts.iter().map(|p| (p.0, p.1)),

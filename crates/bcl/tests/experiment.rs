@@ -65,10 +65,27 @@ fn a_small_experiment_runs_and_resumes() {
         assert_eq!(r.seeds, 2);
         assert!(r.self_map.0 > 0.0 && r.self_map.0 <= 1.0);
     }
-    // the sweep point and the base point (λ = 1 from the main bct run), first seed only
-    assert_eq!(report.frontier.len(), 2);
-    assert_eq!(report.frontier[0].value, 1.0);
-    assert_eq!(report.frontier[1].value, 4.0);
+    // first seed only: every main method's default point and the sweep's point (bct, λ = 4)
+    let settings: Vec<(String, String)> = report
+        .frontier
+        .iter()
+        .map(|p| (p.method.clone(), p.setting()))
+        .collect();
+    let expect = [
+        ("bct", "default"),
+        ("bct", "lambda = 4"),
+        ("independent", "default"),
+        ("ndpp", "default"),
+        ("odpp", "default"),
+    ];
+    assert_eq!(
+        settings,
+        expect.map(|(m, s)| (m.to_string(), s.to_string())).to_vec()
+    );
+    assert!(report.frontier.iter().all(|p| p.seed == 1));
+    // each method's best compatible setting against bct's, on the one sweep seed
+    assert_eq!(report.best_compatible.len(), 3);
+    assert!(report.best_compatible.iter().all(|r| r.seeds == vec![1]));
     // refresh diagnostics of ndpp and odpp, both seeds
     assert_eq!(report.diagnostics.len(), 4);
     for d in &report.diagnostics {
@@ -83,6 +100,7 @@ fn a_small_experiment_runs_and_resumes() {
         "results.md",
         "results.csv",
         "frontier.csv",
+        "frontier.md",
         "report.json",
         "frontier-extended-class.svg",
         "extended-class/seed-1/compat_matrix.svg",

@@ -35,6 +35,29 @@ fn hex(i: usize) -> String {
 }
 
 #[test]
+fn every_committed_experiment_parses_and_the_frontier_shares_the_tax_regime() {
+    let dir = recipe("");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            ExperimentConfig::from_toml_file(&p).unwrap();
+            n += 1;
+        }
+    }
+    assert!(n >= 7, "{n} experiment files in {}", dir.display());
+    // the frontier reuses the regime's main runs (same --out), so its base must be the same
+    let tax = ExperimentConfig::from_toml_file(&recipe("tax-d8.toml")).unwrap();
+    let frontier = ExperimentConfig::from_toml_file(&recipe("tax-d8-frontier.toml")).unwrap();
+    assert_eq!(frontier.base, tax.base);
+    assert_eq!(
+        (&frontier.scenarios, &frontier.methods, &frontier.seeds),
+        (&tax.scenarios, &tax.methods, &tax.seeds)
+    );
+    assert!(frontier.sweeps.len() >= 6 && frontier.sweep_seeds.as_ref().unwrap().len() >= 3);
+}
+
+#[test]
 fn the_recipes_parse() {
     let g = ExperimentConfig::from_toml_file(&recipe("gldv2-resnet18.toml")).unwrap();
     assert_eq!(g.base.data.format, DataFormat::Gldv2);

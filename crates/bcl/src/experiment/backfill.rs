@@ -173,6 +173,7 @@ pub fn write_backfill_reports(runs: &[DeployRun], out: &Path) -> Result<(), Pipe
         e.0.push(FrontierSeries {
             name: m.clone(),
             points: pts,
+            bars: Vec::new(),
         });
     }
     write_atomic(&out.join("backfill.md"), md.as_bytes())?;

@@ -122,7 +122,8 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: &str) -> Vec<
     out
 }
 
-fn cell(i: &Interval) -> String {
+/// A difference with its interval and verdict (result, within the seed spread, one seed).
+pub(crate) fn cell(i: &Interval) -> String {
     let verdict = if i.low.is_nan() {
         "one seed"
     } else if i.excludes_zero() {

@@ -1,0 +1,501 @@
+//! Frontiers of self-test against cross-test mAP. Each method contributes its default settings
+//! (the main runs) and every swept value of its knobs, on each sweep seed. A setting is summarised
+//! by its mean and 95% interval over seeds; on each seed, each method's best compatible setting
+//! (highest self-test among the models that meet the criterion on that seed) is compared with
+//! the reference's (bct's), paired by seed; the plot draws the means with their interval bars.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::paired::{cell, interval, Interval};
+use super::Knob;
+use crate::eval::is_compatible;
+use crate::files::write_atomic;
+use crate::pipeline::{PipelineError, RunConfig};
+use crate::report::{plot_frontier, Bar, FrontierSeries};
+
+/// One point of a frontier: one new model of one run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FrontierPoint {
+    /// Scenario.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Method.
+    pub method: String,
+    /// The swept knob; `None` at the method's default settings (a main run).
+    pub knob: Option<Knob>,
+    /// The knob's value; `None` at the default settings.
+    pub value: Option<f64>,
+    /// Self-test mAP.
+    pub self_map: f64,
+    /// Cross-test mAP.
+    pub cross_map: f64,
+    /// old→old mAP of the run.
+    pub old_old_map: f64,
+}
+
+impl FrontierPoint {
+    /// Whether the model meets the compatibility criterion on its run.
+    pub fn compatible(&self) -> bool {
+        is_compatible(self.cross_map, self.old_old_map)
+    }
+
+    /// "default" or "knob = value".
+    pub fn setting(&self) -> String {
+        setting_name(self.knob, self.value)
+    }
+
+    fn same_setting(&self, o: &FrontierPoint) -> bool {
+        self.scenario == o.scenario
+            && self.method == o.method
+            && self.knob == o.knob
+            && self.value == o.value
+    }
+}
+
+fn setting_name(knob: Option<Knob>, value: Option<f64>) -> String {
+    match (knob, value) {
+        (Some(k), Some(v)) => format!("{} = {v}", k.as_str()),
+        _ => "default".into(),
+    }
+}
+
+/// Sorts points by scenario, method, setting (default first, then knob and value) and seed.
+pub fn sort_points(points: &mut [FrontierPoint]) {
+    points.sort_by(|a, b| {
+        (&a.scenario, &a.method, a.knob)
+            .cmp(&(&b.scenario, &b.method, b.knob))
+            .then(
+                a.value
+                    .unwrap_or(f64::NEG_INFINITY)
+                    .total_cmp(&b.value.unwrap_or(f64::NEG_INFINITY)),
+            )
+            .then(a.seed.cmp(&b.seed))
+    });
+}
+
+/// One setting of one method over the seeds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SettingSummary {
+    /// Scenario.
+    pub scenario: String,
+    /// Method.
+    pub method: String,
+    /// The swept knob (`None`: default settings).
+    pub knob: Option<Knob>,
+    /// Its value.
+    pub value: Option<f64>,
+    /// Seeds.
+    pub seeds: usize,
+    /// Self-test mAP: mean and 95% interval.
+    pub self_map: Interval,
+    /// Cross-test mAP: mean and 95% interval.
+    pub cross_map: Interval,
+    /// Mean old→old mAP of the seeds.
+    pub old_old_map: f64,
+    /// Seeds on which the setting meets the criterion.
+    pub compatible: usize,
+}
+
+/// Groups the points by setting (in the order of their first appearance).
+pub fn summarise(points: &[FrontierPoint]) -> Vec<SettingSummary> {
+    let mut groups: Vec<Vec<&FrontierPoint>> = Vec::new();
+    for p in points {
+        match groups.iter_mut().find(|g| g[0].same_setting(p)) {
+            Some(g) => g.push(p),
+            None => groups.push(vec![p]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let col = |f: fn(&FrontierPoint) -> f64| g.iter().map(|p| f(p)).collect::<Vec<_>>();
+            SettingSummary {
+                scenario: g[0].scenario.clone(),
+                method: g[0].method.clone(),
+                knob: g[0].knob,
+                value: g[0].value,
+                seeds: g.len(),
+                self_map: interval(&col(|p| p.self_map)),
+                cross_map: interval(&col(|p| p.cross_map)),
+                old_old_map: super::mean_std(&col(|p| p.old_old_map)).0,
+                compatible: g.iter().filter(|p| p.compatible()).count(),
+            }
+        })
+        .collect()
+}
+
+/// A method's best compatible setting against the reference's, paired by seed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BestCompatibleRow {
+    /// Scenario.
+    pub scenario: String,
+    /// The method.
+    pub method: String,
+    /// The method it is compared with.
+    pub reference: String,
+    /// The scenario's seeds.
+    pub seeds: Vec<u64>,
+    /// The method's best compatible setting per seed (`None`: no setting met the criterion).
+    pub chosen: Vec<Option<String>>,
+    /// The reference's best compatible setting per seed.
+    pub reference_chosen: Vec<Option<String>>,
+    /// Seeds where both had a compatible setting.
+    pub paired_seeds: Vec<u64>,
+    /// Self-test mAP of the chosen models, method minus reference, per paired seed.
+    pub self_diffs: Vec<f64>,
+    /// Cross-test mAP of the same models, method minus reference.
+    pub cross_diffs: Vec<f64>,
+    /// Mean and 95% interval of the self-test differences.
+    pub self_diff: Interval,
+    /// Mean and 95% interval of the cross-test differences.
+    pub cross_diff: Interval,
+}
+
+/// The highest self-test among the compatible points of one method on one run.
+fn best<'a>(
+    points: &'a [FrontierPoint],
+    scenario: &str,
+    seed: u64,
+    method: &str,
+) -> Option<&'a FrontierPoint> {
+    points
+        .iter()
+        .filter(|p| p.scenario == scenario && p.seed == seed && p.method == method)
+        .filter(|p| p.compatible())
+        .fold(None, |b: Option<&FrontierPoint>, p| match b {
+            Some(b) if b.self_map >= p.self_map => Some(b),
+            _ => Some(p),
+        })
+}
+
+/// Every method's best compatible setting against `reference`'s, per scenario, paired by seed.
+pub fn best_compatible(points: &[FrontierPoint], reference: &str) -> Vec<BestCompatibleRow> {
+    let scenarios: Vec<&str> = points.iter().fold(Vec::new(), |mut v, p| {
+        if !v.contains(&p.scenario.as_str()) {
+            v.push(&p.scenario);
+        }
+        v
+    });
+    let mut out = Vec::new();
+    for sc in scenarios {
+        let here = points.iter().filter(|p| p.scenario == sc);
+        let seeds: Vec<u64> = here
+            .clone()
+            .map(|p| p.seed)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let methods: Vec<&str> = here.fold(Vec::new(), |mut v, p| {
+            if !v.contains(&p.method.as_str()) {
+                v.push(&p.method);
+            }
+            v
+        });
+        if !methods.contains(&reference) {
+            continue;
+        }
+        for m in methods.into_iter().filter(|m| *m != reference) {
+            let mut row = BestCompatibleRow {
+                scenario: sc.to_string(),
+                method: m.to_string(),
+                reference: reference.to_string(),
+                seeds: seeds.clone(),
+                chosen: Vec::new(),
+                reference_chosen: Vec::new(),
+                paired_seeds: Vec::new(),
+                self_diffs: Vec::new(),
+                cross_diffs: Vec::new(),
+                self_diff: interval(&[]),
+                cross_diff: interval(&[]),
+            };
+            for &seed in &seeds {
+                let a = best(points, sc, seed, m);
+                let r = best(points, sc, seed, reference);
+                row.chosen.push(a.map(FrontierPoint::setting));
+                row.reference_chosen.push(r.map(FrontierPoint::setting));
+                if let (Some(a), Some(r)) = (a, r) {
+                    row.paired_seeds.push(seed);
+                    row.self_diffs.push(a.self_map - r.self_map);
+                    row.cross_diffs.push(a.cross_map - r.cross_map);
+                }
+            }
+            row.self_diff = interval(&row.self_diffs);
+            row.cross_diff = interval(&row.cross_diffs);
+            out.push(row);
+        }
+    }
+    out
+}
+
+fn mean_ci(i: &Interval) -> String {
+    if i.low.is_nan() {
+        format!("{:.4}", i.mean)
+    } else {
+        format!("{:.4} [{:.4}, {:.4}]", i.mean, i.low, i.high)
+    }
+}
+
+fn per_seed(seeds: &[u64], chosen: &[Option<String>]) -> String {
+    seeds
+        .iter()
+        .zip(chosen)
+        .map(|(s, c)| format!("{s}: {}", c.as_deref().unwrap_or("none")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The settings table and the best-compatible comparison as Markdown.
+pub fn frontier_markdown(summary: &[SettingSummary], best: &[BestCompatibleRow]) -> String {
+    let mut s = String::from(
+        "Frontier points: each setting's self-test and cross-test mAP, mean and 95% Student-t \
+         interval over seeds; \"compatible\" counts the seeds where M(new→old) > M(old→old).\n\n\
+         | scenario | method | setting | seeds | self mAP [95% CI] | cross mAP [95% CI] | old→old | compatible |\n\
+         |---|---|---|---:|---|---|---:|---:|\n",
+    );
+    for r in summary {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.4} | {}/{} |\n",
+            r.scenario,
+            r.method,
+            setting_name(r.knob, r.value),
+            r.seeds,
+            mean_ci(&r.self_map),
+            mean_ci(&r.cross_map),
+            r.old_old_map,
+            r.compatible,
+            r.seeds
+        ));
+    }
+    if best.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "\nBest compatible setting per seed (highest self-test among the settings that meet the \
+         criterion on that seed), minus {}'s, paired by seed; the cross-test difference is that of \
+         the same two models.\n\n\
+         | scenario | method | chosen per seed | {} chosen per seed | seeds paired | self mAP difference [95% CI] | cross mAP difference [95% CI] |\n\
+         |---|---|---|---|---:|---|---|\n",
+        best[0].reference, best[0].reference
+    ));
+    for r in best {
+        let (sd, cd) = if r.paired_seeds.is_empty() {
+            ("no compatible setting".to_string(), "-".to_string())
+        } else {
+            (cell(&r.self_diff), cell(&r.cross_diff))
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {}/{} | {} | {} |\n",
+            r.scenario,
+            r.method,
+            per_seed(&r.seeds, &r.chosen),
+            per_seed(&r.seeds, &r.reference_chosen),
+            r.paired_seeds.len(),
+            r.seeds.len(),
+            sd,
+            cd
+        ));
+    }
+    s
+}
+
+/// The points as CSV (one row per model).
+pub fn frontier_csv(points: &[FrontierPoint]) -> String {
+    let mut s = String::from("scenario,seed,method,knob,value,self_map,cross_map,old_old_map\n");
+    for p in points {
+        s.push_str(&format!(
+            "{},{},{},{},{},{:.6},{:.6},{:.6}\n",
+            p.scenario,
+            p.seed,
+            p.method,
+            p.knob.map_or("default", |k| k.as_str()),
+            p.value.map(|v| v.to_string()).unwrap_or_default(),
+            p.self_map,
+            p.cross_map,
+            p.old_old_map
+        ));
+    }
+    s
+}
+
+/// The plot's curves for one scenario: per method and knob, the default setting (labelled with
+/// the knob's base value) and the swept values; a method without sweeps is one point.
+pub fn series(summary: &[SettingSummary], scenario: &str, base: &RunConfig) -> Vec<FrontierSeries> {
+    let here: Vec<&SettingSummary> = summary.iter().filter(|r| r.scenario == scenario).collect();
+    let point = |r: &SettingSummary, label: String| {
+        (
+            (r.cross_map.mean, r.self_map.mean, label),
+            Bar {
+                x: (r.cross_map.low, r.cross_map.high),
+                y: (r.self_map.low, r.self_map.high),
+            },
+        )
+    };
+    let mut out = Vec::new();
+    let mut methods: Vec<&str> = Vec::new();
+    for r in &here {
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    for m in methods {
+        let of_m: Vec<&&SettingSummary> = here.iter().filter(|r| r.method == m).collect();
+        let default = of_m.iter().find(|r| r.knob.is_none());
+        let knobs: BTreeSet<Knob> = of_m.iter().filter_map(|r| r.knob).collect();
+        if knobs.is_empty() {
+            if let Some(d) = default {
+                let (p, b) = point(d, String::new());
+                out.push(FrontierSeries {
+                    name: m.to_string(),
+                    points: vec![p],
+                    bars: vec![b],
+                });
+            }
+            continue;
+        }
+        for k in knobs {
+            let mut pts = Vec::new();
+            if let (Some(d), Some(v)) = (default, k.base_value(base)) {
+                pts.push(point(d, format!("{v}")));
+            }
+            for r in of_m.iter().filter(|r| r.knob == Some(k)) {
+                pts.push(point(
+                    r,
+                    r.value.map(|v| format!("{v}")).unwrap_or_default(),
+                ));
+            }
+            let (points, bars) = pts.into_iter().unzip();
+            out.push(FrontierSeries {
+                name: format!("{m} ({})", k.as_str()),
+                points,
+                bars,
+            });
+        }
+    }
+    out
+}
+
+/// Everything the frontier produces: summary and comparison (also returned), frontier.csv,
+/// frontier.md and one plot per scenario (`frontier-<scenario>.svg`).
+pub fn write_frontier(
+    points: &[FrontierPoint],
+    base: &RunConfig,
+    out: &Path,
+) -> Result<(Vec<SettingSummary>, Vec<BestCompatibleRow>), PipelineError> {
+    let summary = summarise(points);
+    let best = best_compatible(points, "bct");
+    write_atomic(&out.join("frontier.csv"), frontier_csv(points).as_bytes())?;
+    write_atomic(
+        &out.join("frontier.md"),
+        frontier_markdown(&summary, &best).as_bytes(),
+    )?;
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in &summary {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    for sc in scenarios {
+        let here: Vec<&SettingSummary> = summary.iter().filter(|r| r.scenario == sc).collect();
+        let oo = here.iter().map(|r| r.old_old_map).sum::<f64>() / here.len() as f64;
+        plot_frontier(
+            &series(&summary, sc, base),
+            oo,
+            &format!("{sc}: self-test vs cross-test mAP (mean, 95% interval)"),
+            &out.join(format!("frontier-{sc}.svg")),
+        )?;
+    }
+    Ok((summary, best))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(
+        seed: u64,
+        method: &str,
+        knob: Option<Knob>,
+        value: Option<f64>,
+        s: f64,
+        c: f64,
+    ) -> FrontierPoint {
+        FrontierPoint {
+            scenario: "extended-class".into(),
+            seed,
+            method: method.into(),
+            knob,
+            value,
+            self_map: s,
+            cross_map: c,
+            old_old_map: 0.5,
+        }
+    }
+
+    #[test]
+    fn best_compatible_picks_the_highest_self_test_among_compatible_settings() {
+        let l = Some(Knob::Lambda);
+        let e = Some(Knob::NdppEps);
+        let points = vec![
+            // bct: on seed 1 the default is compatible, λ = 0.3 is better but not compatible
+            pt(1, "bct", None, None, 0.70, 0.55),
+            pt(1, "bct", l, Some(0.3), 0.80, 0.45),
+            pt(2, "bct", None, None, 0.72, 0.60),
+            pt(2, "bct", l, Some(0.3), 0.75, 0.52),
+            // ndpp: seed 1 only ε = 0.1 compatible; seed 2 both, the default higher
+            pt(1, "ndpp", None, None, 0.78, 0.49),
+            pt(1, "ndpp", e, Some(0.1), 0.74, 0.51),
+            pt(2, "ndpp", None, None, 0.79, 0.53),
+            pt(2, "ndpp", e, Some(0.1), 0.76, 0.58),
+            // independent: never compatible
+            pt(1, "independent", None, None, 0.9, 0.1),
+            pt(2, "independent", None, None, 0.9, 0.1),
+        ];
+        let rows = best_compatible(&points, "bct");
+        assert_eq!(rows.len(), 2);
+        let n = &rows[0];
+        assert_eq!(n.method, "ndpp");
+        assert_eq!(
+            n.chosen,
+            vec![Some("ndpp-eps = 0.1".into()), Some("default".into())]
+        );
+        assert_eq!(
+            n.reference_chosen,
+            vec![Some("default".into()), Some("lambda = 0.3".into())]
+        );
+        assert_eq!(n.paired_seeds, vec![1, 2]);
+        // 0.74 - 0.70 and 0.79 - 0.75; cross 0.51 - 0.55 and 0.53 - 0.52
+        for (a, b) in n.self_diffs.iter().zip([0.04, 0.04]) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        for (a, b) in n.cross_diffs.iter().zip([-0.04, 0.01]) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        assert!((n.self_diff.mean - 0.04).abs() < 1e-12);
+        let i = &rows[1];
+        assert_eq!(i.method, "independent");
+        assert!(i.paired_seeds.is_empty() && i.chosen == vec![None, None]);
+        let md = frontier_markdown(&summarise(&points), &rows);
+        assert!(md.contains("| extended-class | independent | 1: none; 2: none |"));
+        assert!(md.contains("no compatible setting"));
+    }
+
+    #[test]
+    fn settings_are_summarised_over_seeds_with_intervals() {
+        let points = vec![
+            pt(1, "bct", None, None, 0.70, 0.55),
+            pt(2, "bct", None, None, 0.72, 0.45),
+            pt(3, "bct", None, None, 0.74, 0.65),
+        ];
+        let s = summarise(&points);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].seeds, s[0].compatible), (3, 2));
+        // mean 0.72, sd 0.02, t(2) = 4.303: half width 0.02 * 4.303 / sqrt(3)
+        let half = 0.02 * 4.303 / 3f64.sqrt();
+        assert!((s[0].self_map.mean - 0.72).abs() < 1e-12);
+        assert!((s[0].self_map.high - (0.72 + half)).abs() < 1e-9);
+    }
+}
