@@ -889,6 +889,13 @@ impl CompatConfig {
         let b = a.boundary_weight;
         check("compat.advbct.boundary_weight", b, b >= 0.0, ">= 0")?;
         check("compat.advbct.elastic", a.elastic, a.elastic >= 0.0, ">= 0")?;
+        let q = a.radius_quantile;
+        check(
+            "compat.advbct.radius_quantile",
+            q,
+            q > 0.0 && q <= 1.0,
+            "in (0, 1]",
+        )?;
         if a.hidden < 1 {
             return Err(format!(
                 "compat.advbct.hidden = {}: expected >= 1",

@@ -43,6 +43,8 @@ fn each_bad_setting_is_named() {
         ("compat.lce", "align_weight", "-1.0"),
         ("compat.advbct", "elastic", "-1.0"),
         ("compat.advbct", "hidden", "0"),
+        ("compat.advbct", "radius_quantile", "0.0"),
+        ("compat.advbct", "radius_quantile", "1.5"),
     ] {
         let e = run_error(&format!("[{section}]\n{key} = {value}\n"));
         let name = format!("{section}.{key}");

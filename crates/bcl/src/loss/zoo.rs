@@ -21,19 +21,42 @@ fn cos_distance(a: &Tensor, b: &Tensor) -> Tensor {
 /// Per-class radius of old features around their old prototypes: the largest cosine distance
 /// `1 − ⟨g_j, p°_k⟩` over the bank's samples of class k (0 for a class without samples).
 pub fn old_class_radii(prototypes: &Tensor, bank: &Tensor, labels: &Tensor) -> Tensor {
-    // A per-class maximum over a host copy: torch's index_reduce("amax") would do it but warns
-    // on every call that its API is in beta.
+    old_class_radii_quantile(prototypes, bank, labels, 1.0)
+}
+
+/// Per-class `q`-quantile (nearest rank, `q` in (0, 1]) of the cosine distances of old features
+/// to their old prototype: `q = 1` is the worst sample, `q = 0.5` the median (0 for a class
+/// without samples).
+pub fn old_class_radii_quantile(
+    prototypes: &Tensor,
+    bank: &Tensor,
+    labels: &Tensor,
+    q: f64,
+) -> Tensor {
+    // A per-class quantile over a host copy: torch's index_reduce("amax") would give the maximum
+    // but warns on every call that its API is in beta, and has no quantile.
     let c = prototypes.size()[0] as usize;
     let d = tch::no_grad(|| cos_distance(bank, &prototypes.index_select(0, labels)));
     let d: Vec<f32> =
         Vec::try_from(&d.to_device(Device::Cpu).to_kind(Kind::Float)).expect("distances to host");
     let y: Vec<i64> =
         Vec::try_from(&labels.to_device(Device::Cpu).to_kind(Kind::Int64)).expect("labels to host");
-    let mut r = vec![0f32; c];
+    let mut per_class = vec![Vec::new(); c];
     for (&di, &yi) in d.iter().zip(&y) {
-        let slot = &mut r[yi as usize];
-        *slot = slot.max(di);
+        per_class[yi as usize].push(di);
     }
+    let r: Vec<f32> = per_class
+        .into_iter()
+        .map(|mut v| {
+            if v.is_empty() {
+                return 0.0;
+            }
+            v.sort_by(f32::total_cmp);
+            // nearest rank: the smallest value with at least a share q of the samples at or below
+            let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            v[rank - 1]
+        })
+        .collect();
     Tensor::from_slice(&r).to_device(bank.device())
 }
 
@@ -233,6 +256,9 @@ pub struct AdvbctConfig {
     pub boundary_weight: f64,
     /// Weight of `mean_k (r_k − r°_k)²`, the price of a radius leaving its initial value.
     pub elastic: f64,
+    /// Which old sample sets a class's initial radius r°_k: the quantile `q` in (0, 1] of the old
+    /// features' distances to their prototype (1: the worst sample).
+    pub radius_quantile: f64,
     /// Hidden width of the discriminator MLP.
     pub hidden: i64,
     /// γ of the DANN schedule `2/(1 + exp(−γ·p)) − 1`, p the training progress in [0, 1].
@@ -245,6 +271,7 @@ impl Default for AdvbctConfig {
             adv_weight: 1.0,
             boundary_weight: 1.0,
             elastic: 1.0,
+            radius_quantile: 1.0,
             hidden: 256,
             schedule_gamma: 10.0,
         }
@@ -296,7 +323,7 @@ impl Advbct {
         bank: &Tensor,
         labels: &Tensor,
     ) -> Self {
-        let radii0 = old_class_radii(&centres, bank, labels);
+        let radii0 = old_class_radii_quantile(&centres, bank, labels, cfg.radius_quantile);
         Self {
             lambda,
             cfg,
