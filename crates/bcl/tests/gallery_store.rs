@@ -259,6 +259,39 @@ proptest! {
     fn usearch_exact_search_equals_brute_force(c in cases()) {
         exact_equals_brute(&Usearch, c)?;
     }
+
+    /// The per-model counts the store keeps (for /stats) equal a walk over every item, after
+    /// any sequence of upserts across models and after a reopen.
+    #[test]
+    fn usearch_counts_follow_every_upsert(
+        batches in prop::collection::vec(
+            (0usize..3, prop::collection::btree_set(0u64..40, 1..20)),
+            1..8,
+        )
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 4;
+        let models = ["a", "b", "c"];
+        let mut s = Usearch.create(dir.path(), dim);
+        for m in models {
+            register(s.as_mut(), m);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for (m, ids) in &batches {
+            let ids: Vec<u64> = ids.iter().copied().collect();
+            s.add(models[*m], &ids, &random_rows(ids.len(), dim, &mut rng)).unwrap();
+        }
+        let walked = s.item_models().unwrap().into_values().fold(
+            BTreeMap::new(),
+            |mut c: BTreeMap<String, usize>, m| {
+                *c.entry(m).or_default() += 1;
+                c
+            },
+        );
+        prop_assert_eq!(s.counts().unwrap(), walked.clone());
+        drop(s);
+        prop_assert_eq!(Usearch.reopen(dir.path()).counts().unwrap(), walked);
+    }
 }
 
 fn wal(dir: &Path) -> std::path::PathBuf {

@@ -126,7 +126,10 @@ impl Default for ConnLimits {
 /// write lock for one commit at a time), the query model and counters.
 pub struct ServeState {
     store: RwLock<Box<dyn GalleryStore>>,
+    /// The query model, locked for a forward pass only (images are decoded before).
     embedder: Option<Mutex<Embedder>>,
+    /// The query model's input shape (read without its lock).
+    input_shape: Option<[usize; 3]>,
     query_model: Option<ModelInfo>,
     lineage: Option<Lineage>,
     cfg: ServeConfig,
@@ -190,6 +193,7 @@ impl ServeState {
         };
         Ok(Self {
             store: RwLock::new(store),
+            input_shape: embedder.as_ref().map(|e| e.card.input_shape),
             embedder: embedder.map(Mutex::new),
             query_model,
             lineage,
@@ -452,14 +456,30 @@ async fn request_deadline(
     }
 }
 
+/// Runs `f` on a blocking thread: the store's lock is a std lock that a backfill commit holds
+/// for writing, and an async worker must not wait on it.
+async fn blocking(st: Arc<ServeState>, f: fn(&ServeState) -> Response) -> Response {
+    tokio::task::spawn_blocking(move || f(&st))
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
 async fn health(State(st): State<Arc<ServeState>>) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
-    let items = st.store().len();
-    Json(json!({ "status": "ok", "items": items })).into_response()
+    blocking(st, |st| {
+        let items = st.store().len();
+        Json(json!({ "status": "ok", "items": items })).into_response()
+    })
+    .await
 }
 
 async fn stats(State(st): State<Arc<ServeState>>) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
+    blocking(st, stats_now).await
+}
+
+/// The /stats document (on a blocking thread; the store's counts are kept, not walked).
+fn stats_now(st: &ServeState) -> Response {
     let store = st.store();
     let counts = match store.counts() {
         Ok(c) => c,
@@ -580,14 +600,14 @@ fn parse_request(
             )
         }
         "image/png" | "image/jpeg" => {
-            let Some(emb) = &st.embedder else {
+            let (Some(emb), Some(shape)) = (&st.embedder, st.input_shape) else {
                 return Err(bad(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "this server has no query model to embed images with; it takes vectors only",
                 ));
             };
-            let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
-            let shape = emb.card.input_shape;
+            // decoded and resized before the model's lock: requests decode in parallel and
+            // queue only for the forward pass
             let pixels = crate::data::images::image_for_model(body, shape)
                 .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))?;
             let one = Dataset {
@@ -599,6 +619,7 @@ fn parse_request(
                 cols: shape[2],
                 classes: 1,
             };
+            let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
             let v = super::ops::embed_items(&emb, &one, &[0], 1)
                 .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             (

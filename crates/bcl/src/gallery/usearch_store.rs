@@ -77,6 +77,9 @@ pub struct UsearchStore {
     index: Index,
     /// Item id → index into `file.manifest.models`.
     items: HashMap<u64, u32>,
+    /// Items per index into `file.manifest.models`, kept with `items` so that `counts` (asked
+    /// by every /stats) does not walk the gallery.
+    per_model: Vec<usize>,
     wal: File,
     wal_len: u64,
     next_seq: u64,
@@ -89,6 +92,19 @@ pub struct UsearchStore {
     /// One permit per thread context reserved in the index (see [`Permits`]).
     permits: Permits,
     _lock: File,
+}
+
+/// Counts one item of model `m` in (`add`) or out of `per_model`.
+fn count_item(per_model: &mut Vec<usize>, m: u32, add: bool) {
+    let m = m as usize;
+    if per_model.len() <= m {
+        per_model.resize(m + 1, 0);
+    }
+    if add {
+        per_model[m] += 1;
+    } else {
+        per_model[m] = per_model[m].saturating_sub(1);
+    }
 }
 
 /// A counting semaphore over the index's thread contexts: usearch fails a search outright
@@ -506,6 +522,7 @@ impl UsearchStore {
             file,
             index,
             items: HashMap::new(),
+            per_model: Vec::new(),
             wal,
             wal_len: 0,
             next_seq: 1,
@@ -666,12 +683,17 @@ impl UsearchStore {
             wal.set_len(scan.good as u64).map_err(io_err(&wal_path))?;
             wal.sync_all().map_err(io_err(&wal_path))?;
         }
+        let mut per_model = Vec::new();
+        for &m in items.values() {
+            count_item(&mut per_model, m, true);
+        }
         let mut store = Self {
             dir: dir.to_path_buf(),
             next_seq: file.applied_seq + 1,
             file,
             index,
             items,
+            per_model,
             wal,
             wal_len: scan.good as u64,
             poisoned: None,
@@ -762,7 +784,8 @@ impl UsearchStore {
         self.reserve(ids.len())?;
         let changed = (|| {
             for id in ids {
-                if self.items.remove(id).is_some() {
+                if let Some(m) = self.items.remove(id) {
+                    count_item(&mut self.per_model, m, false);
                     self.index.remove(*id).map_err(index_err)?;
                 }
             }
@@ -776,7 +799,10 @@ impl UsearchStore {
                     self.permits.with(|| index.add(id, v)).map_err(index_err)
                 })?;
             for &id in ids {
-                self.items.insert(id, model);
+                if let Some(m) = self.items.insert(id, model) {
+                    count_item(&mut self.per_model, m, false);
+                }
+                count_item(&mut self.per_model, model, true);
             }
             Ok(())
         })();
@@ -938,16 +964,14 @@ impl GalleryStore for UsearchStore {
     }
 
     fn counts(&self) -> Result<BTreeMap<String, usize>> {
-        let mut per = vec![0usize; self.file.manifest.models.len()];
-        self.items.values().for_each(|&m| per[m as usize] += 1);
         Ok(self
             .file
             .manifest
             .models
             .iter()
-            .zip(per)
-            .filter(|(_, n)| *n > 0)
-            .map(|(m, n)| (m.id.clone(), n))
+            .zip(&self.per_model)
+            .filter(|(_, n)| **n > 0)
+            .map(|(m, n)| (m.id.clone(), *n))
             .collect())
     }
 
