@@ -2,6 +2,7 @@
 //! and query/gallery protocols, the compatibility matrix, the criterion and the update gain.
 
 pub mod deploy;
+pub mod pickle_bounds;
 pub mod revisited;
 pub mod search;
 

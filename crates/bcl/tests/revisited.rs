@@ -169,3 +169,103 @@ fn query_boxes_crop_or_fail_clearly() {
     let e = crop_rect(&[600.0, 10.0, 700.0, 20.0], 500, 500).unwrap_err();
     assert!(e.contains("outside"), "{e}");
 }
+
+/// Pickle protocol 2 by hand (the opcodes of Python's `pickletools`): a crafted file is what
+/// these tests are about, so they write the bytes themselves.
+mod crafted {
+    pub fn text(s: &str) -> Vec<u8> {
+        let mut v = vec![b'X'];
+        v.extend((s.len() as u32).to_le_bytes());
+        v.extend(s.as_bytes());
+        v
+    }
+
+    /// `{k: v, ...}` from already encoded values.
+    pub fn dict(items: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut v = vec![0x80, 2, b'}', b'('];
+        for (k, val) in items {
+            v.extend(text(k));
+            v.extend(val);
+        }
+        v.extend([b'u', b'.']);
+        v
+    }
+
+    /// `[]` encoded.
+    pub fn empty_list() -> Vec<u8> {
+        vec![b']']
+    }
+}
+
+#[test]
+fn crafted_ground_truth_pickles_get_errors_not_crashes() {
+    use crafted::*;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("gnd.pkl");
+    let read = |bytes: &[u8]| {
+        std::fs::write(&p, bytes).unwrap();
+        RevisitedGnd::read(&p).unwrap_err().to_string()
+    };
+    // one 1 MB string memoised once and referenced 100 times: 100 MB once expanded
+    let mut imlist = vec![b']', b'('];
+    imlist.extend(text(&"a".repeat(1 << 20)));
+    imlist.extend([b'q', 0]);
+    for _ in 0..99 {
+        imlist.extend([b'h', 0]);
+    }
+    imlist.push(b'e');
+    let e = read(&dict(&[
+        ("imlist", imlist),
+        ("qimlist", empty_list()),
+        ("gnd", empty_list()),
+    ]));
+    assert!(
+        e.contains("gnd.pkl") && e.contains("expands to more than"),
+        "{e}"
+    );
+
+    // a list nested a million deep where a list of names belongs
+    let depth = 1_000_000;
+    let mut nested = vec![b']'; depth];
+    nested.extend(vec![b'a'; depth - 1]);
+    let e = read(&dict(&[
+        ("imlist", nested),
+        ("qimlist", empty_list()),
+        ("gnd", empty_list()),
+    ]));
+    assert!(e.contains("not a Revisited"), "{e}");
+
+    // a key the format does not have is refused before its value is walked
+    let e = read(&dict(&[
+        ("imlist", empty_list()),
+        ("qimlist", empty_list()),
+        ("gnd", empty_list()),
+        ("extra", empty_list()),
+    ]));
+    assert!(e.contains("extra"), "{e}");
+
+    // raw bytes from the file are quoted, never sent to the terminal as they are
+    let mut qimlist = vec![b']'];
+    qimlist.extend(text("\u{1b}[2Jq1"));
+    qimlist.push(b'a');
+    let mut gnd = vec![b']', b'}', b'('];
+    gnd.extend(text("easy"));
+    gnd.extend([b']', b'K', 9, b'a', b'u', b'a']);
+    let e = read(&dict(&[
+        ("imlist", empty_list()),
+        ("qimlist", qimlist),
+        ("gnd", gnd),
+    ]));
+    assert!(
+        e.contains("out of range") && e.contains("\\u{1b}[2Jq1"),
+        "{e}"
+    );
+    assert!(!e.contains('\u{1b}'), "{e:?}");
+
+    // a file over the size bound is refused without being read whole
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(bcl::eval::revisited::MAX_GND_BYTES + 1).unwrap();
+    drop(f);
+    let e = RevisitedGnd::read(&p).unwrap_err().to_string();
+    assert!(e.contains("larger than"), "{e}");
+}

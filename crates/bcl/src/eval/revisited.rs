@@ -5,43 +5,160 @@
 //! before and at each positive, and mP@k uses `min(k, rank of the last positive)`. Queries
 //! without a positive in a setup are left out of that setup's averages.
 //!
-//! The pickle is read with the `serde-pickle` crate. The bounding boxes are kept for the image
-//! pipeline, which must crop each query to its box before embedding (Revisited Oxford/Paris
-//! queries are defined by the box, not the whole image).
+//! The pickle is read with the `serde-pickle` crate, under bounds a crafted file cannot pass: at
+//! most [`MAX_GND_BYTES`] bytes, plain data nested at most
+//! [`MAX_PICKLE_DEPTH`](super::pickle_bounds::MAX_PICKLE_DEPTH) deep, no keys besides the known ones (an unknown value would be
+//! walked whole), and at most [`MAX_GND_VALUES`] list elements and string bytes once memo
+//! references are expanded (a pickle may reference one large list or string many times). The
+//! bounding boxes are kept for the image pipeline, which must crop each query to its box before
+//! embedding (Revisited Oxford/Paris queries are defined by the box, not the whole image).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::path::Path;
 
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::EvalError;
 
+/// Largest ground-truth file read (the published ones are under 1 MiB).
+pub const MAX_GND_BYTES: u64 = 256 << 20;
+
+/// Most list elements plus string bytes a ground-truth pickle may expand to.
+pub const MAX_GND_VALUES: usize = 1 << 26;
+
+thread_local! {
+    /// What the pickle being read may still expand to (unbounded outside `RevisitedGnd::read`).
+    static BUDGET: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// What one decoded value costs against [`BUDGET`].
+trait Cost {
+    fn cost(&self) -> usize;
+}
+
+impl Cost for String {
+    fn cost(&self) -> usize {
+        self.len() + 1
+    }
+}
+
+impl Cost for usize {
+    fn cost(&self) -> usize {
+        1
+    }
+}
+
+impl Cost for f64 {
+    fn cost(&self) -> usize {
+        1
+    }
+}
+
+impl Cost for QueryGnd {
+    fn cost(&self) -> usize {
+        1
+    }
+}
+
+/// A list whose elements are charged to [`BUDGET`] as they are decoded.
+fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de> + Cost>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    struct V<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de> + Cost> Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = seq.next_element::<T>()? {
+                let left = BUDGET.get().checked_sub(x.cost()).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "expands to more than {MAX_GND_VALUES} values (memo references repeated?)"
+                    ))
+                })?;
+                BUDGET.set(left);
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V(PhantomData))
+}
+
+/// [`bounded`] for an optional list.
+fn bounded_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Vec<f64>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list or None")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            bounded(d).map(Some)
+        }
+    }
+    d.deserialize_option(V)
+}
+
+/// Error text with control characters and other non-printing bytes escaped, so that raw bytes
+/// quoted from a crafted file cannot drive the terminal that shows the error.
+fn quoted(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let printable =
+                !c.is_control() && c != '\u{feff}' && !('\u{202a}'..='\u{202e}').contains(&c);
+            let v: Vec<char> = if printable {
+                vec![c]
+            } else {
+                c.escape_unicode().collect()
+            };
+            v
+        })
+        .collect()
+}
+
 /// One query's ground truth: its box and the database indices by difficulty.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct QueryGnd {
     /// Query box `[x1, y1, x2, y2]` in pixels of the query image.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded_option")]
     pub bbx: Option<Vec<f64>>,
     /// Easy positives (database indices).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded")]
     pub easy: Vec<usize>,
     /// Hard positives.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded")]
     pub hard: Vec<usize>,
     /// Junk: neither positive nor negative; removed from the ranking.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded")]
     pub junk: Vec<usize>,
 }
 
 /// The content of a `gnd_*.pkl` file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RevisitedGnd {
     /// Database image names.
+    #[serde(deserialize_with = "bounded")]
     pub imlist: Vec<String>,
     /// Query image names.
+    #[serde(deserialize_with = "bounded")]
     pub qimlist: Vec<String>,
     /// Ground truth per query, in `qimlist` order.
+    #[serde(deserialize_with = "bounded")]
     pub gnd: Vec<QueryGnd>,
 }
 
@@ -53,17 +170,47 @@ fn gnd_err(path: &Path, reason: impl std::fmt::Display) -> EvalError {
 }
 
 impl RevisitedGnd {
-    /// Reads and validates a ground-truth pickle.
+    /// Reads and validates a ground-truth pickle (within the bounds of the module comment).
     pub fn read(path: &Path) -> Result<Self, EvalError> {
-        let bytes = std::fs::read(path).map_err(|e| gnd_err(path, format!("cannot read: {e}")))?;
+        use std::io::Read;
+        let f =
+            std::fs::File::open(path).map_err(|e| gnd_err(path, format!("cannot read: {e}")))?;
+        let mut bytes = Vec::new();
+        f.take(MAX_GND_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| gnd_err(path, format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_GND_BYTES {
+            return Err(gnd_err(
+                path,
+                format!("larger than {MAX_GND_BYTES} bytes: not a Revisited ground-truth pickle"),
+            ));
+        }
+        /// Puts the budget back when the read ends, however it ends.
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                BUDGET.set(usize::MAX);
+            }
+        }
+        super::pickle_bounds::check_pickle(&bytes).map_err(|e| {
+            gnd_err(
+                path,
+                format!("not a Revisited ground-truth pickle: {}", quoted(&e)),
+            )
+        })?;
+        BUDGET.set(MAX_GND_VALUES);
+        let _reset = Reset;
         let g: Self =
             serde_pickle::from_slice(&bytes, serde_pickle::DeOptions::new()).map_err(|e| {
                 gnd_err(
                     path,
-                    format!("not a Revisited ground-truth pickle (imlist, qimlist, gnd): {e}"),
+                    format!(
+                        "not a Revisited ground-truth pickle (imlist, qimlist, gnd): {}",
+                        quoted(&e.to_string())
+                    ),
                 )
             })?;
-        g.validate().map_err(|r| gnd_err(path, r))?;
+        g.validate().map_err(|r| gnd_err(path, quoted(&r)))?;
         Ok(g)
     }
 
@@ -163,6 +310,9 @@ fn official_ap(pos: &[usize], n_pos: usize) -> f64 {
         .sum()
 }
 
+/// One query's AP and precision at each k.
+type QueryScore = (f64, Vec<f64>);
+
 /// AP and precision at each k of one query, given its ranking (database indices, best first).
 fn score(
     ranking: &[usize],
@@ -207,17 +357,8 @@ fn score(
     Some((ap, pr))
 }
 
-fn setup(
-    rankings: &[Vec<usize>],
-    lists: &[(Vec<usize>, Vec<usize>)],
-    n_db: usize,
-    kappas: &[usize],
-) -> Result<SetupMetrics, EvalError> {
-    let per: Vec<Option<(f64, Vec<f64>)>> = rankings
-        .iter()
-        .zip(lists)
-        .map(|(r, (ok, junk))| score(r, ok, junk, n_db, kappas))
-        .collect();
+/// Averages the per-query scores of one setup (queries without a positive are left out).
+fn setup(per: Vec<Option<QueryScore>>, kappas: &[usize]) -> Result<SetupMetrics, EvalError> {
     let scored: Vec<&(f64, Vec<f64>)> = per.iter().flatten().collect();
     if scored.is_empty() {
         return Err(EvalError::Mismatch(
@@ -272,10 +413,25 @@ pub fn revisited_metrics(
         return Err(EvalError::Mismatch("mP@k needs k >= 1".into()));
     }
     let n_db = nx as usize;
-    // rank in blocks of queries so that memory stays at block × database
+    // (positives, junk) per query for each setup: easy, medium, hard
+    let g = &gnd.gnd;
+    let lists: [Vec<(Vec<usize>, Vec<usize>)>; 3] = [
+        g.iter()
+            .map(|q| (q.easy.clone(), concat(&q.junk, &q.hard)))
+            .collect(),
+        g.iter()
+            .map(|q| (concat(&q.easy, &q.hard), q.junk.clone()))
+            .collect(),
+        g.iter()
+            .map(|q| (q.hard.clone(), concat(&q.junk, &q.easy)))
+            .collect(),
+    ];
+    // Rank in blocks of queries and score each query as soon as it is ranked: memory stays at
+    // one block of similarities and one ranking, whatever the number of queries.
     let block = 16i64;
     let x = x.to_kind(Kind::Double);
-    let mut rankings = Vec::with_capacity(nq as usize);
+    let mut per: [Vec<Option<QueryScore>>; 3] = Default::default();
+    let mut qi = 0usize;
     for start in (0..nq).step_by(block as usize) {
         let len = block.min(nq - start);
         let s = q
@@ -289,25 +445,17 @@ pub fn revisited_metrics(
         for row in v.chunks(n_db) {
             let mut order: Vec<usize> = (0..n_db).collect();
             order.sort_unstable_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            rankings.push(order);
+            for (scores, l) in per.iter_mut().zip(&lists) {
+                let (ok, junk) = &l[qi];
+                scores.push(score(&order, ok, junk, n_db, kappas));
+            }
+            qi += 1;
         }
     }
-    let g = &gnd.gnd;
-    let easy: Vec<_> = g
-        .iter()
-        .map(|q| (q.easy.clone(), concat(&q.junk, &q.hard)))
-        .collect();
-    let medium: Vec<_> = g
-        .iter()
-        .map(|q| (concat(&q.easy, &q.hard), q.junk.clone()))
-        .collect();
-    let hard: Vec<_> = g
-        .iter()
-        .map(|q| (q.hard.clone(), concat(&q.junk, &q.easy)))
-        .collect();
+    let [easy, medium, hard] = per;
     Ok(RevisitedMetrics {
-        easy: setup(&rankings, &easy, n_db, kappas)?,
-        medium: setup(&rankings, &medium, n_db, kappas)?,
-        hard: setup(&rankings, &hard, n_db, kappas)?,
+        easy: setup(easy, kappas)?,
+        medium: setup(medium, kappas)?,
+        hard: setup(hard, kappas)?,
     })
 }
