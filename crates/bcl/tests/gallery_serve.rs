@@ -50,22 +50,27 @@ fn start(
     (arx.recv().unwrap(), tx, server)
 }
 
+/// A store in `dir` holding `vectors` (ids 0, 1, ...) of one external model, "ext".
+fn ext_store(dir: &std::path::Path, dim: usize, vectors: &[f32]) -> UsearchStore {
+    let mut store =
+        UsearchStore::create(dir, GalleryManifest::new(dim), UsearchConfig::default()).unwrap();
+    let mut m = store.manifest().clone();
+    m.models.push(ModelInfo::external("ext", dim));
+    store.set_manifest(m).unwrap();
+    let n = (vectors.len() / dim) as u64;
+    store
+        .add("ext", &(0..n).collect::<Vec<_>>(), vectors)
+        .unwrap();
+    store
+}
+
 #[test]
 fn search_over_http_and_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let dim = 16;
-    let mut store = UsearchStore::create(
-        dir.path(),
-        GalleryManifest::new(dim),
-        UsearchConfig::default(),
-    )
-    .unwrap();
-    let mut m = store.manifest().clone();
-    m.models.push(ModelInfo::external("ext", dim));
-    store.set_manifest(m).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let v: Vec<f32> = (0..500 * dim).map(|_| rng.random::<f32>() - 0.5).collect();
-    store.add("ext", &(0..500).collect::<Vec<_>>(), &v).unwrap();
+    let store = ext_store(dir.path(), dim, &v);
     let q: Vec<f32> = (0..dim).map(|_| rng.random::<f32>() - 0.5).collect();
     let want = store.search_exact(&q, 5).unwrap();
 
@@ -264,4 +269,53 @@ fn slow_clients_are_cut_off_and_connections_bounded() {
     server.join().unwrap().unwrap();
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     drop(s);
+}
+
+/// Raw HTTP requests (a search with a JSON body, a GET), mutated as the file readers' fuzz
+/// targets mutate files, then the write half closed: whatever the server answers (or if it
+/// just closes), it must still answer /health afterwards.
+#[test]
+fn mutated_requests_never_bring_the_server_down() {
+    use proptest::prelude::*;
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 4;
+    let v: Vec<f32> = (0..50 * dim).map(|i| (i % 5) as f32 - 2.0).collect();
+    let store = ext_store(dir.path(), dim, &v);
+    let cfg = ServeConfig {
+        header_timeout_s: 0.5,
+        request_timeout_s: 1.0,
+        max_body_bytes: 4 << 10,
+        ..Default::default()
+    };
+    let (addr, tx, server) = start(store, cfg);
+    let body = br#"{"vectors": [[1.0, 0.0, 0.5, -1.0]], "k": 3}"#;
+    let search = [
+        format!(
+            "POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes(),
+        body.to_vec(),
+    ]
+    .concat();
+    let get = b"GET /stats?k=5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+    let mut runner = proptest::test_runner::TestRunner::new(common::fuzz_config());
+    runner
+        .run(&(common::mutations(), any::<bool>()), |(ms, use_get)| {
+            let raw = common::apply(if use_get { &get } else { &search }, &ms);
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let _ = s.write_all(&raw);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            let (st, _) = http_request(addr, "GET", "/health", None, b"");
+            prop_assert_eq!(st, 200);
+            Ok(())
+        })
+        .unwrap();
+    tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
 }

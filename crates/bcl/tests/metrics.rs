@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics, update_gain, DEFAULT_KS};
 use tch::Tensor;
 
+mod common;
+use common::write_npy;
+
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata")
@@ -167,32 +170,6 @@ fn update_gain_and_criterion() {
     assert!(update_gain(0.6, 0.5, 0.5).is_none());
     assert!(bcl::eval::is_compatible(0.51, 0.5));
     assert!(!bcl::eval::is_compatible(0.5, 0.5));
-}
-
-/// Writes a version-1 .npy file with the given dtype descriptor, shape and raw data.
-pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
-    let shape_s = match shape {
-        [n] => format!("({n},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    b.extend_from_slice(header.as_bytes());
-    b.extend_from_slice(data);
-    std::fs::write(path, b).unwrap();
 }
 
 #[test]

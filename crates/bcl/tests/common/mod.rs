@@ -10,6 +10,7 @@ use bcl::data::images::ImagePrep;
 use bcl::data::DataFormat;
 use bcl::pipeline::{RunConfig, StepOptions};
 use image::{Rgb, RgbImage};
+use proptest::prelude::*;
 
 /// libtorch's random generator is global: a test that compares two trainings (resume equals
 /// one go) holds this lock so that no other test of its binary reseeds the generator between
@@ -126,4 +127,110 @@ pub fn tiny_idx_config(data: &Path, classes: usize, epochs: usize) -> RunConfig 
         t.epochs = epochs;
     }
     cfg
+}
+
+/// Writes a version-1 .npy file with the given dtype descriptor, shape and raw data.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let shape_s = match shape {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    b.extend_from_slice(header.as_bytes());
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// One change to a file's (or a request's) bytes, for the mutation fuzzing of readers;
+/// positions are taken modulo the length.
+#[derive(Debug, Clone)]
+pub enum Mutation {
+    /// XOR one byte.
+    Flip(usize, u8),
+    /// Overwrite four bytes with a little- or big-endian extreme (a length field's worst case).
+    Extreme(usize, u32, bool),
+    /// Cut the file to this length.
+    Cut(usize),
+    /// Insert bytes.
+    Insert(usize, Vec<u8>),
+}
+
+/// One mutation.
+pub fn mutation() -> impl Strategy<Value = Mutation> {
+    let extremes = prop::sample::select(vec![0u32, 1, 0x7fff_ffff, 0x8000_0000, u32::MAX, 65_535]);
+    prop_oneof![
+        4 => (any::<usize>(), 1u8..=255).prop_map(|(p, x)| Mutation::Flip(p, x)),
+        2 => (any::<usize>(), extremes, any::<bool>()).prop_map(|(p, v, be)| Mutation::Extreme(p, v, be)),
+        1 => any::<usize>().prop_map(Mutation::Cut),
+        1 => (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(p, b)| Mutation::Insert(p, b)),
+    ]
+}
+
+/// One to four mutations.
+pub fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+    prop::collection::vec(mutation(), 1..5)
+}
+
+/// `base` with the mutations applied in order.
+pub fn apply(base: &[u8], ms: &[Mutation]) -> Vec<u8> {
+    let mut b = base.to_vec();
+    for m in ms {
+        let n = b.len().max(1);
+        match m {
+            Mutation::Flip(p, x) => {
+                if !b.is_empty() {
+                    b[p % n] ^= x;
+                }
+            }
+            Mutation::Extreme(p, v, be) => {
+                let bytes = if *be {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                };
+                for (i, x) in bytes.iter().enumerate() {
+                    if let Some(slot) = b.get_mut(p % n + i) {
+                        *slot = *x;
+                    }
+                }
+            }
+            Mutation::Cut(p) => b.truncate(p % n),
+            Mutation::Insert(p, ins) => {
+                let at = p % n;
+                b.splice(at.min(b.len())..at.min(b.len()), ins.iter().copied());
+            }
+        }
+    }
+    b
+}
+
+/// Proptest settings of the fuzz targets: `BCL_FUZZ_CASES` cases (48 by default), failures kept
+/// in the test's regression file.
+pub fn fuzz_config() -> ProptestConfig {
+    let cases = std::env::var("BCL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(48);
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    }
 }
