@@ -224,6 +224,29 @@ fn crafted_ground_truth_pickles_get_errors_not_crashes() {
         "{e}"
     );
 
+    // one query's lists (1,000 positives) memoised once and referenced 150,000 times: 150
+    // million indices once expanded, from a 300 KB file
+    let mut gnd = vec![b']', b'(', b'}', b'('];
+    gnd.extend(text("easy"));
+    gnd.extend([b']', b'(']);
+    for _ in 0..1000 {
+        gnd.extend([b'K', 0]);
+    }
+    gnd.extend([b'e', b'u', b'q', 0]);
+    for _ in 0..149_999 {
+        gnd.extend([b'h', 0]);
+    }
+    gnd.push(b'e');
+    let mut imlist = vec![b']'];
+    imlist.extend(text("a"));
+    imlist.push(b'a');
+    let e = read(&dict(&[
+        ("imlist", imlist),
+        ("qimlist", empty_list()),
+        ("gnd", gnd),
+    ]));
+    assert!(e.contains("expands to more than"), "{e}");
+
     // a list nested a million deep where a list of names belongs
     let depth = 1_000_000;
     let mut nested = vec![b']'; depth];

@@ -28,7 +28,7 @@ use super::EvalError;
 pub const MAX_GND_BYTES: u64 = 256 << 20;
 
 /// Most list elements plus string bytes a ground-truth pickle may expand to.
-pub const MAX_GND_VALUES: usize = 1 << 26;
+pub const MAX_GND_VALUES: usize = 1 << 24;
 
 thread_local! {
     /// What the pickle being read may still expand to (unbounded outside `RevisitedGnd::read`).
