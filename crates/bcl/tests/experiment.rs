@@ -12,15 +12,21 @@ use bcl::pipeline::StepOptions;
 use bcl::report::ResultRow;
 use tch::Device;
 
-#[test]
-fn a_small_experiment_runs_and_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (tr, te) = synthetic(6, 60, 15, 8);
+/// An experiment over generated IDX files in `dir/data` (`classes` classes of 60 training and
+/// `test_per_class` test images, drawn with `seed`): a 4-wide, 16-d model, two epochs of
+/// batches of 32 at learning rate 0.05 for old and new models.
+fn tiny_experiment(
+    dir: &std::path::Path,
+    classes: usize,
+    test_per_class: usize,
+    seed: u64,
+) -> ExperimentConfig {
+    let data = dir.join("data");
+    let (tr, te) = synthetic(classes, 60, test_per_class, seed);
     write_idx_dir(&data, &tr, &te).unwrap();
     let mut cfg = ExperimentConfig::default();
     cfg.base.data.dir = data;
-    cfg.base.data.classes = 6;
+    cfg.base.data.classes = classes;
     cfg.base.model.width = 4;
     cfg.base.model.dim = 16;
     for t in [&mut cfg.base.old, &mut cfg.base.new] {
@@ -28,6 +34,13 @@ fn a_small_experiment_runs_and_resumes() {
         t.batch_size = 32;
         t.lr = 0.05;
     }
+    cfg
+}
+
+#[test]
+fn a_small_experiment_runs_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_experiment(dir.path(), 6, 15, 8);
     cfg.base.compat.refresh.bank_per_class = 10;
     cfg.base.compat.odpp.steps = 5;
     cfg.base.compat.odpp.old_bank_per_class = 10;
@@ -269,21 +282,9 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
     use bcl::gallery::{GalleryManifest, Lineage, ModelInfo};
     use bcl::model::Embedder;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (tr, te) = synthetic(5, 60, 12, 9);
-    write_idx_dir(&data, &tr, &te).unwrap();
-    let mut cfg = ExperimentConfig::default();
-    cfg.base.data.dir = data;
-    cfg.base.data.classes = 5;
-    cfg.base.model.width = 4;
-    cfg.base.model.dim = 16;
+    let mut cfg = tiny_experiment(dir.path(), 5, 12, 9);
     cfg.base.new_model.width = Some(8);
     cfg.base.new_model.blocks = Some(2);
-    for t in [&mut cfg.base.old, &mut cfg.base.new] {
-        t.epochs = 2;
-        t.batch_size = 32;
-        t.lr = 0.05;
-    }
     cfg.scenarios = vec![Scenario::ExtendedData];
     cfg.seeds = vec![1];
     cfg.methods = vec![Method::Independent, Method::Bct];

@@ -59,13 +59,6 @@ pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
             _ => Err(format!("opcode at byte {at} has no container to fill")),
         }
     };
-    let line_end = |at: usize| -> Result<usize, String> {
-        bytes[at.min(bytes.len())..]
-            .iter()
-            .position(|&c| c == b'\n')
-            .map(|p| at + p + 1)
-            .ok_or_else(|| truncated(at))
-    };
     while at < bytes.len() {
         let op = bytes[at];
         let here = at;
@@ -73,7 +66,7 @@ pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
         // the length of the argument, and whether the opcode pushes a leaf value
         let (arg, leaf): (usize, bool) = match op {
             b'N' | 0x88 | 0x89 => (0, true),
-            b'I' | b'L' | b'F' | b'S' | b'V' => (line_end(at)? - at, true),
+            b'I' | b'L' | b'F' | b'S' | b'V' => (line_end(bytes, at)? + 1 - at, true),
             b'J' => (4, true),
             b'K' => (1, true),
             b'M' => (2, true),
@@ -191,17 +184,22 @@ pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
     Err("no STOP opcode: truncated".into())
 }
 
+/// Where the text argument starting at `at` ends (the position of its newline).
+fn line_end(bytes: &[u8], at: usize) -> Result<usize, String> {
+    bytes[at.min(bytes.len())..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map(|p| at + p)
+        .ok_or_else(|| format!("truncated at byte {at}"))
+}
+
 /// The memo index argument of a PUT/GET opcode at `at` (a text line for `p`/`g`, one byte for
 /// `q`/`h`, four for `r`/`j`), and where the next opcode starts.
 fn memo_index(bytes: &[u8], op: u8, at: usize, here: usize) -> Result<(u64, usize), String> {
     let truncated = || format!("truncated at byte {here}");
     match op {
         b'p' | b'g' => {
-            let end = bytes[at.min(bytes.len())..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map(|p| at + p)
-                .ok_or_else(truncated)?;
+            let end = line_end(bytes, at)?;
             let id = std::str::from_utf8(&bytes[at..end])
                 .ok()
                 .and_then(|t| t.trim().parse().ok())

@@ -63,6 +63,17 @@ fn setting_name(knob: Option<Knob>, value: Option<f64>) -> String {
     }
 }
 
+/// The distinct names in order of first appearance.
+fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
 /// Sorts points by scenario, method, setting (default first, then knob and value) and seed.
 pub fn sort_points(points: &mut [FrontierPoint]) {
     points.sort_by(|a, b| {
@@ -174,12 +185,7 @@ fn best<'a>(
 
 /// Every method's best compatible setting against `reference`'s, per scenario, paired by seed.
 pub fn best_compatible(points: &[FrontierPoint], reference: &str) -> Vec<BestCompatibleRow> {
-    let scenarios: Vec<&str> = points.iter().fold(Vec::new(), |mut v, p| {
-        if !v.contains(&p.scenario.as_str()) {
-            v.push(&p.scenario);
-        }
-        v
-    });
+    let scenarios = distinct(points.iter().map(|p| p.scenario.as_str()));
     let mut out = Vec::new();
     for sc in scenarios {
         let here = points.iter().filter(|p| p.scenario == sc);
@@ -189,12 +195,7 @@ pub fn best_compatible(points: &[FrontierPoint], reference: &str) -> Vec<BestCom
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let methods: Vec<&str> = here.fold(Vec::new(), |mut v, p| {
-            if !v.contains(&p.method.as_str()) {
-                v.push(&p.method);
-            }
-            v
-        });
+        let methods = distinct(here.map(|p| p.method.as_str()));
         if !methods.contains(&reference) {
             continue;
         }
@@ -335,12 +336,7 @@ pub fn series(summary: &[SettingSummary], scenario: &str, base: &RunConfig) -> V
         )
     };
     let mut out = Vec::new();
-    let mut methods: Vec<&str> = Vec::new();
-    for r in &here {
-        if !methods.contains(&r.method.as_str()) {
-            methods.push(&r.method);
-        }
-    }
+    let methods = distinct(here.iter().map(|r| r.method.as_str()));
     for m in methods {
         let of_m: Vec<&&SettingSummary> = here.iter().filter(|r| r.method == m).collect();
         let default = of_m.iter().find(|r| r.knob.is_none());
@@ -392,12 +388,7 @@ pub fn write_frontier(
         &out.join("frontier.md"),
         frontier_markdown(&summary, &best).as_bytes(),
     )?;
-    let mut scenarios: Vec<&str> = Vec::new();
-    for r in &summary {
-        if !scenarios.contains(&r.scenario.as_str()) {
-            scenarios.push(&r.scenario);
-        }
-    }
+    let scenarios = distinct(summary.iter().map(|r| r.scenario.as_str()));
     for sc in scenarios {
         let here: Vec<&SettingSummary> = summary.iter().filter(|r| r.scenario == sc).collect();
         let oo = here.iter().map(|r| r.old_old_map).sum::<f64>() / here.len() as f64;

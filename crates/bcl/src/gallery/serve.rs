@@ -458,7 +458,10 @@ async fn request_deadline(
 
 /// Runs `f` on a blocking thread: the store's lock is a std lock that a backfill commit holds
 /// for writing, and an async worker must not wait on it.
-async fn blocking(st: Arc<ServeState>, f: fn(&ServeState) -> Response) -> Response {
+async fn blocking(
+    st: Arc<ServeState>,
+    f: impl FnOnce(&ServeState) -> Response + Send + 'static,
+) -> Response {
     tokio::task::spawn_blocking(move || f(&st))
         .await
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -659,9 +662,7 @@ async fn search(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
-    let st2 = st.clone();
-    let resp = tokio::task::spawn_blocking(move || {
-        let st = st2;
+    let resp = blocking(st.clone(), move |st| {
         let params = match params {
             Ok(Query(p)) => p,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -681,7 +682,7 @@ async fn search(
                 return error(status, reason);
             }
         };
-        let (queries, k, exact) = match parse_request(&st, &headers, params, &body) {
+        let (queries, k, exact) = match parse_request(st, &headers, params, &body) {
             Ok(x) => x,
             Err((status, reason)) => return error(status, reason),
         };
@@ -711,8 +712,7 @@ async fn search(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     })
-    .await
-    .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    .await;
     if resp.status().is_client_error() {
         st.client_errors.fetch_add(1, Ordering::Relaxed);
     } else if resp.status().is_server_error() {
