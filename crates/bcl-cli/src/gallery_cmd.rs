@@ -14,7 +14,7 @@ use bcl::gallery::{
     self as gal, BackendConfig, GalleryManifest, GalleryStore, Lineage, MilvusConfig, ModelInfo,
 };
 use bcl::model::Embedder;
-use bcl::pipeline::{parse_device, RunConfig};
+use bcl::run::{parse_device, RunConfig};
 use clap::{Args, Subcommand};
 
 /// Gallery commands.
@@ -442,198 +442,221 @@ fn read_vectors(p: &Path) -> Result<(Vec<f32>, usize)> {
 /// Runs a gallery command.
 pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
     match cmd {
-        GalleryCommand::Build(a) => {
-            let emb = load_model(&a.model, &a.embed.device)?;
-            let dcfg = data_config(&a.data, Some(&model_dir(&a.model)))?;
-            let data = load_split(&a.data, &dcfg)?;
-            let mut store = gal::create(
-                &a.store,
-                GalleryManifest::new(emb.card.arch.dim as usize),
-                &a.backend.config(),
-            )?;
-            let r = ops::build(
-                store.as_mut(),
-                &emb,
-                &data,
-                &ops::DataOrigin {
-                    data: dcfg.clone(),
-                    split: a.data.split,
-                    per_class: a.data.per_class,
-                },
-                &embed_options(&a.embed, false)?,
-                &mut committer(a.embed.print_commits),
-            )?;
-            println!(
-                "built {}: {} items embedded by {} ({})",
-                a.store.display(),
-                r.items,
-                r.model.name,
-                r.model.id
-            );
-        }
-        GalleryCommand::Add(a) => {
-            let opts = embed_options(&a.embed, a.force)?;
-            let mut on_commit = committer(a.embed.print_commits);
-            if let Some(vp) = &a.vectors {
-                let (v, dim) = read_vectors(vp)?;
-                let name = a.name.as_deref().unwrap_or_default();
-                let info = ModelInfo::external(name, dim);
-                let mut store: Box<dyn GalleryStore> =
-                    if a.create && !a.store.join(gal::GALLERY_FILE).exists() {
-                        gal::create(&a.store, GalleryManifest::new(dim), &a.backend.config())?
-                    } else {
-                        gal::open(&a.store)?
-                    };
-                let (l, ids) =
-                    ops::add_vectors(store.as_mut(), &info, a.first_id, &v, &opts, &mut on_commit)?;
-                print_lineage(&l);
-                println!(
-                    "added {} vectors of {name} (ids {}..{}) to {}",
-                    ids.end - ids.start,
-                    ids.start,
-                    ids.end,
-                    a.store.display()
-                );
+        GalleryCommand::Build(a) => gallery_build(a),
+        GalleryCommand::Add(a) => gallery_add(a),
+        GalleryCommand::Search(a) => gallery_search(a),
+        GalleryCommand::Backfill(a) => gallery_backfill(a),
+        GalleryCommand::Status(a) => gallery_status(a),
+        GalleryCommand::Recover(a) => gallery_recover(a),
+    }
+}
+
+/// `bcl gallery build`.
+fn gallery_build(a: BuildArgs) -> Result<()> {
+    let emb = load_model(&a.model, &a.embed.device)?;
+    let dcfg = data_config(&a.data, Some(&model_dir(&a.model)))?;
+    let data = load_split(&a.data, &dcfg)?;
+    let mut store = gal::create(
+        &a.store,
+        GalleryManifest::new(emb.card.arch.dim as usize),
+        &a.backend.config(),
+    )?;
+    let r = ops::build(
+        store.as_mut(),
+        &emb,
+        &data,
+        &ops::DataOrigin {
+            data: dcfg.clone(),
+            split: a.data.split,
+            per_class: a.data.per_class,
+        },
+        &embed_options(&a.embed, false)?,
+        &mut committer(a.embed.print_commits),
+    )?;
+    println!(
+        "built {}: {} items embedded by {} ({})",
+        a.store.display(),
+        r.items,
+        r.model.name,
+        r.model.id
+    );
+    Ok(())
+}
+
+/// `bcl gallery add`.
+fn gallery_add(a: AddArgs) -> Result<()> {
+    let opts = embed_options(&a.embed, a.force)?;
+    let mut on_commit = committer(a.embed.print_commits);
+    if let Some(vp) = &a.vectors {
+        let (v, dim) = read_vectors(vp)?;
+        let name = a.name.as_deref().unwrap_or_default();
+        let info = ModelInfo::external(name, dim);
+        let mut store: Box<dyn GalleryStore> =
+            if a.create && !a.store.join(gal::GALLERY_FILE).exists() {
+                gal::create(&a.store, GalleryManifest::new(dim), &a.backend.config())?
             } else {
-                let Some(mp) = &a.model else {
-                    bail!("give --model (embed a data set's images) or --vectors with --name");
-                };
-                let emb = load_model(mp, &a.embed.device)?;
-                let dcfg = data_config(&a.data, Some(&model_dir(mp)))?;
-                let data = load_split(&a.data, &dcfg)?;
-                let mut store = gal::open(&a.store)?;
-                let all: Vec<usize> = (0..data.len()).collect();
-                let l = ops::embed_into(store.as_mut(), &emb, &data, &all, &opts, &mut on_commit)?;
-                print_lineage(&l);
-                store.checkpoint()?;
-                println!(
-                    "added {} items embedded by {} to {}",
-                    data.len(),
-                    emb.card.name,
-                    a.store.display()
-                );
-            }
+                gal::open(&a.store)?
+            };
+        let (l, ids) =
+            ops::add_vectors(store.as_mut(), &info, a.first_id, &v, &opts, &mut on_commit)?;
+        print_lineage(&l);
+        println!(
+            "added {} vectors of {name} (ids {}..{}) to {}",
+            ids.end - ids.start,
+            ids.start,
+            ids.end,
+            a.store.display()
+        );
+    } else {
+        let Some(mp) = &a.model else {
+            bail!("give --model (embed a data set's images) or --vectors with --name");
+        };
+        let emb = load_model(mp, &a.embed.device)?;
+        let dcfg = data_config(&a.data, Some(&model_dir(mp)))?;
+        let data = load_split(&a.data, &dcfg)?;
+        let mut store = gal::open(&a.store)?;
+        let all: Vec<usize> = (0..data.len()).collect();
+        let l = ops::embed_into(store.as_mut(), &emb, &data, &all, &opts, &mut on_commit)?;
+        print_lineage(&l);
+        store.checkpoint()?;
+        println!(
+            "added {} items embedded by {} to {}",
+            data.len(),
+            emb.card.name,
+            a.store.display()
+        );
+    }
+    Ok(())
+}
+
+/// `bcl gallery search`.
+fn gallery_search(a: SearchArgs) -> Result<()> {
+    let store = gal::open(&a.store)?;
+    let emb = match &a.model {
+        Some(m) => Some(load_model(m, &a.device)?),
+        None => None,
+    };
+    let (mut queries, ids): (Vec<f32>, Vec<u64>) = match (&a.vectors, &emb) {
+        (Some(vp), _) => {
+            let (v, dim) = read_vectors(vp)?;
+            let n = v.len() / dim;
+            (v, (0..n as u64).collect())
         }
-        GalleryCommand::Search(a) => {
-            let store = gal::open(&a.store)?;
-            let emb = match &a.model {
-                Some(m) => Some(load_model(m, &a.device)?),
-                None => None,
-            };
-            let (mut queries, ids): (Vec<f32>, Vec<u64>) = match (&a.vectors, &emb) {
-                (Some(vp), _) => {
-                    let (v, dim) = read_vectors(vp)?;
-                    let n = v.len() / dim;
-                    (v, (0..n as u64).collect())
-                }
-                (None, Some(e)) => {
-                    let dcfg = data_config(&a.data, Some(&e.dir))?;
-                    let mut data = load_split(&a.data, &dcfg)?;
-                    if let Some(l) = a.limit {
-                        data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
-                    }
-                    (
-                        ops::embed_queries(e, &data, 256)?,
-                        data.ids.iter().map(|&i| i as u64).collect(),
-                    )
-                }
-                (None, None) => bail!("give --model (query images) or --vectors"),
-            };
-            let dim = store.manifest().dim;
+        (None, Some(e)) => {
+            let dcfg = data_config(&a.data, Some(&e.dir))?;
+            let mut data = load_split(&a.data, &dcfg)?;
             if let Some(l) = a.limit {
-                queries.truncate(l.min(ids.len()) * dim);
+                data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
             }
-            let info = match (&emb, &a.name) {
-                (Some(e), _) => Some(ModelInfo::from_card(&e.card)),
-                (None, Some(n)) => Some(ModelInfo::external(n, dim)),
-                (None, None) if a.force => None,
-                (None, None) => bail!(
-                    "say which model computed --vectors (--model DIR or --name NAME) so the \
-                     lineage can be checked, or pass --force"
-                ),
-            };
-            let (lineage, hits) = ops::search(
-                store.as_ref(),
-                info.as_ref(),
-                &queries,
-                a.k,
-                a.exact,
-                a.force,
-            )?;
-            if let Some(l) = &lineage {
-                print_lineage(l);
-            }
-            for (q, h) in ids.iter().zip(&hits) {
-                println!("{}", serde_json::json!({ "query": q, "hits": h }));
-            }
+            (
+                ops::embed_queries(e, &data, 256)?,
+                data.ids.iter().map(|&i| i as u64).collect(),
+            )
         }
-        GalleryCommand::Backfill(a) => {
-            let emb = load_model(&a.model, &a.embed.device)?;
-            let mut store = gal::open(&a.store)?;
-            let Some(src) = store.manifest().source.clone() else {
-                bail!(
-                    "{}: this gallery was filled with vectors, not from a data set: there are no \
-                     images to re-embed",
-                    a.store.display()
-                );
-            };
-            let data = ops::load_source(&src)?;
-            let strategy = a.strategy.into();
-            let r = ops::backfill(
-                store.as_mut(),
-                &emb,
-                &data,
-                ops::BackfillPlan {
-                    fraction: a.fraction,
-                    strategy,
-                    seed: a.seed,
-                },
-                &embed_options(&a.embed, a.force)?,
-                &mut committer(a.embed.print_commits),
-            )?;
-            println!("{}", serde_json::to_string(&r)?);
-        }
-        GalleryCommand::Status(a) => {
-            let mut store = gal::open(&a.store)?;
-            if let Some(e) = a.expansion_search {
-                store.set_search_expansion(e)?;
-            }
-            let mut s = serde_json::to_value(ops::status(store.as_ref())?)?;
-            if let Some(n) = a.recall_queries {
-                let q = ops::probe_queries(store.as_ref(), n, 0.5, 0)?;
-                let r = ops::ann_recall(store.as_ref(), &q, a.k)?;
-                s["ann_recall"] = serde_json::json!({
-                    "k": a.k,
-                    "queries": n,
-                    "recall": r,
-                    "expansion_search": a.expansion_search,
-                });
-            }
-            println!("{}", serde_json::to_string_pretty(&s)?);
-        }
-        GalleryCommand::Recover(a) => {
-            let (store, r) = gal::usearch_store::UsearchStore::recover(&a.store)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({
-                    "items": store.len(),
-                    "intact_records": r.records,
-                    "damaged_bytes": r.damaged,
-                    "lost_sequences": r.lost_sequences,
-                    "saved_log": r.saved_log,
-                }))?
-            );
-            if !r.lost_sequences.is_empty() {
-                eprintln!(
-                    "warning: {} acknowledged write(s) were in the damaged part of the log and \
-                     are lost; the damaged log is kept at {}",
-                    r.lost_sequences.len(),
-                    r.saved_log
-                        .as_deref()
-                        .map_or_else(|| "?".into(), |p| p.display().to_string())
-                );
-            }
-        }
+        (None, None) => bail!("give --model (query images) or --vectors"),
+    };
+    let dim = store.manifest().dim;
+    if let Some(l) = a.limit {
+        queries.truncate(l.min(ids.len()) * dim);
+    }
+    let info = match (&emb, &a.name) {
+        (Some(e), _) => Some(ModelInfo::from_card(&e.card)),
+        (None, Some(n)) => Some(ModelInfo::external(n, dim)),
+        (None, None) if a.force => None,
+        (None, None) => bail!(
+            "say which model computed --vectors (--model DIR or --name NAME) so the \
+                 lineage can be checked, or pass --force"
+        ),
+    };
+    let (lineage, hits) = ops::search(
+        store.as_ref(),
+        info.as_ref(),
+        &queries,
+        a.k,
+        a.exact,
+        a.force,
+    )?;
+    if let Some(l) = &lineage {
+        print_lineage(l);
+    }
+    for (q, h) in ids.iter().zip(&hits) {
+        println!("{}", serde_json::json!({ "query": q, "hits": h }));
+    }
+    Ok(())
+}
+
+/// `bcl gallery backfill`.
+fn gallery_backfill(a: BackfillArgs) -> Result<()> {
+    let emb = load_model(&a.model, &a.embed.device)?;
+    let mut store = gal::open(&a.store)?;
+    let Some(src) = store.manifest().source.clone() else {
+        bail!(
+            "{}: this gallery was filled with vectors, not from a data set: there are no \
+                 images to re-embed",
+            a.store.display()
+        );
+    };
+    let data = ops::load_source(&src)?;
+    let strategy = a.strategy.into();
+    let r = ops::backfill(
+        store.as_mut(),
+        &emb,
+        &data,
+        ops::BackfillPlan {
+            fraction: a.fraction,
+            strategy,
+            seed: a.seed,
+        },
+        &embed_options(&a.embed, a.force)?,
+        &mut committer(a.embed.print_commits),
+    )?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// `bcl gallery status`.
+fn gallery_status(a: StatusArgs) -> Result<()> {
+    let mut store = gal::open(&a.store)?;
+    if let Some(e) = a.expansion_search {
+        store.set_search_expansion(e)?;
+    }
+    let mut s = serde_json::to_value(ops::status(store.as_ref())?)?;
+    if let Some(n) = a.recall_queries {
+        let q = ops::probe_queries(store.as_ref(), n, 0.5, 0)?;
+        let r = ops::ann_recall(store.as_ref(), &q, a.k)?;
+        s["ann_recall"] = serde_json::json!({
+            "k": a.k,
+            "queries": n,
+            "recall": r,
+            "expansion_search": a.expansion_search,
+        });
+    }
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+/// `bcl gallery recover`.
+fn gallery_recover(a: RecoverArgs) -> Result<()> {
+    let (store, r) = gal::usearch_store::UsearchStore::recover(&a.store)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "items": store.len(),
+            "intact_records": r.records,
+            "damaged_bytes": r.damaged,
+            "lost_sequences": r.lost_sequences,
+            "saved_log": r.saved_log,
+        }))?
+    );
+    if !r.lost_sequences.is_empty() {
+        eprintln!(
+            "warning: {} acknowledged write(s) were in the damaged part of the log and \
+                 are lost; the damaged log is kept at {}",
+            r.lost_sequences.len(),
+            r.saved_log
+                .as_deref()
+                .map_or_else(|| "?".into(), |p| p.display().to_string())
+        );
     }
     Ok(())
 }

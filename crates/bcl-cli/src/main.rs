@@ -9,8 +9,8 @@ use bcl::data::Scenario;
 use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics};
 use bcl::loss::Method;
 use bcl::model::Embedder;
-use bcl::pipeline::{self, parse_device, RunConfig, StepOptions};
 use bcl::report::rows_markdown;
+use bcl::run::{self, parse_device, RunConfig, StepOptions};
 use clap::{Args, Parser, Subcommand};
 
 mod gallery_cmd;
@@ -58,6 +58,8 @@ enum Command {
     /// Score models on standard benchmarks (Revisited Oxford/Paris, GLDv2 retrieval, In-shop,
     /// SOP) from their published files: every (query model, gallery model) pair.
     Benchmark(BenchmarkArgs),
+    /// The registered compatibility methods: what each does, needs, sweeps and its settings.
+    Methods,
 }
 
 #[derive(Args)]
@@ -81,7 +83,7 @@ struct BenchmarkArgs {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BenchmarkFile {
-    benchmark: Vec<bcl::pipeline::benchmark::BenchmarkConfig>,
+    benchmark: Vec<bcl::eval::protocol::BenchmarkConfig>,
 }
 
 #[derive(Args)]
@@ -223,6 +225,15 @@ struct TrainOldArgs {
     out: PathBuf,
 }
 
+/// The registered methods as clap's possible values: `--help` lists each with its description.
+fn method_values() -> impl clap::builder::TypedValueParser<Value = Method> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        Method::all().map(|m| PossibleValue::new(m.as_str()).help(m.description())),
+    )
+    .map(|s| Method::named(&s).expect("a possible value is a registered method"))
+}
+
 #[derive(Args)]
 struct TrainNewArgs {
     #[command(flatten)]
@@ -230,8 +241,8 @@ struct TrainNewArgs {
     /// Directory written by `bcl train-old` (or its model.json).
     #[arg(long)]
     old: PathBuf,
-    /// Compatibility method: independent, l2, bct, ndpp, odpp, lce, unibct, ract or advbct.
-    #[arg(long)]
+    /// Compatibility method (from the method registry; `bcl methods` describes each).
+    #[arg(long, value_parser = method_values())]
     method: Method,
     /// Weight λ of the compatibility loss.
     #[arg(long)]
@@ -388,306 +399,392 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Gallery(c) => gallery_cmd::run_gallery(c)?,
         Command::Serve(a) => gallery_cmd::run_serve(a)?,
-        Command::Benchmark(a) => {
-            let text = std::fs::read_to_string(&a.config)
-                .with_context(|| format!("{}: cannot read", a.config.display()))?;
-            let file: BenchmarkFile = toml::from_str(&text)
-                .with_context(|| format!("{}: not a benchmark file", a.config.display()))?;
-            let device = parse_device(&a.device)?;
-            let models = a
-                .models
-                .iter()
-                .map(|p| Embedder::load(p, device))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut md = String::new();
-            let mut reports = Vec::new();
-            for b in &file.benchmark {
-                let r = bcl::pipeline::benchmark::evaluate_benchmark(b, &models)?;
-                md.push_str(&bcl::pipeline::benchmark::report_markdown(&r));
-                md.push('\n');
-                reports.push(r);
-            }
-            print!("{md}");
-            if let Some(out) = a.out {
-                bcl::files::write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
-                bcl::files::write_atomic(
-                    &out.join("benchmarks.json"),
-                    serde_json::to_string_pretty(&reports)?.as_bytes(),
-                )?;
-                println!("written to {}", out.display());
-            }
+        Command::Benchmark(a) => cmd_benchmark(a)?,
+        Command::TrainOld(a) => cmd_train_old(a)?,
+        Command::TrainNew(a) => cmd_train_new(a)?,
+        Command::Eval(a) => cmd_eval(a)?,
+        Command::Metrics(a) => cmd_metrics(a)?,
+        Command::Demo(a) => cmd_demo(a)?,
+        Command::Experiment(a) => cmd_experiment(a)?,
+        Command::BenchLoader(a) => cmd_bench_loader(a)?,
+        Command::Search(a) => cmd_search(a)?,
+        Command::BenchOdpp(a) => cmd_bench_odpp(a)?,
+        Command::Bench(a) => cmd_bench(a)?,
+        Command::Methods => cmd_methods(),
+    }
+    Ok(())
+}
+
+/// `bcl benchmark`: every model on each benchmark of the file.
+fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("{}: cannot read", a.config.display()))?;
+    let file: BenchmarkFile = toml::from_str(&text)
+        .with_context(|| format!("{}: not a benchmark file", a.config.display()))?;
+    let models = load_models(&a.models, &a.device)?;
+    let mut md = String::new();
+    let mut reports = Vec::new();
+    for b in &file.benchmark {
+        let r = bcl::eval::protocol::evaluate_benchmark(b, &models)?;
+        md.push_str(&bcl::eval::protocol::report_markdown(&r));
+        md.push('\n');
+        reports.push(r);
+    }
+    print!("{md}");
+    if let Some(out) = a.out {
+        bcl::files::write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
+        bcl::files::write_atomic(
+            &out.join("benchmarks.json"),
+            serde_json::to_string_pretty(&reports)?.as_bytes(),
+        )?;
+        println!("written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `bcl train-old`.
+fn cmd_train_old(a: TrainOldArgs) -> Result<()> {
+    let mut cfg = base_config(&a.common)?;
+    if let Some(s) = a.scenario {
+        cfg.split.scenario = s;
+    }
+    if let Some(f) = a.fraction {
+        cfg.split.fraction = f;
+    }
+    if let Some(s) = a.split_seed {
+        cfg.split.seed = s;
+    }
+    if let Some(e) = a.common.epochs {
+        cfg.old.epochs = e;
+    }
+    if let Some(s) = a.common.seed {
+        cfg.old.seed = s;
+    }
+    let o = run::train_old(&cfg, &a.out, &options(&a.common)?)?;
+    print_history("old", &o.history);
+    println!("model {} written to {}", o.card.id, o.dir.display());
+    Ok(())
+}
+
+/// `bcl train-new`: the old run's configuration (or `--config`) with the flags over it.
+fn cmd_train_new(a: TrainNewArgs) -> Result<()> {
+    let old = old_dir_of(&a.old);
+    let mut cfg = match (&a.common.config, a.common.quick) {
+        (None, false) => run::old_run(&old)
+            .map(|(c, _)| c)
+            .with_context(|| format!("reading the old run in {}", old.display()))?,
+        _ => base_config(&a.common)?,
+    };
+    if let Some(d) = &a.common.data {
+        cfg.data.dir = d.clone();
+    }
+    if let Some(e) = a.common.epochs {
+        cfg.new.epochs = e;
+    }
+    if let Some(s) = a.common.seed {
+        cfg.new.seed = s;
+    }
+    if let Some(b) = a.backbone {
+        cfg.new_model.backbone = Some(b);
+    }
+    if let Some(w) = a.width {
+        cfg.new_model.width = Some(w);
+    }
+    if let Some(b) = a.blocks {
+        cfg.new_model.blocks = Some(b);
+    }
+    if let Some(l) = a.lambda {
+        if !(l >= 0.0 && l.is_finite()) {
+            bail!("--lambda must be a finite number >= 0, got {l}");
         }
-        Command::TrainOld(a) => {
-            let mut cfg = base_config(&a.common)?;
-            if let Some(s) = a.scenario {
-                cfg.split.scenario = s;
+        cfg.compat.lambda = l;
+    }
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(a.method.model_name()));
+    let o = run::train_new(&cfg, &old, a.method, &out, &options(&a.common)?)?;
+    print_history(&a.method.model_name(), &o.history);
+    println!("model {} written to {}", o.card.id, o.dir.display());
+    Ok(())
+}
+
+/// The models in `paths` on the device named `device`.
+fn load_models(paths: &[PathBuf], device: &str) -> Result<Vec<Embedder>> {
+    let device = parse_device(device)?;
+    Ok(paths
+        .iter()
+        .map(|p| Embedder::load(p, device))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// `bcl eval`: the compatibility matrix of the models on the test set of their data.
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let models = load_models(&a.models, &a.device)?;
+    let mut data_cfg = match &a.config {
+        Some(p) => RunConfig::from_toml_file(p)?.data,
+        None => gallery_cmd::run_data_config(&models[0].dir)?,
+    };
+    if let Some(d) = a.data {
+        data_cfg.dir = d;
+    }
+    if a.test_per_class.is_some() {
+        data_cfg.test_per_class = a.test_per_class;
+    }
+    let test = bcl::data::open_test(&data_cfg)?;
+    let report = bcl::eval::models::evaluate_models(&models, &test, 512)?;
+    println!("{}", rows_markdown(&report.rows));
+    println!("compatibility matrix (mAP), rows query model, columns gallery model:");
+    print!("{}", bcl::report::matrix_csv(&report.matrix));
+    if let Some(out) = a.out {
+        bcl::report::write_eval_report(&out, &report, &[])?;
+        println!("report written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `bcl metrics`: retrieval metrics of feature files.
+fn cmd_metrics(a: MetricsArgs) -> Result<()> {
+    match a.protocol {
+        Protocol::Class => {
+            if a.ks.contains(&0) {
+                bail!("--ks: every K must be >= 1");
             }
-            if let Some(f) = a.fraction {
-                cfg.split.fraction = f;
-            }
-            if let Some(s) = a.split_seed {
-                cfg.split.seed = s;
-            }
-            if let Some(e) = a.common.epochs {
-                cfg.old.epochs = e;
-            }
-            if let Some(s) = a.common.seed {
-                cfg.old.seed = s;
-            }
-            let o = pipeline::train_old(&cfg, &a.out, &options(&a.common)?)?;
-            print_history("old", &o.history);
-            println!("model {} written to {}", o.card.id, o.dir.display());
-        }
-        Command::TrainNew(a) => {
-            let old = old_dir_of(&a.old);
-            let mut cfg = match (&a.common.config, a.common.quick) {
-                (None, false) => pipeline::old_run(&old)
-                    .map(|(c, _)| c)
-                    .with_context(|| format!("reading the old run in {}", old.display()))?,
-                _ => base_config(&a.common)?,
+            let (Some(qlp), None) = (&a.query_labels, &a.gnd) else {
+                bail!("the class protocol needs --query-labels (and takes no --gnd; use --protocol revisited)");
             };
-            if let Some(d) = &a.common.data {
-                cfg.data.dir = d.clone();
-            }
-            if let Some(e) = a.common.epochs {
-                cfg.new.epochs = e;
-            }
-            if let Some(s) = a.common.seed {
-                cfg.new.seed = s;
-            }
-            if let Some(b) = a.backbone {
-                cfg.new_model.backbone = Some(b);
-            }
-            if let Some(w) = a.width {
-                cfg.new_model.width = Some(w);
-            }
-            if let Some(b) = a.blocks {
-                cfg.new_model.blocks = Some(b);
-            }
-            if let Some(l) = a.lambda {
-                if !(l >= 0.0 && l.is_finite()) {
-                    bail!("--lambda must be a finite number >= 0, got {l}");
+            let q = read_features_npy(&a.query)?;
+            let ql = read_labels_npy(qlp)?;
+            let m = match (&a.gallery, &a.gallery_labels) {
+                (Some(g), Some(gl)) => {
+                    let gf = read_features_npy(g)?;
+                    let gll = read_labels_npy(gl)?;
+                    retrieval_metrics(&q, &ql, &gf, &gll, false, &a.ks)?
                 }
-                cfg.compat.lambda = l;
-            }
-            let out = a
-                .out
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(a.method.model_name()));
-            let o = pipeline::train_new(&cfg, &old, a.method, &out, &options(&a.common)?)?;
-            print_history(&a.method.model_name(), &o.history);
-            println!("model {} written to {}", o.card.id, o.dir.display());
-        }
-        Command::Eval(a) => {
-            let device = parse_device(&a.device)?;
-            let models = a
-                .models
-                .iter()
-                .map(|p| Embedder::load(p, device))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut data_cfg = match &a.config {
-                Some(p) => RunConfig::from_toml_file(p)?.data,
-                None => gallery_cmd::run_data_config(&models[0].dir)?,
+                (None, None) => retrieval_metrics(&q, &ql, &q, &ql, true, &a.ks)?,
+                _ => bail!("--gallery and --gallery-labels go together"),
             };
-            if let Some(d) = a.data {
-                data_cfg.dir = d;
-            }
-            if a.test_per_class.is_some() {
-                data_cfg.test_per_class = a.test_per_class;
-            }
-            let test = bcl::data::open_test(&data_cfg)?;
-            let report = pipeline::evaluate_models(&models, &test, 512)?;
-            println!("{}", rows_markdown(&report.rows));
-            println!("compatibility matrix (mAP), rows query model, columns gallery model:");
-            print!("{}", bcl::report::matrix_csv(&report.matrix));
-            if let Some(out) = a.out {
-                pipeline::write_report(&out, &report, &[])?;
-                println!("report written to {}", out.display());
-            }
+            println!("{}", serde_json::to_string_pretty(&m)?);
         }
-        Command::Metrics(a) => match a.protocol {
-            Protocol::Class => {
-                if a.ks.contains(&0) {
-                    bail!("--ks: every K must be >= 1");
-                }
-                let (Some(qlp), None) = (&a.query_labels, &a.gnd) else {
-                    bail!("the class protocol needs --query-labels (and takes no --gnd; use --protocol revisited)");
-                };
-                let q = read_features_npy(&a.query)?;
-                let ql = read_labels_npy(qlp)?;
-                let m = match (&a.gallery, &a.gallery_labels) {
-                    (Some(g), Some(gl)) => {
-                        let gf = read_features_npy(g)?;
-                        let gll = read_labels_npy(gl)?;
-                        retrieval_metrics(&q, &ql, &gf, &gll, false, &a.ks)?
-                    }
-                    (None, None) => retrieval_metrics(&q, &ql, &q, &ql, true, &a.ks)?,
-                    _ => bail!("--gallery and --gallery-labels go together"),
-                };
-                println!("{}", serde_json::to_string_pretty(&m)?);
-            }
-            Protocol::Revisited => {
-                let (Some(gnd), Some(g)) = (&a.gnd, &a.gallery) else {
-                    bail!("the revisited protocol needs --gnd FILE and --gallery X.npy (the database features)");
-                };
-                if a.query_labels.is_some() || a.gallery_labels.is_some() {
-                    bail!("the revisited protocol takes its ground truth from --gnd, not from label files");
-                }
-                let gt = bcl::eval::revisited::RevisitedGnd::read(gnd)?;
-                let q = read_features_npy(&a.query)?;
-                let x = read_features_npy(g)?;
-                let m = bcl::eval::revisited::revisited_metrics(&q, &x, &gt, &a.kappas)?;
-                println!("{}", serde_json::to_string_pretty(&m)?);
-            }
-        },
-        Command::Demo(a) => {
-            let mut cfg = base_config(&a.common)?;
-            if let Some(e) = a.common.epochs {
-                cfg.old.epochs = e;
-                cfg.new.epochs = e;
-            }
-            let t0 = std::time::Instant::now();
-            let report = pipeline::demo(&cfg, &a.out, &options(&a.common)?)?;
-            println!(
-                "extended-data {:.0}% on {} test items, {:.0} s",
-                cfg.split.fraction * 100.0,
-                report.test_items,
-                t0.elapsed().as_secs_f64()
-            );
-            println!("{}", rows_markdown(&report.rows));
-            println!("run directory: {}", a.out.display());
-        }
-        Command::Experiment(a) => {
-            let cfg = bcl::experiment::ExperimentConfig::from_toml_file(&a.config)?;
-            let opts = StepOptions {
-                resume: true,
-                device: parse_device(&a.device)?,
-                progress: std::io::stderr().is_terminal(),
-                probe_test: false,
-                stop_after: None,
+        Protocol::Revisited => {
+            let (Some(gnd), Some(g)) = (&a.gnd, &a.gallery) else {
+                bail!("the revisited protocol needs --gnd FILE and --gallery X.npy (the database features)");
             };
-            let t0 = std::time::Instant::now();
-            let report = bcl::experiment::run_experiment(&cfg, &a.out, &opts)?;
-            println!("{}", bcl::experiment::aggregate_markdown(&report.table));
-            println!(
-                "{} runs, {:.0} s; report in {}",
-                report.runs.len(),
-                t0.elapsed().as_secs_f64(),
-                a.out.display()
-            );
-        }
-        Command::BenchLoader(a) => {
-            use bcl::data::images::{ImageLoader, ImagePrep};
-            let prep = ImagePrep {
-                resize: a.resize,
-                crop: a.crop,
-            };
-            prep.validate().map_err(anyhow::Error::msg)?;
-            let tmp = tempfile::tempdir()?;
-            let root = match &a.data {
-                Some(d) => d.clone(),
-                None => {
-                    bcl::data::images::write_noise_jpegs(tmp.path(), a.images, a.width, a.height)?;
-                    tmp.path().to_path_buf()
-                }
-            };
-            let list = bcl::data::lists::read_class_folders(&root)?;
-            let n = list.len();
-            let t0 = std::time::Instant::now();
-            let mut seen = 0;
-            for b in ImageLoader::start(
-                root,
-                list,
-                (0..n).collect(),
-                a.batch,
-                prep,
-                Some((0, 0)),
-                a.prefetch,
-            ) {
-                seen += b?.indices.len();
+            if a.query_labels.is_some() || a.gallery_labels.is_some() {
+                bail!("the revisited protocol takes its ground truth from --gnd, not from label files");
             }
-            let s = t0.elapsed().as_secs_f64();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "impl": "bcl-loader",
-                    "images": seen,
-                    "resize": a.resize,
-                    "crop": a.crop,
-                    "threads": rayon::current_num_threads(),
-                    "seconds": s,
-                    "images_per_s": seen as f64 / s,
-                })
-            );
-        }
-        Command::Search(a) => {
-            let device = parse_device(&a.device)?;
-            let q = read_features_npy(&a.query)?.to_device(device);
-            let g = read_features_npy(&a.gallery)?.to_device(device);
-            let t0 = std::time::Instant::now();
-            let r = bcl::eval::search::topk_search(
-                &q,
-                &g,
-                a.k,
-                bcl::eval::search::SearchBlocks {
-                    query: a.query_block,
-                    gallery: a.gallery_block,
-                },
-            )?;
-            let _ = r.scores.size(); // the result is materialised (CUDA runs asynchronously)
-            if let tch::Device::Cuda(_) = device {
-                tch::Cuda::synchronize(0);
-            }
-            let seconds = t0.elapsed().as_secs_f64();
-            for (path, t) in [(&a.out_indices, &r.indices), (&a.out_scores, &r.scores)] {
-                if let Some(p) = path {
-                    write_npy_atomic(p, &t.to_device(tch::Device::Cpu))?;
-                }
-            }
-            println!(
-                "{}",
-                serde_json::json!({
-                    "impl": "bcl",
-                    "queries": q.size()[0],
-                    "gallery": g.size()[0],
-                    "dim": q.size()[1],
-                    "k": a.k,
-                    "seconds": seconds,
-                })
-            );
-        }
-        Command::BenchOdpp(a) => {
-            let device = parse_device(&a.device)?;
-            if a.dim < 2 || a.bank_per_class < 1 || a.steps < 1 || a.classes.iter().any(|&c| c < 2)
-            {
-                bail!("need --dim >= 2, --bank-per-class >= 1, --steps >= 1 and every class count >= 2");
-            }
-            let mut cfg = bcl::perturb::OdppConfig {
-                steps: a.steps,
-                ..Default::default()
-            };
-            if let Some(lr) = a.lr {
-                if !(lr > 0.0 && lr.is_finite()) {
-                    bail!("--lr must be a positive number, got {lr}");
-                }
-                cfg.lr = lr;
-            }
-            for &c in &a.classes {
-                let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device);
-                println!("{}", serde_json::to_string(&t)?);
-            }
-        }
-        Command::Bench(a) => {
-            let cfg = match &a.config {
-                Some(p) => RunConfig::from_toml_file(p)?,
-                None => RunConfig::default(),
-            };
-            let device = parse_device(&a.device)?;
-            let r = pipeline::bench_train_step(&cfg, a.batch, a.size, a.steps, a.warmup, device)?;
-            println!("{}", serde_json::to_string(&r)?);
+            let gt = bcl::eval::revisited::RevisitedGnd::read(gnd)?;
+            let q = read_features_npy(&a.query)?;
+            let x = read_features_npy(g)?;
+            let m = bcl::eval::revisited::revisited_metrics(&q, &x, &gt, &a.kappas)?;
+            println!("{}", serde_json::to_string_pretty(&m)?);
         }
     }
     Ok(())
+}
+
+/// `bcl demo`.
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let mut cfg = base_config(&a.common)?;
+    if let Some(e) = a.common.epochs {
+        cfg.old.epochs = e;
+        cfg.new.epochs = e;
+    }
+    let t0 = std::time::Instant::now();
+    let report = run::demo(&cfg, &a.out, &options(&a.common)?)?;
+    println!(
+        "extended-data {:.0}% on {} test items, {:.0} s",
+        cfg.split.fraction * 100.0,
+        report.test_items,
+        t0.elapsed().as_secs_f64()
+    );
+    println!("{}", rows_markdown(&report.rows));
+    println!("run directory: {}", a.out.display());
+    Ok(())
+}
+
+/// `bcl experiment`.
+fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
+    let cfg = bcl::experiment::ExperimentConfig::from_toml_file(&a.config)?;
+    let opts = StepOptions {
+        resume: true,
+        device: parse_device(&a.device)?,
+        progress: std::io::stderr().is_terminal(),
+        probe_test: false,
+        stop_after: None,
+    };
+    let t0 = std::time::Instant::now();
+    let report = bcl::experiment::run_experiment(&cfg, &a.out, &opts)?;
+    println!("{}", bcl::experiment::aggregate_markdown(&report.table));
+    println!(
+        "{} runs, {:.0} s; report in {}",
+        report.runs.len(),
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// `bcl bench-loader`: decoding throughput of the image loader.
+fn cmd_bench_loader(a: BenchLoaderArgs) -> Result<()> {
+    use bcl::data::images::{ImageLoader, ImagePrep};
+    let prep = ImagePrep {
+        resize: a.resize,
+        crop: a.crop,
+    };
+    prep.validate().map_err(anyhow::Error::msg)?;
+    let tmp = tempfile::tempdir()?;
+    let root = match &a.data {
+        Some(d) => d.clone(),
+        None => {
+            bcl::data::images::write_noise_jpegs(tmp.path(), a.images, a.width, a.height)?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let list = bcl::data::lists::read_class_folders(&root)?;
+    let n = list.len();
+    let t0 = std::time::Instant::now();
+    let mut seen = 0;
+    for b in ImageLoader::start(
+        root,
+        list,
+        (0..n).collect(),
+        a.batch,
+        prep,
+        Some((0, 0)),
+        a.prefetch,
+    ) {
+        seen += b?.indices.len();
+    }
+    let s = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "bcl-loader",
+            "images": seen,
+            "resize": a.resize,
+            "crop": a.crop,
+            "threads": rayon::current_num_threads(),
+            "seconds": s,
+            "images_per_s": seen as f64 / s,
+        })
+    );
+    Ok(())
+}
+
+/// `bcl search`: exact blocked top-k of feature files.
+fn cmd_search(a: SearchArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    let q = read_features_npy(&a.query)?.to_device(device);
+    let g = read_features_npy(&a.gallery)?.to_device(device);
+    let t0 = std::time::Instant::now();
+    let r = bcl::eval::search::topk_search(
+        &q,
+        &g,
+        a.k,
+        bcl::eval::search::SearchBlocks {
+            query: a.query_block,
+            gallery: a.gallery_block,
+        },
+    )?;
+    let _ = r.scores.size(); // the result is materialised (CUDA runs asynchronously)
+    if let tch::Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    for (path, t) in [(&a.out_indices, &r.indices), (&a.out_scores, &r.scores)] {
+        if let Some(p) = path {
+            write_npy_atomic(p, &t.to_device(tch::Device::Cpu))?;
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "bcl",
+            "queries": q.size()[0],
+            "gallery": g.size()[0],
+            "dim": q.size()[1],
+            "k": a.k,
+            "seconds": seconds,
+        })
+    );
+    Ok(())
+}
+
+/// `bcl bench-odpp`.
+fn cmd_bench_odpp(a: BenchOdppArgs) -> Result<()> {
+    let device = parse_device(&a.device)?;
+    if a.dim < 2 || a.bank_per_class < 1 || a.steps < 1 || a.classes.iter().any(|&c| c < 2) {
+        bail!("need --dim >= 2, --bank-per-class >= 1, --steps >= 1 and every class count >= 2");
+    }
+    let mut cfg = bcl::perturb::OdppConfig {
+        steps: a.steps,
+        ..Default::default()
+    };
+    if let Some(lr) = a.lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            bail!("--lr must be a positive number, got {lr}");
+        }
+        cfg.lr = lr;
+    }
+    for &c in &a.classes {
+        let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device);
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
+}
+
+/// `bcl bench`: the training step's throughput.
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let cfg = match &a.config {
+        Some(p) => RunConfig::from_toml_file(p)?,
+        None => RunConfig::default(),
+    };
+    let device = parse_device(&a.device)?;
+    let r = run::bench::bench_train_step(&cfg, a.batch, a.size, a.steps, a.warmup, device)?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// `bcl methods`: the method registry (name, what it does, what it needs, its sweep knobs and
+/// the defaults of its own settings).
+fn cmd_methods() {
+    use bcl::table::{Column, Table};
+    let mut t = Table::new([
+        Column::text("method"),
+        Column::text("what it does"),
+        Column::text("needs"),
+        Column::text("sweep knobs"),
+        Column::text("settings ([compat.<method>], defaults)"),
+    ]);
+    for m in Method::all() {
+        let needs: Vec<&str> = [
+            (m.needs_prototypes(), "old prototypes"),
+            (m.needs_old_bank(), "old feature bank"),
+        ]
+        .into_iter()
+        .filter_map(|(n, s)| n.then_some(s))
+        .collect();
+        let knobs: Vec<&str> = m.knobs().iter().map(|k| k.name).collect();
+        let settings = m
+            .spec()
+            .default_settings()
+            .map(|t| {
+                t.iter()
+                    .map(|(k, v)| format!("{k} = {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        t.push(vec![
+            m.as_str().to_string(),
+            m.description().to_string(),
+            needs.join(", "),
+            knobs.join(", "),
+            settings,
+        ]);
+    }
+    print!("{}", t.markdown());
 }
 
 /// Writes a tensor as .npy next to its destination, then renames it into place.
@@ -725,8 +822,9 @@ fn main() {
 /// The command-line flag that resolves a library error, where one does (the library says what
 /// is wrong in its own terms; only the binary knows its flags).
 fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
+    use bcl::data::DataError;
     use bcl::gallery::GalleryError;
-    use bcl::pipeline::PipelineError;
+    use bcl::run::RunError;
     use bcl::train::TrainError;
     let train = |t: &TrainError| match t {
         TrainError::Exists(_) => Some("pass --resume to continue it, or choose another --out"),
@@ -738,8 +836,19 @@ fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
         if let Some(GalleryError::Lineage(_)) = c.downcast_ref::<GalleryError>() {
             return Some("pass --force to search anyway");
         }
-        if let Some(PipelineError::Train(t)) = c.downcast_ref::<PipelineError>() {
-            return train(t);
+        match c.downcast_ref::<RunError>() {
+            Some(RunError::Train(t)) => return train(t),
+            Some(RunError::Device(_)) => return Some("set --device to cpu, cuda, cuda:N or auto"),
+            Some(RunError::Data(DataError::Missing { .. })) => {
+                return Some("point --data at a directory of MNIST-layout IDX files")
+            }
+            Some(RunError::Config { path, .. }) if path.ends_with("split.json") => {
+                return Some("--old must be a run directory written by `bcl train-old`")
+            }
+            _ => {}
+        }
+        if let Some(DataError::Missing { .. }) = c.downcast_ref::<DataError>() {
+            return Some("point --data at a directory of MNIST-layout IDX files");
         }
         c.downcast_ref::<TrainError>().and_then(train)
     })

@@ -164,7 +164,10 @@ fn bad_training_input_gives_clear_errors() {
     );
     // an unknown method
     let err = run_err(bcl().args(["train-new", "--old", "x", "--method", "magic"]));
-    assert!(err.contains("unknown method 'magic'"), "{err}");
+    assert!(
+        err.contains("'magic'") && err.contains("ndpp, odpp"),
+        "{err}"
+    );
     // an --old that is not a run directory
     let err = run_err(
         bcl()
@@ -402,4 +405,25 @@ fn benchmark_files_are_checked() {
             .arg(d.path().join("missing.toml")),
     );
     assert!(e.contains("missing.toml"), "{e}");
+}
+
+#[test]
+fn help_and_methods_list_every_registered_method() {
+    let methods = run_ok(bcl().arg("methods"));
+    let help = run_ok(bcl().args(["train-new", "--help"]));
+    for m in bcl::loss::Method::all() {
+        let row = format!("| {} | {} |", m, m.description());
+        assert!(methods.contains(&row), "{row} missing from:\n{methods}");
+        assert!(
+            help.contains(&format!("- {m}:")),
+            "{m} missing from:\n{help}"
+        );
+    }
+    // a name outside the registry is refused with the registered ones
+    let out = bcl()
+        .args(["train-new", "--old", "x", "--method", "ndp"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ndpp"), "{err}");
 }

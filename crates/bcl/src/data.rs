@@ -96,7 +96,7 @@ pub enum DataError {
         classes: usize,
     },
     /// A data directory lacks one of the four IDX files.
-    #[error("{dir}: missing {name} (or {name}.gz); --data must point at a directory of MNIST-layout IDX files")]
+    #[error("{dir}: missing {name} (or {name}.gz); the data directory must hold the four MNIST-layout IDX files")]
     Missing {
         /// The directory.
         dir: PathBuf,
@@ -583,7 +583,7 @@ pub fn write_idx_dir(dir: &Path, train: &Dataset, test: &Dataset) -> std::io::Re
 }
 
 /// The update scenarios of METHOD.md section 6.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// Old model on a fraction of each class's images; new model on all images.

@@ -1,8 +1,11 @@
 //! Evaluation: exact blocked search, retrieval metrics (mAP, mAP@100, Recall@K), leave-one-out
-//! and query/gallery protocols, the compatibility matrix, the criterion and the update gain.
+//! and query/gallery protocols, the compatibility matrix, the criterion and the update gain;
+//! `models` evaluates a set of models on a test set, `protocol` on the standard benchmarks.
 
 pub mod deploy;
+pub mod models;
 pub mod pickle_bounds;
+pub mod protocol;
 pub mod revisited;
 pub mod search;
 
@@ -27,6 +30,9 @@ pub enum EvalError {
     /// Inputs that do not fit together.
     #[error("{0}")]
     Mismatch(String),
+    /// Reading the data an evaluation embeds (a benchmark's lists, its images).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// A ground-truth file that cannot be read or does not hold together.
     #[error("{path}: {reason}")]
     Ground {

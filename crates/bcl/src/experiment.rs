@@ -1,97 +1,35 @@
-//! Experiments: one configuration file describes scenarios, methods, seeds and knob sweeps;
-//! `run_experiment` trains what is missing (finished models are reused, interrupted ones
-//! resumed), evaluates each (scenario, seed) once, and writes the aggregated table
-//! (mean ± std over seeds), the frontier of self-test against cross-test, and plots; the
-//! sequential-upgrade chains live in [`sequential`].
+//! Experiments: one configuration file describes scenarios, methods, seeds, knob sweeps and
+//! the optional stages; `run_experiment` trains what is missing (finished models are reused,
+//! interrupted ones resumed), evaluates each (scenario, seed) once, and hands the results to
+//! the stages, each in its own file: the main table ([`main_table`], with [`paired`]), the
+//! [`sweeps`] and their [`frontier`], [`backfill`], [`benchmarks`], [`sequential`] upgrades and
+//! the refresh [`diagnostics`]. Run directories are named here only ([`run_dir`]).
 
 pub mod backfill;
 pub mod benchmarks;
+pub mod diagnostics;
 pub mod frontier;
+pub mod main_table;
 pub mod paired;
 pub mod sequential;
+pub mod sweeps;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use crate::data::Scenario;
 use crate::eval::leave_one_out;
+use crate::eval::models::{evaluate_models_with, EvalReport, MatrixCells};
 use crate::files::write_atomic;
+pub use crate::loss::Knob;
 use crate::loss::Method;
-use crate::model::{l2_normalize, Embedder};
-use crate::pipeline::{
-    evaluate_models_with, train_new, train_old, EvalReport, MatrixCells, PipelineError, RunConfig,
-    StepOptions,
-};
-use crate::report::{plot_matrix, plot_prototypes_pca, ResultRow};
+use crate::model::Embedder;
+use crate::run::{train_new, train_old, RunConfig, RunError, StepOptions};
 pub use frontier::FrontierPoint;
-
-/// A knob a sweep turns.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum Knob {
-    /// λ of the compatibility loss.
-    Lambda,
-    /// NDPP's ε.
-    NdppEps,
-    /// NDPP's β cap.
-    NdppBeta,
-    /// ODPP's ε.
-    OdppEps,
-    /// ODPP's μ.
-    OdppMu,
-}
-
-impl Knob {
-    /// Name used in directory names and tables.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Knob::Lambda => "lambda",
-            Knob::NdppEps => "ndpp-eps",
-            Knob::NdppBeta => "ndpp-beta",
-            Knob::OdppEps => "odpp-eps",
-            Knob::OdppMu => "odpp-mu",
-        }
-    }
-
-    /// The configuration with this knob set to `v`.
-    pub fn apply(&self, cfg: &RunConfig, v: f64) -> RunConfig {
-        let mut c = cfg.clone();
-        match self {
-            Knob::Lambda => c.compat.lambda = v,
-            Knob::NdppEps => c.compat.ndpp.eps = v,
-            Knob::NdppBeta => c.compat.ndpp.beta = Some(v),
-            Knob::OdppEps => c.compat.odpp.eps = v,
-            Knob::OdppMu => c.compat.odpp.mu = v,
-        }
-        c
-    }
-
-    /// The knob's value in the base configuration (the sweep's default point).
-    pub fn base_value(&self, cfg: &RunConfig) -> Option<f64> {
-        match self {
-            Knob::Lambda => Some(cfg.compat.lambda),
-            Knob::NdppEps => Some(cfg.compat.ndpp.eps),
-            Knob::NdppBeta => cfg.compat.ndpp.beta,
-            Knob::OdppEps => Some(cfg.compat.odpp.eps),
-            Knob::OdppMu => Some(cfg.compat.odpp.mu),
-        }
-    }
-}
-
-/// One sweep: a method trained at several values of one knob.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Sweep {
-    /// The method.
-    pub method: Method,
-    /// The knob.
-    pub knob: Knob,
-    /// Its values (the base configuration's value is added as a point from the main runs).
-    pub values: Vec<f64>,
-}
+pub use main_table::{aggregate, aggregate_csv, aggregate_markdown, AggregateRow};
+pub use sweeps::Sweep;
 
 /// The whole experiment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -106,7 +44,7 @@ pub struct ExperimentConfig {
     /// Seeds: seed s sets the split seed to s, the old model's to 1000 + s, new models' to 2000 + s.
     pub seeds: Vec<u64>,
     /// Frontier sweeps.
-    pub sweeps: Vec<Sweep>,
+    pub sweeps: Vec<sweeps::Sweep>,
     /// Scenarios the sweeps run in (default: all).
     pub sweep_scenarios: Option<Vec<Scenario>>,
     /// Seeds the sweeps run with (default: the first seed).
@@ -116,7 +54,7 @@ pub struct ExperimentConfig {
     /// Partial-backfill curves and flips (none by default).
     pub backfill: Option<backfill::BackfillConfig>,
     /// Standard benchmarks every run's models are scored on (`[[benchmark]]`; none by default).
-    pub benchmark: Vec<crate::pipeline::benchmark::BenchmarkConfig>,
+    pub benchmark: Vec<crate::eval::protocol::BenchmarkConfig>,
 }
 
 impl Default for ExperimentConfig {
@@ -124,7 +62,7 @@ impl Default for ExperimentConfig {
         Self {
             base: RunConfig::default(),
             scenarios: vec![Scenario::ExtendedData, Scenario::ExtendedClass],
-            methods: Method::ALL.to_vec(),
+            methods: Method::all().collect(),
             seeds: vec![1, 2, 3],
             sweeps: Vec::new(),
             sweep_scenarios: None,
@@ -138,48 +76,57 @@ impl Default for ExperimentConfig {
 
 impl ExperimentConfig {
     /// Reads a TOML file over the defaults (unknown keys are errors).
-    pub fn from_toml_file(path: &Path) -> Result<Self, PipelineError> {
-        let cfg: Self = crate::files::read_toml(path)?;
-        let invalid = |reason: String| PipelineError::Config {
+    pub fn from_toml_file(path: &Path) -> Result<Self, RunError> {
+        let mut cfg: Self = crate::files::read_toml(path)?;
+        cfg.base.compat.complete();
+        let invalid = |reason: String| RunError::Config {
             path: path.to_path_buf(),
             reason,
         };
         cfg.base.validate().map_err(&invalid)?;
         for s in &cfg.sweeps {
-            for &v in &s.values {
-                s.knob
-                    .apply(&cfg.base, v)
-                    .validate()
-                    .map_err(|e| invalid(format!("sweep {} = {v}: {e}", s.knob.as_str())))?;
-            }
+            s.validate(&cfg.base).map_err(&invalid)?;
         }
         if cfg.seeds.is_empty() || cfg.scenarios.is_empty() || cfg.methods.is_empty() {
-            return Err(PipelineError::Config {
+            return Err(RunError::Config {
                 path: path.to_path_buf(),
                 reason: "seeds, scenarios and methods must each name at least one".into(),
             });
         }
         if let Some(bf) = &cfg.backfill {
             if let Some(m) = bf.methods.iter().find(|m| !cfg.methods.contains(m)) {
-                return Err(PipelineError::Config {
+                return Err(RunError::Config {
                     path: path.to_path_buf(),
                     reason: format!("backfill.methods names {m}, which is not among methods"),
                 });
             }
             if let Some(f) = bf.fractions.iter().find(|f| !(0.0..=1.0).contains(*f)) {
-                return Err(PipelineError::Config {
+                return Err(RunError::Config {
                     path: path.to_path_buf(),
                     reason: format!("backfill.fractions lie in [0, 1], got {f}"),
                 });
             }
         }
         if let Some(seq) = &cfg.sequential {
-            seq.validate().map_err(|reason| PipelineError::Config {
+            seq.validate().map_err(|reason| RunError::Config {
                 path: path.to_path_buf(),
                 reason,
             })?;
         }
         Ok(cfg)
+    }
+
+    /// Whether the sweeps run in this (scenario, seed).
+    pub fn sweeps_run_in(&self, scenario: Scenario, seed: u64) -> bool {
+        let scenario_ok = match &self.sweep_scenarios {
+            Some(s) => s.contains(&scenario),
+            None => self.scenarios.contains(&scenario),
+        };
+        let seed_ok = match &self.sweep_seeds {
+            Some(s) => s.contains(&seed),
+            None => self.seeds.first() == Some(&seed),
+        };
+        scenario_ok && seed_ok
     }
 
     /// The run configuration of one (scenario, seed).
@@ -193,38 +140,15 @@ impl ExperimentConfig {
     }
 }
 
-/// One row of the aggregated table: a method in a scenario, over seeds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AggregateRow {
-    /// Scenario.
-    pub scenario: String,
-    /// Method.
-    pub method: String,
-    /// Seeds aggregated.
-    pub seeds: usize,
-    /// (mean, std) of old→old mAP.
-    pub old_old_map: (f64, f64),
-    /// (mean, std) of self-test mAP.
-    pub self_map: (f64, f64),
-    /// (mean, std) of cross-test mAP.
-    pub cross_map: (f64, f64),
-    /// (mean, std) of self-test R@1.
-    pub self_r1: (f64, f64),
-    /// (mean, std) of cross-test R@1.
-    pub cross_r1: (f64, f64),
-    /// Seeds meeting the criterion.
-    pub compatible: usize,
-    /// (mean, std) of the update gain over the seeds where it is defined.
-    pub gain: Option<(f64, f64)>,
-}
-
 /// Everything an experiment produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentReport {
     /// Per-run evaluations, by "scenario/seed-N".
     pub runs: BTreeMap<String, EvalReport>,
+    /// Every method against bct and against independent, paired by seed.
+    pub paired: Vec<paired::PairedRow>,
     /// The aggregated table.
-    pub table: Vec<AggregateRow>,
+    pub table: Vec<main_table::AggregateRow>,
     /// Frontier points.
     pub frontier: Vec<FrontierPoint>,
     /// Frontier settings over the sweep seeds.
@@ -232,7 +156,7 @@ pub struct ExperimentReport {
     /// Each method's best compatible setting against bct's, paired by seed.
     pub best_compatible: Vec<frontier::BestCompatibleRow>,
     /// Refresh diagnostics of the perturbation runs.
-    pub diagnostics: Vec<DiagnosticsRow>,
+    pub diagnostics: Vec<diagnostics::DiagnosticsRow>,
     /// Sequential-upgrade chains (empty without a `[sequential]` section).
     pub sequential: Vec<sequential::ChainRun>,
     /// Deployment figures (empty without a `[backfill]` section).
@@ -241,104 +165,9 @@ pub struct ExperimentReport {
     pub benchmarks: Vec<benchmarks::BenchmarkRun>,
 }
 
-/// Summary of one perturbation run's refreshes (from its `refreshes.json` and `history.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DiagnosticsRow {
-    /// Scenario.
-    pub scenario: String,
-    /// Seed.
-    pub seed: u64,
-    /// Method.
-    pub method: String,
-    /// Number of refreshes.
-    pub refreshes: usize,
-    /// Mean over refreshes of mean ‖δ_k‖.
-    pub mean_delta: f64,
-    /// Max over refreshes of max ‖δ_k‖.
-    pub max_delta: f64,
-    /// Mean nearest-neighbour similarity of the old prototypes.
-    pub nn_sim_old: f64,
-    /// The same for the pseudo-old prototypes at the last refresh.
-    pub nn_sim_pseudo: f64,
-    /// Lowest share, over refreshes, of classes still nearest their own old prototype.
-    pub own_nearest_min: f64,
-    /// J before and after the last refresh (ODPP).
-    pub j_last: Option<(f64, f64)>,
-    /// Total refresh time in seconds (feature pass excluded).
-    pub refresh_seconds: f64,
-    /// Total training time in seconds (all epochs).
-    pub train_seconds: f64,
-}
-
-/// Reads the refresh diagnostics of every main ndpp/odpp run under `out`.
-pub fn diagnostics(cfg: &ExperimentConfig, out: &Path) -> Vec<DiagnosticsRow> {
-    let mut rows = Vec::new();
-    for &scenario in &cfg.scenarios {
-        for &seed in &cfg.seeds {
-            for m in [Method::Ndpp, Method::Odpp, Method::Unibct] {
-                let dir = model_dir(out, scenario, seed, m);
-                let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-                let (Some(r), Some(h)) = (read("refreshes.json"), read("history.json")) else {
-                    continue;
-                };
-                let (Ok(r), Ok(h)) = (
-                    serde_json::from_str::<Vec<crate::perturb::RefreshStats>>(&r),
-                    serde_json::from_str::<Vec<crate::train::EpochStats>>(&h),
-                ) else {
-                    continue;
-                };
-                let Some(last) = r.last() else { continue };
-                rows.push(DiagnosticsRow {
-                    scenario: scenario.to_string(),
-                    seed,
-                    method: m.to_string(),
-                    refreshes: r.len(),
-                    mean_delta: r.iter().map(|s| s.mean_delta).sum::<f64>() / r.len() as f64,
-                    max_delta: r.iter().map(|s| s.max_delta).fold(0.0, f64::max),
-                    nn_sim_old: last.nn_sim_before,
-                    nn_sim_pseudo: last.nn_sim_after,
-                    own_nearest_min: r.iter().map(|s| s.own_nearest_share).fold(1.0, f64::min),
-                    j_last: last.j_before.zip(last.j_after),
-                    refresh_seconds: r.iter().map(|s| s.seconds).sum(),
-                    train_seconds: h.iter().map(|e| e.seconds).sum(),
-                });
-            }
-        }
-    }
-    rows
-}
-
-/// The diagnostics as a Markdown table.
-pub fn diagnostics_markdown(rows: &[DiagnosticsRow]) -> String {
-    let mut s = String::from(
-        "| scenario | seed | method | refreshes | mean ‖δ‖ | max ‖δ‖ | NN sim old | NN sim pseudo-old | own-nearest (min) | J before→after (last) | refresh s / train s |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|\n",
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {} | {:.2} / {:.0} ({:.2}%) |\n",
-            r.scenario,
-            r.seed,
-            r.method,
-            r.refreshes,
-            r.mean_delta,
-            r.max_delta,
-            r.nn_sim_old,
-            r.nn_sim_pseudo,
-            r.own_nearest_min,
-            r.j_last
-                .map(|j| format!("{:.3} → {:.3}", j.0, j.1))
-                .unwrap_or_else(|| "–".into()),
-            r.refresh_seconds,
-            r.train_seconds,
-            100.0 * r.refresh_seconds / r.train_seconds.max(1e-9),
-        ));
-    }
-    s
-}
-
 /// The content ids of the models in `dirs`, read from their cards (the key of per-run caches:
 /// a result is reused only while every model it was computed from is unchanged).
-pub(crate) fn model_ids(dirs: &[PathBuf]) -> Result<Vec<String>, PipelineError> {
+pub(crate) fn model_ids(dirs: &[PathBuf]) -> Result<Vec<String>, RunError> {
     Ok(dirs
         .iter()
         .map(|d| crate::model::ModelCard::read(&d.join(crate::model::CARD_FILE)).map(|c| c.id))
@@ -350,8 +179,8 @@ pub(crate) fn model_ids(dirs: &[PathBuf]) -> Result<Vec<String>, PipelineError> 
 pub(crate) fn cached<K, V>(
     path: &Path,
     key: &K,
-    compute: impl FnOnce() -> Result<V, PipelineError>,
-) -> Result<V, PipelineError>
+    compute: impl FnOnce() -> Result<V, RunError>,
+) -> Result<V, RunError>
 where
     K: Serialize + serde::de::DeserializeOwned + PartialEq,
     V: Serialize + serde::de::DeserializeOwned,
@@ -384,106 +213,6 @@ pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Aggregates per-run rows into mean ± std (sample standard deviation) per scenario and method.
-pub fn aggregate(runs: &[(Scenario, u64, Vec<ResultRow>)]) -> Vec<AggregateRow> {
-    let mut groups: BTreeMap<(String, String), Vec<&ResultRow>> = BTreeMap::new();
-    let mut order: Vec<(String, String)> = Vec::new();
-    for (sc, _, rows) in runs {
-        for r in rows {
-            let key = (sc.to_string(), r.method.clone());
-            if !groups.contains_key(&key) {
-                order.push(key.clone());
-            }
-            groups.entry(key).or_default().push(r);
-        }
-    }
-    order
-        .into_iter()
-        .map(|key| {
-            let rs = &groups[&key];
-            let col = |f: &dyn Fn(&ResultRow) -> f64| {
-                mean_std(&rs.iter().map(|r| f(r)).collect::<Vec<_>>())
-            };
-            let gains: Vec<f64> = rs.iter().filter_map(|r| r.gain).collect();
-            AggregateRow {
-                scenario: key.0.clone(),
-                method: key.1.clone(),
-                seeds: rs.len(),
-                old_old_map: col(&|r| r.old_old_map),
-                self_map: col(&|r| r.self_map),
-                cross_map: col(&|r| r.cross_map),
-                self_r1: col(&|r| r.self_r1),
-                cross_r1: col(&|r| r.cross_r1),
-                compatible: rs.iter().filter(|r| r.compatible).count(),
-                gain: (!gains.is_empty()).then(|| mean_std(&gains)),
-            }
-        })
-        .collect()
-}
-
-fn pm(v: (f64, f64)) -> String {
-    format!("{:.4} ± {:.4}", v.0, v.1)
-}
-
-/// The aggregated table as Markdown.
-pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
-    let mut s = String::from(
-        "| scenario | method | seeds | old→old mAP | self mAP | cross mAP | self R@1 | cross R@1 | compatible | gain |\n|---|---|---:|---:|---:|---:|---:|---:|:---:|---:|\n",
-    );
-    for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |\n",
-            r.scenario,
-            r.method,
-            r.seeds,
-            pm(r.old_old_map),
-            pm(r.self_map),
-            pm(r.cross_map),
-            pm(r.self_r1),
-            pm(r.cross_r1),
-            r.compatible,
-            r.seeds,
-            r.gain
-                .map(|g| format!("{:.3} ± {:.3}", g.0, g.1))
-                .unwrap_or_else(|| "–".into()),
-        ));
-    }
-    s
-}
-
-/// The aggregated table as CSV (means and standard deviations in separate columns).
-pub fn aggregate_csv(rows: &[AggregateRow]) -> String {
-    let mut s = String::from(
-        "scenario,method,seeds,old_old_map,old_old_map_std,self_map,self_map_std,cross_map,cross_map_std,self_r1,self_r1_std,cross_r1,cross_r1_std,compatible,gain,gain_std\n",
-    );
-    for r in rows {
-        let (g, gs) = r
-            .gain
-            .map(|g| (format!("{:.6}", g.0), format!("{:.6}", g.1)))
-            .unwrap_or_default();
-        s.push_str(&format!(
-            "{},{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{},{},{}\n",
-            r.scenario,
-            r.method,
-            r.seeds,
-            r.old_old_map.0,
-            r.old_old_map.1,
-            r.self_map.0,
-            r.self_map.1,
-            r.cross_map.0,
-            r.cross_map.1,
-            r.self_r1.0,
-            r.self_r1.1,
-            r.cross_r1.0,
-            r.cross_r1.1,
-            r.compatible,
-            g,
-            gs
-        ));
-    }
-    s
-}
-
 fn run_key(scenario: Scenario, seed: u64) -> String {
     format!("{scenario}/{}", seed_dir_name(seed))
 }
@@ -499,23 +228,18 @@ pub fn run_dir(out: &Path, scenario: Scenario, seed: u64) -> PathBuf {
     out.join(scenario.to_string()).join(seed_dir_name(seed))
 }
 
-fn sweep_dir_name(s: &Sweep, v: f64) -> String {
-    format!("sweep-{}-{}-{v}", s.method, s.knob.as_str())
+/// The directory of one run's model, for callers that want to read it.
+pub fn model_dir(out: &Path, scenario: Scenario, seed: u64, method: Method) -> PathBuf {
+    run_dir(out, scenario, seed).join(method.model_name())
 }
 
-/// Reads the old and pseudo-old prototypes a perturbation run saved in its checkpoint.
-pub fn saved_prototypes(model_dir: &Path) -> Option<(Tensor, Tensor)> {
-    let state = Tensor::read_safetensors(model_dir.join("checkpoint/compat.safetensors")).ok()?;
-    let get = |n: &str| {
-        state
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, t)| t.shallow_clone())
-    };
-    let old = get("old_prototypes")?;
-    let delta = get("delta")?;
-    let pseudo = l2_normalize(&(&old + &delta));
-    Some((old, pseudo))
+/// What one (scenario, seed) run gave the stages.
+struct RunOutcome {
+    report: EvalReport,
+    /// Frontier points (main runs' defaults and sweeps), on the sweep scenarios and seeds.
+    points: Vec<FrontierPoint>,
+    deploy: Vec<backfill::DeployRun>,
+    benchmarks: Vec<benchmarks::BenchmarkRun>,
 }
 
 /// Runs (or resumes) the experiment into `out` and writes its report files there.
@@ -523,9 +247,9 @@ pub fn run_experiment(
     cfg: &ExperimentConfig,
     out: &Path,
     opts: &StepOptions,
-) -> Result<ExperimentReport, PipelineError> {
+) -> Result<ExperimentReport, RunError> {
     std::fs::create_dir_all(out)
-        .map_err(|e| PipelineError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+        .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
     crate::files::write_toml(&out.join("experiment.toml"), cfg)?;
     let opts = StepOptions {
         resume: true,
@@ -533,180 +257,37 @@ pub fn run_experiment(
     };
     let mut runs = BTreeMap::new();
     let mut table_in = Vec::new();
-    let mut frontier = Vec::new();
-    let mut deploy = Vec::new();
-    let mut bench_runs = Vec::new();
-    let sweep_scenarios = cfg
-        .sweep_scenarios
-        .clone()
-        .unwrap_or_else(|| cfg.scenarios.clone());
-    let sweep_seeds = cfg
-        .sweep_seeds
-        .clone()
-        .unwrap_or_else(|| vec![cfg.seeds[0]]);
+    let (mut frontier, mut deploy, mut bench_runs) = (Vec::new(), Vec::new(), Vec::new());
     for &scenario in &cfg.scenarios {
         for &seed in &cfg.seeds {
-            let rc = cfg.run_config(scenario, seed);
-            let dir = run_dir(out, scenario, seed);
-            let old_dir = dir.join("old");
-            tracing::info!(%scenario, seed, "experiment run");
-            train_old(&rc, &old_dir, &opts)?;
-            let mut dirs = vec![old_dir.clone()];
-            for &m in &cfg.methods {
-                let d = dir.join(m.model_name());
-                train_new(&rc, &old_dir, m, &d, &opts)?;
-                dirs.push(d);
-            }
-            let do_sweeps = sweep_scenarios.contains(&scenario) && sweep_seeds.contains(&seed);
-            let mut sweep_dirs = Vec::new();
-            if do_sweeps {
-                for s in &cfg.sweeps {
-                    for &v in &s.values {
-                        let d = dir.join(sweep_dir_name(s, v));
-                        train_new(&s.knob.apply(&rc, v), &old_dir, s.method, &d, &opts)?;
-                        sweep_dirs.push((s.clone(), v, d));
-                    }
-                }
-            }
-            // Evaluation, cached per run (recomputed only when a model changed).
-            let all_dirs: Vec<PathBuf> = dirs
-                .iter()
-                .cloned()
-                .chain(sweep_dirs.iter().map(|(_, _, d)| d.clone()))
-                .collect();
-            let (report, points): (EvalReport, Vec<FrontierPoint>) =
-                cached(&dir.join("eval.json"), &model_ids(&all_dirs)?, || {
-                    let test = crate::data::open_test(&rc.data)?;
-                    let models = dirs
-                        .iter()
-                        .map(|d| Embedder::load(d, opts.device))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let report =
-                        evaluate_models_with(&models, &test, rc.eval_batch, MatrixCells::Table)?;
-                    let old_feats = models[0].embed_dataset(&test, rc.eval_batch);
-                    let oo = report.matrix.at(0, 0).map;
-                    let mut points = Vec::new();
-                    for (s, v, d) in &sweep_dirs {
-                        let m = Embedder::load(d, opts.device)?;
-                        let f = m.embed_dataset(&test, rc.eval_batch);
-                        points.push(FrontierPoint {
-                            scenario: scenario.to_string(),
-                            seed,
-                            method: s.method.to_string(),
-                            knob: Some(s.knob),
-                            value: Some(*v),
-                            self_map: leave_one_out(&f, &f, &test.labels)?.map,
-                            cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
-                            old_old_map: oo,
-                        });
-                    }
-                    Ok((report, points))
-                })?;
-            if seed == cfg.seeds[0] {
-                plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
-                for m in [Method::Ndpp, Method::Odpp] {
-                    if let Some((o, p)) = saved_prototypes(&dir.join(m.model_name())) {
-                        plot_prototypes_pca(
-                            &o,
-                            &p,
-                            &format!("{m}, {scenario}, seed {seed}"),
-                            &dir.join(format!("prototypes-{m}.svg")),
-                        )?;
-                    }
-                }
-            }
-            // the main runs give each method its default point
-            if do_sweeps {
-                frontier.extend(report.rows.iter().map(|r| FrontierPoint {
-                    scenario: scenario.to_string(),
-                    seed,
-                    method: r.method.clone(),
-                    knob: None,
-                    value: None,
-                    self_map: r.self_map,
-                    cross_map: r.cross_map,
-                    old_old_map: r.old_old_map,
-                }));
-                frontier.extend(points);
-            }
-            if let Some(bf) = &cfg.backfill {
-                deploy.extend(backfill::deploy_run(
-                    &rc,
-                    report.matrix.at(0, 0).map,
-                    bf,
-                    scenario,
-                    seed,
-                    &dir,
-                    &opts,
-                )?);
-            }
-            if !cfg.benchmark.is_empty() {
-                bench_runs.extend(benchmarks::run_benchmarks(
-                    &cfg.benchmark,
-                    &dirs,
-                    &dir,
-                    &scenario.to_string(),
-                    seed,
-                    opts.device,
-                )?);
-            }
-            table_in.push((scenario, seed, report.rows.clone()));
-            runs.insert(run_key(scenario, seed), report);
+            let r = run_one(cfg, scenario, seed, out, &opts)?;
+            frontier.extend(r.points);
+            deploy.extend(r.deploy);
+            bench_runs.extend(r.benchmarks);
+            table_in.push((scenario, seed, r.report.rows.clone()));
+            runs.insert(run_key(scenario, seed), r.report);
         }
     }
-    let table = aggregate(&table_in);
-    write_atomic(
-        &out.join("results.md"),
-        aggregate_markdown(&table).as_bytes(),
-    )?;
-    write_atomic(&out.join("results.csv"), aggregate_csv(&table).as_bytes())?;
-    // Paired by seed: every method against bct and against independent, where they ran.
-    let mut pairs = Vec::new();
-    let mut pmd = String::from(
-        "Paired by seed (each scenario and seed shares split, data and old model); mean \
-         difference and 95% Student-t interval over seeds.\n\n",
-    );
-    for reference in ["bct", "independent"] {
-        let rows = paired::paired(&table_in, reference);
-        if !rows.is_empty() {
-            pmd.push_str(&paired::paired_markdown(&rows));
-            pmd.push('\n');
-            pairs.extend(rows);
-        }
-    }
-    write_atomic(&out.join("paired.md"), pmd.as_bytes())?;
-    crate::files::write_json(&out.join("paired.json"), &pairs)?;
+    let (table, paired) = main_table::write_main_tables(&table_in, out)?;
     frontier::sort_points(&mut frontier);
     let (frontier_summary, best_compatible) = frontier::write_frontier(&frontier, &cfg.base, out)?;
     if !deploy.is_empty() {
         backfill::write_backfill_reports(&deploy, out)?;
     }
     if !bench_runs.is_empty() {
-        write_atomic(
-            &out.join("benchmarks.md"),
-            benchmarks::benchmarks_markdown(&bench_runs).as_bytes(),
-        )?;
+        let md = benchmarks::benchmarks_markdown(&bench_runs);
+        write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
     }
-    let mut chains = Vec::new();
-    if let Some(seq) = &cfg.sequential {
-        chains = sequential::run_sequential(cfg, seq, out, &opts)?;
-        let summary = sequential::summarise(&chains, &seq.fractions);
-        write_atomic(
-            &out.join("sequential.md"),
-            sequential::sequential_markdown(&summary, seq.reference).as_bytes(),
-        )?;
-        write_atomic(
-            &out.join("sequential.csv"),
-            sequential::sequential_csv(&chains).as_bytes(),
-        )?;
-    }
-    let diag = diagnostics(cfg, out);
-    write_atomic(
-        &out.join("diagnostics.md"),
-        diagnostics_markdown(&diag).as_bytes(),
-    )?;
+    let chains = match &cfg.sequential {
+        Some(seq) => sequential::run_and_write(cfg, seq, out, &opts)?,
+        None => Vec::new(),
+    };
+    let diag = diagnostics::diagnostics(cfg, out);
+    let md = diagnostics::diagnostics_markdown(&diag);
+    write_atomic(&out.join("diagnostics.md"), md.as_bytes())?;
     let report = ExperimentReport {
         runs,
+        paired,
         table,
         frontier,
         frontier_summary,
@@ -720,7 +301,110 @@ pub fn run_experiment(
     Ok(report)
 }
 
-/// The directory of one run's model, for callers that want to read it.
-pub fn model_dir(out: &Path, scenario: Scenario, seed: u64, method: Method) -> PathBuf {
-    run_dir(out, scenario, seed).join(method.model_name())
+/// One (scenario, seed): the old model, every method, the sweeps where they run, the cached
+/// evaluation, the plots (first seed), and the per-run stages (backfill, benchmarks).
+fn run_one(
+    cfg: &ExperimentConfig,
+    scenario: Scenario,
+    seed: u64,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<RunOutcome, RunError> {
+    let rc = cfg.run_config(scenario, seed);
+    let dir = run_dir(out, scenario, seed);
+    let old_dir = dir.join("old");
+    tracing::info!(%scenario, seed, "experiment run");
+    train_old(&rc, &old_dir, opts)?;
+    let mut dirs = vec![old_dir.clone()];
+    for &m in &cfg.methods {
+        let d = dir.join(m.model_name());
+        train_new(&rc, &old_dir, m, &d, opts)?;
+        dirs.push(d);
+    }
+    let in_sweeps = cfg.sweeps_run_in(scenario, seed);
+    let swept = if in_sweeps {
+        sweeps::train_sweeps(&cfg.sweeps, &rc, &dir, &old_dir, opts)?
+    } else {
+        Vec::new()
+    };
+    let (report, sweep_points) = evaluate_run(&rc, &dirs, &swept, scenario, seed, &dir, opts)?;
+    if seed == cfg.seeds[0] {
+        diagnostics::plot_run(&report, &dir, scenario, seed)?;
+    }
+    let mut points = Vec::new();
+    if in_sweeps {
+        // the main runs give each method its default point
+        points.extend(report.rows.iter().map(|r| FrontierPoint {
+            scenario,
+            seed,
+            method: r.method,
+            knob: None,
+            value: None,
+            self_map: r.self_map,
+            cross_map: r.cross_map,
+            old_old_map: r.old_old_map,
+        }));
+        points.extend(sweep_points);
+    }
+    let oo = report.matrix.at(0, 0).map;
+    let deploy = match &cfg.backfill {
+        Some(bf) => backfill::deploy_run(&rc, oo, bf, scenario, seed, &dir, opts)?,
+        None => Vec::new(),
+    };
+    let benchmarks = if cfg.benchmark.is_empty() {
+        Vec::new()
+    } else {
+        let sc = scenario.to_string();
+        benchmarks::run_benchmarks(&cfg.benchmark, &dirs, &dir, &sc, seed, opts.device)?
+    };
+    Ok(RunOutcome {
+        report,
+        points,
+        deploy,
+        benchmarks,
+    })
+}
+
+/// The evaluation of one run, cached in `dir/eval.json` (recomputed only when a model
+/// changed): the results table's cells for the main models, and each sweep model's self-test
+/// and cross-test against the old model.
+fn evaluate_run(
+    rc: &RunConfig,
+    dirs: &[PathBuf],
+    swept: &[sweeps::SweepModel],
+    scenario: Scenario,
+    seed: u64,
+    dir: &Path,
+    opts: &StepOptions,
+) -> Result<(EvalReport, Vec<FrontierPoint>), RunError> {
+    let all_dirs: Vec<PathBuf> = dirs
+        .iter()
+        .cloned()
+        .chain(swept.iter().map(|s| s.dir.clone()))
+        .collect();
+    cached(&dir.join("eval.json"), &model_ids(&all_dirs)?, || {
+        let test = crate::data::open_test(&rc.data)?;
+        let models = dirs
+            .iter()
+            .map(|d| Embedder::load(d, opts.device))
+            .collect::<Result<Vec<_>, _>>()?;
+        let report = evaluate_models_with(&models, &test, rc.eval_batch, MatrixCells::Table)?;
+        let old_feats = models[0].embed_dataset(&test, rc.eval_batch);
+        let oo = report.matrix.at(0, 0).map;
+        let mut points = Vec::new();
+        for s in swept {
+            let f = Embedder::load(&s.dir, opts.device)?.embed_dataset(&test, rc.eval_batch);
+            points.push(FrontierPoint {
+                scenario,
+                seed,
+                method: s.sweep.method,
+                knob: Some(s.sweep.knob),
+                value: Some(s.value),
+                self_map: leave_one_out(&f, &f, &test.labels)?.map,
+                cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
+                old_old_map: oo,
+            });
+        }
+        Ok((report, points))
+    })
 }

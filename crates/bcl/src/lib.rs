@@ -3,9 +3,9 @@
 //! A new embedding model is trained so that its query vectors can be searched against a
 //! gallery embedded by an older model (no backfilling). The modules follow the concepts of
 //! the project's METHOD.md: [`data`], [`model`], [`loss`], [`perturb`], [`train`], [`eval`],
-//! [`report`] and [`gallery`] (deployment: a store that outlives its model), with [`pipeline`]
+//! [`report`] and [`gallery`] (deployment: a store that outlives its model), with [`run`]
 //! wiring them into the steps the `bcl` binary exposes, [`experiment`] running many of them,
-//! and [`files`] the file I/O they share.
+//! [`files`] the file I/O and [`table`] the tables they share.
 
 pub mod data;
 pub mod eval;
@@ -15,6 +15,7 @@ pub mod gallery;
 pub mod loss;
 pub mod model;
 pub mod perturb;
-pub mod pipeline;
 pub mod report;
+pub mod run;
+pub mod table;
 pub mod train;

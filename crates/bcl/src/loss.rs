@@ -1,17 +1,24 @@
 //! Losses: the classification head (cosine with ArcFace/CosFace margins, or plain softmax) and
 //! the `CompatLoss` trait every compatibility method implements. The training loop only sees
-//! the trait; methods are registered in one place, [`Method::build`].
+//! the trait; methods are registered in one place, [`method::REGISTRY`], one file each under
+//! `methods/`.
 
 use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Reduction, Tensor};
 
+pub mod method;
+pub mod methods;
 pub mod zoo;
+
+use std::collections::BTreeMap;
+
+pub use method::{check, BuildContext, Knob, Method, MethodSpec, Needs, REGISTRY};
 
 use crate::model::l2_normalize;
 use crate::perturb::{
-    class_prototypes, geometry_stats, pseudo_old_table, Ndpp, NdppConfig, Odpp, OdppConfig,
-    Perturbation, RefreshInputs, RefreshStats,
+    class_prototypes, geometry_stats, pseudo_old_table, OdppConfig, Perturbation, RefreshInputs,
+    RefreshStats,
 };
 
 /// Which classification head the model trains with.
@@ -188,10 +195,16 @@ pub trait CompatLoss {
     fn init_params(&mut self, _p: &nn::Path) {}
     /// The unweighted scalar loss on a batch; `None` for a method without one.
     fn loss(&self, inputs: &CompatInputs) -> Option<Tensor>;
-    /// Whether the method refreshes state from the new model (then the loop calls
-    /// [`CompatLoss::refresh`] as [`RefreshConfig`] schedules it).
+    /// Whether the method refreshes state from the new model, and on what schedule.
     fn refresh_config(&self) -> Option<&RefreshConfig> {
         None
+    }
+    /// Whether a refresh is due before batch `batch` (0-based within epoch `epoch`, global
+    /// step `step`): the number of new features per class the refresh wants in its bank, or
+    /// `None`. The training loop asks this before every batch and knows no schedule itself.
+    fn refresh_due(&self, epoch: usize, batch: usize, step: usize) -> Option<usize> {
+        let rc = self.refresh_config()?;
+        rc.due(epoch, batch, step).then_some(rc.bank_per_class)
     }
     /// Refreshes state from a bank of current new features (normalised, detached).
     fn refresh(
@@ -229,6 +242,18 @@ pub struct RefreshConfig {
     pub new_prototypes: NewPrototypes,
     /// Momentum of the moving average (weight of the previous value).
     pub ema_momentum: f64,
+}
+
+impl RefreshConfig {
+    /// Whether a refresh falls before batch `batch` of epoch `epoch` (global step `step`): from
+    /// `start_epoch` on, at each epoch's first batch, or every `every_steps` steps.
+    pub fn due(&self, epoch: usize, batch: usize, step: usize) -> bool {
+        epoch >= self.start_epoch
+            && match self.every_steps {
+                None => batch == 0,
+                Some(r) => step > 0 && step.is_multiple_of(r.max(1)),
+            }
+    }
 }
 
 impl Default for RefreshConfig {
@@ -511,220 +536,6 @@ impl CompatLoss for Bct {
     }
 }
 
-/// The registered compatibility methods.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// No compatibility term.
-    Independent,
-    /// Feature regression to the old embedding.
-    L2,
-    /// Influence loss against the old prototypes (BCT).
-    Bct,
-    /// Influence loss against NDPP's pseudo-old prototypes.
-    Ndpp,
-    /// Influence loss against ODPP's pseudo-old prototypes.
-    Odpp,
-    /// LCE: new classifier aligned with old centres, plus the old-class boundary.
-    Lce,
-    /// UniBCT: influence loss against old prototypes refined over the new class graph.
-    Unibct,
-    /// Hot-Refresh's RACT: contrastive against old features with new→new negatives.
-    Ract,
-    /// AdvBCT: adversarial discriminator plus elastic boundary.
-    Advbct,
-}
-
-impl Method {
-    /// Every registered method.
-    pub const ALL: [Method; 9] = [
-        Method::Independent,
-        Method::L2,
-        Method::Bct,
-        Method::Ndpp,
-        Method::Odpp,
-        Method::Lce,
-        Method::Unibct,
-        Method::Ract,
-        Method::Advbct,
-    ];
-
-    /// The CLI name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Method::Independent => "independent",
-            Method::L2 => "l2",
-            Method::Bct => "bct",
-            Method::Ndpp => "ndpp",
-            Method::Odpp => "odpp",
-            Method::Lce => "lce",
-            Method::Unibct => "unibct",
-            Method::Ract => "ract",
-            Method::Advbct => "advbct",
-        }
-    }
-
-    /// The name of a new model trained with this method, and of its directory in a run
-    /// (`new-bct`): the one place that names them.
-    pub fn model_name(&self) -> String {
-        format!("new-{self}")
-    }
-
-    /// Whether the method needs the old model's class prototypes.
-    pub fn needs_prototypes(&self) -> bool {
-        matches!(
-            self,
-            Method::Bct
-                | Method::Ndpp
-                | Method::Odpp
-                | Method::Lce
-                | Method::Unibct
-                | Method::Advbct
-        )
-    }
-
-    /// Whether the method needs a bank of old features of training images (`F°`).
-    pub fn needs_old_bank(&self) -> bool {
-        matches!(self, Method::Odpp | Method::Lce | Method::Advbct)
-    }
-
-    /// The part of `cfg` this method reads, as JSON: two runs of the method with the same
-    /// view train the same loss (used to refuse resuming a run under other settings).
-    pub fn config_view(&self, cfg: &CompatConfig) -> serde_json::Value {
-        let mut v = self.own_config_view(cfg);
-        // Only when set: runs made before the setting existed keep their view.
-        if self.needs_prototypes() && cfg.prototypes != OldPrototypes::default() {
-            v["prototypes"] = serde_json::json!(cfg.prototypes);
-        }
-        v
-    }
-
-    fn own_config_view(&self, cfg: &CompatConfig) -> serde_json::Value {
-        use serde_json::json;
-        let bank = cfg.odpp.old_bank_per_class;
-        match self {
-            Method::Independent => json!({}),
-            Method::L2 => json!({ "lambda": cfg.lambda }),
-            Method::Bct => json!({ "lambda": cfg.lambda, "scale": cfg.scale }),
-            Method::Ndpp => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
-                "refresh": cfg.refresh, "ndpp": cfg.ndpp }),
-            Method::Odpp => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
-                "refresh": cfg.refresh, "odpp": cfg.odpp_resolved() }),
-            Method::Lce => {
-                json!({ "lambda": cfg.lambda, "old_bank_per_class": bank, "lce": cfg.lce })
-            }
-            Method::Unibct => json!({ "lambda": cfg.lambda, "scale": cfg.scale,
-                "refresh": cfg.refresh, "unibct": cfg.unibct }),
-            Method::Ract => json!({ "lambda": cfg.lambda, "ract": cfg.ract }),
-            Method::Advbct => json!({ "lambda": cfg.lambda, "old_bank_per_class": bank,
-                "advbct": cfg.advbct }),
-        }
-    }
-
-    /// Builds the loss from what the pipeline prepared: `ctx.prototypes` when
-    /// [`Method::needs_prototypes`], `ctx.old_bank` when [`Method::needs_old_bank`].
-    /// Panics if they are missing: a programming error, not bad input.
-    pub fn build(&self, cfg: &CompatConfig, ctx: BuildContext) -> Box<dyn CompatLoss> {
-        let protos = || {
-            ctx.prototypes
-                .as_ref()
-                .expect("this method needs old prototypes")
-                .shallow_clone()
-        };
-        match self {
-            Method::Independent => Box::new(Independent),
-            Method::L2 => Box::new(L2 { lambda: cfg.lambda }),
-            Method::Bct => Box::new(Bct {
-                lambda: cfg.lambda,
-                scale: cfg.scale,
-                prototypes: protos(),
-            }),
-            Method::Ndpp => Box::new(PerturbedBct::new(
-                cfg.lambda,
-                cfg.scale,
-                protos(),
-                cfg.refresh.clone(),
-                Box::new(Ndpp {
-                    cfg: cfg.ndpp.clone(),
-                }),
-            )),
-            Method::Odpp => {
-                let p = protos();
-                let (c, d) = p.size2().expect("prototypes are [C, d]");
-                let (bank, labels) = ctx.old_bank.expect("odpp needs the old feature bank");
-                Box::new(PerturbedBct::new(
-                    cfg.lambda,
-                    cfg.scale,
-                    p,
-                    cfg.refresh.clone(),
-                    Box::new(Odpp::new(cfg.odpp_resolved(), bank, labels, c, d)),
-                ))
-            }
-            Method::Lce => {
-                let (bank, labels) = ctx.old_bank.expect("lce needs the old feature bank");
-                Box::new(zoo::Lce::new(
-                    cfg.lambda,
-                    cfg.lce.clone(),
-                    protos(),
-                    &bank,
-                    &labels,
-                ))
-            }
-            Method::Unibct => Box::new(PerturbedBct::new(
-                cfg.lambda,
-                cfg.scale,
-                protos(),
-                cfg.refresh.clone(),
-                Box::new(zoo::UnibctRefine {
-                    cfg: cfg.unibct.clone(),
-                }),
-            )),
-            Method::Ract => Box::new(zoo::Ract {
-                lambda: cfg.lambda,
-                cfg: cfg.ract.clone(),
-            }),
-            Method::Advbct => {
-                let (bank, labels) = ctx.old_bank.expect("advbct needs the old feature bank");
-                Box::new(zoo::Advbct::new(
-                    cfg.lambda,
-                    cfg.advbct.clone(),
-                    protos(),
-                    &bank,
-                    &labels,
-                ))
-            }
-        }
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Method::ALL.iter().map(|m| m.as_str()).collect();
-                format!("unknown method '{s}': expected one of {}", names.join(", "))
-            })
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What [`Method::build`] may need beyond the configuration.
-#[derive(Default)]
-pub struct BuildContext {
-    /// Old prototypes `P°` `[C, d]`.
-    pub prototypes: Option<Tensor>,
-    /// Old features of training images and their labels (`F°`).
-    pub old_bank: Option<(Tensor, Tensor)>,
-}
-
 /// Where the old class prototypes `P°` come from, for the methods that start from them.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -738,9 +549,11 @@ pub enum OldPrototypes {
     OldClassifier,
 }
 
-/// Configuration of the compatibility term.
+/// Configuration of the compatibility term: the settings every method shares, and each
+/// method's own section `[compat.<method>]` (checked and read by the method, see
+/// [`MethodSpec`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct CompatConfig {
     /// Loss weight λ.
     pub lambda: f64,
@@ -751,53 +564,80 @@ pub struct CompatConfig {
     pub prototypes: OldPrototypes,
     /// When the perturbation methods refresh Δ.
     pub refresh: RefreshConfig,
-    /// NDPP's hyper-parameters.
-    pub ndpp: NdppConfig,
-    /// ODPP's hyper-parameters (its `old_bank_per_class` also sizes the old feature bank of
-    /// `lce` and `advbct`).
-    pub odpp: OdppConfig,
-    /// LCE's hyper-parameters.
-    pub lce: zoo::LceConfig,
-    /// UniBCT's hyper-parameters.
-    pub unibct: zoo::UnibctConfig,
-    /// RACT's hyper-parameters.
-    pub ract: zoo::RactConfig,
-    /// AdvBCT's hyper-parameters.
-    pub advbct: zoo::AdvbctConfig,
+    /// Each method's own settings by method name (`ndpp`, `odpp`, ...): a method's defaults
+    /// fill what its section leaves out. Any other key is refused by
+    /// [`CompatConfig::validate`] (serde cannot deny unknown keys next to a flattened map).
+    #[serde(flatten)]
+    pub methods: BTreeMap<String, toml::Value>,
 }
 
 impl Default for CompatConfig {
     fn default() -> Self {
+        let methods = REGISTRY
+            .iter()
+            .filter_map(|m| {
+                Some((
+                    m.name().to_string(),
+                    toml::Value::Table(m.default_settings()?),
+                ))
+            })
+            .collect();
         Self {
             lambda: 1.0,
             scale: crate::perturb::DEFAULT_SCALE,
             prototypes: OldPrototypes::ClassMeans,
             refresh: RefreshConfig::default(),
-            ndpp: NdppConfig::default(),
-            odpp: OdppConfig::default(),
-            lce: Default::default(),
-            unibct: Default::default(),
-            ract: Default::default(),
-            advbct: Default::default(),
+            methods,
         }
     }
 }
 
-/// Checks that `v` lies where `ok` says, naming the setting and the range otherwise.
-fn check(name: &str, v: f64, ok: bool, range: &str) -> Result<(), String> {
-    if ok && v.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("{name} = {v}: expected {range}"))
-    }
-}
-
 impl CompatConfig {
-    /// ODPP's settings with its logit scale resolved (unset: the influence loss's `scale`).
-    pub fn odpp_resolved(&self) -> OdppConfig {
-        let mut o = self.odpp.clone();
-        o.scale.get_or_insert(self.scale);
-        o
+    /// Size per class of the old feature bank `F°` (odpp, lce, advbct): written
+    /// `compat.odpp.old_bank_per_class`, where ODPP, the first method to use it, put it.
+    pub fn old_bank_per_class(&self) -> Result<usize, String> {
+        Ok(method::section::<OdppConfig>(self, "odpp")?.old_bank_per_class)
+    }
+
+    /// A method's settings, parsed into their type (defaults for what the section leaves out).
+    pub fn settings<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        method: &str,
+    ) -> Result<T, String> {
+        method::section(self, method)
+    }
+
+    /// Changes a method's settings through their type (for code that builds configurations).
+    pub fn update<T: Serialize + serde::de::DeserializeOwned + Default>(
+        &mut self,
+        method: &str,
+        f: impl FnOnce(&mut T),
+    ) -> Result<(), String> {
+        let mut t: T = self.settings(method)?;
+        f(&mut t);
+        let table = toml::Table::try_from(t).map_err(|e| format!("compat.{method}: {e}"))?;
+        self.methods
+            .insert(method.to_string(), toml::Value::Table(table));
+        Ok(())
+    }
+
+    /// Fills each method's section with its defaults where the section leaves a setting out,
+    /// so that a saved configuration lists every setting a run used.
+    pub fn complete(&mut self) {
+        for m in REGISTRY {
+            let Some(defaults) = m.default_settings() else {
+                continue;
+            };
+            let entry = self
+                .methods
+                .entry(m.name().to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(t) = entry.as_table_mut() {
+                for (k, v) in defaults {
+                    t.entry(k).or_insert(v);
+                }
+            }
+        }
     }
 
     /// Checks every setting against its meaning; the error names the setting (as written in a
@@ -822,88 +662,26 @@ impl CompatConfig {
             (0.0..1.0).contains(&m),
             "in [0, 1)",
         )?;
-        let n = &c.ndpp;
-        if n.k == 0 {
-            return Err("compat.ndpp.k = 0: expected >= 1 neighbours".into());
+        for (key, v) in &c.methods {
+            let has_section = REGISTRY
+                .iter()
+                .any(|m| m.name() == key && m.default_settings().is_some());
+            if !has_section {
+                let sections: Vec<&str> = REGISTRY
+                    .iter()
+                    .filter(|m| m.default_settings().is_some())
+                    .map(|m| m.name())
+                    .collect();
+                return Err(format!(
+                    "compat.{key}: unknown setting; [compat] takes lambda, scale, prototypes, \
+                     refresh and a section per method with settings ({})",
+                    sections.join(", ")
+                ));
+            }
+            if !v.is_table() {
+                return Err(format!("compat.{key}: expected a table ([compat.{key}])"));
+            }
         }
-        check("compat.ndpp.tau", n.tau, n.tau > 0.0, "> 0")?;
-        check(
-            "compat.ndpp.alpha",
-            n.alpha,
-            (0.0..=1.0).contains(&n.alpha),
-            "in [0, 1]",
-        )?;
-        check(
-            "compat.ndpp.eps",
-            n.eps,
-            (0.0..1.0).contains(&n.eps),
-            "in [0, 1)",
-        )?;
-        if let Some(b) = n.beta {
-            check("compat.ndpp.beta", b, b > 0.0 && b < 0.5, "in (0, 1/2)")?;
-        }
-        let o = &c.odpp;
-        check("compat.odpp.lr", o.lr, o.lr > 0.0, "> 0")?;
-        check("compat.odpp.mu", o.mu, o.mu >= 0.0, ">= 0")?;
-        check("compat.odpp.gamma", o.gamma, o.gamma >= 0.0, ">= 0")?;
-        check(
-            "compat.odpp.eps",
-            o.eps,
-            (0.0..1.0).contains(&o.eps),
-            "in [0, 1)",
-        )?;
-        if let Some(s) = o.scale {
-            check("compat.odpp.scale", s, s > 0.0, "> 0")?;
-        }
-        if o.old_bank_per_class == 0 {
-            return Err("compat.odpp.old_bank_per_class = 0: expected >= 1".into());
-        }
-        let l = &c.lce;
-        check(
-            "compat.lce.align_weight",
-            l.align_weight,
-            l.align_weight >= 0.0,
-            ">= 0",
-        )?;
-        let b = l.boundary_weight;
-        check("compat.lce.boundary_weight", b, b >= 0.0, ">= 0")?;
-        let u = &c.unibct;
-        if u.k == 0 {
-            return Err("compat.unibct.k = 0: expected >= 1 neighbours".into());
-        }
-        check(
-            "compat.unibct.alpha",
-            u.alpha,
-            (0.0..1.0).contains(&u.alpha),
-            "in [0, 1)",
-        )?;
-        let t = c.ract.temperature;
-        check("compat.ract.temperature", t, t > 0.0, "> 0")?;
-        let a = &c.advbct;
-        check(
-            "compat.advbct.adv_weight",
-            a.adv_weight,
-            a.adv_weight >= 0.0,
-            ">= 0",
-        )?;
-        let b = a.boundary_weight;
-        check("compat.advbct.boundary_weight", b, b >= 0.0, ">= 0")?;
-        check("compat.advbct.elastic", a.elastic, a.elastic >= 0.0, ">= 0")?;
-        let q = a.radius_quantile;
-        check(
-            "compat.advbct.radius_quantile",
-            q,
-            q > 0.0 && q <= 1.0,
-            "in (0, 1]",
-        )?;
-        if a.hidden < 1 {
-            return Err(format!(
-                "compat.advbct.hidden = {}: expected >= 1",
-                a.hidden
-            ));
-        }
-        let g = a.schedule_gamma;
-        check("compat.advbct.schedule_gamma", g, g >= 0.0, ">= 0")?;
-        Ok(())
+        REGISTRY.iter().try_for_each(|m| m.validate(self))
     }
 }

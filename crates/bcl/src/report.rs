@@ -1,14 +1,15 @@
-//! Report: the results table (Markdown, CSV, JSON) and SVG plots (compatibility matrix heat
+//! Report: the results table (Markdown, CSV, JSON, through [`crate::table`]) and SVG plots (compatibility matrix heat
 //! map, training curves). File writes go through [`crate::files`].
 
 use crate::files::write_atomic;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::eval::models::{EvalReport, ResultRow};
 use crate::eval::CompatMatrix;
+use crate::table::{Column, Table};
 use crate::train::EpochStats;
 
 /// Errors of writing reports.
@@ -27,85 +28,75 @@ pub enum ReportError {
     },
 }
 
-/// One row of the results table: a new model evaluated against the old gallery.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ResultRow {
-    /// Method name.
-    pub method: String,
-    /// mAP of the old model against itself (the baseline).
-    pub old_old_map: f64,
-    /// Self-test mAP `M(new→new)`.
-    pub self_map: f64,
-    /// Cross-test mAP `M(new→old)`.
-    pub cross_map: f64,
-    /// Self-test Recall@1.
-    pub self_r1: f64,
-    /// Cross-test Recall@1.
-    pub cross_r1: f64,
-    /// Whether `M(new→old) > M(old→old)` (mAP).
-    pub compatible: bool,
-    /// Update gain on mAP, when an independent model is there to define it.
-    pub gain: Option<f64>,
-}
-
 /// Renders rows as a Markdown table.
 pub fn rows_markdown(rows: &[ResultRow]) -> String {
-    let mut s = String::from(
-        "| method | old→old mAP | self mAP | cross mAP | self R@1 | cross R@1 | compatible | gain |\n|---|---:|---:|---:|---:|---:|:---:|---:|\n",
+    let mut t = Table::new(
+        std::iter::once(Column::text("method"))
+            .chain(
+                [
+                    "old→old mAP",
+                    "self mAP",
+                    "cross mAP",
+                    "self R@1",
+                    "cross R@1",
+                ]
+                .map(Column::number),
+            )
+            .chain([Column::flag("compatible"), Column::number("gain")]),
     );
     for r in rows {
-        s.push_str(&format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {} |\n",
-            r.method,
-            r.old_old_map,
-            r.self_map,
-            r.cross_map,
-            r.self_r1,
-            r.cross_r1,
-            if r.compatible { "yes" } else { "no" },
+        let mut row = vec![r.method.to_string()];
+        row.extend(r.figures().map(|v| format!("{v:.4}")));
+        row.push(if r.compatible { "yes" } else { "no" }.into());
+        row.push(
             r.gain
                 .map(|g| format!("{g:.3}"))
-                .unwrap_or_else(|| "–".into())
-        ));
+                .unwrap_or_else(|| "–".into()),
+        );
+        t.push(row);
     }
-    s
+    t.markdown()
 }
 
 /// Renders rows as CSV.
 pub fn rows_csv(rows: &[ResultRow]) -> String {
-    let mut s =
-        String::from("method,old_old_map,self_map,cross_map,self_r1,cross_r1,compatible,gain\n");
+    let mut t = Table::new(
+        [
+            "method",
+            "old_old_map",
+            "self_map",
+            "cross_map",
+            "self_r1",
+            "cross_r1",
+            "compatible",
+            "gain",
+        ]
+        .map(Column::text),
+    );
     for r in rows {
-        s.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{},{}\n",
-            r.method,
-            r.old_old_map,
-            r.self_map,
-            r.cross_map,
-            r.self_r1,
-            r.cross_r1,
-            r.compatible,
-            r.gain.map(|g| format!("{g:.6}")).unwrap_or_default()
-        ));
+        let mut row = vec![r.method.to_string()];
+        row.extend(r.figures().map(|v| format!("{v:.6}")));
+        row.push(r.compatible.to_string());
+        row.push(r.gain.map(|g| format!("{g:.6}")).unwrap_or_default());
+        t.push(row);
     }
-    s
+    t.csv()
 }
 
 /// Renders the compatibility matrix (mAP) as CSV, rows query model, columns gallery model.
 pub fn matrix_csv(m: &CompatMatrix) -> String {
-    let mut s = format!("query\\gallery,{}\n", m.models.join(","));
+    let mut t = Table::new(
+        std::iter::once(Column::text("query\\gallery")).chain(m.models.iter().map(Column::number)),
+    );
     for (q, row) in m.models.iter().zip(&m.cells) {
-        let cells: Vec<String> = row
-            .iter()
-            .map(|c| {
-                c.as_ref()
-                    .map(|c| format!("{:.6}", c.map))
-                    .unwrap_or_default()
-            })
-            .collect();
-        s.push_str(&format!("{q},{}\n", cells.join(",")));
+        let cells = row.iter().map(|c| {
+            c.as_ref()
+                .map(|c| format!("{:.6}", c.map))
+                .unwrap_or_default()
+        });
+        t.push(std::iter::once(q.clone()).chain(cells).collect());
     }
-    s
+    t.csv()
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
@@ -520,4 +511,28 @@ pub fn plot_prototypes_pca(
         root.present().map_err(|e| plot_err(path, e))?;
     }
     Ok(write_atomic(path, svg.as_bytes())?)
+}
+
+/// Writes an evaluation's tables and plots into `dir`: results.md/.csv, metrics.json,
+/// matrix.csv, compat_matrix.svg and (when given) training_curves.svg.
+pub fn write_eval_report(
+    dir: &Path,
+    report: &EvalReport,
+    curves: &[(String, Vec<EpochStats>)],
+) -> Result<(), ReportError> {
+    write_atomic(
+        &dir.join("results.md"),
+        rows_markdown(&report.rows).as_bytes(),
+    )?;
+    write_atomic(&dir.join("results.csv"), rows_csv(&report.rows).as_bytes())?;
+    write_atomic(
+        &dir.join("matrix.csv"),
+        matrix_csv(&report.matrix).as_bytes(),
+    )?;
+    crate::files::write_json(&dir.join("metrics.json"), report)?;
+    plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
+    if !curves.is_empty() {
+        plot_curves(curves, &dir.join("training_curves.svg"))?;
+    }
+    Ok(())
 }

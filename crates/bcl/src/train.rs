@@ -1,11 +1,22 @@
 //! Training: one loop for every model (old or new, any compatibility method): learning-rate
-//! schedule with warm-up, SGD with momentum, per-epoch checkpoints written atomically, resume,
-//! progress and the per-epoch history.
+//! schedule with warm-up, the epoch and its steps, refreshes when the loss asks for them.
+//! Around it, one file per concern: the optimiser (`sgd`), the checkpoint and resume protocol
+//! (`checkpoint`), the epoch meter and progress bar (`meter`), export of the model and its
+//! card (`export`).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+mod checkpoint;
+mod export;
+mod meter;
+mod sgd;
 
-use indicatif::{ProgressBar, ProgressStyle};
+pub use checkpoint::{finished_run, job_config_string, save_safetensors_atomic, COMPAT_VARS};
+pub use sgd::Sgd;
+
+use checkpoint::{ckpt_err, read_checkpoint_state, Checkpoint, CheckpointState};
+use meter::EpochMeter;
+
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -15,8 +26,8 @@ use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset
 use crate::files::FileError;
 use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
 use crate::model::{
-    file_id, load_pretrained, Backbone, Embedder, EmbeddingNet, ModelCard, ModelConfig,
-    BACKBONE_PATH, CARD_FILE, WEIGHTS_FILE,
+    load_pretrained, Backbone, Embedder, EmbeddingNet, ModelCard, ModelConfig, BACKBONE_PATH,
+    CARD_FILE,
 };
 use crate::perturb::RefreshStats;
 
@@ -177,86 +188,6 @@ pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize, per_epoch: usize) -> 
     }
 }
 
-/// SGD with momentum and decoupled-from-nothing (PyTorch-style) weight decay.
-///
-/// Written here rather than using `tch::nn::Sgd` because a resumable checkpoint needs the
-/// momentum buffers, which tch's optimiser wrapper does not expose.
-pub struct Sgd {
-    params: Vec<(String, Tensor)>,
-    bufs: Vec<Option<Tensor>>,
-    momentum: f64,
-    weight_decay: f64,
-}
-
-impl Sgd {
-    /// An optimiser over the trainable variables of `vs`.
-    pub fn new(vs: &nn::VarStore, momentum: f64, weight_decay: f64) -> Self {
-        let mut params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let bufs = params.iter().map(|_| None).collect();
-        Self {
-            params,
-            bufs,
-            momentum,
-            weight_decay,
-        }
-    }
-
-    /// Clears the gradients.
-    pub fn zero_grad(&mut self) {
-        for (_, p) in self.params.iter_mut() {
-            p.zero_grad();
-        }
-    }
-
-    /// One update with learning rate `lr`: `buf = μ·buf + (g + wd·w)`, `w -= lr·buf`.
-    pub fn step(&mut self, lr: f64) {
-        tch::no_grad(|| {
-            for ((_, p), buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let d = if self.weight_decay > 0.0 {
-                    &g + &*p * self.weight_decay
-                } else {
-                    g
-                };
-                let b = match buf.take() {
-                    None => d,
-                    Some(mut b) => {
-                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
-                        b
-                    }
-                };
-                let _ = p.g_sub_(&(&b * lr));
-                *buf = Some(b);
-            }
-        });
-    }
-
-    /// The momentum buffers by variable name, for a checkpoint.
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.bufs)
-            .filter_map(|((n, _), b)| b.as_ref().map(|b| (n.clone(), b.shallow_clone())))
-            .collect()
-    }
-
-    /// Restores momentum buffers saved by [`Sgd::state`].
-    pub fn load_state(&mut self, state: Vec<(String, Tensor)>, device: Device) {
-        let map: std::collections::HashMap<String, Tensor> = state.into_iter().collect();
-        for ((n, _), b) in self.params.iter().zip(self.bufs.iter_mut()) {
-            *b = map.get(n).map(|t| t.to_device(device));
-        }
-    }
-}
-
 /// Figures of one epoch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochStats {
@@ -276,15 +207,6 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Training throughput.
     pub images_per_s: f64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CheckpointState {
-    epochs_done: usize,
-    config: String,
-    history: Vec<EpochStats>,
-    #[serde(default)]
-    refreshes: Vec<RefreshStats>,
 }
 
 /// Everything one training run needs.
@@ -341,47 +263,6 @@ pub struct TrainOutcome {
     pub refreshes: Vec<RefreshStats>,
 }
 
-fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
-/// Saves named tensors as safetensors atomically (temp file in the same directory, then rename).
-pub fn save_safetensors_atomic(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp.safetensors",
-        path.file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("weights"),
-        std::process::id()
-    ));
-    let cpu: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
-        .collect();
-    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ckpt_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e))?;
-    Ok(())
-}
-
-/// Name of the variable-store path under which a compatibility loss keeps its variables.
-pub const COMPAT_VARS: &str = "compat";
-
-fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Maps a batch normalised for one model to another model's normalisation.
 pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor {
     if from == to {
@@ -411,58 +292,8 @@ fn embed_items(
 /// Serialises model initialisation across threads (see its use in [`train`]).
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The string a checkpoint records to tell whether a resumed run is the same run.
-pub fn job_config_string(
-    model: &ModelConfig,
-    train: &TrainConfig,
-    method: &str,
-    note: &str,
-    split_fingerprint: &str,
-) -> String {
-    serde_json::to_string(&(model, train, method, note, split_fingerprint))
-        .expect("config serialises")
-}
-
-/// Reads a checkpoint's state file; a checkpoint of another configuration is an error.
-fn read_checkpoint_state(path: &Path, config_str: &str) -> Result<CheckpointState, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ckpt_err(path, e))?;
-    let st: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(path, e))?;
-    if st.config != config_str {
-        return Err(TrainError::ConfigChanged {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(st)
-}
-
-/// The outcome of a run in `out` that already finished with the same configuration string
-/// (so that callers can skip preparing a job that would do nothing); `None` when there is no
-/// finished run there. A checkpoint of another configuration is an error.
-pub fn finished_run(
-    out: &Path,
-    config_str: &str,
-    epochs: usize,
-) -> Result<Option<TrainOutcome>, TrainError> {
-    let state_path = out.join("checkpoint").join("state.json");
-    let card_path = out.join(CARD_FILE);
-    if !(state_path.exists() && card_path.exists()) {
-        return Ok(None);
-    }
-    let st = read_checkpoint_state(&state_path, config_str)?;
-    if st.epochs_done != epochs {
-        return Ok(None);
-    }
-    Ok(Some(TrainOutcome {
-        card: ModelCard::read(&card_path)?,
-        history: st.history,
-        dir: out.to_path_buf(),
-        probe_features: None,
-        refreshes: st.refreshes,
-    }))
-}
-
-/// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
-pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
+/// Checks what a job can be checked for before anything is written.
+fn check_job(job: &TrainJob) -> Result<(), TrainError> {
     job.train.validate()?;
     job.model.validate()?;
     if job.data.is_empty() {
@@ -475,11 +306,81 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
             job.model.in_channels, shape[0], shape[0]
         )));
     }
-    let out = &job.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| ckpt_err(out, e))?;
-    let ckpt_dir = out.join("checkpoint");
-    let state_path = ckpt_dir.join("state.json");
-    let card_path = out.join(CARD_FILE);
+    if job.compat.needs_old_embeddings() && job.old.is_none() {
+        return Err(TrainError::Config(format!(
+            "method {} needs the old model",
+            job.compat.name()
+        )));
+    }
+    Ok(())
+}
+
+/// The model being trained: its variables, network, head, compatibility loss and optimiser.
+struct Model<'a> {
+    vs: nn::VarStore,
+    net: EmbeddingNet,
+    head: ClassifierHead,
+    compat: Box<dyn CompatLoss + 'a>,
+    opt: Sgd,
+}
+
+impl<'a> Model<'a> {
+    /// Seeded initialisation (pretrained backbone weights when configured and not resuming).
+    fn init(
+        job: &TrainJob,
+        mut compat: Box<dyn CompatLoss + 'a>,
+        fresh: bool,
+    ) -> Result<Self, TrainError> {
+        // libtorch's generator is process-global: hold a lock from seeding to the last draw of
+        // the initialisation, so trainings in parallel threads (tests, a library user's pool)
+        // cannot reseed it between another's seed and its draws.
+        let init_guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(job.train.seed as i64);
+        let vs = nn::VarStore::new(job.device);
+        let net = EmbeddingNet::new(&(vs.root() / "net"), &job.model);
+        let classes = job.classes.len() as i64;
+        let head = ClassifierHead::new(
+            &(vs.root() / "classifier"),
+            &job.train.head,
+            job.model.dim,
+            classes,
+        );
+        if let (Some(w), true) = (&job.model.pretrained, fresh) {
+            if job.model.backbone == Backbone::Small {
+                return Err(TrainError::Config(
+                    "model.pretrained needs backbone = \"resnet18\" or \"resnet50\"".into(),
+                ));
+            }
+            let n = load_pretrained(&vs, w, &format!("net.{BACKBONE_PATH}"))?;
+            tracing::info!(tensors = n, file = %w.display(), "backbone initialised from pretrained weights");
+        }
+        compat.init_params(&(vs.root() / COMPAT_VARS));
+        drop(init_guard);
+        let opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
+        Ok(Self {
+            vs,
+            net,
+            head,
+            compat,
+            opt,
+        })
+    }
+}
+
+/// Where a run stands: epochs done, their figures and the refreshes so far.
+#[derive(Default)]
+struct Progress {
+    epochs_done: usize,
+    history: Vec<EpochStats>,
+    refreshes: Vec<RefreshStats>,
+}
+
+/// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
+pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
+    check_job(&job)?;
+    let out = job.out_dir.clone();
+    std::fs::create_dir_all(&out).map_err(|e| ckpt_err(&out, e))?;
+    let ckpt = Checkpoint::of(&out);
     let config_str = job_config_string(
         &job.model,
         &job.train,
@@ -487,285 +388,221 @@ pub fn train(job: TrainJob) -> Result<TrainOutcome, TrainError> {
         &job.note,
         &job.split_fingerprint,
     );
-
-    if (card_path.exists() || state_path.exists()) && !job.resume {
-        return Err(TrainError::Exists(out.clone()));
+    if (out.join(CARD_FILE).exists() || ckpt.state.exists()) && !job.resume {
+        return Err(TrainError::Exists(out));
     }
-    let mut start_epoch = 0;
-    let mut history = Vec::new();
     if job.resume {
-        if let Some(done) = finished_run(out, &config_str, job.train.epochs)? {
+        if let Some(done) = finished_run(&out, &config_str, job.train.epochs)? {
             return Ok(done);
         }
     }
-    let loaded_state = if job.resume && state_path.exists() {
-        Some(read_checkpoint_state(&state_path, &config_str)?)
-    } else {
-        None
+    let loaded = match job.resume && ckpt.state.exists() {
+        true => Some(read_checkpoint_state(&ckpt.state, &config_str)?),
+        false => None,
     };
-
     let (mean, std) = job.data.pixel_stats()?;
     let norm = Normalization { mean, std };
-    let n_classes = job.classes.len() as i64;
-    // libtorch's generator is process-global: hold a lock from seeding to the last draw of the
-    // initialisation, so trainings in parallel threads (tests, a library user's pool) cannot
-    // reseed it between another's seed and its draws (seen as a flaky resume-equality test).
-    let init_guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(job.train.seed as i64);
-    let mut vs = nn::VarStore::new(job.device);
-    let net = EmbeddingNet::new(&(vs.root() / "net"), &job.model);
-    let head = ClassifierHead::new(
-        &(vs.root() / "classifier"),
-        &job.train.head,
-        job.model.dim,
-        n_classes,
-    );
-    if let (Some(w), None) = (&job.model.pretrained, &loaded_state) {
-        if job.model.backbone == Backbone::Small {
-            return Err(TrainError::Config(
-                "model.pretrained needs backbone = \"resnet18\" or \"resnet50\"".into(),
-            ));
-        }
-        let n = load_pretrained(&vs, w, &format!("net.{BACKBONE_PATH}"))?;
-        tracing::info!(tensors = n, file = %w.display(), "backbone initialised from pretrained weights");
+    // The loss moves into the model; the job keeps an inert placeholder.
+    let compat = std::mem::replace(&mut job.compat, Box::new(crate::loss::Independent));
+    let mut m = Model::init(&job, compat, loaded.is_none())?;
+    let mut p = Progress::default();
+    if let Some(st) = loaded {
+        ckpt.restore(&mut m.vs, &mut m.opt, m.compat.as_mut(), job.device)?;
+        p = Progress {
+            epochs_done: st.epochs_done,
+            history: st.history,
+            refreshes: st.refreshes,
+        };
+        tracing::info!(epoch = p.epochs_done, "resumed from checkpoint");
     }
-    let mut compat = job.compat;
-    compat.init_params(&(vs.root() / COMPAT_VARS));
-    drop(init_guard);
-    let mut opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
-    let mut refreshes: Vec<RefreshStats> = Vec::new();
-
-    if let Some(st) = loaded_state {
-        let w = ckpt_dir.join("weights.safetensors");
-        vs.load(&w).map_err(|e| ckpt_err(&w, e))?;
-        let o = ckpt_dir.join("optimizer.safetensors");
-        let state = Tensor::read_safetensors(&o).map_err(|e| ckpt_err(&o, e))?;
-        opt.load_state(state, job.device);
-        let c = ckpt_dir.join("compat.safetensors");
-        if c.exists() {
-            let state = Tensor::read_safetensors(&c).map_err(|e| ckpt_err(&c, e))?;
-            compat.load_state(&state);
-        }
-        start_epoch = st.epochs_done;
-        history = st.history;
-        refreshes = st.refreshes;
-        tracing::info!(epoch = start_epoch, "resumed from checkpoint");
-    }
-
-    let n = job.data.len();
-    let all_labels = job.data.labels();
-    let per_epoch = n.div_ceil(job.train.batch_size);
-    let total = per_epoch * job.train.epochs;
-    let old_norm = job.old.map(|o| o.card.normalization);
-    let needs_old = compat.needs_old_embeddings();
-    if needs_old && job.old.is_none() {
-        return Err(TrainError::Config(format!(
-            "method {} needs the old model",
-            compat.name()
-        )));
-    }
-
-    for epoch in start_epoch..job.train.epochs {
-        if job.stop_after.is_some_and(|k| epoch >= start_epoch + k) {
+    let start = p.epochs_done;
+    for epoch in start..job.train.epochs {
+        if job.stop_after.is_some_and(|k| epoch >= start + k) {
             return Err(TrainError::Interrupted {
                 epochs_done: epoch,
-                dir: out.clone(),
+                dir: out,
             });
         }
-        let t0 = Instant::now();
-        let order = epoch_order(n, job.train.seed, epoch);
-        // the batches of this epoch, augmented (files: decoded ahead on a background thread)
-        let mut batches = job.data.batches(
-            &order,
-            job.train.batch_size,
-            Some((&job.train.augment, job.train.seed, epoch)),
-            norm,
-            job.device,
-        );
-        {
-            // Under the initialisation lock: a reseed from this thread must not land between
-            // another training's seed and its initial draws (no op of the epoch itself draws
-            // from libtorch's generator today; the seed keeps any future one reproducible).
-            let _g = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
-        }
-        let bar = if job.progress {
-            let b = ProgressBar::new(per_epoch as u64);
-            b.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(format!(
-                "{} epoch {}/{}",
-                job.name,
-                epoch + 1,
-                job.train.epochs
-            ));
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        let (mut s_cls, mut s_comp, mut s_tot, mut correct, mut seen) =
-            (0f64, 0f64, 0f64, 0i64, 0usize);
-        let mut lr = job.train.lr;
-        for (bi, chunk) in order.chunks(job.train.batch_size).enumerate() {
-            let step = epoch * per_epoch + bi;
-            lr = lr_at(&job.train, step, total, per_epoch);
-            if let Some(rc) = compat.refresh_config().cloned() {
-                let due = epoch >= rc.start_epoch
-                    && match rc.every_steps {
-                        None => bi == 0,
-                        Some(r) => step > 0 && step.is_multiple_of(r.max(1)),
-                    };
-                if due {
-                    let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
-                    let idx = per_class_sample(&all_labels, rc.bank_per_class, &mut brng);
-                    let (bank, labels) = embed_items(&net, job.data, &idx, norm, job.device)?;
-                    if let Some(s) = compat.refresh(&bank, &labels, epoch, step) {
-                        tracing::info!(
-                            model = %job.name, epoch, step, mean_delta = s.mean_delta, max_delta = s.max_delta,
-                            nn_before = s.nn_sim_before, nn_after = s.nn_sim_after, own = s.own_nearest_share,
-                            j_before = ?s.j_before, j_after = ?s.j_after, "refreshed prototypes"
-                        );
-                        refreshes.push(s);
-                    }
-                }
-            }
-            let (x, y) = batches.next().ok_or_else(|| {
-                TrainError::Config(format!("batch {bi} of epoch {} is missing", epoch + 1))
-            })??;
-            let old_emb = match (needs_old, job.old) {
-                (true, Some(o)) => {
-                    Some(o.embed_batch(&renormalize(&x, norm, old_norm.expect("old present"))))
-                }
-                _ => None,
-            };
-            let f = net.forward_t(&x, true);
-            let l_cls = head.loss(&f, &y);
-            let comp = compat.loss(&CompatInputs {
-                new: &f,
-                labels: &y,
-                old: old_emb.as_ref(),
-                classifier: Some(head.weight()),
-                progress: step as f64 / total as f64,
-            });
-            let total_loss = match &comp {
-                Some(c) => &l_cls + c * compat.weight(),
-                None => l_cls.shallow_clone(),
-            };
-            let tl = total_loss.double_value(&[]);
-            if !tl.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    step: bi,
-                    loss: tl,
-                });
-            }
-            opt.zero_grad();
-            total_loss.backward();
-            opt.step(lr);
-            compat.observe(&f.detach(), &y);
-            let b = chunk.len();
-            s_cls += l_cls.double_value(&[]) * b as f64;
-            s_comp += comp.as_ref().map(|c| c.double_value(&[])).unwrap_or(0.0) * b as f64;
-            s_tot += tl * b as f64;
-            tch::no_grad(|| {
-                let pred = head.plain_logits(&f.detach()).argmax(1, false);
-                correct += pred.eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-            });
-            seen += b;
-            bar.inc(1);
-            if bi % 20 == 0 {
-                bar.set_message(format!("loss {:.3}", s_tot / seen as f64));
-            }
-        }
-        bar.finish_and_clear();
-        let secs = t0.elapsed().as_secs_f64();
-        let stats = EpochStats {
-            epoch: epoch + 1,
-            lr,
-            loss_cls: s_cls / seen as f64,
-            loss_comp: s_comp / seen as f64,
-            loss_total: s_tot / seen as f64,
-            train_acc: correct as f64 / seen as f64,
-            seconds: secs,
-            images_per_s: seen as f64 / secs,
-        };
+        let stats = run_epoch(&job, &mut m, epoch, norm, &mut p.refreshes)?;
         tracing::info!(
             model = %job.name, epoch = stats.epoch, loss = stats.loss_total, acc = stats.train_acc,
             img_s = stats.images_per_s, "epoch done"
         );
-        history.push(stats);
-        // Checkpoint: weights and optimiser first, then the state file that names them.
-        std::fs::create_dir_all(&ckpt_dir).map_err(|e| ckpt_err(&ckpt_dir, e))?;
-        save_safetensors_atomic(&ckpt_dir.join("weights.safetensors"), &named_vars(&vs))?;
-        save_safetensors_atomic(&ckpt_dir.join("optimizer.safetensors"), &opt.state())?;
-        let cstate = compat.state();
-        if !cstate.is_empty() {
-            save_safetensors_atomic(&ckpt_dir.join("compat.safetensors"), &cstate)?;
-        }
-        let st = CheckpointState {
-            epochs_done: epoch + 1,
+        p.history.push(stats);
+        p.epochs_done = epoch + 1;
+        let state = CheckpointState {
+            epochs_done: p.epochs_done,
             config: config_str.clone(),
-            history: history.clone(),
-            refreshes: refreshes.clone(),
+            history: p.history.clone(),
+            refreshes: p.refreshes.clone(),
         };
-        crate::files::write_json(&state_path, &st)?;
+        ckpt.save(&m.vs, &m.opt, m.compat.as_ref(), &state)?;
     }
+    finish(&job, &m, norm, p)
+}
 
+/// Embeds the probe (if any) with the in-memory model, exports the model and its card.
+fn finish(
+    job: &TrainJob,
+    m: &Model,
+    norm: Normalization,
+    p: Progress,
+) -> Result<TrainOutcome, TrainError> {
     let probe_features = match job.probe {
-        Some(p) => {
-            let idx: Vec<usize> = (0..p.len()).collect();
-            let (f, _) = embed_items(&net, TrainData::Memory(p), &idx, norm, job.device)?;
+        Some(d) => {
+            let idx: Vec<usize> = (0..d.len()).collect();
+            let (f, _) = embed_items(&m.net, TrainData::Memory(d), &idx, norm, job.device)?;
             Some(f.to_device(Device::Cpu))
         }
         None => None,
     };
-    let wpath = out.join(WEIGHTS_FILE);
-    // The model file holds the model: a method's own variables (a discriminator) stay in the
-    // checkpoint only.
-    let model_vars: Vec<(String, Tensor)> = named_vars(&vs)
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with(&format!("{COMPAT_VARS}.")))
-        .collect();
-    save_safetensors_atomic(&wpath, &model_vars)?;
-    let card = ModelCard {
-        format: 1,
-        id: file_id(&wpath)?,
-        name: job.name.clone(),
+    let facts = export::CardFacts {
+        name: &job.name,
         role: job.role,
-        // An old model is trained for classification only.
-        method: if job.role == crate::model::Role::Old {
-            "none".into()
-        } else {
-            compat.name().to_string()
-        },
-        arch: job.model.clone(),
-        classes: job.classes.clone(),
+        model: &job.model,
+        classes: &job.classes,
         normalization: norm,
-        input_shape: shape,
-        split_fingerprint: job.split_fingerprint.clone(),
-        train_images: n,
+        input_shape: job.data.shape(),
+        split_fingerprint: &job.split_fingerprint,
+        train_images: job.data.len(),
         seed: job.train.seed,
         epochs: job.train.epochs,
-        // An unconstrained model claims no compatibility, even when trained beside an old one.
-        compatible_with: job
-            .old
-            .filter(|_| compat.weight() > 0.0)
-            .map(|o| o.card.id.clone()),
-        note: job.note.clone(),
+        old: job.old,
+        note: &job.note,
     };
-    crate::files::write_json(&out.join("history.json"), &history)?;
-    if !refreshes.is_empty() {
-        crate::files::write_json(&out.join("refreshes.json"), &refreshes)?;
-    }
-    crate::files::write_json(&card_path, &card)?;
+    let card = export::export(
+        &job.out_dir,
+        &m.vs,
+        m.compat.as_ref(),
+        facts,
+        &p.history,
+        &p.refreshes,
+    )?;
     Ok(TrainOutcome {
         card,
-        history,
-        dir: out.clone(),
+        history: p.history,
+        dir: job.out_dir.clone(),
         probe_features,
-        refreshes,
+        refreshes: p.refreshes,
     })
+}
+
+/// One epoch: the seeded order, augmented batches, refreshes where the loss asks for them,
+/// the head loss plus λ·the method's loss, SGD steps; returns the epoch's figures.
+fn run_epoch(
+    job: &TrainJob,
+    m: &mut Model,
+    epoch: usize,
+    norm: Normalization,
+    refreshes: &mut Vec<RefreshStats>,
+) -> Result<EpochStats, TrainError> {
+    let n = job.data.len();
+    let per_epoch = n.div_ceil(job.train.batch_size);
+    let total = per_epoch * job.train.epochs;
+    let order = epoch_order(n, job.train.seed, epoch);
+    // the batches of this epoch, augmented (files: decoded ahead on a background thread)
+    let mut batches = job.data.batches(
+        &order,
+        job.train.batch_size,
+        Some((&job.train.augment, job.train.seed, epoch)),
+        norm,
+        job.device,
+    );
+    {
+        // Under the initialisation lock: a reseed from this thread must not land between
+        // another training's seed and its initial draws (no op of the epoch itself draws
+        // from libtorch's generator today; the seed keeps any future one reproducible).
+        let _g = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
+    }
+    let label = format!("{} epoch {}/{}", job.name, epoch + 1, job.train.epochs);
+    let mut meter = EpochMeter::start(per_epoch, label, job.progress);
+    let mut lr = job.train.lr;
+    for (bi, chunk) in order.chunks(job.train.batch_size).enumerate() {
+        let step = epoch * per_epoch + bi;
+        lr = lr_at(&job.train, step, total, per_epoch);
+        if let Some(per_class) = m.compat.refresh_due(epoch, bi, step) {
+            refreshes.extend(refresh(job, m, norm, per_class, epoch, step)?);
+        }
+        let (x, y) = batches.next().ok_or_else(|| {
+            TrainError::Config(format!("batch {bi} of epoch {} is missing", epoch + 1))
+        })??;
+        let (cls, comp, total_loss, correct) = step_on(job, m, &x, &y, norm, lr, step, total)
+            .map_err(|loss| TrainError::Diverged {
+                epoch: epoch + 1,
+                step: bi,
+                loss,
+            })?;
+        meter.add(chunk.len(), cls, comp, total_loss, correct);
+    }
+    Ok(meter.finish(epoch + 1, lr))
+}
+
+/// A refresh of the method's state from a seeded per-class bank of current new features.
+fn refresh(
+    job: &TrainJob,
+    m: &mut Model,
+    norm: Normalization,
+    per_class: usize,
+    epoch: usize,
+    step: usize,
+) -> Result<Option<RefreshStats>, TrainError> {
+    let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
+    let idx = per_class_sample(&job.data.labels(), per_class, &mut brng);
+    let (bank, labels) = embed_items(&m.net, job.data, &idx, norm, job.device)?;
+    let s = m.compat.refresh(&bank, &labels, epoch, step);
+    if let Some(s) = &s {
+        tracing::info!(
+            model = %job.name, epoch, step, mean_delta = s.mean_delta, max_delta = s.max_delta,
+            nn_before = s.nn_sim_before, nn_after = s.nn_sim_after, own = s.own_nearest_share,
+            j_before = ?s.j_before, j_after = ?s.j_after, "refreshed prototypes"
+        );
+    }
+    Ok(s)
+}
+
+/// One SGD step on batch `(x, y)`: returns the batch's mean classification, compatibility and
+/// total losses and the head's correct count, or the total loss when it is not finite.
+#[allow(clippy::too_many_arguments)]
+fn step_on(
+    job: &TrainJob,
+    m: &mut Model,
+    x: &Tensor,
+    y: &Tensor,
+    norm: Normalization,
+    lr: f64,
+    step: usize,
+    total: usize,
+) -> Result<(f64, f64, f64, i64), f64> {
+    let old_emb = match (m.compat.needs_old_embeddings(), job.old) {
+        (true, Some(o)) => Some(o.embed_batch(&renormalize(x, norm, o.card.normalization))),
+        _ => None,
+    };
+    let f = m.net.forward_t(x, true);
+    let l_cls = m.head.loss(&f, y);
+    let comp = m.compat.loss(&CompatInputs {
+        new: &f,
+        labels: y,
+        old: old_emb.as_ref(),
+        classifier: Some(m.head.weight()),
+        progress: step as f64 / total as f64,
+    });
+    let total_loss = match &comp {
+        Some(c) => &l_cls + c * m.compat.weight(),
+        None => l_cls.shallow_clone(),
+    };
+    let tl = total_loss.double_value(&[]);
+    if !tl.is_finite() {
+        return Err(tl);
+    }
+    m.opt.zero_grad();
+    total_loss.backward();
+    m.opt.step(lr);
+    m.compat.observe(&f.detach(), y);
+    let correct = tch::no_grad(|| {
+        let pred = m.head.plain_logits(&f.detach()).argmax(1, false);
+        pred.eq_tensor(y).sum(Kind::Int64).int64_value(&[])
+    });
+    let comp_v = comp.as_ref().map(|c| c.double_value(&[])).unwrap_or(0.0);
+    Ok((l_cls.double_value(&[]), comp_v, tl, correct))
 }

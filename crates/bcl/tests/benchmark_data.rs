@@ -313,7 +313,7 @@ fn cifar100_runs_through_the_pipeline() {
     use bcl::data::DataFormat;
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline::{self, RunConfig, StepOptions};
+    use bcl::run::{self, RunConfig, StepOptions};
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("cifar-100-binary");
     std::fs::create_dir_all(&dir).unwrap();
@@ -341,16 +341,16 @@ fn cifar100_runs_through_the_pipeline() {
         stop_after: None,
     };
     // a grey-scale model on colour images: refused with the setting to change
-    let e = pipeline::train_old(&cfg, &d.path().join("old1"), &opts)
+    let e = run::train_old(&cfg, &d.path().join("old1"), &opts)
         .unwrap_err()
         .to_string();
     assert!(e.contains("in_channels = 3"), "{e}");
     cfg.model.in_channels = 3;
-    pipeline::train_old(&cfg, &d.path().join("old"), &opts).unwrap();
-    let new = pipeline::train_new(
+    run::train_old(&cfg, &d.path().join("old"), &opts).unwrap();
+    let new = run::train_new(
         &cfg,
         &d.path().join("old"),
-        Method::Bct,
+        Method::BCT,
         &d.path().join("new"),
         &opts,
     )
@@ -361,7 +361,7 @@ fn cifar100_runs_through_the_pipeline() {
         Embedder::load(&d.path().join("new"), tch::Device::Cpu).unwrap(),
     ];
     let test = bcl::data::open_test(&cfg.data).unwrap();
-    let r = pipeline::evaluate_models(&models, &test, 64).unwrap();
+    let r = bcl::eval::models::evaluate_models(&models, &test, 64).unwrap();
     assert_eq!(r.test_items, 100);
     assert_eq!(r.rows.len(), 1);
     // a wrong class count is refused

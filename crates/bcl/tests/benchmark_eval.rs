@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bcl::data::images::ImagePrep;
+use bcl::eval::protocol::{
+    embed_files, evaluate_benchmark, BenchmarkConfig, BenchmarkKind, Figures, FileSet,
+};
 use bcl::eval::retrieval_metrics;
 use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
 use bcl::loss::Method;
 use bcl::model::Embedder;
-use bcl::pipeline;
-use bcl::pipeline::benchmark::{
-    embed_files, evaluate_benchmark, BenchmarkConfig, BenchmarkKind, FileSet,
-};
+use bcl::run;
 use image::RgbImage;
 
 mod common;
@@ -47,11 +47,11 @@ fn models(root: &Path) -> Vec<Embedder> {
     }
     let cfg = tiny_rgb_config(&data, 4, PREP);
     let opts = cpu_opts(false, None);
-    pipeline::train_old(&cfg, &root.join("old"), &opts).unwrap();
-    pipeline::train_new(
+    run::train_old(&cfg, &root.join("old"), &opts).unwrap();
+    run::train_new(
         &cfg,
         &root.join("old"),
-        Method::Bct,
+        Method::BCT,
         &root.join("bct"),
         &opts,
     )
@@ -114,10 +114,17 @@ fn benchmarks_score_every_pair_from_their_files() {
     let f0 = embed_files(&models[0], &files, &PREP, 5).unwrap();
     let f1 = embed_files(&models[1], &files, &PREP, 5).unwrap();
     let want = retrieval_metrics(&f1, &sop_labels, &f0, &sop_labels, true, &[1, 10]).unwrap();
-    let got = &r.pairs[2].figures; // bct → old
-    assert!((got["recall_at_1"] - want.recall_at[&1]).abs() < 1e-12);
-    assert!((got["map"] - want.map).abs() < 1e-12);
-    assert!(r.pairs[0].figures["recall_at_1"] > 0.8, "{:?}", r.pairs[0]);
+    // bct → old: typed as the labelled protocol, equal to the metric function
+    let Figures::Labelled { map, recall_at } = &r.pairs[2].figures else {
+        panic!("SOP is scored by the labelled protocol: {:?}", r.pairs[2]);
+    };
+    assert!((recall_at[&1] - want.recall_at[&1]).abs() < 1e-12);
+    assert!((map - want.map).abs() < 1e-12);
+    assert!(
+        r.pairs[0].figures.get("recall_at_1").unwrap() > 0.8,
+        "{:?}",
+        r.pairs[0]
+    );
 
     // In-shop: queries against the gallery, classes by item id
     let shop = d.path().join("inshop");
@@ -157,12 +164,17 @@ fn benchmarks_score_every_pair_from_their_files() {
     assert_eq!(
         r.pairs[0]
             .figures
-            .keys()
-            .filter(|k| k.starts_with("recall"))
+            .columns()
+            .iter()
+            .filter(|(k, _)| k.starts_with("recall"))
             .count(),
         3
     );
-    assert!(r.pairs[3].figures["recall_at_1"] > 0.7, "{:?}", r.pairs[3]);
+    assert!(
+        r.pairs[3].figures.get("recall_at_1").unwrap() > 0.7,
+        "{:?}",
+        r.pairs[3]
+    );
 
     // GLDv2 retrieval: test queries against the index, relevance from the solution file
     let gl = d.path().join("gldv2");
@@ -201,7 +213,7 @@ fn benchmarks_score_every_pair_from_their_files() {
     )
     .unwrap();
     assert_eq!((r.queries, r.gallery), (4, 12));
-    let m = r.pairs[0].figures["map_at_100"];
+    let m = r.pairs[0].figures.get("map_at_100").unwrap();
     assert!(m > 0.7 && m <= 1.0, "{:?}", r.pairs[0]);
     let e = evaluate_benchmark(
         &bench(
@@ -284,8 +296,13 @@ fn revisited_queries_are_cropped_to_their_boxes() {
     );
     let r = evaluate_benchmark(&cfg, &models).unwrap();
     assert_eq!((r.pairs.len(), r.queries, r.gallery), (4, 1, 8));
-    let keys: Vec<&String> = r.pairs[0].figures.keys().collect();
-    assert!(keys.iter().any(|k| *k == "hard_map") && keys.iter().any(|k| *k == "medium_mp_at_5"));
+    let keys: Vec<String> = r.pairs[0]
+        .figures
+        .columns()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.iter().any(|k| k == "hard_map") && keys.iter().any(|k| k == "medium_mp_at_5"));
     // the box crops the query: its embedding is the pre-cropped file's, not the whole image's
     let one = |name: &str, boxes: Option<Vec<Option<Vec<f64>>>>| {
         embed_files(
@@ -306,7 +323,10 @@ fn revisited_queries_are_cropped_to_their_boxes() {
     // the cropped class-2 query finds the class-2 database images first
     let mut figures = BTreeMap::new();
     for p in &r.pairs {
-        figures.insert((p.query.clone(), p.gallery.clone()), p.figures["easy_map"]);
+        figures.insert(
+            (p.query.clone(), p.gallery.clone()),
+            p.figures.get("easy_map").unwrap(),
+        );
     }
     assert!(
         figures[&("old".to_string(), "old".to_string())] > 0.9,

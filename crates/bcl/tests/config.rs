@@ -5,7 +5,8 @@
 
 use bcl::experiment::ExperimentConfig;
 use bcl::loss::CompatConfig;
-use bcl::pipeline::RunConfig;
+use bcl::perturb::OdppConfig;
+use bcl::run::RunConfig;
 
 /// Writes `body` to a TOML file and reads it as a run configuration; the error text.
 fn run_error(body: &str) -> String {
@@ -90,7 +91,106 @@ fn odpp_logits_follow_the_influence_loss_scale_unless_set() {
         scale: 30.0,
         ..Default::default()
     };
-    assert_eq!(c.odpp_resolved().scale, Some(30.0));
-    c.odpp.scale = Some(8.0);
-    assert_eq!(c.odpp_resolved().scale, Some(8.0));
+    let resolved = |c: &CompatConfig| bcl::loss::methods::odpp::resolved(c).unwrap();
+    assert_eq!(resolved(&c).scale, Some(30.0));
+    c.update::<OdppConfig>("odpp", |o| o.scale = Some(8.0))
+        .unwrap();
+    assert_eq!(resolved(&c).scale, Some(8.0));
+}
+
+#[test]
+fn unknown_keys_and_methods_are_named() {
+    // a misspelt shared setting lands next to the method sections and is refused by name
+    let e = run_error("[compat]\nlamda = 0.3\n");
+    assert!(
+        e.contains("compat.lamda") && e.contains("unknown setting"),
+        "{e}"
+    );
+    // a misspelt key inside a method's section is named by that method's parser
+    let e = run_error("[compat.ndpp]\nepss = 0.1\n");
+    assert!(e.contains("compat.ndpp") && e.contains("epss"), "{e}");
+    // a section for a method without settings, or for no method at all
+    for m in ["bct", "ndppp"] {
+        let e = run_error(&format!("[compat.{m}]\nx = 1\n"));
+        assert!(e.contains(&format!("compat.{m}")), "{e}");
+    }
+    // an unknown method in a run's method list names the registered ones
+    let e = run_error("methods = [\"bct\", \"ndp\"]\n");
+    assert!(e.contains("ndp") && e.contains("ndpp, odpp"), "{e}");
+}
+
+#[test]
+fn a_sweep_turns_only_a_knob_of_its_method() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("exp.toml");
+    // odpp has no ndpp-eps knob
+    std::fs::write(
+        &p,
+        "[[sweeps]]\nmethod = \"odpp\"\nknob = \"ndpp-eps\"\nvalues = [0.1]\n",
+    )
+    .unwrap();
+    let e = ExperimentConfig::from_toml_file(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("exp.toml") && e.contains("ndpp-eps") && e.contains("odpp-eps"),
+        "{e}"
+    );
+    // independent has no knob at all, not even lambda
+    std::fs::write(
+        &p,
+        "[[sweeps]]\nmethod = \"independent\"\nknob = \"lambda\"\nvalues = [0.1]\n",
+    )
+    .unwrap();
+    let e = ExperimentConfig::from_toml_file(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("its knobs: none"), "{e}");
+    // an unknown knob names the registered ones
+    std::fs::write(
+        &p,
+        "[[sweeps]]\nmethod = \"ndpp\"\nknob = \"ndpp-epsilon\"\nvalues = [0.1]\n",
+    )
+    .unwrap();
+    let e = ExperimentConfig::from_toml_file(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ndpp-epsilon") && e.contains("odpp-mu"), "{e}");
+}
+
+#[test]
+fn knobs_set_and_read_the_method_sections() {
+    use bcl::loss::{Knob, Method};
+    use bcl::perturb::NdppConfig;
+    let base = CompatConfig::default();
+    let eps = Knob::named("ndpp-eps").unwrap();
+    assert_eq!(eps.value(&base), Some(NdppConfig::default().eps));
+    let c = eps.apply(&base, 0.05);
+    assert_eq!(c.settings::<NdppConfig>("ndpp").unwrap().eps, 0.05);
+    assert_eq!(eps.value(&c), Some(0.05));
+    // the other settings of the section keep their values
+    assert_eq!(
+        c.settings::<NdppConfig>("ndpp").unwrap().k,
+        NdppConfig::default().k
+    );
+    // an optional setting left unset has no base value
+    assert_eq!(Knob::named("ndpp-beta").unwrap().value(&base), None);
+    assert_eq!(Knob::LAMBDA.apply(&base, 0.3).lambda, 0.3);
+    // every method's knobs: lambda where it reads it, then its own
+    assert!(Method::INDEPENDENT.knobs().is_empty());
+    assert_eq!(Method::BCT.knobs(), vec![Knob::LAMBDA]);
+    let names: Vec<&str> = Method::ODPP.knobs().iter().map(|k| k.name).collect();
+    assert_eq!(names, ["lambda", "odpp-eps", "odpp-mu"]);
+    // a method written by name reads back as itself, in TOML and JSON
+    for m in Method::all() {
+        let j = serde_json::to_string(&m).unwrap();
+        assert_eq!(j, format!("\"{m}\""));
+        assert_eq!(serde_json::from_str::<Method>(&j).unwrap(), m);
+    }
+    // a saved configuration lists every method setting and reads back equal
+    let mut full = RunConfig::default();
+    full.compat.complete();
+    let again: RunConfig = toml::from_str(&full.to_toml()).unwrap();
+    assert_eq!(again, full);
+    assert!(full.to_toml().contains("[compat.advbct]"));
 }

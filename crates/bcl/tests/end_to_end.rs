@@ -9,7 +9,8 @@ use bcl::data::{synthetic, write_idx_dir};
 use bcl::eval::leave_one_out;
 use bcl::loss::Method;
 use bcl::model::Embedder;
-use bcl::pipeline::{self, RunConfig, StepOptions};
+use bcl::perturb::OdppConfig;
+use bcl::run::{self, RunConfig, StepOptions};
 use bcl::train::{train, TrainConfig, TrainError, TrainJob};
 use tch::Device;
 
@@ -24,7 +25,7 @@ fn config(data: &Path) -> RunConfig {
     }
     cfg.old.epochs = 6;
     cfg.new.epochs = 3;
-    cfg.methods = vec![Method::Independent, Method::Bct];
+    cfg.methods = vec![Method::INDEPENDENT, Method::BCT];
     cfg
 }
 
@@ -48,22 +49,22 @@ fn bct_is_compatible_and_independent_is_not() {
     let out = dir.path().join("run");
 
     // old model; its in-memory test embeddings come back for the reproduction check
-    let old = pipeline::train_old(&cfg, &out.join("old"), &opts()).unwrap();
+    let old = run::train_old(&cfg, &out.join("old"), &opts()).unwrap();
     let mem = old.probe_features.expect("probe features");
     let mem_map = leave_one_out(&mem, &mem, &test_set.labels).unwrap().map;
 
-    let ind = pipeline::train_new(
+    let ind = run::train_new(
         &cfg,
         &out.join("old"),
-        Method::Independent,
+        Method::INDEPENDENT,
         &out.join("new-independent"),
         &opts(),
     )
     .unwrap();
-    let bct = pipeline::train_new(
+    let bct = run::train_new(
         &cfg,
         &out.join("old"),
-        Method::Bct,
+        Method::BCT,
         &out.join("new-bct"),
         &opts(),
     )
@@ -84,7 +85,7 @@ fn bct_is_compatible_and_independent_is_not() {
         .iter()
         .map(|d| Embedder::load(&out.join(d), Device::Cpu).unwrap())
         .collect();
-    let report = pipeline::evaluate_models(&models, &test_set, 256).unwrap();
+    let report = bcl::eval::models::evaluate_models(&models, &test_set, 256).unwrap();
     let m = &report.matrix;
     let old_old = m.get("old", "old").unwrap().map;
     let ind_cross = m.get("new-independent", "old").unwrap().map;
@@ -107,12 +108,16 @@ fn bct_is_compatible_and_independent_is_not() {
         ind_cross < 0.4,
         "an independent model should not be compatible: {ind_cross}"
     );
-    let row = report.rows.iter().find(|r| r.method == "bct").unwrap();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.method == Method::BCT)
+        .unwrap();
     assert!((row.cross_map - bct_cross).abs() < 1e-12);
     assert!(row.gain.is_some());
 
     // the report files exist and parse
-    pipeline::write_report(&out, &report, &[("old".into(), old.history.clone())]).unwrap();
+    bcl::report::write_eval_report(&out, &report, &[("old".into(), old.history.clone())]).unwrap();
     for f in [
         "results.md",
         "results.csv",
@@ -162,7 +167,9 @@ fn small_job<'a>(
             seed: 5,
             ..Default::default()
         },
-        compat: Method::Independent.build(&Default::default(), Default::default()),
+        compat: Method::INDEPENDENT
+            .build(&Default::default(), Default::default())
+            .unwrap(),
         old: None,
         split_fingerprint: "test".into(),
         out_dir: out.to_path_buf(),
@@ -233,16 +240,20 @@ fn perturbation_methods_train_refresh_and_resume_exactly() {
     cfg.old.epochs = 2;
     cfg.new.epochs = 3;
     cfg.compat.refresh.bank_per_class = 20;
-    cfg.compat.odpp.steps = 10;
-    cfg.compat.odpp.old_bank_per_class = 20;
+    cfg.compat
+        .update::<OdppConfig>("odpp", |o| {
+            o.steps = 10;
+            o.old_bank_per_class = 20;
+        })
+        .unwrap();
     let out = dir.path().join("run");
     let mut o = opts();
     o.probe_test = false;
-    let old = pipeline::train_old(&cfg, &out.join("old"), &o).unwrap();
+    let old = run::train_old(&cfg, &out.join("old"), &o).unwrap();
     let old_id = old.card.id.clone();
 
-    for m in [Method::Ndpp, Method::Odpp] {
-        let full = pipeline::train_new(
+    for m in [Method::NDPP, Method::ODPP] {
+        let full = run::train_new(
             &cfg,
             &out.join("old"),
             m,
@@ -259,7 +270,7 @@ fn perturbation_methods_train_refresh_and_resume_exactly() {
                 "{m}: {r:?}"
             );
             assert!((0.0..=1.0).contains(&r.own_nearest_share));
-            if m == Method::Odpp {
+            if m == Method::ODPP {
                 assert!(
                     r.j_after.unwrap() < r.j_before.unwrap(),
                     "J did not fall: {r:?}"
@@ -280,11 +291,11 @@ fn perturbation_methods_train_refresh_and_resume_exactly() {
         let part = out.join(format!("{m}-part"));
         let mut o2 = o.clone();
         o2.stop_after = Some(2);
-        let e = pipeline::train_new(&cfg, &out.join("old"), m, &part, &o2).unwrap_err();
+        let e = run::train_new(&cfg, &out.join("old"), m, &part, &o2).unwrap_err();
         assert!(e.to_string().contains("stopped after 2 epochs"), "{e}");
         o2.stop_after = None;
         o2.resume = true;
-        let again = pipeline::train_new(&cfg, &out.join("old"), m, &part, &o2).unwrap();
+        let again = run::train_new(&cfg, &out.join("old"), m, &part, &o2).unwrap();
         assert_eq!(
             again.card.id, full.card.id,
             "{m}: same seed, different model"

@@ -2,14 +2,15 @@
 //! table and the frontier come out, and a second call resumes without training anything.
 
 use bcl::data::{synthetic, write_idx_dir, Scenario};
+use bcl::eval::models::ResultRow;
 use bcl::eval::{CompatMatrix, RetrievalMetrics};
 use bcl::experiment::backfill::BackfillConfig;
 use bcl::experiment::sequential::{pairs_meeting_criterion, ChainReference, SequentialConfig};
 use bcl::experiment::{aggregate, run_experiment, ExperimentConfig, Knob, Sweep};
 use bcl::loss::Method;
 use bcl::model::ModelCard;
-use bcl::pipeline::StepOptions;
-use bcl::report::ResultRow;
+use bcl::perturb::OdppConfig;
+use bcl::run::StepOptions;
 use tch::Device;
 
 /// An experiment over generated IDX files in `dir/data` (`classes` classes of 60 training and
@@ -42,25 +43,30 @@ fn a_small_experiment_runs_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_experiment(dir.path(), 6, 15, 8);
     cfg.base.compat.refresh.bank_per_class = 10;
-    cfg.base.compat.odpp.steps = 5;
-    cfg.base.compat.odpp.old_bank_per_class = 10;
+    cfg.base
+        .compat
+        .update::<OdppConfig>("odpp", |o| {
+            o.steps = 5;
+            o.old_bank_per_class = 10;
+        })
+        .unwrap();
     cfg.scenarios = vec![Scenario::ExtendedClass];
     cfg.seeds = vec![1, 2];
-    cfg.methods = vec![Method::Independent, Method::Bct, Method::Ndpp, Method::Odpp];
+    cfg.methods = vec![Method::INDEPENDENT, Method::BCT, Method::NDPP, Method::ODPP];
     cfg.sweeps = vec![Sweep {
-        method: Method::Bct,
-        knob: Knob::Lambda,
+        method: Method::BCT,
+        knob: Knob::LAMBDA,
         values: vec![4.0],
     }];
     cfg.sequential = Some(SequentialConfig {
         fractions: vec![0.3, 0.6, 1.0],
-        methods: vec![Method::Bct],
+        methods: vec![Method::BCT],
         reference: ChainReference::Previous,
         seeds: Some(vec![1]),
     });
     cfg.backfill = Some(BackfillConfig {
         fractions: vec![0.0, 0.5, 1.0],
-        methods: vec![Method::Bct, Method::Ndpp],
+        methods: vec![Method::BCT, Method::NDPP],
         seed: 0,
     });
     let out = dir.path().join("exp");
@@ -82,7 +88,7 @@ fn a_small_experiment_runs_and_resumes() {
     let settings: Vec<(String, String)> = report
         .frontier
         .iter()
-        .map(|p| (p.method.clone(), p.setting()))
+        .map(|p| (p.method.to_string(), p.setting()))
         .collect();
     let expect = [
         ("bct", "default"),
@@ -106,7 +112,7 @@ fn a_small_experiment_runs_and_resumes() {
             d.refreshes >= 1 && d.mean_delta > 0.0 && d.train_seconds > 0.0,
             "{d:?}"
         );
-        assert_eq!(d.j_last.is_some(), d.method == "odpp");
+        assert_eq!(d.j_last.is_some(), d.method == Method::ODPP);
     }
     for f in [
         "diagnostics.md",
@@ -187,7 +193,11 @@ fn a_small_experiment_runs_and_resumes() {
     );
     // other settings of a method are refused, not silently mixed with the finished run
     let mut changed = cfg.clone();
-    changed.base.compat.odpp.mu = 2.0;
+    changed
+        .base
+        .compat
+        .update::<OdppConfig>("odpp", |o| o.mu = 2.0)
+        .unwrap();
     let e = run_experiment(&changed, &out, &opts)
         .unwrap_err()
         .to_string();
@@ -200,7 +210,7 @@ fn a_small_experiment_runs_and_resumes() {
 #[test]
 fn aggregation_by_hand() {
     let row = |m: &str, cross: f64, gain: Option<f64>| ResultRow {
-        method: m.into(),
+        method: Method::named(m).unwrap(),
         old_old_map: 0.5,
         self_map: 0.7,
         cross_map: cross,
@@ -287,16 +297,16 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
     cfg.base.new_model.blocks = Some(2);
     cfg.scenarios = vec![Scenario::ExtendedData];
     cfg.seeds = vec![1];
-    cfg.methods = vec![Method::Independent, Method::Bct];
+    cfg.methods = vec![Method::INDEPENDENT, Method::BCT];
     cfg.sequential = Some(SequentialConfig {
         fractions: vec![0.3, 0.6, 1.0],
-        methods: vec![Method::Bct],
+        methods: vec![Method::BCT],
         reference: ChainReference::First,
         seeds: None,
     });
     cfg.backfill = Some(BackfillConfig {
         fractions: vec![0.0, 0.5, 1.0],
-        methods: vec![Method::Bct],
+        methods: vec![Method::BCT],
         seed: 0,
     });
     let out = dir.path().join("exp");
@@ -369,7 +379,7 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
 fn paired_differences_by_hand() {
     use bcl::experiment::paired::{interval, paired, t_975};
     let row = |method: &str, self_map: f64, cross_map: f64| ResultRow {
-        method: method.into(),
+        method: Method::named(method).unwrap(),
         old_old_map: 0.5,
         self_map,
         cross_map,
@@ -391,7 +401,7 @@ fn paired_differences_by_hand() {
             )
         })
         .collect();
-    let p = paired(&runs, "bct");
+    let p = paired(&runs, Method::BCT);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].seeds, vec![1, 2, 3]);
     // self differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, half-width 4.303 · 0.01 / √3

@@ -13,7 +13,7 @@ use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
 use bcl::gallery::{GalleryError, GalleryManifest, GalleryStore, Lineage, ModelInfo};
 use bcl::loss::Method;
 use bcl::model::Embedder;
-use bcl::pipeline::{self, RunConfig, StepOptions};
+use bcl::run::{self, RunConfig, StepOptions};
 use tch::Device;
 
 mod common;
@@ -65,10 +65,10 @@ fn trained() -> &'static (PathBuf, RunConfig) {
         let _ = std::fs::remove_dir_all(&root);
         let cfg = common::tiny_idx_config(&root.join("data"), 5, 1);
         let run = root.join("run");
-        pipeline::train_old(&cfg, &run.join("old"), &opts()).unwrap();
-        for m in [Method::Bct, Method::Independent] {
+        run::train_old(&cfg, &run.join("old"), &opts()).unwrap();
+        for m in [Method::BCT, Method::INDEPENDENT] {
             let out = run.join(format!("new-{}", m.as_str()));
-            pipeline::train_new(&cfg, &run.join("old"), m, &out, &opts()).unwrap();
+            run::train_new(&cfg, &run.join("old"), m, &out, &opts()).unwrap();
         }
         (run, cfg)
     })

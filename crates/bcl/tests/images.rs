@@ -180,7 +180,7 @@ fn image_folder_end_to_end() {
     let _rng = tch_rng_lock();
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline;
+    use bcl::run;
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
     make_folder(&data.join("train"), 4, 24, 1);
@@ -194,11 +194,11 @@ fn image_folder_end_to_end() {
         },
     );
     let opts = cpu_opts(false, None);
-    pipeline::train_old(&cfg, &d.path().join("old"), &opts).unwrap();
-    pipeline::train_new(
+    run::train_old(&cfg, &d.path().join("old"), &opts).unwrap();
+    run::train_new(
         &cfg,
         &d.path().join("old"),
-        Method::Bct,
+        Method::BCT,
         &d.path().join("bct"),
         &opts,
     )
@@ -209,7 +209,7 @@ fn image_folder_end_to_end() {
     ];
     let test = bcl::data::open_test(&cfg.data).unwrap();
     assert_eq!((test.len(), test.channels, test.rows), (24, 3, 28));
-    let r = pipeline::evaluate_models(&models, &test, 16).unwrap();
+    let r = bcl::eval::models::evaluate_models(&models, &test, 16).unwrap();
     let row = &r.rows[0];
     assert!(row.self_map > 0.25 && row.cross_map > 0.25, "{row:?}");
     // a test class without training images is refused
@@ -307,7 +307,7 @@ fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
     use bcl::data::DataFormat;
     use bcl::loss::Method;
     use bcl::model::Embedder;
-    use bcl::pipeline;
+    use bcl::run;
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("shapes");
     make_folder(&data.join("train"), 4, 24, 1);
@@ -323,11 +323,11 @@ fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
     cfg.data.stream = true;
     let opts = cpu_opts;
     let old = d.path().join("old");
-    pipeline::train_old(&cfg, &old, &opts(false, None)).unwrap();
+    run::train_old(&cfg, &old, &opts(false, None)).unwrap();
     // interrupted after one epoch and resumed: the same weights as the run in one go
     let cut = d.path().join("old-cut");
-    assert!(pipeline::train_old(&cfg, &cut, &opts(false, Some(1))).is_err());
-    pipeline::train_old(&cfg, &cut, &opts(true, None)).unwrap();
+    assert!(run::train_old(&cfg, &cut, &opts(false, Some(1))).is_err());
+    run::train_old(&cfg, &cut, &opts(true, None)).unwrap();
     let (a, b) = (
         Embedder::load(&old, tch::Device::Cpu).unwrap(),
         Embedder::load(&cut, tch::Device::Cpu).unwrap(),
@@ -337,10 +337,10 @@ fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
         "a resumed streamed run ends with the same weights"
     );
     assert_eq!(a.card.input_shape, [3, 28, 28]);
-    pipeline::train_new(
+    run::train_new(
         &cfg,
         &old,
-        Method::Bct,
+        Method::BCT,
         &d.path().join("bct"),
         &opts(false, None),
     )
@@ -350,7 +350,7 @@ fn a_streamed_image_folder_trains_resumes_and_is_compatible() {
         Embedder::load(&d.path().join("bct"), tch::Device::Cpu).unwrap(),
     ];
     let test = bcl::data::open(&cfg.data).unwrap().test;
-    let r = pipeline::evaluate_models(&models, &test, 16).unwrap();
+    let r = bcl::eval::models::evaluate_models(&models, &test, 16).unwrap();
     let row = &r.rows[0];
     assert!(row.self_map > 0.25 && row.cross_map > 0.25, "{row:?}");
     // streaming is for image folders only

@@ -137,7 +137,7 @@ fn margins_by_hand() {
 
 #[test]
 fn method_names_round_trip_and_unknown_is_an_error() {
-    for m in Method::ALL {
+    for m in Method::all() {
         assert_eq!(m.as_str().parse::<Method>().unwrap(), m);
     }
     let e = "bogus".parse::<Method>().unwrap_err();

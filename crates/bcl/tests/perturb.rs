@@ -41,21 +41,27 @@ fn row_norms(t: &Tensor) -> Vec<f64> {
 #[test]
 fn zero_perturbation_trains_exactly_as_bct() {
     use bcl::loss::Method;
-    use bcl::pipeline;
+    use bcl::run;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::tiny_idx_config(&dir.path().join("data"), 5, 2);
     cfg.compat.refresh.every_steps = Some(3);
     cfg.compat.refresh.start_epoch = 0;
     cfg.compat.refresh.bank_per_class = 10;
-    cfg.compat.ndpp.eps = 0.0;
-    cfg.compat.odpp.steps = 0;
-    cfg.compat.odpp.old_bank_per_class = 10;
+    cfg.compat
+        .update::<NdppConfig>("ndpp", |n| n.eps = 0.0)
+        .unwrap();
+    cfg.compat
+        .update::<OdppConfig>("odpp", |o| {
+            o.steps = 0;
+            o.old_bank_per_class = 10;
+        })
+        .unwrap();
     let opts = common::cpu_opts(false, None);
     let old = dir.path().join("old");
-    pipeline::train_old(&cfg, &old, &opts).unwrap();
+    run::train_old(&cfg, &old, &opts).unwrap();
     let weights = |m: Method| {
         let out = dir.path().join(m.as_str());
-        pipeline::train_new(&cfg, &old, m, &out, &opts).unwrap();
+        run::train_new(&cfg, &old, m, &out, &opts).unwrap();
         let refreshes = out.join("refreshes.json");
         let w: std::collections::BTreeMap<String, Tensor> =
             Tensor::read_safetensors(out.join("model.safetensors"))
@@ -64,8 +70,8 @@ fn zero_perturbation_trains_exactly_as_bct() {
                 .collect();
         (w, refreshes)
     };
-    let (bct, _) = weights(Method::Bct);
-    for m in [Method::Ndpp, Method::Odpp] {
+    let (bct, _) = weights(Method::BCT);
+    for m in [Method::NDPP, Method::ODPP] {
         let (w, refreshes) = weights(m);
         let log: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&refreshes).unwrap()).unwrap();
@@ -299,18 +305,18 @@ fn blocked_prototype_geometry_matches_the_full_matrix_across_blocks() {
 #[test]
 fn old_classifier_rows_as_prototypes() {
     use bcl::loss::{Method, OldPrototypes};
-    use bcl::pipeline;
+    use bcl::run;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::tiny_idx_config(&dir.path().join("data"), 5, 1);
     cfg.split.scenario = bcl::data::Scenario::ExtendedClass;
     cfg.split.fraction = 0.6;
     let opts = common::cpu_opts(false, None);
     let old_dir = dir.path().join("old");
-    pipeline::train_old(&cfg, &old_dir, &opts).unwrap();
+    run::train_old(&cfg, &old_dir, &opts).unwrap();
     let old = bcl::model::Embedder::load(&old_dir, Device::Cpu).unwrap();
     assert_eq!(old.card.classes.len(), 3);
     let means = protos(5, 16, 7);
-    let p = pipeline::old_classifier_prototypes(&old, &means).unwrap();
+    let p = run::old_classifier_prototypes(&old, &means).unwrap();
     let w: Tensor = Tensor::read_safetensors(old_dir.join("model.safetensors"))
         .unwrap()
         .into_iter()
@@ -327,8 +333,7 @@ fn old_classifier_rows_as_prototypes() {
         assert!(diff < 1e-6, "class {k}: {diff}");
     }
     cfg.compat.prototypes = OldPrototypes::OldClassifier;
-    let o =
-        pipeline::train_new(&cfg, &old_dir, Method::Bct, &dir.path().join("bct"), &opts).unwrap();
+    let o = run::train_new(&cfg, &old_dir, Method::BCT, &dir.path().join("bct"), &opts).unwrap();
     assert!(o.history[0].loss_comp.is_finite());
     let saved = std::fs::read_to_string(dir.path().join("bct/config.toml")).unwrap();
     assert!(saved.contains("prototypes = \"old-classifier\""), "{saved}");

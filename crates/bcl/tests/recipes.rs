@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use bcl::data::images::ImagePrep;
 use bcl::data::lists::gldv2_path;
 use bcl::data::DataFormat;
+use bcl::eval::protocol::BenchmarkKind;
 use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
 use bcl::experiment::{run_experiment, ExperimentConfig};
 use bcl::loss::Method;
-use bcl::pipeline::benchmark::BenchmarkKind;
 use image::RgbImage;
 
 mod common;
@@ -153,7 +153,7 @@ fn the_gldv2_recipe_runs_on_generated_files() {
         crop: 32,
     };
     cfg.scenarios = vec![bcl::data::Scenario::ExtendedData];
-    cfg.methods = vec![Method::Bct];
+    cfg.methods = vec![Method::BCT];
     cfg.base.data.dir = gl.clone();
     cfg.base.data.classes = 4;
     cfg.base.data.image = prep;

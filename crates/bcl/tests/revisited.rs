@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bcl::eval::revisited::{crop_rect, revisited_metrics, QueryGnd, RevisitedGnd};
+use bcl::data::images::crop_rect;
+use bcl::eval::revisited::{revisited_metrics, QueryGnd, RevisitedGnd};
 use tch::Tensor;
 
 fn shared() -> PathBuf {

@@ -10,8 +10,8 @@ use bcl::loss::zoo::{
 };
 use bcl::loss::{CompatInputs, CompatLoss, Method};
 use bcl::model::Embedder;
-use bcl::perturb::{Perturbation, RefreshInputs};
-use bcl::pipeline::{self, RunConfig, StepOptions};
+use bcl::perturb::{OdppConfig, Perturbation, RefreshInputs};
+use bcl::run::{self, RunConfig, StepOptions};
 use tch::{nn, Device, Kind, Tensor};
 
 fn t(v: &[f64], shape: &[i64]) -> Tensor {
@@ -230,7 +230,9 @@ fn tiny_config(data: &std::path::Path) -> RunConfig {
     cfg.old.epochs = 6;
     cfg.new.epochs = 3;
     cfg.compat.refresh.bank_per_class = 20;
-    cfg.compat.odpp.old_bank_per_class = 30;
+    cfg.compat
+        .update::<OdppConfig>("odpp", |o| o.old_bank_per_class = 30)
+        .unwrap();
     cfg
 }
 
@@ -266,12 +268,12 @@ fn train_the_zoo(check_advbct_compatibility: bool) {
         stop_after: None,
     };
     let old_dir = dir.path().join("old");
-    pipeline::train_old(&cfg, &old_dir, &opts).unwrap();
+    run::train_old(&cfg, &old_dir, &opts).unwrap();
     let indep = dir.path().join("new-independent");
-    pipeline::train_new(&cfg, &old_dir, Method::Independent, &indep, &opts).unwrap();
-    for m in [Method::Lce, Method::Unibct, Method::Ract, Method::Advbct] {
+    run::train_new(&cfg, &old_dir, Method::INDEPENDENT, &indep, &opts).unwrap();
+    for m in [Method::LCE, Method::UNIBCT, Method::RACT, Method::ADVBCT] {
         let out = dir.path().join(format!("new-{m}"));
-        let o = pipeline::train_new(&cfg, &old_dir, m, &out, &opts).unwrap();
+        let o = run::train_new(&cfg, &old_dir, m, &out, &opts).unwrap();
         eprintln!(
             "{m}: {:?}",
             o.history.iter().map(|h| h.loss_comp).collect::<Vec<_>>()
@@ -279,7 +281,7 @@ fn train_the_zoo(check_advbct_compatibility: bool) {
         let first = o.history.first().unwrap().loss_comp;
         let last = o.history.last().unwrap().loss_comp;
         assert!(first.is_finite() && last.is_finite(), "{m}: {first} {last}");
-        if m == Method::Advbct {
+        if m == Method::ADVBCT {
             // The adversarial term is a game (the DANN coefficient ramps up the reversed
             // gradient over training), so its value need not fall; what it must achieve is
             // checked by `advbct_is_more_compatible_than_an_unconstrained_model`.
@@ -287,11 +289,11 @@ fn train_the_zoo(check_advbct_compatibility: bool) {
                 .iter()
                 .map(|d| Embedder::load(d, Device::Cpu).unwrap())
                 .collect();
-            let r = pipeline::evaluate_models(&models, &test_set, 256).unwrap();
+            let r = bcl::eval::models::evaluate_models(&models, &test_set, 256).unwrap();
             let cross = |name: &str| {
                 r.rows
                     .iter()
-                    .find(|row| row.method == name)
+                    .find(|row| row.method.as_str() == name)
                     .unwrap()
                     .cross_map
             };
@@ -322,7 +324,7 @@ fn train_the_zoo(check_advbct_compatibility: bool) {
             names.iter().all(|n| !n.starts_with("compat.")),
             "{m}: {names:?}"
         );
-        if m == Method::Advbct {
+        if m == Method::ADVBCT {
             let ck = Tensor::read_safetensors(out.join("checkpoint/weights.safetensors")).unwrap();
             assert!(ck.iter().any(|(n, _)| n == "compat.radii"));
         }

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use super::lists::ImageList;
 use super::{DataError, Dataset};
-use crate::eval::revisited::crop_rect;
 
 /// How an image file becomes a square RGB input.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -367,4 +366,28 @@ pub fn image_for_model(bytes: &[u8], shape: [usize; 3]) -> Result<Vec<u8>, Strin
         }
     }
     Ok(out)
+}
+
+/// A query box as a crop rectangle `(left, top, width, height)` in whole pixels, clipped to the
+/// image; an error for a box that is empty or inverted after clipping.
+pub fn crop_rect(bbx: &[f64], width: u32, height: u32) -> Result<(u32, u32, u32, u32), String> {
+    if bbx.len() != 4 {
+        return Err(format!("a box has four numbers, got {bbx:?}"));
+    }
+    let (x1, y1, x2, y2) = (bbx[0], bbx[1], bbx[2], bbx[3]);
+    if !(x2 > x1 && y2 > y1) {
+        return Err(format!(
+            "box {bbx:?} is inverted or empty (x2 must exceed x1 and y2 exceed y1)"
+        ));
+    }
+    let l = x1.max(0.0).floor().min(width as f64) as u32;
+    let t = y1.max(0.0).floor().min(height as f64) as u32;
+    let r = x2.ceil().clamp(0.0, width as f64) as u32;
+    let b = y2.ceil().clamp(0.0, height as f64) as u32;
+    if r <= l || b <= t {
+        return Err(format!(
+            "box {bbx:?} lies outside the {width}x{height} image"
+        ));
+    }
+    Ok((l, t, r - l, b - t))
 }

@@ -246,30 +246,6 @@ impl RevisitedGnd {
     }
 }
 
-/// A query box as a crop rectangle `(left, top, width, height)` in whole pixels, clipped to the
-/// image; an error for a box that is empty or inverted after clipping.
-pub fn crop_rect(bbx: &[f64], width: u32, height: u32) -> Result<(u32, u32, u32, u32), String> {
-    if bbx.len() != 4 {
-        return Err(format!("a box has four numbers, got {bbx:?}"));
-    }
-    let (x1, y1, x2, y2) = (bbx[0], bbx[1], bbx[2], bbx[3]);
-    if !(x2 > x1 && y2 > y1) {
-        return Err(format!(
-            "box {bbx:?} is inverted or empty (x2 must exceed x1 and y2 exceed y1)"
-        ));
-    }
-    let l = x1.max(0.0).floor().min(width as f64) as u32;
-    let t = y1.max(0.0).floor().min(height as f64) as u32;
-    let r = x2.ceil().clamp(0.0, width as f64) as u32;
-    let b = y2.ceil().clamp(0.0, height as f64) as u32;
-    if r <= l || b <= t {
-        return Err(format!(
-            "box {bbx:?} lies outside the {width}x{height} image"
-        ));
-    }
-    Ok((l, t, r - l, b - t))
-}
-
 /// The figures of one setup (Easy, Medium or Hard).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SetupMetrics {

@@ -13,8 +13,9 @@ use crate::eval::deploy::{backfill_curve, flips, top1_labels, Flips};
 use crate::files::write_atomic;
 use crate::loss::Method;
 use crate::model::Embedder;
-use crate::pipeline::{PipelineError, RunConfig, StepOptions};
 use crate::report::{plot_xy, FrontierSeries, Reference};
+use crate::run::{RunConfig, RunError, StepOptions};
+use crate::table::{Column, Table};
 
 /// Which methods get a deployment evaluation, and how.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -32,7 +33,7 @@ impl Default for BackfillConfig {
     fn default() -> Self {
         Self {
             fractions: vec![0.0, 0.25, 0.5, 0.75, 1.0],
-            methods: vec![Method::Bct, Method::Ndpp, Method::Odpp],
+            methods: vec![Method::BCT, Method::NDPP, Method::ODPP],
             seed: 0,
         }
     }
@@ -42,11 +43,11 @@ impl Default for BackfillConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployRun {
     /// Scenario.
-    pub scenario: String,
+    pub scenario: Scenario,
     /// Seed.
     pub seed: u64,
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// (fraction, mAP) of new queries against the partly re-embedded gallery.
     pub curve: Vec<(f64, f64)>,
     /// old→old mAP of the run.
@@ -68,7 +69,7 @@ pub fn deploy_run(
     seed: u64,
     dir: &Path,
     opts: &StepOptions,
-) -> Result<Vec<DeployRun>, PipelineError> {
+) -> Result<Vec<DeployRun>, RunError> {
     let dirs: Vec<_> = std::iter::once(dir.join("old"))
         .chain(bf.methods.iter().map(|m| dir.join(m.model_name())))
         .collect();
@@ -83,9 +84,9 @@ pub fn deploy_run(
             let new = Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch);
             let curve = backfill_curve(&old, &new, &test.labels, &bf.fractions, bf.seed)?;
             out.push(DeployRun {
-                scenario: scenario.to_string(),
+                scenario,
                 seed,
-                method: m.to_string(),
+                method: *m,
                 curve: curve.iter().map(|p| (p.fraction, p.metrics.map)).collect(),
                 old_old_map: oo,
                 flips_cross: flips(
@@ -104,91 +105,147 @@ pub fn deploy_run(
     })
 }
 
+/// One method's deployment figures in one scenario, over seeds: (mean, std) of each.
+struct Summary {
+    seeds: usize,
+    old_old: (f64, f64),
+    /// (fraction, (mean, std) of mAP)
+    curve: Vec<(f64, (f64, f64))>,
+    neg_cross: (f64, f64),
+    neg_self: (f64, f64),
+    pos_cross: (f64, f64),
+}
+
+fn summarise(rs: &[&DeployRun]) -> Summary {
+    let col =
+        |f: &dyn Fn(&DeployRun) -> f64| mean_std(&rs.iter().map(|r| f(r)).collect::<Vec<_>>());
+    Summary {
+        seeds: rs.len(),
+        old_old: col(&|r| r.old_old_map),
+        curve: (0..rs[0].curve.len())
+            .map(|i| (rs[0].curve[i].0, col(&|r| r.curve[i].1)))
+            .collect(),
+        neg_cross: col(&|r| r.flips_cross.negative),
+        neg_self: col(&|r| r.flips_self.negative),
+        pos_cross: col(&|r| r.flips_cross.positive),
+    }
+}
+
 /// Mean ± std over seeds, as Markdown (one table per scenario) and CSV, plus one plot per
 /// scenario (`backfill-<scenario>.svg`) under `out`.
-pub fn write_backfill_reports(runs: &[DeployRun], out: &Path) -> Result<(), PipelineError> {
-    let mut groups: BTreeMap<(String, String), Vec<&DeployRun>> = BTreeMap::new();
+pub fn write_backfill_reports(runs: &[DeployRun], out: &Path) -> Result<(), RunError> {
+    let mut groups: BTreeMap<(Scenario, Method), Vec<&DeployRun>> = BTreeMap::new();
     for r in runs {
-        groups
-            .entry((r.scenario.clone(), r.method.clone()))
+        groups.entry((r.scenario, r.method)).or_default().push(r);
+    }
+    let mut by_scenario: BTreeMap<Scenario, Vec<(Method, Summary)>> = BTreeMap::new();
+    for ((sc, m), rs) in &groups {
+        by_scenario
+            .entry(*sc)
             .or_default()
-            .push(r);
+            .push((*m, summarise(rs)));
     }
     let mut md = String::from(
         "Partial backfill: mAP of new queries against the gallery with a share re-embedded by the new model (seeded random order), mean ± std over seeds; flips are top-1 changes against the old system (old→old), with no backfill (new→old) and after a full one (new→new).\n",
     );
-    let mut csv = String::from(
-        "scenario,method,seeds,fraction,map_mean,map_std,neg_flips_cross,neg_flips_self,pos_flips_cross\n",
+    let mut csv = Table::new(
+        [
+            "scenario",
+            "method",
+            "seeds",
+            "fraction",
+            "map_mean",
+            "map_std",
+            "neg_flips_cross",
+            "neg_flips_self",
+            "pos_flips_cross",
+        ]
+        .map(Column::text),
     );
-    let mut last_scenario = String::new();
-    let mut plot: BTreeMap<String, (Vec<FrontierSeries>, f64)> = BTreeMap::new();
-    for ((sc, m), rs) in &groups {
-        let fr: Vec<f64> = rs[0].curve.iter().map(|p| p.0).collect();
-        if *sc != last_scenario {
-            md.push_str(&format!("\n**{sc}**\n\n| method | seeds | old→old |"));
-            for f in &fr {
-                md.push_str(&format!(" {:.0}% |", f * 100.0));
-            }
-            md.push_str(" negative flips new→old | negative flips new→new |\n|---|---:|---:|");
-            md.push_str(&"---:|".repeat(fr.len() + 2));
-            md.push('\n');
-            last_scenario = sc.clone();
-        }
-        let oo = mean_std(&rs.iter().map(|r| r.old_old_map).collect::<Vec<_>>());
-        let nc = mean_std(
-            &rs.iter()
-                .map(|r| r.flips_cross.negative)
-                .collect::<Vec<_>>(),
-        );
-        let ns = mean_std(&rs.iter().map(|r| r.flips_self.negative).collect::<Vec<_>>());
-        let pc = mean_std(
-            &rs.iter()
-                .map(|r| r.flips_cross.positive)
-                .collect::<Vec<_>>(),
-        );
-        md.push_str(&format!("| {m} | {} | {:.4} |", rs.len(), oo.0));
-        let mut pts = Vec::new();
-        for (i, f) in fr.iter().enumerate() {
-            let v = mean_std(&rs.iter().map(|r| r.curve[i].1).collect::<Vec<_>>());
-            md.push_str(&format!(" {:.4} ± {:.4} |", v.0, v.1));
-            csv.push_str(&format!(
-                "{sc},{m},{},{f},{:.6},{:.6},{:.6},{:.6},{:.6}\n",
-                rs.len(),
-                v.0,
-                v.1,
-                nc.0,
-                ns.0,
-                pc.0
-            ));
-            pts.push((*f * 100.0, v.0, String::new()));
-        }
+    for (sc, rows) in &by_scenario {
         md.push_str(&format!(
-            " {:.2}% ± {:.2} | {:.2}% ± {:.2} |\n",
-            100.0 * nc.0,
-            100.0 * nc.1,
-            100.0 * ns.0,
-            100.0 * ns.1
+            "\n**{sc}**\n\n{}",
+            scenario_table(rows).markdown()
         ));
-        let e = plot.entry(sc.clone()).or_insert((Vec::new(), oo.0));
-        e.0.push(FrontierSeries {
-            name: m.clone(),
-            points: pts,
-            bars: Vec::new(),
-        });
+        for (m, r) in rows {
+            for (f, (mean, std)) in &r.curve {
+                let flips = [r.neg_cross.0, r.neg_self.0, r.pos_cross.0].map(|v| format!("{v:.6}"));
+                let mut row = vec![sc.to_string(), m.to_string(), r.seeds.to_string()];
+                row.extend([f.to_string(), format!("{mean:.6}"), format!("{std:.6}")]);
+                row.extend(flips);
+                csv.push(row);
+            }
+        }
+        plot_scenario(*sc, rows, out)?;
     }
     write_atomic(&out.join("backfill.md"), md.as_bytes())?;
-    write_atomic(&out.join("backfill.csv"), csv.as_bytes())?;
-    for (sc, (series, oo)) in plot {
-        plot_xy(
-            &series,
-            (
-                "gallery re-embedded by the new model (%)",
-                "mAP (new queries)",
-            ),
-            Reference::Horizontal(oo, format!("old→old = {oo:.3}")),
-            &format!("{sc}: partial backfill"),
-            &out.join(format!("backfill-{sc}.svg")),
-        )?;
+    write_atomic(&out.join("backfill.csv"), csv.csv().as_bytes())?;
+    Ok(())
+}
+
+/// One scenario's Markdown table: each method's old→old, curve and negative flips.
+fn scenario_table(rows: &[(Method, Summary)]) -> Table {
+    let fractions: Vec<f64> = rows[0].1.curve.iter().map(|c| c.0).collect();
+    let mut t = Table::new(
+        [
+            Column::text("method"),
+            Column::number("seeds"),
+            Column::number("old→old"),
+        ]
+        .into_iter()
+        .chain(
+            fractions
+                .iter()
+                .map(|f| Column::number(format!("{:.0}%", f * 100.0))),
+        )
+        .chain([
+            Column::number("negative flips new→old"),
+            Column::number("negative flips new→new"),
+        ]),
+    );
+    for (m, r) in rows {
+        let mut row = vec![
+            m.to_string(),
+            r.seeds.to_string(),
+            format!("{:.4}", r.old_old.0),
+        ];
+        row.extend(
+            r.curve
+                .iter()
+                .map(|(_, v)| format!("{:.4} ± {:.4}", v.0, v.1)),
+        );
+        for f in [r.neg_cross, r.neg_self] {
+            row.push(format!("{:.2}% ± {:.2}", 100.0 * f.0, 100.0 * f.1));
+        }
+        t.push(row);
     }
+    t
+}
+
+/// `backfill-<scenario>.svg`: each method's curve against the old system's mAP.
+fn plot_scenario(sc: Scenario, rows: &[(Method, Summary)], out: &Path) -> Result<(), RunError> {
+    let oo = rows[0].1.old_old.0;
+    let series: Vec<FrontierSeries> = rows
+        .iter()
+        .map(|(m, r)| FrontierSeries {
+            name: m.to_string(),
+            points: r
+                .curve
+                .iter()
+                .map(|(f, v)| (f * 100.0, v.0, String::new()))
+                .collect(),
+            bars: Vec::new(),
+        })
+        .collect();
+    plot_xy(
+        &series,
+        (
+            "gallery re-embedded by the new model (%)",
+            "mAP (new queries)",
+        ),
+        Reference::Horizontal(oo, format!("old→old = {oo:.3}")),
+        &format!("{sc}: partial backfill"),
+        &out.join(format!("backfill-{sc}.svg")),
+    )?;
     Ok(())
 }

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::mean_std;
+use crate::eval::protocol::{evaluate_benchmark, BenchmarkConfig, BenchmarkReport};
 use crate::model::Embedder;
-use crate::pipeline::benchmark::{evaluate_benchmark, BenchmarkConfig, BenchmarkReport};
-use crate::pipeline::PipelineError;
+use crate::run::RunError;
+use crate::table::{Column, Table};
 
 /// One run's report on one benchmark.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +34,7 @@ pub fn run_benchmarks(
     scenario: &str,
     seed: u64,
     device: Device,
-) -> Result<Vec<BenchmarkRun>, PipelineError> {
+) -> Result<Vec<BenchmarkRun>, RunError> {
     let ids = super::model_ids(dirs)?;
     let mut models: Option<Vec<Embedder>> = None;
     let mut out = Vec::new();
@@ -50,7 +51,10 @@ pub fn run_benchmarks(
                             .collect::<Result<Vec<_>, _>>()?,
                     );
                 }
-                evaluate_benchmark(b, models.as_deref().unwrap_or_default())
+                Ok(evaluate_benchmark(
+                    b,
+                    models.as_deref().unwrap_or_default(),
+                )?)
             },
         )?;
         out.push(BenchmarkRun {
@@ -62,22 +66,8 @@ pub fn run_benchmarks(
     Ok(out)
 }
 
-/// The figures a benchmark's table shows.
-fn headline(figures: &BTreeMap<String, f64>) -> Vec<String> {
-    for set in [
-        &["medium_map", "hard_map"][..],
-        &["map_at_100"][..],
-        &["recall_at_1"][..],
-    ] {
-        if set.iter().all(|k| figures.contains_key(*k)) {
-            return set.iter().map(|s| s.to_string()).collect();
-        }
-    }
-    figures.keys().take(2).cloned().collect()
-}
-
 /// `benchmarks.md`: per benchmark and scenario, each model's self-test (model → model) and
-/// cross-test (model → old) headline figures, mean ± std over seeds.
+/// cross-test (model → old) headline figures ([`crate::eval::protocol::Figures::headline`]), mean ± std over seeds.
 pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
     // (benchmark, scenario) → model → figure → (self values, cross values)
     type Cell = (Vec<f64>, Vec<f64>);
@@ -88,32 +78,24 @@ pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
         let Some(first) = r.report.pairs.first() else {
             continue;
         };
-        let hk = headline(&first.figures);
-        keys.insert(r.report.name.clone(), hk.clone());
+        let names = first.figures.headline().into_iter().map(|(n, _)| n);
+        keys.insert(r.report.name.clone(), names.collect());
         let entry = t
             .entry((r.report.name.clone(), r.scenario.clone()))
             .or_default();
         for p in &r.report.pairs {
-            let slot = if p.query == p.gallery {
-                0
-            } else if p.gallery == "old" {
-                1
-            } else {
-                continue;
+            let cross = match (p.query == p.gallery, p.gallery == "old") {
+                (true, _) => false,
+                (false, true) => true,
+                (false, false) => continue,
             };
-            for k in &hk {
-                if let Some(v) = p.figures.get(k) {
-                    let c = entry
-                        .entry(p.query.clone())
-                        .or_default()
-                        .entry(k.clone())
-                        .or_default();
-                    if slot == 0 {
-                        c.0.push(*v)
-                    } else {
-                        c.1.push(*v)
-                    }
-                }
+            for (k, v) in p.figures.headline() {
+                let c = entry
+                    .entry(p.query.clone())
+                    .or_default()
+                    .entry(k)
+                    .or_default();
+                if cross { &mut c.1 } else { &mut c.0 }.push(v);
             }
         }
     }
@@ -132,21 +114,23 @@ pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
     );
     for ((name, scenario), models) in &t {
         let hk = &keys[name];
-        s.push_str(&format!("\n## {name}, {scenario}\n\n| model |"));
-        for k in hk {
-            s.push_str(&format!(" self {k} | cross {k} |"));
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---:|---:|".repeat(hk.len()));
-        s.push('\n');
+        let mut table = Table::new(std::iter::once(Column::text("model")).chain(
+            hk.iter().flat_map(|k| {
+                [
+                    Column::number(format!("self {k}")),
+                    Column::number(format!("cross {k}")),
+                ]
+            }),
+        ));
         for (model, figs) in models {
-            s.push_str(&format!("| {model} |"));
+            let mut row = vec![model.clone()];
             for k in hk {
                 let (a, b) = figs.get(k).cloned().unwrap_or_default();
-                s.push_str(&format!(" {} | {} |", ms(&a), ms(&b)));
+                row.extend([ms(&a), ms(&b)]);
             }
-            s.push('\n');
+            table.push(row);
         }
+        s.push_str(&format!("\n## {name}, {scenario}\n\n{}", table.markdown()));
     }
     s
 }

@@ -11,20 +11,23 @@ use serde::{Deserialize, Serialize};
 
 use super::paired::{cell, interval, Interval};
 use super::Knob;
+use crate::data::Scenario;
 use crate::eval::is_compatible;
 use crate::files::write_atomic;
-use crate::pipeline::{PipelineError, RunConfig};
+use crate::loss::Method;
 use crate::report::{plot_frontier, Bar, FrontierSeries};
+use crate::run::{RunConfig, RunError};
+use crate::table::{Column, Table};
 
 /// One point of a frontier: one new model of one run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FrontierPoint {
     /// Scenario.
-    pub scenario: String,
+    pub scenario: Scenario,
     /// Seed.
     pub seed: u64,
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// The swept knob; `None` at the method's default settings (a main run).
     pub knob: Option<Knob>,
     /// The knob's value; `None` at the default settings.
@@ -63,9 +66,9 @@ fn setting_name(knob: Option<Knob>, value: Option<f64>) -> String {
     }
 }
 
-/// The distinct names in order of first appearance.
-fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
-    let mut out: Vec<&str> = Vec::new();
+/// The distinct values in order of first appearance.
+fn distinct<T: PartialEq>(names: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
     for n in names {
         if !out.contains(&n) {
             out.push(n);
@@ -77,8 +80,8 @@ fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 /// Sorts points by scenario, method, setting (default first, then knob and value) and seed.
 pub fn sort_points(points: &mut [FrontierPoint]) {
     points.sort_by(|a, b| {
-        (&a.scenario, &a.method, a.knob)
-            .cmp(&(&b.scenario, &b.method, b.knob))
+        (a.scenario, a.method, a.knob)
+            .cmp(&(b.scenario, b.method, b.knob))
             .then(
                 a.value
                     .unwrap_or(f64::NEG_INFINITY)
@@ -92,9 +95,9 @@ pub fn sort_points(points: &mut [FrontierPoint]) {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SettingSummary {
     /// Scenario.
-    pub scenario: String,
+    pub scenario: Scenario,
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// The swept knob (`None`: default settings).
     pub knob: Option<Knob>,
     /// Its value.
@@ -125,8 +128,8 @@ pub fn summarise(points: &[FrontierPoint]) -> Vec<SettingSummary> {
         .map(|g| {
             let col = |f: fn(&FrontierPoint) -> f64| g.iter().map(|p| f(p)).collect::<Vec<_>>();
             SettingSummary {
-                scenario: g[0].scenario.clone(),
-                method: g[0].method.clone(),
+                scenario: g[0].scenario,
+                method: g[0].method,
                 knob: g[0].knob,
                 value: g[0].value,
                 seeds: g.len(),
@@ -143,11 +146,11 @@ pub fn summarise(points: &[FrontierPoint]) -> Vec<SettingSummary> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BestCompatibleRow {
     /// Scenario.
-    pub scenario: String,
+    pub scenario: Scenario,
     /// The method.
-    pub method: String,
+    pub method: Method,
     /// The method it is compared with.
-    pub reference: String,
+    pub reference: Method,
     /// The scenario's seeds.
     pub seeds: Vec<u64>,
     /// The method's best compatible setting per seed (`None`: no setting met the criterion).
@@ -167,12 +170,12 @@ pub struct BestCompatibleRow {
 }
 
 /// The highest self-test among the compatible points of one method on one run.
-fn best<'a>(
-    points: &'a [FrontierPoint],
-    scenario: &str,
+fn best(
+    points: &[FrontierPoint],
+    scenario: Scenario,
     seed: u64,
-    method: &str,
-) -> Option<&'a FrontierPoint> {
+    method: Method,
+) -> Option<&FrontierPoint> {
     points
         .iter()
         .filter(|p| p.scenario == scenario && p.seed == seed && p.method == method)
@@ -184,8 +187,8 @@ fn best<'a>(
 }
 
 /// Every method's best compatible setting against `reference`'s, per scenario, paired by seed.
-pub fn best_compatible(points: &[FrontierPoint], reference: &str) -> Vec<BestCompatibleRow> {
-    let scenarios = distinct(points.iter().map(|p| p.scenario.as_str()));
+pub fn best_compatible(points: &[FrontierPoint], reference: Method) -> Vec<BestCompatibleRow> {
+    let scenarios = distinct(points.iter().map(|p| p.scenario));
     let mut out = Vec::new();
     for sc in scenarios {
         let here = points.iter().filter(|p| p.scenario == sc);
@@ -195,15 +198,15 @@ pub fn best_compatible(points: &[FrontierPoint], reference: &str) -> Vec<BestCom
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let methods = distinct(here.map(|p| p.method.as_str()));
+        let methods = distinct(here.map(|p| p.method));
         if !methods.contains(&reference) {
             continue;
         }
         for m in methods.into_iter().filter(|m| *m != reference) {
             let mut row = BestCompatibleRow {
-                scenario: sc.to_string(),
-                method: m.to_string(),
-                reference: reference.to_string(),
+                scenario: sc,
+                method: m,
+                reference,
                 seeds: seeds.clone(),
                 chosen: Vec::new(),
                 reference_chosen: Vec::new(),
@@ -251,80 +254,108 @@ fn per_seed(seeds: &[u64], chosen: &[Option<String>]) -> String {
 
 /// The settings table and the best-compatible comparison as Markdown.
 pub fn frontier_markdown(summary: &[SettingSummary], best: &[BestCompatibleRow]) -> String {
-    let mut s = String::from(
-        "Frontier points: each setting's self-test and cross-test mAP, mean and 95% Student-t \
-         interval over seeds; \"compatible\" counts the seeds where M(new→old) > M(old→old).\n\n\
-         | scenario | method | setting | seeds | self mAP [95% CI] | cross mAP [95% CI] | old→old | compatible |\n\
-         |---|---|---|---:|---|---|---:|---:|\n",
-    );
+    let mut t = Table::new([
+        Column::text("scenario"),
+        Column::text("method"),
+        Column::text("setting"),
+        Column::number("seeds"),
+        Column::text("self mAP [95% CI]"),
+        Column::text("cross mAP [95% CI]"),
+        Column::number("old→old"),
+        Column::number("compatible"),
+    ]);
     for r in summary {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.4} | {}/{} |\n",
-            r.scenario,
-            r.method,
+        t.push(vec![
+            r.scenario.to_string(),
+            r.method.to_string(),
             setting_name(r.knob, r.value),
-            r.seeds,
+            r.seeds.to_string(),
             mean_ci(&r.self_map),
             mean_ci(&r.cross_map),
-            r.old_old_map,
-            r.compatible,
-            r.seeds
-        ));
+            format!("{:.4}", r.old_old_map),
+            format!("{}/{}", r.compatible, r.seeds),
+        ]);
     }
-    if best.is_empty() {
+    let mut s = format!(
+        "Frontier points: each setting's self-test and cross-test mAP, mean and 95% Student-t \
+         interval over seeds; \"compatible\" counts the seeds where M(new→old) > M(old→old).\n\n{}",
+        t.markdown()
+    );
+    let Some(first) = best.first() else {
         return s;
-    }
-    s.push_str(&format!(
-        "\nBest compatible setting per seed (highest self-test among the settings that meet the \
-         criterion on that seed), minus {}'s, paired by seed; the cross-test difference is that of \
-         the same two models.\n\n\
-         | scenario | method | chosen per seed | {} chosen per seed | seeds paired | self mAP difference [95% CI] | cross mAP difference [95% CI] |\n\
-         |---|---|---|---|---:|---|---|\n",
-        best[0].reference, best[0].reference
-    ));
+    };
+    let reference = &first.reference;
+    let mut t = Table::new([
+        Column::text("scenario"),
+        Column::text("method"),
+        Column::text("chosen per seed"),
+        Column::text(format!("{reference} chosen per seed")),
+        Column::number("seeds paired"),
+        Column::text("self mAP difference [95% CI]"),
+        Column::text("cross mAP difference [95% CI]"),
+    ]);
     for r in best {
         let (sd, cd) = if r.paired_seeds.is_empty() {
             ("no compatible setting".to_string(), "-".to_string())
         } else {
             (cell(&r.self_diff), cell(&r.cross_diff))
         };
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {}/{} | {} | {} |\n",
-            r.scenario,
-            r.method,
+        t.push(vec![
+            r.scenario.to_string(),
+            r.method.to_string(),
             per_seed(&r.seeds, &r.chosen),
             per_seed(&r.seeds, &r.reference_chosen),
-            r.paired_seeds.len(),
-            r.seeds.len(),
+            format!("{}/{}", r.paired_seeds.len(), r.seeds.len()),
             sd,
-            cd
-        ));
+            cd,
+        ]);
     }
+    s.push_str(&format!(
+        "\nBest compatible setting per seed (highest self-test among the settings that meet the \
+         criterion on that seed), minus {reference}'s, paired by seed; the cross-test difference \
+         is that of the same two models.\n\n{}",
+        t.markdown()
+    ));
     s
 }
 
 /// The points as CSV (one row per model).
 pub fn frontier_csv(points: &[FrontierPoint]) -> String {
-    let mut s = String::from("scenario,seed,method,knob,value,self_map,cross_map,old_old_map\n");
+    let mut t = Table::new(
+        [
+            "scenario",
+            "seed",
+            "method",
+            "knob",
+            "value",
+            "self_map",
+            "cross_map",
+            "old_old_map",
+        ]
+        .map(Column::text),
+    );
     for p in points {
-        s.push_str(&format!(
-            "{},{},{},{},{},{:.6},{:.6},{:.6}\n",
-            p.scenario,
-            p.seed,
-            p.method,
-            p.knob.map_or("default", |k| k.as_str()),
+        t.push(vec![
+            p.scenario.to_string(),
+            p.seed.to_string(),
+            p.method.to_string(),
+            p.knob.map_or("default", |k| k.as_str()).to_string(),
             p.value.map(|v| v.to_string()).unwrap_or_default(),
-            p.self_map,
-            p.cross_map,
-            p.old_old_map
-        ));
+            format!("{:.6}", p.self_map),
+            format!("{:.6}", p.cross_map),
+            format!("{:.6}", p.old_old_map),
+        ]);
     }
-    s
+    t.csv()
 }
 
 /// The plot's curves for one scenario: per method and knob, the default setting (labelled with
 /// the knob's base value) and the swept values; a method without sweeps is one point.
-pub fn series(summary: &[SettingSummary], scenario: &str, base: &RunConfig) -> Vec<FrontierSeries> {
+pub fn series(
+    summary: &[SettingSummary],
+    scenario: Scenario,
+    base: &RunConfig,
+) -> Vec<FrontierSeries> {
     let here: Vec<&SettingSummary> = summary.iter().filter(|r| r.scenario == scenario).collect();
     let point = |r: &SettingSummary, label: String| {
         (
@@ -336,7 +367,7 @@ pub fn series(summary: &[SettingSummary], scenario: &str, base: &RunConfig) -> V
         )
     };
     let mut out = Vec::new();
-    let methods = distinct(here.iter().map(|r| r.method.as_str()));
+    let methods = distinct(here.iter().map(|r| r.method));
     for m in methods {
         let of_m: Vec<&&SettingSummary> = here.iter().filter(|r| r.method == m).collect();
         let default = of_m.iter().find(|r| r.knob.is_none());
@@ -354,7 +385,7 @@ pub fn series(summary: &[SettingSummary], scenario: &str, base: &RunConfig) -> V
         }
         for k in knobs {
             let mut pts = Vec::new();
-            if let (Some(d), Some(v)) = (default, k.base_value(base)) {
+            if let (Some(d), Some(v)) = (default, k.value(&base.compat)) {
                 pts.push(point(d, format!("{v}")));
             }
             for r in of_m.iter().filter(|r| r.knob == Some(k)) {
@@ -380,15 +411,15 @@ pub fn write_frontier(
     points: &[FrontierPoint],
     base: &RunConfig,
     out: &Path,
-) -> Result<(Vec<SettingSummary>, Vec<BestCompatibleRow>), PipelineError> {
+) -> Result<(Vec<SettingSummary>, Vec<BestCompatibleRow>), RunError> {
     let summary = summarise(points);
-    let best = best_compatible(points, "bct");
+    let best = best_compatible(points, Method::BCT);
     write_atomic(&out.join("frontier.csv"), frontier_csv(points).as_bytes())?;
     write_atomic(
         &out.join("frontier.md"),
         frontier_markdown(&summary, &best).as_bytes(),
     )?;
-    let scenarios = distinct(summary.iter().map(|r| r.scenario.as_str()));
+    let scenarios = distinct(summary.iter().map(|r| r.scenario));
     for sc in scenarios {
         let here: Vec<&SettingSummary> = summary.iter().filter(|r| r.scenario == sc).collect();
         let oo = here.iter().map(|r| r.old_old_map).sum::<f64>() / here.len() as f64;
@@ -415,9 +446,9 @@ mod tests {
         c: f64,
     ) -> FrontierPoint {
         FrontierPoint {
-            scenario: "extended-class".into(),
+            scenario: Scenario::ExtendedClass,
             seed,
-            method: method.into(),
+            method: Method::named(method).unwrap(),
             knob,
             value,
             self_map: s,
@@ -428,8 +459,8 @@ mod tests {
 
     #[test]
     fn best_compatible_picks_the_highest_self_test_among_compatible_settings() {
-        let l = Some(Knob::Lambda);
-        let e = Some(Knob::NdppEps);
+        let l = Some(Knob::LAMBDA);
+        let e = Some(Knob::named("ndpp-eps").unwrap());
         let points = vec![
             // bct: on seed 1 the default is compatible, λ = 0.3 is better but not compatible
             pt(1, "bct", None, None, 0.70, 0.55),
@@ -445,10 +476,10 @@ mod tests {
             pt(1, "independent", None, None, 0.9, 0.1),
             pt(2, "independent", None, None, 0.9, 0.1),
         ];
-        let rows = best_compatible(&points, "bct");
+        let rows = best_compatible(&points, Method::BCT);
         assert_eq!(rows.len(), 2);
         let n = &rows[0];
-        assert_eq!(n.method, "ndpp");
+        assert_eq!(n.method, Method::NDPP);
         assert_eq!(
             n.chosen,
             vec![Some("ndpp-eps = 0.1".into()), Some("default".into())]
@@ -467,7 +498,7 @@ mod tests {
         }
         assert!((n.self_diff.mean - 0.04).abs() < 1e-12);
         let i = &rows[1];
-        assert_eq!(i.method, "independent");
+        assert_eq!(i.method, Method::INDEPENDENT);
         assert!(i.paired_seeds.is_empty() && i.chosen == vec![None, None]);
         let md = frontier_markdown(&summarise(&points), &rows);
         assert!(md.contains("| extended-class | independent | 1: none; 2: none |"));

@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::Scenario;
-use crate::report::ResultRow;
+use crate::eval::models::ResultRow;
+use crate::loss::Method;
+use crate::table::{Column, Table};
 
 /// A mean with its 95% interval.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -64,11 +66,11 @@ pub fn interval(xs: &[f64]) -> Interval {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PairedRow {
     /// Scenario.
-    pub scenario: String,
+    pub scenario: Scenario,
     /// The method.
-    pub method: String,
+    pub method: Method,
     /// The method it is compared with.
-    pub reference: String,
+    pub reference: Method,
     /// Seeds where both ran.
     pub seeds: Vec<u64>,
     /// Self-test mAP, method minus reference, per seed.
@@ -82,14 +84,14 @@ pub struct PairedRow {
 }
 
 /// Every method against `reference`, per scenario, over the seeds where both ran.
-pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: &str) -> Vec<PairedRow> {
+pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Vec<PairedRow> {
     let mut out: Vec<PairedRow> = Vec::new();
     for (sc, seed, rows) in runs {
         let Some(r) = rows.iter().find(|r| r.method == reference) else {
             continue;
         };
         for m in rows.iter().filter(|m| m.method != reference) {
-            let scenario = sc.to_string();
+            let scenario = *sc;
             let i = match out
                 .iter()
                 .position(|p| p.scenario == scenario && p.method == m.method)
@@ -98,8 +100,8 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: &str) -> Vec<
                 None => {
                     out.push(PairedRow {
                         scenario,
-                        method: m.method.clone(),
-                        reference: reference.to_string(),
+                        method: m.method,
+                        reference,
                         seeds: Vec::new(),
                         self_diffs: Vec::new(),
                         cross_diffs: Vec::new(),
@@ -136,19 +138,23 @@ pub(crate) fn cell(i: &Interval) -> String {
 
 /// The paired comparisons as Markdown.
 pub fn paired_markdown(rows: &[PairedRow]) -> String {
-    let mut s = String::from(
-        "| scenario | method | minus | seeds | self mAP difference [95% CI] | cross mAP difference [95% CI] |\n|---|---|---|---:|---|---|\n",
-    );
+    let mut t = Table::new([
+        Column::text("scenario"),
+        Column::text("method"),
+        Column::text("minus"),
+        Column::number("seeds"),
+        Column::text("self mAP difference [95% CI]"),
+        Column::text("cross mAP difference [95% CI]"),
+    ]);
     for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            r.scenario,
-            r.method,
-            r.reference,
-            r.seeds.len(),
+        t.push(vec![
+            r.scenario.to_string(),
+            r.method.to_string(),
+            r.reference.to_string(),
+            r.seeds.len().to_string(),
             cell(&r.self_diff),
-            cell(&r.cross_diff)
-        ));
+            cell(&r.cross_diff),
+        ]);
     }
-    s
+    t.markdown()
 }

@@ -14,8 +14,9 @@ use crate::eval::{is_compatible, CompatMatrix};
 use crate::files::write_atomic;
 use crate::loss::Method;
 use crate::model::{Embedder, ModelCard, CARD_FILE};
-use crate::pipeline::{train_old, train_successor, PipelineError, StepOptions};
 use crate::report::plot_matrix;
+use crate::run::{train_old, train_successor, RunError, StepOptions};
+use crate::table::{Column, Table};
 
 /// Which earlier model each successor of a chain is trained against.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -46,7 +47,7 @@ impl Default for SequentialConfig {
     fn default() -> Self {
         Self {
             fractions: vec![0.3, 0.6, 1.0],
-            methods: vec![Method::Bct, Method::Ndpp, Method::Odpp],
+            methods: vec![Method::BCT, Method::NDPP, Method::ODPP],
             reference: ChainReference::Previous,
             seeds: None,
         }
@@ -145,8 +146,8 @@ pub fn run_sequential(
     seq: &SequentialConfig,
     out: &Path,
     opts: &StepOptions,
-) -> Result<Vec<ChainRun>, PipelineError> {
-    seq.validate().map_err(PipelineError::Invalid)?;
+) -> Result<Vec<ChainRun>, RunError> {
+    seq.validate().map_err(RunError::Invalid)?;
     let seeds = seq.seeds.clone().unwrap_or_else(|| cfg.seeds.clone());
     let mut runs = Vec::new();
     for &seed in &seeds {
@@ -188,14 +189,14 @@ pub fn run_sequential(
 }
 
 fn evaluate_chain(
-    rc: &crate::pipeline::RunConfig,
+    rc: &crate::run::RunConfig,
     seq: &SequentialConfig,
     method: Method,
     seed: u64,
     dirs: &[PathBuf],
     seq_dir: &Path,
     opts: &StepOptions,
-) -> Result<ChainRun, PipelineError> {
+) -> Result<ChainRun, RunError> {
     let ids: Vec<String> = dirs
         .iter()
         .map(|d| ModelCard::read(&d.join(CARD_FILE)).map(|c| c.id))
@@ -212,7 +213,7 @@ fn evaluate_chain(
             let feats = dirs
                 .iter()
                 .map(|d| Ok(Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch)))
-                .collect::<Result<Vec<_>, PipelineError>>()?;
+                .collect::<Result<Vec<_>, RunError>>()?;
             let matrix = CompatMatrix::compute(&model_names(&seq.fractions), &feats, &test.labels)?;
             let (met, total) = pairs_meeting_criterion(&matrix);
             let run = ChainRun {
@@ -272,6 +273,25 @@ pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
         .collect()
 }
 
+/// Runs the chains and writes `sequential.md` (per method: the pair share and the mean
+/// matrix) and `sequential.csv` (every cell).
+pub fn run_and_write(
+    cfg: &ExperimentConfig,
+    seq: &SequentialConfig,
+    out: &Path,
+    opts: &StepOptions,
+) -> Result<Vec<ChainRun>, RunError> {
+    let chains = run_sequential(cfg, seq, out, opts)?;
+    let summary = summarise(&chains, &seq.fractions);
+    let md = sequential_markdown(&summary, seq.reference);
+    write_atomic(&out.join("sequential.md"), md.as_bytes())?;
+    write_atomic(
+        &out.join("sequential.csv"),
+        sequential_csv(&chains).as_bytes(),
+    )?;
+    Ok(chains)
+}
+
 /// The summaries as Markdown: one table per method (the mean matrix) and a pair-share line.
 pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> String {
     let mut s = format!(
@@ -281,60 +301,61 @@ pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> 
             ChainReference::First => "first",
         }
     );
-    s.push_str("| method | seeds | pairs meeting the criterion | share |\n|---|---:|---:|---:|\n");
+    let mut t = Table::new([
+        Column::text("method"),
+        Column::number("seeds"),
+        Column::number("pairs meeting the criterion"),
+        Column::number("share"),
+    ]);
     for r in rows {
-        s.push_str(&format!(
-            "| {} | {} | {}/{} | {:.2} |\n",
-            r.method,
-            r.seeds,
-            r.pairs_met,
-            r.pairs_total,
-            r.pairs_met as f64 / r.pairs_total.max(1) as f64
-        ));
+        t.push(vec![
+            r.method.clone(),
+            r.seeds.to_string(),
+            format!("{}/{}", r.pairs_met, r.pairs_total),
+            format!("{:.2}", r.pairs_met as f64 / r.pairs_total.max(1) as f64),
+        ]);
     }
+    s.push_str(&t.markdown());
     for r in rows {
         let names = model_names(&r.fractions);
-        s.push_str(&format!("\n**{}**\n\n| query \\ gallery |", r.method));
-        for n in &names {
-            s.push_str(&format!(" {n} |"));
-        }
-        s.push_str("\n|---|");
-        s.push_str(&"---:|".repeat(names.len()));
-        s.push('\n');
+        let mut t = Table::new(
+            std::iter::once(Column::text("query \\ gallery"))
+                .chain(names.iter().map(Column::number)),
+        );
         for (q, row) in r.cells.iter().enumerate() {
-            s.push_str(&format!("| {} |", names[q]));
-            for (g, (m, sd)) in row.iter().enumerate() {
-                // only pairs with the query model no older than the gallery model matter
+            let mut cells = vec![names[q].clone()];
+            // only pairs with the query model no older than the gallery model matter
+            cells.extend(row.iter().enumerate().map(|(g, (m, sd))| {
                 if g <= q {
-                    s.push_str(&format!(" {m:.4} ± {sd:.4} |"));
+                    format!("{m:.4} ± {sd:.4}")
                 } else {
-                    s.push_str(" – |");
+                    "–".to_string()
                 }
-            }
-            s.push('\n');
+            }));
+            t.push(cells);
         }
+        s.push_str(&format!("\n**{}**\n\n{}", r.method, t.markdown()));
     }
     s
 }
 
 /// CSV of every cell of every chain.
 pub fn sequential_csv(runs: &[ChainRun]) -> String {
-    let mut s = String::from("method,seed,query,gallery,map,r1\n");
+    let mut t = Table::new(["method", "seed", "query", "gallery", "map", "r1"].map(Column::text));
     for r in runs {
         for (q, row) in r.matrix.cells.iter().enumerate() {
             for (g, c) in row.iter().enumerate() {
                 let Some(c) = c else { continue };
-                s.push_str(&format!(
-                    "{},{},{},{},{:.6},{:.6}\n",
-                    r.method,
-                    r.seed,
-                    r.matrix.models[q],
-                    r.matrix.models[g],
-                    c.map,
-                    c.recall_at.get(&1).copied().unwrap_or(f64::NAN)
-                ));
+                t.push(vec![
+                    r.method.clone(),
+                    r.seed.to_string(),
+                    r.matrix.models[q].clone(),
+                    r.matrix.models[g].clone(),
+                    format!("{:.6}", c.map),
+                    format!("{:.6}", c.recall_at.get(&1).copied().unwrap_or(f64::NAN)),
+                ]);
             }
         }
     }
-    s
+    t.csv()
 }

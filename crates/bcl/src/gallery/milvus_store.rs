@@ -224,7 +224,7 @@ impl MilvusStore {
                 .map_err(err)?;
             if has.exists() {
                 return Err(GalleryError::Invalid(format!(
-                    "Milvus collection {name} already exists at {}; choose another --milvus-collection",
+                    "Milvus collection {name} already exists at {}; choose another collection name",
                     self.cfg.uri
                 )));
             }

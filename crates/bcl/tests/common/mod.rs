@@ -8,7 +8,7 @@ use std::path::Path;
 
 use bcl::data::images::ImagePrep;
 use bcl::data::DataFormat;
-use bcl::pipeline::{RunConfig, StepOptions};
+use bcl::run::{RunConfig, StepOptions};
 use image::{Rgb, RgbImage};
 use proptest::prelude::*;
 

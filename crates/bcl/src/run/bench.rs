@@ -1,0 +1,99 @@
+//! The training-step bench: the configured model's forward, head loss, backward and SGD update
+//! on a fixed random batch, the same step as `bench/torch_reference.py` times in PyTorch.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::{RunConfig, RunError};
+
+/// Result of [`bench_train_step`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// Implementation measured.
+    pub r#impl: String,
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// Model width.
+    pub width: i64,
+    /// Blocks per stage.
+    pub blocks: i64,
+    /// Embedding dimension.
+    pub dim: i64,
+    /// Images per step.
+    pub batch: i64,
+    /// Timed steps.
+    pub steps: usize,
+    /// Wall time of the timed steps.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+}
+
+/// Times the training step of the configured model (forward, head loss, backward, SGD update)
+/// on a fixed random batch: the same step as `bench/torch_reference.py`.
+pub fn bench_train_step(
+    cfg: &RunConfig,
+    batch: i64,
+    size: i64,
+    steps: usize,
+    warmup: usize,
+    device: Device,
+) -> Result<BenchResult, RunError> {
+    use crate::loss::ClassifierHead;
+    use crate::model::EmbeddingNet;
+    use crate::train::Sgd;
+    if batch < 1 || steps < 1 || size < 8 {
+        return Err(RunError::Invalid(
+            "the batch and the step count must be >= 1 and the image size >= 8".into(),
+        ));
+    }
+    cfg.model.validate()?;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let net = EmbeddingNet::new(&(vs.root() / "net"), &cfg.model);
+    let classes = cfg.data.classes as i64;
+    let head = ClassifierHead::new(
+        &(vs.root() / "classifier"),
+        &cfg.old.head,
+        cfg.model.dim,
+        classes,
+    );
+    let mut opt = Sgd::new(&vs, cfg.old.momentum, cfg.old.weight_decay);
+    let x = Tensor::randn(
+        [batch, cfg.model.in_channels, size, size],
+        (Kind::Float, device),
+    );
+    let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
+    let mut step = || {
+        opt.zero_grad();
+        let f = net.forward_t(&x, true);
+        let loss = head.loss(&f, &y);
+        loss.backward();
+        opt.step(0.05);
+    };
+    for _ in 0..warmup {
+        step();
+    }
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let t0 = std::time::Instant::now();
+    for _ in 0..steps {
+        step();
+    }
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(BenchResult {
+        r#impl: "bcl (tch)".into(),
+        threads: tch::get_num_threads(),
+        width: cfg.model.width,
+        blocks: cfg.model.blocks,
+        dim: cfg.model.dim,
+        batch,
+        steps,
+        seconds,
+        images_per_s: (steps as i64 * batch) as f64 / seconds,
+    })
+}

@@ -1,0 +1,177 @@
+//! The run directory's checkpoint: `checkpoint/` holds the weights, the optimiser's momentum,
+//! the compatibility method's state and `state.json` (epochs done, the configuration string,
+//! the history), written in that order and each atomically, so that an interrupted run resumes
+//! from its last whole epoch and a run of another configuration is refused.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use super::{EpochStats, Sgd, TrainConfig, TrainError, TrainOutcome};
+use crate::loss::CompatLoss;
+use crate::model::{ModelCard, ModelConfig, CARD_FILE};
+use crate::perturb::RefreshStats;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CheckpointState {
+    pub(crate) epochs_done: usize,
+    pub(crate) config: String,
+    pub(crate) history: Vec<EpochStats>,
+    #[serde(default)]
+    pub(crate) refreshes: Vec<RefreshStats>,
+}
+
+pub(crate) fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Saves named tensors as safetensors atomically (temp file in the same directory, then rename).
+pub fn save_safetensors_atomic(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+) -> Result<(), TrainError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp.safetensors",
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("weights"),
+        std::process::id()
+    ));
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| ckpt_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e))?;
+    Ok(())
+}
+
+/// Name of the variable-store path under which a compatibility loss keeps its variables.
+pub const COMPAT_VARS: &str = "compat";
+
+/// Every variable of `vs`, sorted by name.
+pub(crate) fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The string a checkpoint records to tell whether a resumed run is the same run.
+pub fn job_config_string(
+    model: &ModelConfig,
+    train: &TrainConfig,
+    method: &str,
+    note: &str,
+    split_fingerprint: &str,
+) -> String {
+    serde_json::to_string(&(model, train, method, note, split_fingerprint))
+        .expect("config serialises")
+}
+
+/// Reads a checkpoint's state file; a checkpoint of another configuration is an error.
+pub(crate) fn read_checkpoint_state(
+    path: &Path,
+    config_str: &str,
+) -> Result<CheckpointState, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ckpt_err(path, e))?;
+    let st: CheckpointState = serde_json::from_str(&text).map_err(|e| ckpt_err(path, e))?;
+    if st.config != config_str {
+        return Err(TrainError::ConfigChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(st)
+}
+
+/// The outcome of a run in `out` that already finished with the same configuration string
+/// (so that callers can skip preparing a job that would do nothing); `None` when there is no
+/// finished run there. A checkpoint of another configuration is an error.
+pub fn finished_run(
+    out: &Path,
+    config_str: &str,
+    epochs: usize,
+) -> Result<Option<TrainOutcome>, TrainError> {
+    let state_path = out.join("checkpoint").join("state.json");
+    let card_path = out.join(CARD_FILE);
+    if !(state_path.exists() && card_path.exists()) {
+        return Ok(None);
+    }
+    let st = read_checkpoint_state(&state_path, config_str)?;
+    if st.epochs_done != epochs {
+        return Ok(None);
+    }
+    Ok(Some(TrainOutcome {
+        card: ModelCard::read(&card_path)?,
+        history: st.history,
+        dir: out.to_path_buf(),
+        probe_features: None,
+        refreshes: st.refreshes,
+    }))
+}
+
+/// The checkpoint files of a run directory.
+pub(crate) struct Checkpoint {
+    dir: PathBuf,
+    /// `checkpoint/state.json`.
+    pub(crate) state: PathBuf,
+}
+
+impl Checkpoint {
+    /// The checkpoint of the run in `out`.
+    pub(crate) fn of(out: &Path) -> Self {
+        let dir = out.join("checkpoint");
+        Self {
+            state: dir.join("state.json"),
+            dir,
+        }
+    }
+
+    /// Restores weights, momentum and the method's state saved by [`Checkpoint::save`].
+    pub(crate) fn restore(
+        &self,
+        vs: &mut nn::VarStore,
+        opt: &mut Sgd,
+        compat: &mut dyn CompatLoss,
+        device: Device,
+    ) -> Result<(), TrainError> {
+        let w = self.dir.join("weights.safetensors");
+        vs.load(&w).map_err(|e| ckpt_err(&w, e))?;
+        let o = self.dir.join("optimizer.safetensors");
+        let state = Tensor::read_safetensors(&o).map_err(|e| ckpt_err(&o, e))?;
+        opt.load_state(state, device);
+        let c = self.dir.join("compat.safetensors");
+        if c.exists() {
+            let state = Tensor::read_safetensors(&c).map_err(|e| ckpt_err(&c, e))?;
+            compat.load_state(&state);
+        }
+        Ok(())
+    }
+
+    /// Saves the checkpoint after an epoch: weights and optimiser first, then the state file
+    /// that names them.
+    pub(crate) fn save(
+        &self,
+        vs: &nn::VarStore,
+        opt: &Sgd,
+        compat: &dyn CompatLoss,
+        state: &CheckpointState,
+    ) -> Result<(), TrainError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| ckpt_err(&self.dir, e))?;
+        save_safetensors_atomic(&self.dir.join("weights.safetensors"), &named_vars(vs))?;
+        save_safetensors_atomic(&self.dir.join("optimizer.safetensors"), &opt.state())?;
+        let cstate = compat.state();
+        if !cstate.is_empty() {
+            save_safetensors_atomic(&self.dir.join("compat.safetensors"), &cstate)?;
+        }
+        crate::files::write_json(&self.state, state)?;
+        Ok(())
+    }
+}
