@@ -4,6 +4,7 @@
 use crate::files::write_atomic;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -288,20 +289,17 @@ pub enum Reference {
     Horizontal(f64, String),
 }
 
-/// Draws labelled point series joined by lines (sorted by x), with their interval bars, axis
-/// descriptions and a reference line, as SVG.
-pub fn plot_xy(
-    series: &[FrontierSeries],
-    axes: (&str, &str),
-    reference: Reference,
-    title: &str,
-    path: &Path,
-) -> Result<(), ReportError> {
-    if let Some(s) = series
+/// The plot's chart: SVG, two f64 axes.
+type XyChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Every series has one bar per point, or none.
+fn check_bars(series: &[FrontierSeries], path: &Path) -> Result<(), ReportError> {
+    match series
         .iter()
         .find(|s| !s.bars.is_empty() && s.bars.len() != s.points.len())
     {
-        return Err(ReportError::Plot {
+        Some(s) => Err(ReportError::Plot {
             path: path.to_path_buf(),
             reason: format!(
                 "series {}: {} bars for {} points",
@@ -309,9 +307,14 @@ pub fn plot_xy(
                 s.bars.len(),
                 s.points.len()
             ),
-        });
+        }),
+        None => Ok(()),
     }
-    // the extent covers the points and the ends of their bars
+}
+
+/// `(x0, x1, y0, y1)` covering the points, the ends of their bars and the reference line
+/// (the unit square when there is nothing to cover).
+fn extent(series: &[FrontierSeries], reference: &Reference) -> (f64, f64, f64, f64) {
     let mut all: Vec<(f64, f64)> = Vec::new();
     for s in series {
         for (i, p) in s.points.iter().enumerate() {
@@ -327,7 +330,7 @@ pub fn plot_xy(
         }
     }
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    match &reference {
+    match reference {
         Reference::Vertical(v, _) => (x0, x1) = (*v, *v),
         Reference::Horizontal(v, _) => (y0, y1) = (*v, *v),
     }
@@ -343,6 +346,66 @@ pub fn plot_xy(
     if y0 > y1 {
         (y0, y1) = (0.0, 1.0);
     }
+    (x0, x1, y0, y1)
+}
+
+/// One series: its interval bars, the line through its points sorted by x (in the legend),
+/// the points and their labels.
+fn draw_one(
+    chart: &mut XyChart,
+    s: &FrontierSeries,
+    color: RGBAColor,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let mut pts = s.points.clone();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let bars = s.points.iter().zip(&s.bars);
+    chart
+        .draw_series(bars.clone().filter_map(|(p, b)| {
+            b.y_ends()
+                .map(|(lo, hi)| ErrorBar::new_vertical(p.0, lo, p.1, hi, color, 6))
+        }))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(bars.filter_map(|(p, b)| {
+            b.x_ends()
+                .map(|(lo, hi)| ErrorBar::new_horizontal(p.1, lo, p.0, hi, color, 6))
+        }))
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(LineSeries::new(
+            pts.iter().map(|p| (p.0, p.1)),
+            color.stroke_width(2),
+        ))
+        .map_err(|e| plot_err(path, e))?
+        .label(s.name.clone())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart
+        .draw_series(
+            pts.iter()
+                .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
+        )
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(
+            pts.iter()
+                .map(|p| Text::new(p.2.clone(), (p.0, p.1), ("sans-serif", 11))),
+        )
+        .map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
+
+/// Draws labelled point series joined by lines (sorted by x), with their interval bars, axis
+/// descriptions and a reference line, as SVG.
+pub fn plot_xy(
+    series: &[FrontierSeries],
+    axes: (&str, &str),
+    reference: Reference,
+    title: &str,
+    path: &Path,
+) -> Result<(), ReportError> {
+    check_bars(series, path)?;
+    let (x0, x1, y0, y1) = extent(series, &reference);
     let pad = |a: f64, b: f64| ((b - a) * 0.1).max(0.005);
     let (px, py) = (pad(x0, x1), pad(y0, y1));
     let mut svg = String::new();
@@ -372,44 +435,7 @@ pub fn plot_xy(
             .label(label)
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         for (i, s) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let mut pts = s.points.clone();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let bars = s.points.iter().zip(&s.bars);
-            chart
-                .draw_series(bars.clone().filter_map(|(p, b)| {
-                    b.y_ends()
-                        .map(|(lo, hi)| ErrorBar::new_vertical(p.0, lo, p.1, hi, color, 6))
-                }))
-                .map_err(|e| plot_err(path, e))?;
-            chart
-                .draw_series(bars.filter_map(|(p, b)| {
-                    b.x_ends()
-                        .map(|(lo, hi)| ErrorBar::new_horizontal(p.1, lo, p.0, hi, color, 6))
-                }))
-                .map_err(|e| plot_err(path, e))?;
-            chart
-                .draw_series(LineSeries::new(
-                    pts.iter().map(|p| (p.0, p.1)),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| plot_err(path, e))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(
-                    pts.iter()
-                        .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
-                )
-                .map_err(|e| plot_err(path, e))?;
-            chart
-                .draw_series(
-                    pts.iter()
-                        .map(|p| Text::new(p.2.clone(), (p.0, p.1), ("sans-serif", 11))),
-                )
-                .map_err(|e| plot_err(path, e))?;
+            draw_one(&mut chart, s, Palette99::pick(i).to_rgba(), path)?;
         }
         chart
             .configure_series_labels()

@@ -23,123 +23,126 @@ fn uint(b: &[u8], at: usize, n: usize) -> Option<u64> {
     Some(s.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64))
 }
 
-/// Checks that `bytes` is a plain-data pickle no deeper than [`MAX_PICKLE_DEPTH`]; the error
-/// says what was found and at which byte.
-pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
-    let mut stack: Vec<Slot> = Vec::new();
-    let mut memo: HashMap<u64, u32> = HashMap::new();
-    let mut at = 0usize;
-    let truncated = |at: usize| format!("truncated at byte {at}");
-    let pop = |stack: &mut Vec<Slot>, at: usize| -> Result<u32, String> {
-        match stack.pop() {
+fn truncated(at: usize) -> String {
+    format!("truncated at byte {at}")
+}
+
+/// The stack of the pass: each value's nesting depth, and the MARKs.
+struct Stack(Vec<Slot>);
+
+impl Stack {
+    /// Pops a value's depth.
+    fn pop(&mut self, at: usize) -> Result<u32, String> {
+        match self.0.pop() {
             Some(Slot::Value(d)) => Ok(d),
             _ => Err(format!(
                 "opcode at byte {at} takes a value from an empty stack"
             )),
         }
-    };
-    // the values above the topmost MARK, which is removed; their deepest depth (0 if none)
-    let pop_mark = |stack: &mut Vec<Slot>, at: usize| -> Result<u32, String> {
+    }
+
+    /// Pops the values above the topmost MARK and the MARK; their deepest depth (0 if none).
+    fn pop_mark(&mut self, at: usize) -> Result<u32, String> {
         let mut deepest = 0;
         loop {
-            match stack.pop() {
+            match self.0.pop() {
                 Some(Slot::Value(d)) => deepest = deepest.max(d),
                 Some(Slot::Mark) => return Ok(deepest),
                 None => return Err(format!("opcode at byte {at} has no MARK before it")),
             }
         }
-    };
-    // puts a value one level above `inner` into the container on the top of the stack
-    let fill = |stack: &mut Vec<Slot>, inner: u32, at: usize| -> Result<(), String> {
-        match stack.last_mut() {
+    }
+
+    /// Puts a value one level above `inner` into the container on the top of the stack.
+    fn fill(&mut self, inner: u32, at: usize) -> Result<(), String> {
+        match self.0.last_mut() {
             Some(Slot::Value(d)) => {
                 *d = (*d).max(inner + 1);
                 Ok(())
             }
             _ => Err(format!("opcode at byte {at} has no container to fill")),
         }
-    };
+    }
+}
+
+/// For an opcode that pushes a leaf value (a number, a string, None, a bool), the length of
+/// its argument starting at `at`; `None` for every other opcode.
+fn leaf_arg(bytes: &[u8], op: u8, at: usize) -> Result<Option<usize>, String> {
+    let len = |n: usize| uint(bytes, at, n).ok_or_else(|| truncated(at));
+    Ok(Some(match op {
+        b'N' | 0x88 | 0x89 => 0,
+        b'I' | b'L' | b'F' | b'S' | b'V' => line_end(bytes, at)? + 1 - at,
+        b'J' => 4,
+        b'K' => 1,
+        b'M' => 2,
+        b'G' => 8,
+        b'T' | b'X' | b'B' => 4 + len(4)? as usize,
+        b'U' | 0x8c | b'C' | 0x8a => 1 + len(1)? as usize,
+        0x8b => 4 + (len(4)? as u32 as i32).max(0) as usize,
+        0x8d | 0x8e | 0x96 => 8usize.saturating_add(usize::try_from(len(8)?).unwrap_or(usize::MAX)),
+        _ => return Ok(None),
+    }))
+}
+
+/// Checks that `bytes` is a plain-data pickle no deeper than [`MAX_PICKLE_DEPTH`]; the error
+/// says what was found and at which byte.
+pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
+    let mut stack = Stack(Vec::new());
+    let mut memo: HashMap<u64, u32> = HashMap::new();
+    let mut at = 0usize;
     while at < bytes.len() {
         let op = bytes[at];
         let here = at;
         at += 1;
-        // the length of the argument, and whether the opcode pushes a leaf value
-        let (arg, leaf): (usize, bool) = match op {
-            b'N' | 0x88 | 0x89 => (0, true),
-            b'I' | b'L' | b'F' | b'S' | b'V' => (line_end(bytes, at)? + 1 - at, true),
-            b'J' => (4, true),
-            b'K' => (1, true),
-            b'M' => (2, true),
-            b'G' => (8, true),
-            b'T' | b'X' | b'B' => (
-                4 + uint(bytes, at, 4).ok_or_else(|| truncated(at))? as usize,
-                true,
-            ),
-            b'U' | 0x8c | b'C' | 0x8a => (
-                1 + uint(bytes, at, 1).ok_or_else(|| truncated(at))? as usize,
-                true,
-            ),
-            0x8b => {
-                let n = uint(bytes, at, 4).ok_or_else(|| truncated(at))? as u32 as i32;
-                (4 + n.max(0) as usize, true)
-            }
-            0x8d | 0x8e | 0x96 => {
-                let n = uint(bytes, at, 8).ok_or_else(|| truncated(at))?;
-                (
-                    8usize.saturating_add(usize::try_from(n).unwrap_or(usize::MAX)),
-                    true,
-                )
-            }
-            _ => (0, false),
-        };
-        if leaf {
+        if let Some(arg) = leaf_arg(bytes, op, at)? {
             if at.saturating_add(arg) > bytes.len() {
                 return Err(truncated(here));
             }
             at += arg;
-            stack.push(Slot::Value(0));
+            stack.0.push(Slot::Value(0));
             continue;
         }
         match op {
             0x80 => at += 1, // PROTO
             0x95 => at += 8, // FRAME: the framed opcodes follow inline
-            b']' | b'}' | b')' | 0x8f => stack.push(Slot::Value(1)),
-            b'(' => stack.push(Slot::Mark),
+            b']' | b'}' | b')' | 0x8f => stack.0.push(Slot::Value(1)),
+            b'(' => stack.0.push(Slot::Mark),
             b'a' => {
-                let v = pop(&mut stack, here)?;
-                fill(&mut stack, v, here)?;
+                let v = stack.pop(here)?;
+                stack.fill(v, here)?;
             }
             b's' => {
-                let v = pop(&mut stack, here)?;
-                let k = pop(&mut stack, here)?;
-                fill(&mut stack, v.max(k), here)?;
+                let v = stack.pop(here)?;
+                let k = stack.pop(here)?;
+                stack.fill(v.max(k), here)?;
             }
             b'e' | b'u' | 0x90 => {
-                let v = pop_mark(&mut stack, here)?;
-                fill(&mut stack, v, here)?;
+                let v = stack.pop_mark(here)?;
+                stack.fill(v, here)?;
             }
             b'l' | b't' | b'd' | 0x91 => {
-                let v = pop_mark(&mut stack, here)?;
-                stack.push(Slot::Value(v + 1));
+                let v = stack.pop_mark(here)?;
+                stack.0.push(Slot::Value(v + 1));
             }
             0x85..=0x87 => {
                 let mut v = 0;
                 for _ in 0..(op - 0x84) {
-                    v = v.max(pop(&mut stack, here)?);
+                    v = v.max(stack.pop(here)?);
                 }
-                stack.push(Slot::Value(v + 1));
+                stack.0.push(Slot::Value(v + 1));
             }
             b'0' => {
-                stack.pop();
+                stack.0.pop();
             }
             b'1' => {
-                pop_mark(&mut stack, here)?;
+                stack.pop_mark(here)?;
             }
             b'2' => {
                 let top = *stack
+                    .0
                     .last()
                     .ok_or_else(|| format!("DUP at byte {here} on an empty stack"))?;
-                stack.push(top);
+                stack.0.push(top);
             }
             b'p' | b'q' | b'r' | 0x94 => {
                 let id = if op == 0x94 {
@@ -149,7 +152,7 @@ pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
                     at = next;
                     id
                 };
-                match stack.last() {
+                match stack.0.last() {
                     Some(Slot::Value(d)) => memo.insert(id, *d),
                     _ => return Err(format!("memo store at byte {here} without a value")),
                 };
@@ -160,7 +163,7 @@ pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
                 let d = *memo.get(&id).ok_or_else(|| {
                     format!("memo entry {id} read at byte {here} was never stored")
                 })?;
-                stack.push(Slot::Value(d));
+                stack.0.push(Slot::Value(d));
             }
             b'.' => return Ok(()),
             other => {
@@ -173,7 +176,7 @@ pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
         if at > bytes.len() {
             return Err(truncated(here));
         }
-        if let Some(Slot::Value(d)) = stack.last() {
+        if let Some(Slot::Value(d)) = stack.0.last() {
             if *d > MAX_PICKLE_DEPTH {
                 return Err(format!(
                     "values nested more than {MAX_PICKLE_DEPTH} deep (at byte {here})"

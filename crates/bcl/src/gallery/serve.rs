@@ -522,13 +522,16 @@ fn stats_now(st: &ServeState) -> Response {
     .into_response()
 }
 
+/// A 4xx or 5xx answer: the status and the reason.
+type Refusal = (StatusCode, String);
+
 /// Turns the request into query vectors, k and exactness, or a 4xx.
 fn parse_request(
     st: &ServeState,
     headers: &HeaderMap,
     params: SearchParams,
     body: &[u8],
-) -> Result<(Vec<f32>, usize, bool), (StatusCode, String)> {
+) -> Result<(Vec<f32>, usize, bool), Refusal> {
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -538,99 +541,13 @@ fn parse_request(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let dim = st.store().manifest().dim;
     let (queries, k, exact) = match ctype.as_str() {
-        "application/json" => {
-            let over = std::cell::Cell::new(false);
-            let seed = BodySeed {
-                max_queries: st.cfg.max_queries,
-                over: &over,
-            };
-            let mut de = serde_json::Deserializer::from_slice(body);
-            let b = serde::de::DeserializeSeed::deserialize(seed, &mut de)
-                .and_then(|b| de.end().map(|()| b))
-                .map_err(|e| {
-                    if over.get() {
-                        bad(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            format!(
-                                "more than {} query vectors; at most {} per request",
-                                st.cfg.max_queries, st.cfg.max_queries
-                            ),
-                        )
-                    } else {
-                        bad(
-                            StatusCode::BAD_REQUEST,
-                            format!(
-                                "malformed JSON body: {e}; expected {{\"vector\": [..], \"k\": 10}}"
-                            ),
-                        )
-                    }
-                })?;
-            let rows = match (b.vector, b.vectors) {
-                (Some(v), None) => vec![v],
-                (None, Some(vs)) => vs,
-                _ => {
-                    return Err(bad(
-                        StatusCode::BAD_REQUEST,
-                        "give exactly one of \"vector\" and \"vectors\"",
-                    ))
-                }
-            };
-            if rows.len() > st.cfg.max_queries {
-                return Err(bad(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "{} query vectors; at most {} per request",
-                        rows.len(),
-                        st.cfg.max_queries
-                    ),
-                ));
-            }
-            if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != dim) {
-                return Err(bad(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "query vector {i} has {} values; the gallery's dimension is {dim}",
-                        r.len()
-                    ),
-                ));
-            }
-            (
-                rows.concat(),
-                b.k.or(params.k).unwrap_or(st.cfg.default_k),
-                b.exact.or(params.exact).unwrap_or(st.cfg.exact),
-            )
-        }
-        "image/png" | "image/jpeg" => {
-            let (Some(emb), Some(shape)) = (&st.embedder, st.input_shape) else {
-                return Err(bad(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "this server has no query model to embed images with; it takes vectors only",
-                ));
-            };
-            // decoded and resized before the model's lock: requests decode in parallel and
-            // queue only for the forward pass
-            let pixels = crate::data::images::image_for_model(body, shape)
-                .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))?;
-            let one = Dataset {
-                pixels,
-                labels: vec![0],
-                ids: vec![0],
-                channels: shape[0],
-                rows: shape[1],
-                cols: shape[2],
-                classes: 1,
-            };
-            let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
-            let v = super::ops::embed_items(&emb, &one, &[0], 1)
-                .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            (
-                v,
-                params.k.unwrap_or(st.cfg.default_k),
-                params.exact.unwrap_or(st.cfg.exact),
-            )
-        }
+        "application/json" => json_queries(st, &params, body)?,
+        "image/png" | "image/jpeg" => (
+            image_query(st, body)?,
+            params.k.unwrap_or(st.cfg.default_k),
+            params.exact.unwrap_or(st.cfg.exact),
+        ),
         "" => {
             return Err(bad(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -653,6 +570,90 @@ fn parse_request(
         ));
     }
     Ok((queries, k, exact))
+}
+
+/// The query vectors, k and exactness of a JSON body (its own settings over the URL's).
+fn json_queries(
+    st: &ServeState,
+    params: &SearchParams,
+    body: &[u8],
+) -> Result<(Vec<f32>, usize, bool), Refusal> {
+    let dim = st.store().manifest().dim;
+    let max = st.cfg.max_queries;
+    let over = std::cell::Cell::new(false);
+    let seed = BodySeed {
+        max_queries: max,
+        over: &over,
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let b = serde::de::DeserializeSeed::deserialize(seed, &mut de)
+        .and_then(|b| de.end().map(|()| b))
+        .map_err(|e| match over.get() {
+            true => bad(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("more than {max} query vectors; at most {max} per request"),
+            ),
+            false => bad(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON body: {e}; expected {{\"vector\": [..], \"k\": 10}}"),
+            ),
+        })?;
+    let rows = match (b.vector, b.vectors) {
+        (Some(v), None) => vec![v],
+        (None, Some(vs)) => vs,
+        _ => {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of \"vector\" and \"vectors\"",
+            ))
+        }
+    };
+    if rows.len() > max {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{} query vectors; at most {max} per request", rows.len()),
+        ));
+    }
+    if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != dim) {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "query vector {i} has {} values; the gallery's dimension is {dim}",
+                r.len()
+            ),
+        ));
+    }
+    Ok((
+        rows.concat(),
+        b.k.or(params.k).unwrap_or(st.cfg.default_k),
+        b.exact.or(params.exact).unwrap_or(st.cfg.exact),
+    ))
+}
+
+/// The embedding of an image body by the server's query model.
+fn image_query(st: &ServeState, body: &[u8]) -> Result<Vec<f32>, Refusal> {
+    let (Some(emb), Some(shape)) = (&st.embedder, st.input_shape) else {
+        return Err(bad(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this server has no query model to embed images with; it takes vectors only",
+        ));
+    };
+    // decoded and resized before the model's lock: requests decode in parallel and queue only
+    // for the forward pass
+    let pixels = crate::data::images::image_for_model(body, shape)
+        .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let one = Dataset {
+        pixels,
+        labels: vec![0],
+        ids: vec![0],
+        channels: shape[0],
+        rows: shape[1],
+        cols: shape[2],
+        classes: 1,
+    };
+    let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
+    super::ops::embed_items(&emb, &one, &[0], 1)
+        .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn search(

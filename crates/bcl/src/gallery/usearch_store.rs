@@ -334,6 +334,71 @@ struct WalScan {
     good: usize,
 }
 
+/// The error of a log whose damage hides acknowledged records (opening would drop them).
+fn lost_records(wal_path: &Path, scan: &WalScan, len: usize, lost: usize) -> GalleryError {
+    let d = scan
+        .damage
+        .iter()
+        .find(|d| !d.missing.is_empty())
+        .expect("called with a lost record");
+    GalleryError::Corrupt {
+        path: wal_path.to_path_buf(),
+        reason: format!(
+            "damaged at bytes {}..{} of {len}: the records with sequence numbers {}..={} \
+             ({lost} acknowledged write(s) in all) cannot be read, and {} intact record(s) \
+             follow; the store will not open and silently drop them. Restore the log \
+             from a backup, or run `bcl gallery recover` to keep every intact record \
+             (the damaged log is kept beside it)",
+            d.from,
+            d.to,
+            d.missing.start(),
+            d.missing.end(),
+            scan.records
+                .iter()
+                .filter(|r| r.seq > *d.missing.end())
+                .count()
+        ),
+    }
+}
+
+/// Keeps a copy of a damaged log beside it (`wal.log.damaged-<unix seconds>`) before recovery.
+fn save_damaged_log(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let saved = dir.join(format!("{WAL_FILE}.damaged-{secs}"));
+    crate::files::write_atomic(&saved, bytes).map_err(|e| GalleryError::Corrupt {
+        path: saved.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(saved)
+}
+
+/// Logs each damaged range skipped and an unfinished last record about to be cut.
+fn warn_damage(wal_path: &Path, scan: &WalScan, len: usize) {
+    for d in &scan.damage {
+        tracing::warn!(
+            "{}: skipped {} damaged bytes at {}..{} ({})",
+            wal_path.display(),
+            d.to - d.from,
+            d.from,
+            d.to,
+            if d.missing.is_empty() {
+                "no record is missing around them".to_string()
+            } else {
+                format!("records {}..={} lost", d.missing.start(), d.missing.end())
+            }
+        );
+    }
+    if scan.good < len {
+        tracing::warn!(
+            "{}: cut {} bytes of an unfinished last record (never reported committed)",
+            wal_path.display(),
+            len - scan.good
+        );
+    }
+}
+
 /// Decodes the log. Where a record is damaged, it looks for the next intact record; if there is
 /// none the damage is the torn tail of a crash, otherwise the damaged region is recorded with the
 /// sequence numbers it must have held (none when the records around it are consecutive, as after
@@ -617,27 +682,7 @@ impl UsearchStore {
         let scan = read_wal(&bytes, file.manifest.dim, file.applied_seq);
         let lost: Vec<u64> = scan.damage.iter().flat_map(|d| d.missing.clone()).collect();
         if !lost.is_empty() && !recover {
-            let d = scan.damage.iter().find(|d| !d.missing.is_empty()).unwrap();
-            return Err(GalleryError::Corrupt {
-                path: wal_path,
-                reason: format!(
-                    "damaged at bytes {}..{} of {}: the records with sequence numbers {}..={} \
-                     ({} acknowledged write(s) in all) cannot be read, and {} intact record(s) \
-                     follow; the store will not open and silently drop them. Restore the log \
-                     from a backup, or run `bcl gallery recover` to keep every intact record \
-                     (the damaged log is kept beside it)",
-                    d.from,
-                    d.to,
-                    bytes.len(),
-                    d.missing.start(),
-                    d.missing.end(),
-                    lost.len(),
-                    scan.records
-                        .iter()
-                        .filter(|r| r.seq > *d.missing.end())
-                        .count()
-                ),
-            });
+            return Err(lost_records(&wal_path, &scan, bytes.len(), lost.len()));
         }
         let mut recovery = Recovery {
             records: scan.records.len(),
@@ -650,36 +695,10 @@ impl UsearchStore {
             saved_log: None,
         };
         if recover && !scan.damage.is_empty() {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let saved = dir.join(format!("{WAL_FILE}.damaged-{secs}"));
-            crate::files::write_atomic(&saved, &bytes).map_err(|e| GalleryError::Corrupt {
-                path: saved.clone(),
-                reason: e.to_string(),
-            })?;
-            recovery.saved_log = Some(saved);
+            recovery.saved_log = Some(save_damaged_log(dir, &bytes)?);
         }
-        for d in &scan.damage {
-            tracing::warn!(
-                "{}: skipped {} damaged bytes at {}..{} ({})",
-                wal_path.display(),
-                d.to - d.from,
-                d.from,
-                d.to,
-                if d.missing.is_empty() {
-                    "no record is missing around them".to_string()
-                } else {
-                    format!("records {}..={} lost", d.missing.start(), d.missing.end())
-                }
-            );
-        }
+        warn_damage(&wal_path, &scan, bytes.len());
         if scan.good < bytes.len() {
-            tracing::warn!(
-                "{}: cut {} bytes of an unfinished last record (never reported committed)",
-                wal_path.display(),
-                bytes.len() - scan.good
-            );
             wal.set_len(scan.good as u64).map_err(io_err(&wal_path))?;
             wal.sync_all().map_err(io_err(&wal_path))?;
         }
@@ -704,27 +723,33 @@ impl UsearchStore {
         // Thread contexts for searches: a loaded index has none reserved ("Reserve capacity
         // ahead of searches"). Searches run on rayon's pool, so its size bounds the callers.
         store.reserve(0)?;
-        for r in scan.records {
-            store.next_seq = store.next_seq.max(r.seq + 1);
-            if r.seq <= store.file.applied_seq {
-                continue;
-            }
-            let m = store
-                .model_index(&r.model)
-                .map_err(|_| GalleryError::Corrupt {
-                    path: wal_path.clone(),
-                    reason: format!(
-                        "record {} names model {} not in the manifest",
-                        r.seq, r.model
-                    ),
-                })?;
-            store.apply(m, &r.ids, &r.vectors)?;
-        }
+        store.replay(scan.records, &wal_path)?;
         if !scan.damage.is_empty() {
             // Fold what was replayed into a snapshot, so the damaged bytes leave the live log.
             store.checkpoint()?;
         }
         Ok((store, recovery))
+    }
+
+    /// Applies the log's records newer than the snapshot, in order.
+    fn replay(&mut self, records: Vec<WalRecord>, wal_path: &Path) -> Result<()> {
+        for r in records {
+            self.next_seq = self.next_seq.max(r.seq + 1);
+            if r.seq <= self.file.applied_seq {
+                continue;
+            }
+            let m = self
+                .model_index(&r.model)
+                .map_err(|_| GalleryError::Corrupt {
+                    path: wal_path.to_path_buf(),
+                    reason: format!(
+                        "record {} names model {} not in the manifest",
+                        r.seq, r.model
+                    ),
+                })?;
+            self.apply(m, &r.ids, &r.vectors)?;
+        }
+        Ok(())
     }
 
     /// Makes the next write fail inside the in-memory index after its removals, as an index
