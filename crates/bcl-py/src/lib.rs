@@ -1,8 +1,12 @@
-//! `bcl._bcl`: the Python extension over the Rust library. The Python package (`python/bcl`)
+//! `bcl._bcl`: the Python extension over the Rust library (metrics, splits, the method registry
+//! here; the compatibility losses in `losses`). The Python package (`python/bcl`)
 //! converts its inputs (NumPy arrays or torch tensors) to contiguous float64 / int64 arrays and
 //! checks their shapes before calling here; this layer checks again (a caller may use it
 //! directly), copies the arrays into tensors, releases the GIL for the computation and turns the
 //! library's typed errors into `bcl.BclError` (or `ValueError` for inputs that do not fit).
+
+mod losses;
+mod model;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -226,5 +230,7 @@ fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(revisited, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_function(wrap_pyfunction!(methods, m)?)?;
+    m.add_class::<losses::CompatLossCore>()?;
+    m.add_class::<model::ModelCore>()?;
     Ok(())
 }

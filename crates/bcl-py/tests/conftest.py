@@ -12,7 +12,7 @@ def golden() -> Path:
     return ROOT / "testdata" / "golden"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def bcl_cli() -> Path:
     exe = ROOT / "target" / "release" / "bcl"
     if not exe.is_file():

@@ -1,8 +1,9 @@
 """bcl: backward-compatible learning for retrieval, from the bcl Rust library.
 
-``bcl.metrics`` scores embeddings (class-level retrieval, the Revisited Oxford/Paris protocol)
-exactly as ``bcl metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits. Inputs
-may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
+``bcl.losses`` holds the compatibility losses as ``torch.nn.Module``s; ``bcl.metrics`` scores
+embeddings (class-level retrieval, the Revisited Oxford/Paris protocol) exactly as ``bcl
+metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits; ``bcl.Model`` loads a
+trained ``bcl`` model and embeds images with it. Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
 ``FileNotFoundError`` for a missing file, ``bcl.BclError`` for everything else the library
 refuses, each with the reason.
 """
@@ -10,7 +11,8 @@ refuses, each with the reason.
 # torch first: the extension links libtorch, which torch's import loads into the process.
 import torch  # noqa: F401
 
-from . import metrics, splits
+from . import losses, metrics, splits
 from ._bcl import BclError, methods
+from .model import Model
 
-__all__ = ["BclError", "methods", "metrics", "splits"]
+__all__ = ["BclError", "Model", "losses", "methods", "metrics", "splits"]
