@@ -5,6 +5,7 @@
 //! directly), copies the arrays into tensors, releases the GIL for the computation and turns the
 //! library's typed errors into `bcl.BclError` (or `ValueError` for inputs that do not fit).
 
+mod gallery;
 mod losses;
 mod model;
 
@@ -20,7 +21,7 @@ use tch::Tensor;
 
 use bcl::data::{Scenario, Split, SplitConfig};
 use bcl::eval::revisited::{revisited_metrics, RevisitedGnd, SetupMetrics};
-use bcl::eval::{retrieval_metrics, EvalError};
+use bcl::eval::{retrieval_metrics, CompatMatrix, EvalError};
 
 create_exception!(
     _bcl,
@@ -214,6 +215,123 @@ fn split<'py>(
     Ok(d)
 }
 
+/// The compatibility matrix of models on one labelled test set: leave-one-out mAP and R@1 of
+/// every (query model, gallery model) pair, the features `[N, d]` of each model in `features`.
+#[pyfunction]
+fn compatibility_matrix<'py>(
+    py: Python<'py>,
+    names: Vec<String>,
+    features: Vec<PyReadonlyArray2<'py, f64>>,
+    labels: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    if names.len() != features.len() || names.is_empty() {
+        return Err(PyValueError::new_err(
+            "features: one [N, d] array per model name, at least one",
+        ));
+    }
+    let feats = names
+        .iter()
+        .zip(&features)
+        .map(|(n, f)| matrix(n, f))
+        .collect::<PyResult<Vec<Tensor>>>()?;
+    let rows = features[0].shape()[0];
+    let y = self::labels("labels", &labels, rows)?;
+    if let Some((n, f)) = names
+        .iter()
+        .zip(&features)
+        .find(|(_, f)| f.shape()[0] != rows)
+    {
+        return Err(PyValueError::new_err(format!(
+            "{n}: {} rows, the first model has {rows}",
+            f.shape()[0]
+        )));
+    }
+    let m = py
+        .allow_threads(move || CompatMatrix::compute(&names, &feats, &y))
+        .map_err(eval_err)?;
+    let map: Vec<Vec<f64>> = (0..m.models.len())
+        .map(|q| (0..m.models.len()).map(|g| m.at(q, g).map).collect())
+        .collect();
+    let r1: Vec<Vec<f64>> = (0..m.models.len())
+        .map(|q| {
+            (0..m.models.len())
+                .map(|g| m.at(q, g).recall_at[&1])
+                .collect()
+        })
+        .collect();
+    let d = PyDict::new(py);
+    d.set_item("models", m.models.clone())?;
+    d.set_item("map", map)?;
+    d.set_item("recall_at_1", r1)?;
+    Ok(d)
+}
+
+/// The partial-backfill curve: leave-one-out mAP of new queries against a gallery whose share
+/// `f` (seeded order) is re-embedded by the new model, for each `f` of `fractions`.
+#[pyfunction]
+#[pyo3(signature = (old, new, labels, fractions=vec![0.0, 0.25, 0.5, 0.75, 1.0], seed=0))]
+fn backfill_curve<'py>(
+    py: Python<'py>,
+    old: PyReadonlyArray2<'py, f64>,
+    new: PyReadonlyArray2<'py, f64>,
+    labels: PyReadonlyArray1<'py, i64>,
+    fractions: Vec<f64>,
+    seed: u64,
+) -> PyResult<Vec<(f64, f64)>> {
+    let (o, n) = (matrix("old", &old)?, matrix("new", &new)?);
+    let y = self::labels("labels", &labels, old.shape()[0])?;
+    let curve = py
+        .allow_threads(move || bcl::eval::deploy::backfill_curve(&o, &n, &y, &fractions, seed))
+        .map_err(eval_err)?;
+    Ok(curve.iter().map(|p| (p.fraction, p.metrics.map)).collect())
+}
+
+/// Flips of a new system against the old one (top-1 correctness per query, leave-one-out):
+/// `negative` (right before, wrong after), `positive`, and both systems' top-1 accuracy.
+/// Each system is (query features, gallery features) of the same items.
+#[pyfunction]
+fn flips<'py>(
+    py: Python<'py>,
+    old_query: PyReadonlyArray2<'py, f64>,
+    old_gallery: PyReadonlyArray2<'py, f64>,
+    new_query: PyReadonlyArray2<'py, f64>,
+    new_gallery: PyReadonlyArray2<'py, f64>,
+    labels: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let t = [
+        matrix("old_query", &old_query)?,
+        matrix("old_gallery", &old_gallery)?,
+        matrix("new_query", &new_query)?,
+        matrix("new_gallery", &new_gallery)?,
+    ];
+    let y = self::labels("labels", &labels, old_query.shape()[0])?;
+    let f = py
+        .allow_threads(move || {
+            use bcl::eval::deploy::{flips, top1_labels};
+            let before = top1_labels(&t[0], &t[1], &y)?;
+            let after = top1_labels(&t[2], &t[3], &y)?;
+            flips(&before, &after, &y)
+        })
+        .map_err(eval_err)?;
+    let d = PyDict::new(py);
+    d.set_item("negative", f.negative)?;
+    d.set_item("positive", f.positive)?;
+    d.set_item("before", f.before)?;
+    d.set_item("after", f.after)?;
+    Ok(d)
+}
+
+/// The compatibility criterion, `cross > old_old`, and the update gain
+/// `(cross - old_old) / (indep - old_old)` (`None` where undefined).
+#[pyfunction]
+#[pyo3(signature = (cross, old_old, indep=None))]
+fn criterion(cross: f64, old_old: f64, indep: Option<f64>) -> (bool, Option<f64>) {
+    (
+        bcl::eval::is_compatible(cross, old_old),
+        indep.and_then(|i| bcl::eval::update_gain(cross, old_old, i)),
+    )
+}
+
 /// The registered compatibility methods: name → one-line description (the CLI's `bcl methods`).
 #[pyfunction]
 fn methods() -> BTreeMap<&'static str, &'static str> {
@@ -230,7 +348,12 @@ fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(revisited, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_function(wrap_pyfunction!(methods, m)?)?;
+    m.add_function(wrap_pyfunction!(compatibility_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(backfill_curve, m)?)?;
+    m.add_function(wrap_pyfunction!(flips, m)?)?;
+    m.add_function(wrap_pyfunction!(criterion, m)?)?;
     m.add_class::<losses::CompatLossCore>()?;
     m.add_class::<model::ModelCore>()?;
+    m.add_class::<gallery::GalleryCore>()?;
     Ok(())
 }

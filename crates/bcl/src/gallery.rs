@@ -492,7 +492,7 @@ pub enum BackendConfig {
 #[cfg(not(feature = "milvus"))]
 fn no_milvus() -> GalleryError {
     GalleryError::Invalid(
-        "this bcl was built without Milvus support; rebuild with          `cargo build --release --features bcl/milvus` (needs protoc)"
+        "this bcl was built without Milvus support; rebuild with `cargo build --release --features bcl/milvus`"
             .into(),
     )
 }

@@ -3,7 +3,8 @@
 ``bcl.losses`` holds the compatibility losses as ``torch.nn.Module``s; ``bcl.metrics`` scores
 embeddings (class-level retrieval, the Revisited Oxford/Paris protocol) exactly as ``bcl
 metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits; ``bcl.Model`` loads a
-trained ``bcl`` model and embeds images with it. Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
+trained ``bcl`` model and embeds images with it; ``bcl.Gallery`` opens or creates a gallery
+(usearch or Milvus) with the CLI's lineage rules. Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
 ``FileNotFoundError`` for a missing file, ``bcl.BclError`` for everything else the library
 refuses, each with the reason.
 """
@@ -14,5 +15,6 @@ import torch  # noqa: F401
 from . import losses, metrics, splits
 from ._bcl import BclError, methods
 from .model import Model
+from .gallery import Gallery
 
-__all__ = ["BclError", "Model", "losses", "methods", "metrics", "splits"]
+__all__ = ["BclError", "Gallery", "Model", "losses", "methods", "metrics", "splits"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from . import _bcl
 from ._convert import features, labels
+from ._convert import features as features_
+from ._convert import labels as _labels
 
 
 def retrieval(
@@ -48,3 +50,50 @@ def revisited(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such ground-truth file")
     return _bcl.revisited(features("query", query), features("gallery", gallery), path, list(kappas))
+
+
+def _same_items(features: dict, labels: Any):
+    names = list(features)
+    feats = [features_(n, features[n]) for n in names]
+    y = _labels("labels", labels, feats[0].shape[0])
+    return names, feats, y
+
+
+def compatibility_matrix(features: dict, labels: Any) -> dict:
+    """The compatibility matrix of several models on one labelled test set.
+
+    ``features`` maps each model's name to its embeddings ``[N, d]`` of the same items (in the
+    same order); every (query model, gallery model) pair is scored leave-one-out, as ``bcl
+    eval`` does. Returns ``models``, ``map`` and ``recall_at_1`` (rows query model, columns
+    gallery model)."""
+    if not features:
+        raise ValueError("features: at least one model")
+    names, feats, y = _same_items(features, labels)
+    return _bcl.compatibility_matrix(names, feats, y)
+
+
+def criterion(cross: float, old_old: float, indep: Optional[float] = None):
+    """``(compatible, gain)``: the criterion ``M(new→old) > M(old→old)`` and the update gain
+    ``(M(new→old) − M(old→old)) / (M(indep→indep) − M(old→old))`` (``None`` without ``indep``
+    or where undefined)."""
+    return _bcl.criterion(float(cross), float(old_old), None if indep is None else float(indep))
+
+
+def backfill_curve(
+    old: Any, new: Any, labels: Any, fractions: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0
+):
+    """``[(fraction, mAP)]`` of new queries against a gallery with that share re-embedded by
+    the new model (seeded order), ``old`` and ``new`` the two models' embeddings of the same
+    items; fraction 0 is the cross-test, 1 the new model's self-test."""
+    o = features_("old", old)
+    n = features_("new", new)
+    return _bcl.backfill_curve(o, n, _labels("labels", labels, o.shape[0]), [float(f) for f in fractions], int(seed))
+
+
+def flips(old_query: Any, old_gallery: Any, new_query: Any, new_gallery: Any, labels: Any) -> dict:
+    """Top-1 flips of a new system (its queries against its gallery) against the old one, on
+    the same items, leave-one-out: ``negative`` (right before, wrong after), ``positive``,
+    ``before`` and ``after`` (top-1 accuracy). For the no-backfill case pass the old gallery as
+    ``new_gallery``."""
+    arrays = [features_(n, a) for n, a in (("old_query", old_query), ("old_gallery", old_gallery), ("new_query", new_query), ("new_gallery", new_gallery))]
+    return _bcl.flips(*arrays, _labels("labels", labels, arrays[0].shape[0]))

@@ -1,0 +1,105 @@
+"""A ``bcl`` gallery from Python: the same stores, lineage rules and errors as ``bcl gallery``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ._bcl import GalleryCore
+from .model import Model
+
+ModelRef = Union[Model, str, None]
+
+
+def _vectors(name: str, x: Any) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    a = np.asarray(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d [n, dim] array, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name}: expected floating-point vectors, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _identity(model: ModelRef) -> dict:
+    if model is None:
+        return {}
+    if isinstance(model, Model):
+        return {"card": json.dumps(model.card)}
+    if isinstance(model, str):
+        return {"model": model}
+    raise ValueError(f"model: expected a bcl.Model or a name, got {type(model).__name__}")
+
+
+class Gallery:
+    """A vector gallery that outlives its model (``bcl gallery``'s stores).
+
+    Vectors are written under a model's identity: a :class:`bcl.Model` (its card, with the
+    model it declares itself compatible with) or the name of an outside model. A model may write
+    to or search a gallery when every model with vectors there is itself or the model its card
+    declares; ``force=True`` overrides a refusal (the verdict says so).
+    """
+
+    def __init__(self, core: GalleryCore) -> None:
+        self._core = core
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Gallery":
+        """Opens the gallery in ``path``."""
+        return cls(GalleryCore.open(os.fspath(path)))
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        dim: int,
+        backend: str = "usearch",
+        milvus_uri: Optional[str] = None,
+        milvus_collection: Optional[str] = None,
+    ) -> "Gallery":
+        """Creates an empty gallery of dimension ``dim`` (``backend``: usearch or milvus)."""
+        return cls(
+            GalleryCore.create(os.fspath(path), int(dim), backend, milvus_uri, milvus_collection)
+        )
+
+    @property
+    def dim(self) -> int:
+        return self._core.dim
+
+    @property
+    def backend(self) -> str:
+        return self._core.backend
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def add(self, vectors: Any, model: ModelRef, first_id: Optional[int] = None, force: bool = False):
+        """Adds ``vectors`` ``[n, dim]`` computed by ``model`` with consecutive ids from
+        ``first_id`` (default: after the largest); returns ``(ids range, lineage verdict)``."""
+        if model is None:
+            raise ValueError("model: vectors are added under a model (a bcl.Model or a name)")
+        first, end, verdict = self._core.add(
+            _vectors("vectors", vectors), first_id=first_id, force=force, **_identity(model)
+        )
+        return range(first, end), verdict
+
+    def search(self, queries: Any, k: int = 10, model: ModelRef = None, exact: bool = True, force: bool = False):
+        """The ``k`` nearest items of each query row: ``(ids [Q, k] uint64, scores [Q, k]
+        float32, verdict)``; ``model`` (the queries' model) is checked against the gallery's
+        lineage, ``exact=False`` uses the approximate index."""
+        return self._core.search(
+            _vectors("queries", queries), int(k), exact=exact, force=force, **_identity(model)
+        )
+
+    def status(self) -> dict:
+        """Backend, dimension, items, and items per model name."""
+        return self._core.status()

@@ -1,0 +1,89 @@
+"""bcl.Gallery: a gallery written from Python is searched by the CLI and the reverse; the
+lineage rules and their errors are the CLI's."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+import bcl
+
+rng = np.random.default_rng(0)
+
+
+def unit(n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_python_writes_the_cli_searches(tmp_path, bcl_cli):
+    g = bcl.Gallery.create(tmp_path / "g", 16)
+    v = unit(50, 16)
+    ids, verdict = g.add(v, model="m1")
+    assert list(ids) == list(range(50)) and verdict == "same model" and len(g) == 50
+    ids, scores, verdict = g.search(v[:3], k=2, model="m1")
+    assert ids[:, 0].tolist() == [0, 1, 2] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    del g  # release the store's lock for the CLI
+    np.save(tmp_path / "q.npy", v[[7, 9]])
+    out = subprocess.run(
+        [bcl_cli, "gallery", "search", "--store", tmp_path / "g", "--vectors", tmp_path / "q.npy",
+         "--name", "m1", "--k", "3", "--exact", "--device", "cpu"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    hits = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [h["hits"][0]["id"] for h in hits] == [7, 9]
+
+
+def test_the_cli_writes_python_searches(tmp_path, bcl_cli):
+    v = unit(20, 8)
+    np.save(tmp_path / "v.npy", v)
+    subprocess.run(
+        [bcl_cli, "gallery", "add", "--store", tmp_path / "g", "--vectors", tmp_path / "v.npy",
+         "--name", "cli-model", "--create", "--device", "cpu"],
+        check=True, capture_output=True,
+    )
+    g = bcl.Gallery.open(tmp_path / "g")
+    assert g.status() == {"backend": "usearch", "dim": 8, "items": 20, "models": {"cli-model": 20}}
+    ids, _, _ = g.search(v[5:6], k=1, model="cli-model")
+    assert ids[0, 0] == 5
+    # an unrelated model may not search it, unless forced (and then the verdict says so)
+    with pytest.raises(bcl.BclError, match="neither the model"):
+        g.search(v[5:6], k=1, model="other")
+    _, _, verdict = g.search(v[5:6], k=1, model="other", force=True)
+    assert verdict.startswith("FORCED")
+    # nor write into it
+    with pytest.raises(bcl.BclError, match="neither the model"):
+        g.add(unit(2, 8), model="other")
+    # raw queries of no declared model are searched as they are
+    ids, scores, verdict = g.search(v[:2], k=25)
+    assert verdict is None and ids.shape == (2, 25)
+    assert ids[0, 20:].tolist() == [2**64 - 1] * 5 and np.isneginf(scores[0, 20:]).all()
+
+
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (lambda g: g.add(unit(2, 5), model="m"), ValueError, "dimension"),
+        (lambda g: g.add(np.full((1, 8), np.nan, np.float32), model="m"), ValueError, "non-finite"),
+        (lambda g: g.add(unit(2, 8), model=None), ValueError, "model"),
+        (lambda g: g.add(unit(2, 8), model=3), ValueError, "bcl.Model or a name"),
+        (lambda g: g.search(unit(1, 8), k=0), ValueError, "k must be at least 1"),
+        (lambda g: g.search(np.ones(8, np.float32)), ValueError, "2-d"),
+        (lambda g: g.search(np.ones((1, 8), np.int64)), ValueError, "floating-point"),
+    ],
+)
+def test_bad_gallery_input_raises(tmp_path, call, exc, words):
+    g = bcl.Gallery.create(tmp_path / "g", 8)
+    with pytest.raises(exc, match=words):
+        call(g)
+
+
+def test_missing_and_existing_galleries(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        bcl.Gallery.open(tmp_path / "none")
+    bcl.Gallery.create(tmp_path / "g", 4)
+    with pytest.raises(ValueError, match="already exists"):
+        bcl.Gallery.create(tmp_path / "g", 4)
+    with pytest.raises(ValueError, match="backend"):
+        bcl.Gallery.create(tmp_path / "h", 4, backend="faiss")
