@@ -7,7 +7,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use bcl::loss::{BuildContext, CompatConfig, CompatInputs, CompatLoss, Method};
 
@@ -69,6 +69,9 @@ fn check_labels(name: &str, y: &Tensor, rows: i64, classes: Option<i64>) -> PyRe
 pub struct CompatLossCore {
     method: Method,
     loss: Box<dyn CompatLoss>,
+    /// The method's own trainable variables (AdvBCT's discriminator and radii), shared with
+    /// Python as tensors for its optimiser; empty for the other methods.
+    vars: nn::VarStore,
     /// `(classes, dim)` of the prototypes, when the method has them.
     table: Option<(i64, i64)>,
 }
@@ -91,12 +94,6 @@ impl CompatLossCore {
         if method == Method::INDEPENDENT {
             return Err(value_err(
                 "independent has no compatibility loss: train with the classification loss only",
-            ));
-        }
-        if method == Method::ADVBCT {
-            return Err(value_err(
-                "advbct trains a discriminator of its own, which the Python package does not \
-                 expose yet; use the CLI for advbct",
             ));
         }
         let mut cfg: CompatConfig =
@@ -134,10 +131,17 @@ impl CompatLossCore {
                 y.detach().to_kind(Kind::Int64),
             ));
         }
-        let loss = method.build(&cfg, ctx).map_err(value_err)?;
+        let device = ctx
+            .prototypes
+            .as_ref()
+            .map_or(tch::Device::Cpu, |p| p.device());
+        let mut loss = method.build(&cfg, ctx).map_err(value_err)?;
+        let vars = nn::VarStore::new(device);
+        loss.init_params(&vars.root());
         Ok(Self {
             method,
             loss,
+            vars,
             table,
         })
     }
@@ -246,6 +250,14 @@ impl CompatLossCore {
             .into_iter()
             .map(|(n, t)| (n, PyTensor(t)))
             .collect()
+    }
+
+    /// The method's own trainable variables by name (the same tensors the loss uses: an
+    /// optimiser in Python that steps them trains them).
+    fn parameters(&self) -> Vec<(String, PyTensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vars.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(n, t)| (n, PyTensor(t))).collect()
     }
 
     /// Restores a `state()`.

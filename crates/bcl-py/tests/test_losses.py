@@ -68,12 +68,12 @@ def test_backward_updates_a_pytorch_model():
     assert loss.item() < first
 
 
-def test_every_method_but_independent_and_advbct_builds_and_gives_a_gradient():
+def test_every_method_but_independent_builds_and_gives_a_gradient():
     p = protos()
     bank = F.normalize(torch.randn(4 * C, D), dim=1)
     bank_y = torch.arange(4 * C) % C
     for m in bcl.methods():
-        if m in ("independent", "advbct"):
+        if m == "independent":
             with pytest.raises(ValueError, match=m):
                 CompatLoss(m, p, old_bank=bank, old_bank_labels=bank_y)
             continue
@@ -143,3 +143,28 @@ def test_bad_batches_raise():
         comp(f, y.float())
     with pytest.raises(ValueError, match="old_features"):
         L2Loss()(f, y)
+
+
+def test_advbct_trains_its_own_variables_from_python():
+    p = protos()
+    bank = F.normalize(torch.randn(4 * C, D), dim=1)
+    comp = bcl.losses.AdvBCTLoss(p, old_bank=bank, old_bank_labels=torch.arange(4 * C) % C)
+    names = [n for n, _ in comp.named_parameters()]
+    assert {"disc1.weight", "disc2.weight", "radii"} <= set(names)
+    params = list(comp.parameters())
+    before = [t.detach().clone() for t in params]
+    opt = torch.optim.SGD(params, lr=0.1)
+    f, y = batch()
+    g = F.normalize(torch.randn(B, D), dim=1)
+    loss = comp(f, y, old_features=g, progress=0.5)
+    opt.zero_grad()
+    loss.backward()
+    assert all(t.grad is not None for t in params)
+    opt.step()
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, params))
+    # the trained variables travel in the state_dict
+    again = bcl.losses.AdvBCTLoss(p, old_bank=bank, old_bank_labels=torch.arange(4 * C) % C)
+    again.load_state_dict(comp.state_dict())
+    assert comp(f, y, old_features=g, progress=0.5).item() == pytest.approx(
+        again(f, y, old_features=g, progress=0.5).item(), abs=1e-6
+    )

@@ -42,12 +42,15 @@ def _label_tensor(name: str, y: Any) -> torch.Tensor:
 
 
 class CompatLoss(torch.nn.Module):
-    """A registered method's compatibility loss (every method of the CLI but ``independent``
-    and, for now, ``advbct``).
+    """A registered method's compatibility loss (every method of the CLI but ``independent``).
 
     ``old_prototypes`` ``[C, d]``: the old model's class prototypes (normalised here), for the
     methods that start from them (bct, ndpp, odpp, lce, unibct). ``old_bank``/``old_bank_labels``:
-    a per-class sample of old features (odpp, lce).
+    a per-class sample of old features (odpp, lce, advbct).
+
+    AdvBCT trains variables of its own (a discriminator, the class radii): ``parameters()``
+    yields them (the very tensors the Rust loss uses); give them to the optimiser with the
+    model's, e.g. ``SGD([*model.parameters(), *comp.parameters()], ...)``.
     """
 
     def __init__(
@@ -133,11 +136,27 @@ class CompatLoss(torch.nn.Module):
             return None
         return torch.nn.functional.normalize(state["old_prototypes"] + state["delta"], dim=1)
 
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """The method's own trainable tensors (AdvBCT's), by name."""
+        for name, t in self._core.parameters():
+            yield (f"{prefix}.{name}" if prefix else name), t
+
+    def parameters(self, recurse: bool = True):
+        for _, t in self.named_parameters():
+            yield t
+
     def get_extra_state(self) -> dict:
-        return {name: t.detach().clone() for name, t in self._core.state()}
+        state = {name: t.detach().clone() for name, t in self._core.state()}
+        state.update({f"param:{n}": t.detach().clone() for n, t in self._core.parameters()})
+        return state
 
     def set_extra_state(self, state: dict) -> None:
-        self._core.load_state(list(state.items()))
+        params = dict(self._core.parameters())
+        with torch.no_grad():
+            for name, t in state.items():
+                if name.startswith("param:"):
+                    params[name[len("param:"):]].copy_(t)
+        self._core.load_state([(n, t) for n, t in state.items() if not n.startswith("param:")])
 
 
 def _named(method: str, doc: str):
@@ -157,6 +176,7 @@ ODPPLoss = _named("odpp", "ODPPLoss: the influence loss against ODPP's pseudo-ol
 LCELoss = _named("lce", "LCELoss: classifier aligned with the old centres plus the old-class boundary.")
 UniBCTLoss = _named("unibct", "UniBCTLoss: the influence loss against old prototypes refined over the new class graph.")
 RACTLoss = _named("ract", "RACTLoss: contrastive against old features with new-to-new negatives.")
+AdvBCTLoss = _named("advbct", "AdvBCTLoss: adversarial discriminator plus elastic old-class boundary.")
 
 __all__ = [
     "CompatLoss",
@@ -167,4 +187,5 @@ __all__ = [
     "LCELoss",
     "UniBCTLoss",
     "RACTLoss",
+    "AdvBCTLoss",
 ]
