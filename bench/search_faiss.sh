@@ -16,7 +16,18 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
-.venv/bin/python -c 'import faiss' 2>/dev/null || .venv/bin/pip install --quiet faiss-cpu
+.venv/bin/python -c 'import faiss, threadpoolctl' 2>/dev/null \
+  || .venv/bin/pip install --quiet "faiss-cpu==1.15.1" threadpoolctl
+# Which faiss build the import chose (generic, AVX2, AVX-512) and which BLAS it runs with how
+# many threads: the figures to compare between machines (faiss's time varied fourfold between
+# two machines while bcl's did not).
+OMP_NUM_THREADS=$(nproc) .venv/bin/python - <<'PY' >&2
+import faiss, threadpoolctl
+print("faiss", faiss.__version__, "build:", faiss.get_compile_options())
+for lib in threadpoolctl.threadpool_info():
+    print("  ", lib.get("internal_api"), lib.get("version"), lib.get("threading_layer", ""),
+          "threads", lib.get("num_threads"), lib.get("architecture", ""), lib.get("filepath"))
+PY
 cargo build --release --quiet -p bcl-cli
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 .venv/bin/python - "$WORK" "$NQ" "$NG" "$DIM" <<'PY'

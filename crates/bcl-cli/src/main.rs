@@ -133,10 +133,10 @@ struct SearchArgs {
     #[arg(long)]
     out_scores: Option<PathBuf>,
     /// Queries per block.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = bcl::eval::search::SearchBlocks::default().query)]
     query_block: i64,
     /// Gallery rows per block.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, default_value_t = bcl::eval::search::SearchBlocks::default().gallery)]
     gallery_block: i64,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
