@@ -94,18 +94,7 @@ impl ExperimentConfig {
             });
         }
         if let Some(bf) = &cfg.backfill {
-            if let Some(m) = bf.methods.iter().find(|m| !cfg.methods.contains(m)) {
-                return Err(RunError::Config {
-                    path: path.to_path_buf(),
-                    reason: format!("backfill.methods names {m}, which is not among methods"),
-                });
-            }
-            if let Some(f) = bf.fractions.iter().find(|f| !(0.0..=1.0).contains(*f)) {
-                return Err(RunError::Config {
-                    path: path.to_path_buf(),
-                    reason: format!("backfill.fractions lie in [0, 1], got {f}"),
-                });
-            }
+            bf.validate(&cfg.methods).map_err(&invalid)?;
         }
         if let Some(seq) = &cfg.sequential {
             seq.validate().map_err(|reason| RunError::Config {
@@ -354,8 +343,7 @@ fn run_one(
     let benchmarks = if cfg.benchmark.is_empty() {
         Vec::new()
     } else {
-        let sc = scenario.to_string();
-        benchmarks::run_benchmarks(&cfg.benchmark, &dirs, &dir, &sc, seed, opts.device)?
+        benchmarks::run_benchmarks(&cfg.benchmark, &dirs, &dir, scenario, seed, opts.device)?
     };
     Ok(RunOutcome {
         report,

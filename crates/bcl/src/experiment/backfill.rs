@@ -29,6 +29,21 @@ pub struct BackfillConfig {
     pub seed: u64,
 }
 
+impl BackfillConfig {
+    /// Checks the section against the experiment's `methods`; the error names the setting.
+    pub fn validate(&self, methods: &[Method]) -> Result<(), String> {
+        if let Some(m) = self.methods.iter().find(|m| !methods.contains(m)) {
+            return Err(format!(
+                "backfill.methods names {m}, which is not among methods"
+            ));
+        }
+        if let Some(f) = self.fractions.iter().find(|f| !(0.0..=1.0).contains(*f)) {
+            return Err(format!("backfill.fractions lie in [0, 1], got {f}"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for BackfillConfig {
     fn default() -> Self {
         Self {

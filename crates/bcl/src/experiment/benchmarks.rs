@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::mean_std;
+use crate::data::Scenario;
 use crate::eval::protocol::{evaluate_benchmark, BenchmarkConfig, BenchmarkReport};
 use crate::model::Embedder;
 use crate::run::RunError;
@@ -18,7 +19,7 @@ use crate::table::{Column, Table};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchmarkRun {
     /// Scenario.
-    pub scenario: String,
+    pub scenario: Scenario,
     /// Seed.
     pub seed: u64,
     /// The report (its pairs name models by card name: "old", "new-bct", ...).
@@ -31,7 +32,7 @@ pub fn run_benchmarks(
     benchmarks: &[BenchmarkConfig],
     dirs: &[PathBuf],
     dir: &Path,
-    scenario: &str,
+    scenario: Scenario,
     seed: u64,
     device: Device,
 ) -> Result<Vec<BenchmarkRun>, RunError> {
@@ -58,7 +59,7 @@ pub fn run_benchmarks(
             },
         )?;
         out.push(BenchmarkRun {
-            scenario: scenario.to_string(),
+            scenario,
             seed,
             report,
         });
@@ -71,7 +72,7 @@ pub fn run_benchmarks(
 pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
     // (benchmark, scenario) → model → figure → (self values, cross values)
     type Cell = (Vec<f64>, Vec<f64>);
-    let mut t: BTreeMap<(String, String), BTreeMap<String, BTreeMap<String, Cell>>> =
+    let mut t: BTreeMap<(String, Scenario), BTreeMap<String, BTreeMap<String, Cell>>> =
         BTreeMap::new();
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in runs {
@@ -80,9 +81,7 @@ pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
         };
         let names = first.figures.headline().into_iter().map(|(n, _)| n);
         keys.insert(r.report.name.clone(), names.collect());
-        let entry = t
-            .entry((r.report.name.clone(), r.scenario.clone()))
-            .or_default();
+        let entry = t.entry((r.report.name.clone(), r.scenario)).or_default();
         for p in &r.report.pairs {
             let cross = match (p.query == p.gallery, p.gallery == "old") {
                 (true, _) => false,

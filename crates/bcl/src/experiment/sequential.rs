@@ -104,7 +104,7 @@ pub fn pairs_meeting_criterion(m: &CompatMatrix) -> (usize, usize) {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChainRun {
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// Seed.
     pub seed: u64,
     /// The chain's compatibility matrix (model i trained on `fractions[i]`).
@@ -119,7 +119,7 @@ pub struct ChainRun {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChainSummary {
     /// Method.
-    pub method: String,
+    pub method: Method,
     /// Seeds aggregated.
     pub seeds: usize,
     /// The shares of the chain's models.
@@ -217,7 +217,7 @@ fn evaluate_chain(
             let matrix = CompatMatrix::compute(&model_names(&seq.fractions), &feats, &test.labels)?;
             let (met, total) = pairs_meeting_criterion(&matrix);
             let run = ChainRun {
-                method: method.to_string(),
+                method,
                 seed,
                 matrix,
                 pairs_met: met,
@@ -238,18 +238,18 @@ fn evaluate_chain(
 
 /// Mean ± std of each cell and the pooled pair share, per method.
 pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
-    let mut by: BTreeMap<&str, Vec<&ChainRun>> = BTreeMap::new();
+    let mut by: BTreeMap<Method, Vec<&ChainRun>> = BTreeMap::new();
     let mut order = Vec::new();
     for r in runs {
-        if !by.contains_key(r.method.as_str()) {
-            order.push(r.method.as_str());
+        if !by.contains_key(&r.method) {
+            order.push(r.method);
         }
-        by.entry(r.method.as_str()).or_default().push(r);
+        by.entry(r.method).or_default().push(r);
     }
     order
         .into_iter()
         .map(|m| {
-            let rs = &by[m];
+            let rs = &by[&m];
             let n = fractions.len();
             let cells = (0..n)
                 .map(|q| {
@@ -262,7 +262,7 @@ pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
                 })
                 .collect();
             ChainSummary {
-                method: m.to_string(),
+                method: m,
                 seeds: rs.len(),
                 fractions: fractions.to_vec(),
                 cells,
@@ -309,7 +309,7 @@ pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> 
     ]);
     for r in rows {
         t.push(vec![
-            r.method.clone(),
+            r.method.to_string(),
             r.seeds.to_string(),
             format!("{}/{}", r.pairs_met, r.pairs_total),
             format!("{:.2}", r.pairs_met as f64 / r.pairs_total.max(1) as f64),
@@ -347,7 +347,7 @@ pub fn sequential_csv(runs: &[ChainRun]) -> String {
             for (g, c) in row.iter().enumerate() {
                 let Some(c) = c else { continue };
                 t.push(vec![
-                    r.method.clone(),
+                    r.method.to_string(),
                     r.seed.to_string(),
                     r.matrix.models[q].clone(),
                     r.matrix.models[g].clone(),
