@@ -118,6 +118,12 @@ impl GalleryCore {
         self.store.len()
     }
 
+    /// The approximate index's candidate list size while searching (larger: slower and more
+    /// exact); for this handle only, not saved.
+    fn set_search_expansion(&mut self, ef: usize) -> PyResult<()> {
+        self.store.set_search_expansion(ef).map_err(gallery_err)
+    }
+
     /// Items per model id.
     fn counts(&self) -> PyResult<std::collections::BTreeMap<String, usize>> {
         self.store.counts().map_err(gallery_err)

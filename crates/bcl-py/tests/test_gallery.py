@@ -55,6 +55,12 @@ def test_the_cli_writes_python_searches(tmp_path, bcl_cli):
     # nor write into it
     with pytest.raises(bcl.BclError, match="neither the model"):
         g.add(unit(2, 8), model="other")
+    # the approximate index answers too, at any search list size
+    g.set_search_expansion(128)
+    ids, _, _ = g.search(v[5:6], k=1, model="cli-model", exact=False)
+    assert ids[0, 0] == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        g.set_search_expansion(0)
     # raw queries of no declared model are searched as they are
     ids, scores, verdict = g.search(v[:2], k=25)
     assert verdict is None and ids.shape == (2, 25)

@@ -100,6 +100,11 @@ class Gallery:
             _vectors("queries", queries), int(k), exact=exact, force=force, **_identity(model)
         )
 
+    def set_search_expansion(self, ef: int) -> None:
+        """The approximate index's candidate list size for ``exact=False`` searches (HNSW's
+        ef; usearch's default 64)."""
+        self._core.set_search_expansion(int(ef))
+
     def status(self) -> dict:
         """Backend, dimension, items, and items per model name."""
         return self._core.status()

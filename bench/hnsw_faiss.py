@@ -1,0 +1,112 @@
+"""The gallery's approximate search (usearch HNSW, through the Python package) against faiss's
+IndexHNSWFlat with the same graph degree (M = 16) and construction list (128), inner product,
+on vectors drawn around cluster centres so that neighbours exist: build time, and recall@10
+against exact search and queries per second at each search list size ef. Same process, same
+threads, alternated.
+
+    .venv/bin/python bench/hnsw_faiss.py [--n 200000] [--dim 128] [--queries 1000]
+
+Prints one table and, for recall 0.9 / 0.95 / 0.99, each side's best QPS among the ef values
+that reach that recall and their ratio bcl/faiss (blank where a side never reaches it). faiss-cpu is a
+benchmark dependency (installed into .venv on first use by bench/search_faiss.sh, or by pip).
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+import bcl  # noqa: E402  (imports torch)
+import faiss
+
+EFS = (16, 32, 64, 128, 256, 512)
+
+
+def data(n, d, nq, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(n // 100, 1), d)).astype(np.float32)
+    pick = rng.integers(0, len(centres), n + nq)
+    x = centres[pick] + 0.3 * rng.standard_normal((n + nq, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
+
+
+def exact(g, q, k):
+    out = np.empty((len(q), k), dtype=np.int64)
+    for s in range(0, len(q), 256):
+        sims = q[s : s + 256] @ g.T
+        part = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.take_along_axis(sims, part, 1).argsort(axis=1)[:, ::-1]
+        out[s : s + 256] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def recall(got, truth):
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(got, truth)]))
+
+
+def best_qps(points, target):
+    """The highest QPS among (recall, qps) points with recall >= target, or None."""
+    ok = [qps for r, qps in points if r >= target]
+    return max(ok) if ok else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    threads = os.cpu_count()
+    faiss.omp_set_num_threads(threads)
+    g, q = data(a.n, a.dim, a.queries)
+    truth = exact(g, q, a.k)
+    work = tempfile.mkdtemp()
+    try:
+        t0 = time.perf_counter()
+        gal = bcl.Gallery.create(os.path.join(work, "g"), a.dim)
+        gal.add(g, model="bench")
+        bcl_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        index = faiss.IndexHNSWFlat(a.dim, 16, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 128
+        index.add(g)
+        faiss_build = time.perf_counter() - t0
+        rows = []
+        for ef in EFS:
+            gal.set_search_expansion(ef)
+            index.hnsw.efSearch = ef
+            tb, tf = [], []
+            for _ in range(a.repeats):
+                t0 = time.perf_counter()
+                ids, _, _ = gal.search(q, k=a.k, exact=False)
+                tb.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                _, fi = index.search(q, a.k)
+                tf.append(time.perf_counter() - t0)
+            rb = recall(ids.astype(np.int64), truth)
+            rf = recall(fi, truth)
+            rows.append((ef, rb, a.queries / statistics.median(tb), rf, a.queries / statistics.median(tf)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{a.n} vectors, d = {a.dim}, {a.queries} queries, k = {a.k}, {threads} threads; "
+          f"build: bcl {bcl_build:.1f} s (durable writes included), faiss {faiss_build:.1f} s")
+    print("| ef | bcl recall@10 | bcl QPS | faiss recall@10 | faiss QPS |")
+    print("|---:|---:|---:|---:|---:|")
+    for ef, rb, qb, rf, qf in rows:
+        print(f"| {ef} | {rb:.4f} | {qb:,.0f} | {rf:.4f} | {qf:,.0f} |")
+    for target in (0.9, 0.95, 0.99):
+        b = best_qps([(r[1], r[2]) for r in rows], target)
+        f = best_qps([(r[3], r[4]) for r in rows], target)
+        ratio = f"{b / f:.2f}" if b and f else "–"
+        print(f"QPS at recall {target}: bcl {b and round(b)}, faiss {f and round(f)}, ratio bcl/faiss {ratio}")
+
+
+if __name__ == "__main__":
+    main()
