@@ -33,16 +33,7 @@ pub enum ReportError {
 pub fn rows_markdown(rows: &[ResultRow]) -> String {
     let mut t = Table::new(
         std::iter::once(Column::text("method"))
-            .chain(
-                [
-                    "old→old mAP",
-                    "self mAP",
-                    "cross mAP",
-                    "self R@1",
-                    "cross R@1",
-                ]
-                .map(Column::number),
-            )
+            .chain(ResultRow::FIGURE_HEADERS.map(Column::number))
             .chain([Column::flag("compatible"), Column::number("gain")]),
     );
     for r in rows {
@@ -62,17 +53,10 @@ pub fn rows_markdown(rows: &[ResultRow]) -> String {
 /// Renders rows as CSV.
 pub fn rows_csv(rows: &[ResultRow]) -> String {
     let mut t = Table::new(
-        [
-            "method",
-            "old_old_map",
-            "self_map",
-            "cross_map",
-            "self_r1",
-            "cross_r1",
-            "compatible",
-            "gain",
-        ]
-        .map(Column::text),
+        std::iter::once("method")
+            .chain(ResultRow::FIGURE_KEYS)
+            .chain(["compatible", "gain"])
+            .map(Column::text),
     );
     for r in rows {
         let mut row = vec![r.method.to_string()];

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy view or copy of a torch tensor (detached, on the CPU), array or nested list."""
     try:
         import torch
 
@@ -21,7 +22,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def features(name: str, x: Any) -> np.ndarray:
     """A ``[n, d]`` matrix of floats as contiguous float64."""
-    a = _to_numpy(x)
+    a = to_numpy(x)
     if a.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d [n, d] array, got shape {a.shape}")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
@@ -31,7 +32,7 @@ def features(name: str, x: Any) -> np.ndarray:
 
 def labels(name: str, y: Any, rows: int | None = None) -> np.ndarray:
     """A vector of integer labels as contiguous int64 (one per row when ``rows`` is given)."""
-    a = _to_numpy(y)
+    a = to_numpy(y)
     if a.ndim != 1:
         raise ValueError(f"{name}: expected a 1-d array of labels, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.integer):

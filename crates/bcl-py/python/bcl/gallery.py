@@ -9,20 +9,14 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ._bcl import GalleryCore
+from ._convert import to_numpy
 from .model import Model
 
 ModelRef = Union[Model, str, None]
 
 
 def _vectors(name: str, x: Any) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    a = np.asarray(x)
+    a = to_numpy(x)
     if a.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d [n, dim] array, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):

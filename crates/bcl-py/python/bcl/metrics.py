@@ -6,9 +6,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from . import _bcl
-from ._convert import features, labels
-from ._convert import features as features_
-from ._convert import labels as _labels
+from . import _convert
 
 
 def retrieval(
@@ -25,14 +23,14 @@ def retrieval(
     full ranking), ``map_at_100`` (GLDv2's definition), ``recall_at`` (``{k: share of queries
     with a relevant item in the top k}``) and ``queries`` (those with a relevant item).
     """
-    q = features("query", query)
-    ql = labels("query_labels", query_labels, q.shape[0])
+    q = _convert.features("query", query)
+    ql = _convert.labels("query_labels", query_labels, q.shape[0])
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels go together")
     if gallery is None:
         return _bcl.retrieval(q, ql, None, None, list(ks))
-    g = features("gallery", gallery)
-    gl = labels("gallery_labels", gallery_labels, g.shape[0])
+    g = _convert.features("gallery", gallery)
+    gl = _convert.labels("gallery_labels", gallery_labels, g.shape[0])
     return _bcl.retrieval(q, ql, g, gl, list(ks))
 
 
@@ -49,14 +47,13 @@ def revisited(
     path = os.fspath(gnd_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such ground-truth file")
-    return _bcl.revisited(features("query", query), features("gallery", gallery), path, list(kappas))
+    return _bcl.revisited(_convert.features("query", query), _convert.features("gallery", gallery), path, list(kappas))
 
 
-def _same_items(features: dict, labels: Any):
-    names = list(features)
-    feats = [features_(n, features[n]) for n in names]
-    y = _labels("labels", labels, feats[0].shape[0])
-    return names, feats, y
+def _same_items(per_model: dict, y: Any):
+    names = list(per_model)
+    feats = [_convert.features(n, per_model[n]) for n in names]
+    return names, feats, _convert.labels("labels", y, feats[0].shape[0])
 
 
 def compatibility_matrix(features: dict, labels: Any) -> dict:
@@ -85,9 +82,9 @@ def backfill_curve(
     """``[(fraction, mAP)]`` of new queries against a gallery with that share re-embedded by
     the new model (seeded order), ``old`` and ``new`` the two models' embeddings of the same
     items; fraction 0 is the cross-test, 1 the new model's self-test."""
-    o = features_("old", old)
-    n = features_("new", new)
-    return _bcl.backfill_curve(o, n, _labels("labels", labels, o.shape[0]), [float(f) for f in fractions], int(seed))
+    o = _convert.features("old", old)
+    n = _convert.features("new", new)
+    return _bcl.backfill_curve(o, n, _convert.labels("labels", labels, o.shape[0]), [float(f) for f in fractions], int(seed))
 
 
 def flips(old_query: Any, old_gallery: Any, new_query: Any, new_gallery: Any, labels: Any) -> dict:
@@ -95,5 +92,5 @@ def flips(old_query: Any, old_gallery: Any, new_query: Any, new_gallery: Any, la
     the same items, leave-one-out: ``negative`` (right before, wrong after), ``positive``,
     ``before`` and ``after`` (top-1 accuracy). For the no-backfill case pass the old gallery as
     ``new_gallery``."""
-    arrays = [features_(n, a) for n, a in (("old_query", old_query), ("old_gallery", old_gallery), ("new_query", new_query), ("new_gallery", new_gallery))]
-    return _bcl.flips(*arrays, _labels("labels", labels, arrays[0].shape[0]))
+    arrays = [_convert.features(n, a) for n, a in (("old_query", old_query), ("old_gallery", old_gallery), ("new_query", new_query), ("new_gallery", new_gallery))]
+    return _bcl.flips(*arrays, _convert.labels("labels", labels, arrays[0].shape[0]))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ._bcl import ModelCore
+from ._convert import to_numpy
 
 
 class Model:
@@ -29,7 +30,7 @@ class Model:
     def embed(self, pixels: Any, batch: int = 256) -> torch.Tensor:
         """L2-normalised embeddings ``[N, d]`` of uint8 images ``[N, H, W]`` (grey) or
         ``[N, C, H, W]``, normalised as the model was trained."""
-        a = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+        a = to_numpy(pixels)
         if a.dtype != np.uint8:
             raise ValueError(f"pixels: expected uint8 images, got dtype {a.dtype}")
         return self._core.embed(np.ascontiguousarray(a), int(batch))

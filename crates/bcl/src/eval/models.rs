@@ -32,6 +32,23 @@ pub struct ResultRow {
 }
 
 impl ResultRow {
+    /// The headers of [`ResultRow::figures`] in Markdown tables.
+    pub const FIGURE_HEADERS: [&'static str; 5] = [
+        "old→old mAP",
+        "self mAP",
+        "cross mAP",
+        "self R@1",
+        "cross R@1",
+    ];
+    /// The names of [`ResultRow::figures`] in CSV files and JSON.
+    pub const FIGURE_KEYS: [&'static str; 5] = [
+        "old_old_map",
+        "self_map",
+        "cross_map",
+        "self_r1",
+        "cross_r1",
+    ];
+
     /// The row's figures in table order: old→old mAP, self mAP, cross mAP, self R@1, cross R@1.
     pub fn figures(&self) -> [f64; 5] {
         [

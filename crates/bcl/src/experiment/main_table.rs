@@ -40,6 +40,19 @@ pub struct AggregateRow {
     pub gain: Option<(f64, f64)>,
 }
 
+impl AggregateRow {
+    /// (mean, std) of each of [`ResultRow::figures`], in that order.
+    pub fn figures(&self) -> [(f64, f64); 5] {
+        [
+            self.old_old_map,
+            self.self_map,
+            self.cross_map,
+            self.self_r1,
+            self.cross_r1,
+        ]
+    }
+}
+
 /// Aggregates per-run rows into mean ± std (sample standard deviation) per scenario and method.
 pub fn aggregate(runs: &[(Scenario, u64, Vec<ResultRow>)]) -> Vec<AggregateRow> {
     let mut groups: BTreeMap<(Scenario, Method), Vec<&ResultRow>> = BTreeMap::new();
@@ -87,15 +100,9 @@ pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
         [Column::text("scenario"), Column::text("method")]
             .into_iter()
             .chain(
-                [
-                    "seeds",
-                    "old→old mAP",
-                    "self mAP",
-                    "cross mAP",
-                    "self R@1",
-                    "cross R@1",
-                ]
-                .map(Column::number),
+                std::iter::once("seeds")
+                    .chain(ResultRow::FIGURE_HEADERS)
+                    .map(Column::number),
             )
             .chain([Column::flag("compatible"), Column::number("gain")]),
     );
@@ -105,16 +112,7 @@ pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
             r.method.to_string(),
             r.seeds.to_string(),
         ];
-        row.extend(
-            [
-                r.old_old_map,
-                r.self_map,
-                r.cross_map,
-                r.self_r1,
-                r.cross_r1,
-            ]
-            .map(pm),
-        );
+        row.extend(r.figures().map(pm));
         row.push(format!("{}/{}", r.compatible, r.seeds));
         row.push(
             r.gain
@@ -129,13 +127,7 @@ pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
 /// The aggregated table as CSV (means and standard deviations in separate columns).
 pub fn aggregate_csv(rows: &[AggregateRow]) -> String {
     let mut headers = vec!["scenario".to_string(), "method".into(), "seeds".into()];
-    for f in [
-        "old_old_map",
-        "self_map",
-        "cross_map",
-        "self_r1",
-        "cross_r1",
-    ] {
+    for f in ResultRow::FIGURE_KEYS {
         headers.extend([f.to_string(), format!("{f}_std")]);
     }
     headers.extend(["compatible".into(), "gain".into(), "gain_std".into()]);
@@ -146,13 +138,7 @@ pub fn aggregate_csv(rows: &[AggregateRow]) -> String {
             r.method.to_string(),
             r.seeds.to_string(),
         ];
-        for (m, s) in [
-            r.old_old_map,
-            r.self_map,
-            r.cross_map,
-            r.self_r1,
-            r.cross_r1,
-        ] {
+        for (m, s) in r.figures() {
             row.extend([format!("{m:.6}"), format!("{s:.6}")]);
         }
         let (g, gs) = r
