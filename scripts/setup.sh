@@ -18,6 +18,19 @@ if [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
   fi
 fi
 
+# Gloo's headers: the distributed crate (crates/bcl-dist) compiles a shim over PyTorch's c10d,
+# whose ProcessGroupGloo.hpp includes them (the torch wheel ships the library, not the headers).
+if [ ! -f /usr/include/gloo/context.h ] && [ -z "${BCL_GLOO_INCLUDE:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Gloo's headers (Debian package libgloo-dev)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libgloo-dev >/dev/null
+  else
+    echo "setup: no apt-get; install Gloo's headers and set BCL_GLOO_INCLUDE to their directory" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   if ! python3 -m venv .venv 2>/dev/null; then

@@ -1,0 +1,164 @@
+//! Collectives for data-parallel `bcl`: a [`Collective`] (all-reduce sum, all-gather,
+//! broadcast, barrier) with a one-process implementation ([`Single`]) and one over PyTorch's own
+//! distributed engine, c10d ([`ProcessGroup`]: Gloo on CPU, NCCL on GPU with the `nccl`
+//! feature), joined from the launcher's environment ([`Rendezvous`]: torchrun, Slurm, or a
+//! world of one).
+//!
+//! c10d is C++ with no C interface, so a small shim (src/shim.cpp, compiled by build.rs against
+//! the libtorch that tch links) exposes the few calls used here; tensors cross as tch's
+//! `at::Tensor*`.
+
+mod c10d;
+mod rendezvous;
+
+pub use c10d::{Backend, GroupOptions, ProcessGroup};
+pub use rendezvous::{first_host, Launcher, Rendezvous, StoreHost};
+
+use tch::{Kind, Tensor};
+
+/// Errors of joining a process group and of its collectives.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// A launcher variable is malformed or inconsistent.
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Joining the rendezvous store or creating the process group failed.
+    #[error("rank {rank} of {world} could not join the process group at {addr}: {reason}")]
+    Join {
+        /// This process's rank.
+        rank: usize,
+        /// The world size.
+        world: usize,
+        /// The store's host:port.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A collective failed and the heartbeats name the ranks that stopped.
+    #[error(
+        "{op} failed on rank {rank} of {world}: lost rank(s) {lost:?} ({how}); stopping ({reason})"
+    )]
+    Lost {
+        /// The collective.
+        op: &'static str,
+        /// This process's rank.
+        rank: usize,
+        /// The world size.
+        world: usize,
+        /// The ranks that stopped.
+        lost: Vec<usize>,
+        /// How they were found lost.
+        how: String,
+        /// libtorch's message.
+        reason: String,
+    },
+    /// A collective failed with every rank still alive (a timeout, a mismatch of shapes).
+    #[error("{op} failed on rank {rank} of {world}: {reason}")]
+    Collective {
+        /// The collective.
+        op: &'static str,
+        /// This process's rank.
+        rank: usize,
+        /// The world size.
+        world: usize,
+        /// libtorch's message.
+        reason: String,
+    },
+    /// A tensor that a collective cannot take.
+    #[error("{op}: {reason}")]
+    Tensor {
+        /// The collective.
+        op: &'static str,
+        /// What is wrong with the tensor.
+        reason: String,
+    },
+}
+
+/// The collectives data-parallel training needs, identical in meaning on every rank: each is
+/// called by every rank in the same order.
+pub trait Collective: Send + Sync {
+    /// This process's rank, `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// The number of processes.
+    fn world_size(&self) -> usize;
+    /// Replaces `t` on every rank by the sum over ranks (same shape and kind everywhere).
+    fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError>;
+    /// Every rank's `t` (same shape and kind everywhere), in rank order.
+    fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>, DistError>;
+    /// Replaces `t` on every rank by rank `root`'s.
+    fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError>;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<(), DistError>;
+    /// Whether this rank writes files and shows progress (rank 0).
+    fn is_primary(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// The world of one process: every collective is the identity.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _t: &mut Tensor) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>, DistError> {
+        Ok(vec![t.copy()])
+    }
+    fn broadcast(&self, _t: &mut Tensor, _root: usize) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        Ok(())
+    }
+}
+
+/// Gathers every rank's rows of `t` (first dimensions may differ between ranks; the others and
+/// the kind must agree) and concatenates them in rank order.
+pub fn all_gather_rows(c: &dyn Collective, t: &Tensor) -> Result<Tensor, DistError> {
+    if c.world_size() == 1 {
+        return Ok(t.shallow_clone());
+    }
+    let size = t.size();
+    let rows = *size.first().ok_or(DistError::Tensor {
+        op: "all_gather_rows",
+        reason: "a scalar has no rows".into(),
+    })?;
+    let counts = c.all_gather(&Tensor::from_slice(&[rows]))?;
+    let counts: Vec<i64> = counts.iter().map(|n| n.int64_value(&[0])).collect();
+    let most = counts.iter().copied().max().unwrap_or(0);
+    let mut padded_size = size.clone();
+    padded_size[0] = most;
+    let padded = Tensor::zeros(&padded_size, (t.kind(), t.device()));
+    if rows > 0 {
+        padded.narrow(0, 0, rows).copy_(t);
+    }
+    let parts = c.all_gather(&padded)?;
+    let kept: Vec<Tensor> = parts
+        .iter()
+        .zip(&counts)
+        .map(|(p, &n)| p.narrow(0, 0, n))
+        .collect();
+    Ok(Tensor::cat(&kept, 0))
+}
+
+/// The sum over ranks of one number.
+pub fn all_reduce_scalar(c: &dyn Collective, x: f64) -> Result<f64, DistError> {
+    let mut t = Tensor::from_slice(&[x]).to_kind(Kind::Double);
+    c.all_reduce_sum(&mut t)?;
+    Ok(t.double_value(&[0]))
+}
