@@ -13,6 +13,7 @@ use bcl::report::rows_markdown;
 use bcl::run::{self, parse_device, RunConfig, StepOptions};
 use clap::{Args, Parser, Subcommand};
 
+mod dist;
 mod gallery_cmd;
 
 /// Backward-compatible learning for retrieval: train new embedding models whose queries can be
@@ -43,6 +44,9 @@ enum Command {
     Experiment(ExperimentArgs),
     /// Time ODPP refreshes on synthetic prototypes and banks (JSON lines, one per class count).
     BenchOdpp(BenchOdppArgs),
+    /// Bytes a data-parallel training step moves (gradients, buffers, features) for a model,
+    /// class count and batch, per rank count (JSON lines); see docs/distributed.md.
+    BenchDist(BenchDistArgs),
     /// Decoding throughput of the image loader (JPEG files of a class-folder tree, or
     /// generated ones), to compare with the training step's (`bcl bench --size`).
     BenchLoader(BenchLoaderArgs),
@@ -163,6 +167,25 @@ struct BenchOdppArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Args)]
+struct BenchDistArgs {
+    /// The backbone (small, resnet18 or resnet50).
+    #[arg(long, default_value = "resnet18")]
+    backbone: bcl::model::Backbone,
+    /// Embedding dimension d.
+    #[arg(long, default_value_t = 512)]
+    dim: i64,
+    /// Classes of the classifier head (GLDv2: 81313).
+    #[arg(long, default_value_t = 81313)]
+    classes: i64,
+    /// Global batch.
+    #[arg(long, default_value_t = 256)]
+    batch: i64,
+    /// Rank counts (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    ranks: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -367,12 +390,14 @@ fn base_config(c: &Common) -> Result<RunConfig> {
 }
 
 fn options(c: &Common) -> Result<StepOptions> {
+    let (dist, device) = dist::world(&c.device, parse_device(&c.device)?)?;
     Ok(StepOptions {
         resume: c.resume,
-        device: parse_device(&c.device)?,
+        device,
         progress: std::io::stderr().is_terminal(),
         probe_test: false,
         stop_after: c.stop_after,
+        dist,
     })
 }
 
@@ -409,6 +434,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchLoader(a) => cmd_bench_loader(a)?,
         Command::Search(a) => cmd_search(a)?,
         Command::BenchOdpp(a) => cmd_bench_odpp(a)?,
+        Command::BenchDist(a) => cmd_bench_dist(a)?,
         Command::Bench(a) => cmd_bench(a)?,
         Command::Methods => cmd_methods(),
     }
@@ -461,8 +487,10 @@ fn cmd_train_old(a: TrainOldArgs) -> Result<()> {
         cfg.old.seed = s;
     }
     let o = run::train_old(&cfg, &a.out, &options(&a.common)?)?;
-    print_history("old", &o.history);
-    println!("model {} written to {}", o.card.id, o.dir.display());
+    if dist::is_primary() {
+        print_history("old", &o.history);
+        println!("model {} written to {}", o.card.id, o.dir.display());
+    }
     Ok(())
 }
 
@@ -504,14 +532,20 @@ fn cmd_train_new(a: TrainNewArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(a.method.model_name()));
     let o = run::train_new(&cfg, &old, a.method, &out, &options(&a.common)?)?;
-    print_history(&a.method.model_name(), &o.history);
-    println!("model {} written to {}", o.card.id, o.dir.display());
+    if dist::is_primary() {
+        print_history(&a.method.model_name(), &o.history);
+        println!("model {} written to {}", o.card.id, o.dir.display());
+    }
     Ok(())
 }
 
 /// The models in `paths` on the device named `device`.
 fn load_models(paths: &[PathBuf], device: &str) -> Result<Vec<Embedder>> {
-    let device = parse_device(device)?;
+    load_models_on(paths, parse_device(device)?)
+}
+
+/// The models in `paths` on `device`.
+fn load_models_on(paths: &[PathBuf], device: tch::Device) -> Result<Vec<Embedder>> {
     Ok(paths
         .iter()
         .map(|p| Embedder::load(p, device))
@@ -520,7 +554,10 @@ fn load_models(paths: &[PathBuf], device: &str) -> Result<Vec<Embedder>> {
 
 /// `bcl eval`: the compatibility matrix of the models on the test set of their data.
 fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let models = load_models(&a.models, &a.device)?;
+    // under a launcher the ranks share each model's embedding pass (each on its own device);
+    // rank 0 reports
+    let (world, device) = dist::world(&a.device, parse_device(&a.device)?)?;
+    let models = load_models_on(&a.models, device)?;
     let mut data_cfg = match &a.config {
         Some(p) => RunConfig::from_toml_file(p)?.data,
         None => gallery_cmd::run_data_config(&models[0].dir)?,
@@ -532,7 +569,16 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         data_cfg.test_per_class = a.test_per_class;
     }
     let test = bcl::data::open_test(&data_cfg)?;
-    let report = bcl::eval::models::evaluate_models(&models, &test, 512)?;
+    let report = bcl::eval::models::evaluate_models_on(
+        &models,
+        &test,
+        512,
+        bcl::eval::models::MatrixCells::All,
+        &*world,
+    )?;
+    if !world.is_primary() {
+        return Ok(());
+    }
     println!("{}", rows_markdown(&report.rows));
     println!("compatibility matrix (mAP), rows query model, columns gallery model:");
     print!("{}", bcl::report::matrix_csv(&report.matrix));
@@ -612,6 +658,7 @@ fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         progress: std::io::stderr().is_terminal(),
         probe_test: false,
         stop_after: None,
+        dist: Default::default(),
     };
     let t0 = std::time::Instant::now();
     let report = bcl::experiment::run_experiment(&cfg, &a.out, &opts)?;
@@ -734,6 +781,21 @@ fn cmd_bench_odpp(a: BenchOdppArgs) -> Result<()> {
     Ok(())
 }
 
+/// `bcl bench-dist`: the bytes a data-parallel step moves.
+fn cmd_bench_dist(a: BenchDistArgs) -> Result<()> {
+    let model = bcl::model::ModelConfig {
+        backbone: a.backbone,
+        dim: a.dim,
+        in_channels: 3,
+        ..Default::default()
+    };
+    for &r in &a.ranks {
+        let t = run::bench::dist_traffic(&model, &Default::default(), a.classes, a.batch, r)?;
+        println!("{}", serde_json::to_string(&t)?);
+    }
+    Ok(())
+}
+
 /// `bcl bench`: the training step's throughput.
 fn cmd_bench(a: BenchArgs) -> Result<()> {
     let cfg = match &a.config {
@@ -801,10 +863,16 @@ fn write_npy_atomic(path: &Path, t: &tch::Tensor) -> Result<()> {
 }
 
 fn main() {
+    // Ranks other than 0 of a launched job log warnings only (rank 0 reports the run).
+    let default_filter = if dist::is_primary() {
+        "bcl=info"
+    } else {
+        "bcl=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BCL_LOG")
-                .unwrap_or_else(|_| "bcl=info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         // Colour only where a person reads it: a log sent to a file or a pipe stays plain text.

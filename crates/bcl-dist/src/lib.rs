@@ -14,6 +14,8 @@ mod rendezvous;
 pub use c10d::{Backend, GroupOptions, ProcessGroup};
 pub use rendezvous::{first_host, Launcher, Rendezvous, StoreHost};
 
+use std::sync::Arc;
+
 use tch::{Kind, Tensor};
 
 /// Errors of joining a process group and of its collectives.
@@ -83,7 +85,7 @@ pub enum DistError {
 
 /// The collectives data-parallel training needs, identical in meaning on every rank: each is
 /// called by every rank in the same order.
-pub trait Collective: Send + Sync {
+pub trait Collective: Send + Sync + std::fmt::Debug {
     /// This process's rank, `0..world_size()`.
     fn rank(&self) -> usize;
     /// The number of processes.
@@ -127,6 +129,37 @@ impl Collective for Single {
     }
 }
 
+/// The collective a run shares among its parts (cheap to clone): a world of one by default.
+#[derive(Debug, Clone)]
+pub struct World(Arc<dyn Collective>);
+
+impl World {
+    /// Shares `c`.
+    pub fn new(c: impl Collective + 'static) -> Self {
+        Self(Arc::new(c))
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self(Arc::new(Single))
+    }
+}
+
+impl std::ops::Deref for World {
+    type Target = dyn Collective;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+/// The contiguous share `[start, end)` of `len` items that `rank` of `world` takes: the shares
+/// of consecutive ranks follow each other and differ in size by at most one.
+pub fn shard(len: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let world = world.max(1);
+    (len * rank / world)..(len * (rank + 1) / world)
+}
+
 /// Gathers every rank's rows of `t` (first dimensions may differ between ranks; the others and
 /// the kind must agree) and concatenates them in rank order.
 pub fn all_gather_rows(c: &dyn Collective, t: &Tensor) -> Result<Tensor, DistError> {
@@ -161,4 +194,27 @@ pub fn all_reduce_scalar(c: &dyn Collective, x: f64) -> Result<f64, DistError> {
     let mut t = Tensor::from_slice(&[x]).to_kind(Kind::Double);
     c.all_reduce_sum(&mut t)?;
     Ok(t.double_value(&[0]))
+}
+
+/// Rank 0's bytes on every rank (`bytes` is read on rank 0 only).
+pub fn broadcast_bytes(c: &dyn Collective, bytes: &[u8]) -> Result<Vec<u8>, DistError> {
+    if c.world_size() == 1 {
+        return Ok(bytes.to_vec());
+    }
+    let mut len = Tensor::from_slice(&[bytes.len() as i64]);
+    c.broadcast(&mut len, 0)?;
+    let n = len.int64_value(&[0]) as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut buf = if c.rank() == 0 {
+        Tensor::from_slice(bytes)
+    } else {
+        Tensor::zeros([n as i64], (Kind::Uint8, tch::Device::Cpu))
+    };
+    c.broadcast(&mut buf, 0)?;
+    Vec::<u8>::try_from(&buf).map_err(|e| DistError::Tensor {
+        op: "broadcast_bytes",
+        reason: e.to_string(),
+    })
 }

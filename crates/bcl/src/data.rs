@@ -435,20 +435,9 @@ impl Dataset {
                 }
             }
             Some((cfg, rng)) => {
-                let pad = cfg.pad as i64;
                 for (b, &i) in indices.iter().enumerate() {
                     let src = &self.pixels[i * sz..(i + 1) * sz];
-                    let dy = if pad > 0 {
-                        rng.random_range(-pad..=pad)
-                    } else {
-                        0
-                    };
-                    let dx = if pad > 0 {
-                        rng.random_range(-pad..=pad)
-                    } else {
-                        0
-                    };
-                    let flip = cfg.hflip && rng.random_bool(0.5);
+                    let (dy, dx, flip) = cfg.draw(rng);
                     let dst = &mut out[b * sz..(b + 1) * sz];
                     for ch in 0..c {
                         for y in 0..h {
@@ -499,6 +488,32 @@ pub struct AugmentConfig {
     pub pad: usize,
     /// Random horizontal flips: right for clothing (Fashion-MNIST), wrong for digits or text.
     pub hflip: bool,
+}
+
+impl AugmentConfig {
+    /// One item's draws from the epoch's stream: the crop's shift (rows, columns) and the flip.
+    pub fn draw(&self, rng: &mut ChaCha8Rng) -> (i64, i64, bool) {
+        let pad = self.pad as i64;
+        let dy = if pad > 0 {
+            rng.random_range(-pad..=pad)
+        } else {
+            0
+        };
+        let dx = if pad > 0 {
+            rng.random_range(-pad..=pad)
+        } else {
+            0
+        };
+        (dy, dx, self.hflip && rng.random_bool(0.5))
+    }
+
+    /// Advances the epoch's stream past `items` items another rank augments, so that every
+    /// item gets the draws it would get in a one-process run.
+    pub fn skip(&self, rng: &mut ChaCha8Rng, items: usize) {
+        for _ in 0..items {
+            self.draw(rng);
+        }
+    }
 }
 
 impl Default for AugmentConfig {

@@ -41,6 +41,9 @@ pub enum EvalError {
         /// What is wrong.
         reason: String,
     },
+    /// Sharing an embedding pass among ranks failed (a lost rank, a timeout).
+    #[error(transparent)]
+    Dist(#[from] bcl_dist::DistError),
 }
 
 /// Retrieval metrics averaged over the queries that have at least one relevant item.

@@ -7,6 +7,9 @@
 //! wiring them into the steps the `bcl` binary exposes, [`experiment`] running many of them,
 //! [`files`] the file I/O and [`table`] the tables they share.
 
+/// The collectives of data-parallel runs (the `bcl-dist` crate).
+pub use bcl_dist as dist;
+
 pub mod data;
 pub mod eval;
 pub mod experiment;

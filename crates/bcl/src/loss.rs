@@ -218,6 +218,11 @@ pub trait CompatLoss {
     }
     /// Sees each batch's detached new features (for moving-average prototypes).
     fn observe(&mut self, _new: &Tensor, _labels: &Tensor) {}
+    /// Whether [`CompatLoss::observe`] uses what it sees (data-parallel training gathers the
+    /// whole batch's features for it only then).
+    fn observes(&self) -> bool {
+        false
+    }
     /// State to checkpoint so that a resumed run continues exactly.
     fn state(&self) -> Vec<(String, Tensor)> {
         Vec::new()
@@ -355,6 +360,10 @@ impl CompatLoss for PerturbedBct {
     fn refresh_config(&self) -> Option<&RefreshConfig> {
         Some(&self.refresh)
     }
+    fn observes(&self) -> bool {
+        self.refresh.new_prototypes == NewPrototypes::Ema
+    }
+
     fn observe(&mut self, new: &Tensor, labels: &Tensor) {
         if self.refresh.new_prototypes != NewPrototypes::Ema {
             return;

@@ -421,6 +421,11 @@ pub struct EmbeddingNet {
 pub const BACKBONE_PATH: &str = "backbone";
 
 impl EmbeddingNet {
+    /// The embedding dimension `d`.
+    pub fn dim(&self) -> i64 {
+        self.head.ws.size()[0]
+    }
+
     /// Builds the network's variables under `p`.
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
         let (body, width) = match cfg.backbone {
@@ -758,6 +763,26 @@ impl Embedder {
     pub fn embed_dataset(&self, data: &Dataset, batch: usize) -> Tensor {
         let idx: Vec<usize> = (0..data.len()).collect();
         self.embed_positions(data, &idx, batch)
+    }
+
+    /// As [`Embedder::embed_dataset`], shared among the ranks of `dist`: each embeds its
+    /// contiguous share of the items and every rank gets the whole, in order.
+    pub fn embed_dataset_on(
+        &self,
+        data: &Dataset,
+        batch: usize,
+        dist: &dyn bcl_dist::Collective,
+    ) -> Result<Tensor, bcl_dist::DistError> {
+        if dist.world_size() == 1 {
+            return Ok(self.embed_dataset(data, batch));
+        }
+        let mine: Vec<usize> =
+            bcl_dist::shard(data.len(), dist.rank(), dist.world_size()).collect();
+        let local = match mine.is_empty() {
+            true => Tensor::zeros([0, self.card.arch.dim], (Kind::Float, Device::Cpu)),
+            false => self.embed_positions(data, &mine, batch),
+        };
+        bcl_dist::all_gather_rows(dist, &local)
     }
 
     /// Normalised embeddings `[positions.len(), d]` (CPU, f32) of the items of `data` at

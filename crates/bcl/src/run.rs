@@ -206,14 +206,26 @@ pub struct StepOptions {
     pub probe_test: bool,
     /// Stop after this many epochs of this call, leaving a resumable checkpoint.
     pub stop_after: Option<usize>,
+    /// The ranks working together (data parallelism; a world of one by default): training
+    /// shares each batch among them, embedding passes share the items, rank 0 writes.
+    pub dist: bcl_dist::World,
 }
 
-/// Normalised embeddings `[N, d]` (CPU) of every training item by `model`, streamed.
-pub fn embed_train(model: &Embedder, data: TrainData, batch: usize) -> Result<Tensor, RunError> {
-    let all: Vec<usize> = (0..data.len()).collect();
-    let mut out = Vec::new();
+/// Normalised embeddings `[N, d]` (CPU) of every training item by `model`, streamed; each
+/// rank of `dist` embeds its share and every rank gets the whole.
+pub fn embed_train(
+    model: &Embedder,
+    data: TrainData,
+    batch: usize,
+    dist: &dyn bcl_dist::Collective,
+) -> Result<Tensor, RunError> {
+    let mine: Vec<usize> = bcl_dist::shard(data.len(), dist.rank(), dist.world_size()).collect();
+    let mut out = vec![Tensor::zeros(
+        [0, model.card.arch.dim],
+        (Kind::Float, Device::Cpu),
+    )];
     for b in data.batches(
-        &all,
+        &mine,
         batch.max(1),
         None,
         model.card.normalization,
@@ -222,7 +234,25 @@ pub fn embed_train(model: &Embedder, data: TrainData, batch: usize) -> Result<Te
         let (x, _) = b?;
         out.push(model.embed_batch(&x).to_device(Device::Cpu));
     }
-    Ok(Tensor::cat(&out, 0))
+    let local = Tensor::cat(&out, 0);
+    Ok(bcl_dist::all_gather_rows(dist, &local).map_err(crate::train::TrainError::from)?)
+}
+
+/// Writes a run's `config.toml` and `split.json` (rank 0 only: every rank holds the same).
+fn write_run_files(
+    out: &Path,
+    cfg: &RunConfig,
+    split: &Split,
+    dist: &dyn bcl_dist::Collective,
+) -> Result<(), RunError> {
+    if !dist.is_primary() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+    write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    crate::files::write_json(&out.join("split.json"), split)?;
+    Ok(())
 }
 
 /// Trains the old model (classification only) on the split's old part; writes `config.toml`,
@@ -238,10 +268,7 @@ pub fn train_old(
         test: test_set,
     } = crate::data::open(&cfg.data)?;
     let split = Split::new(&cfg.split, &train_set.labels(), cfg.data.classes)?;
-    std::fs::create_dir_all(out)
-        .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
-    write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    crate::files::write_json(&out.join("split.json"), &split)?;
+    write_run_files(out, cfg, &split, &*opts.dist)?;
     let data = train_set.relabel(&split.old_indices, &split.old_classes);
     Ok(train(TrainJob {
         name: "old".into(),
@@ -262,6 +289,7 @@ pub fn train_old(
         progress: opts.progress,
         stop_after: opts.stop_after,
         probe: opts.probe_test.then_some(&test_set),
+        dist: &*opts.dist,
     })?)
 }
 
@@ -340,20 +368,10 @@ pub fn train_successor(
     let classes: Vec<i64> = (0..cfg.data.classes as i64).collect();
     let indices = successor_indices(cfg, &split, &train_labels, fraction)?;
     let data = train_set.relabel(&indices, &classes);
-    let ctx = build_context(
-        cfg,
-        method,
-        &old,
-        data.as_data(),
-        &data.labels(),
-        opts.device,
-    )?;
-    std::fs::create_dir_all(out)
-        .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
+    let ctx = build_context(cfg, method, &old, data.as_data(), &data.labels(), opts)?;
     let mut saved = cfg.clone();
     saved.split = split.config.clone();
-    write_atomic(&out.join("config.toml"), saved.to_toml().as_bytes())?;
-    crate::files::write_json(&out.join("split.json"), &split)?;
+    write_run_files(out, &saved, &split, &*opts.dist)?;
     Ok(train(TrainJob {
         name: method.model_name(),
         role: Role::New,
@@ -371,6 +389,7 @@ pub fn train_successor(
         progress: opts.progress,
         stop_after: opts.stop_after,
         probe: opts.probe_test.then_some(&test_set),
+        dist: &*opts.dist,
     })?)
 }
 
@@ -478,14 +497,15 @@ fn build_context(
     old: &Embedder,
     data: TrainData,
     labels: &[i64],
-    device: Device,
+    opts: &StepOptions,
 ) -> Result<BuildContext, RunError> {
+    let device = opts.device;
     let mut ctx = BuildContext::default();
     if !method.needs_prototypes() {
         return Ok(ctx);
     }
     let classes = cfg.data.classes as i64;
-    let g = embed_train(old, data, cfg.eval_batch)?.to_device(device);
+    let g = embed_train(old, data, cfg.eval_batch, &*opts.dist)?.to_device(device);
     let y = Tensor::from_slice(labels)
         .to_kind(Kind::Int64)
         .to_device(device);

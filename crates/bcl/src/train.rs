@@ -5,6 +5,7 @@
 //! card (`export`).
 
 mod checkpoint;
+mod dist;
 mod export;
 mod meter;
 mod sgd;
@@ -12,7 +13,8 @@ mod sgd;
 pub use checkpoint::{finished_run, job_config_string, save_safetensors_atomic, COMPAT_VARS};
 pub use sgd::Sgd;
 
-use checkpoint::{ckpt_err, read_checkpoint_state, Checkpoint, CheckpointState};
+use bcl_dist::{all_gather_rows, shard, Collective};
+use checkpoint::{ckpt_err, read_resumable_state, Checkpoint, CheckpointState};
 use meter::EpochMeter;
 
 use std::path::PathBuf;
@@ -83,6 +85,25 @@ pub enum TrainError {
     /// A configuration that cannot run.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// The checkpoint was written by a run on another number of ranks.
+    #[error("{path}: the checkpoint was written by a run on {was} rank(s); resume it on {was} (this run has {now}), or choose another output directory")]
+    WorldChanged {
+        /// The state file.
+        path: PathBuf,
+        /// Ranks of the checkpointed run.
+        was: usize,
+        /// Ranks of this run.
+        now: usize,
+    },
+    /// A collective between ranks failed (a lost rank, a timeout).
+    #[error(transparent)]
+    Dist(#[from] bcl_dist::DistError),
+    /// Another rank failed at a step every rank must pass; its own log says why.
+    #[error("rank {rank} failed (its log says why); stopping with it")]
+    Peer {
+        /// The failed rank.
+        rank: usize,
+    },
 }
 
 /// Learning-rate schedule after warm-up.
@@ -124,6 +145,11 @@ pub struct TrainConfig {
     pub augment: AugmentConfig,
     /// Classification head.
     pub head: HeadConfig,
+    /// Batch normalisation with its running statistics while training (the affine parameters
+    /// still learn): the usual choice for fine-tuning a pretrained backbone with small batches
+    /// per device, and it makes a data-parallel step equal the one-device step exactly.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub freeze_batch_norm: bool,
 }
 
 impl Default for TrainConfig {
@@ -139,6 +165,7 @@ impl Default for TrainConfig {
             seed: 1,
             augment: AugmentConfig::default(),
             head: HeadConfig::default(),
+            freeze_batch_norm: false,
         }
     }
 }
@@ -207,6 +234,14 @@ pub struct EpochStats {
     pub seconds: f64,
     /// Training throughput.
     pub images_per_s: f64,
+    /// Seconds rank 0 spent in collectives (gradients, buffers, gathered features) during the
+    /// epoch's steps; absent for a run on one process.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub comm_seconds: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// Everything one training run needs.
@@ -246,6 +281,9 @@ pub struct TrainJob<'a> {
     /// Items to embed with the trained in-memory model before it is saved (lets a caller check
     /// that the saved model reproduces it); `None` for none.
     pub probe: Option<&'a Dataset>,
+    /// The ranks training together (data parallelism; `&bcl_dist::Single` for one process):
+    /// `train.batch_size` is the global batch, shared among them; rank 0 writes the files.
+    pub dist: &'a dyn Collective,
 }
 
 /// The result of a training run.
@@ -271,22 +309,35 @@ pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor
     (x * from.std + from.mean - to.mean) / to.std
 }
 
-/// Normalised embeddings (eval mode, no gradient) of the items `idx` of `data`, with their labels.
+/// Normalised embeddings `[len, dim]` (eval mode, no gradient) of the items `idx` of `data`,
+/// with their labels: each rank embeds its share, every rank gets the whole in `idx` order.
 fn embed_items(
     net: &EmbeddingNet,
     data: TrainData,
     idx: &[usize],
     norm: Normalization,
     device: Device,
+    dist: &dyn Collective,
 ) -> Result<(Tensor, Tensor), TrainError> {
+    let mine = &idx[shard(idx.len(), dist.rank(), dist.world_size())];
     let mut feats = Vec::new();
     let mut labels = Vec::new();
-    for b in data.batches(idx, 256, None, norm, device) {
+    for b in data.batches(mine, 256, None, norm, device) {
         let (x, y) = b?;
         feats.push(tch::no_grad(|| net.forward_t(&x, false)));
         labels.push(y);
     }
-    Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)))
+    if dist.world_size() == 1 {
+        return Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)));
+    }
+    let (f, y) = match feats.is_empty() {
+        true => (
+            Tensor::zeros([0, net.dim()], (Kind::Float, device)),
+            Tensor::zeros([0], (Kind::Int64, device)),
+        ),
+        false => (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)),
+    };
+    Ok((all_gather_rows(dist, &f)?, all_gather_rows(dist, &y)?))
 }
 
 /// Serialises model initialisation across threads (see its use in [`train`]).
@@ -304,6 +355,13 @@ fn check_job(job: &TrainJob) -> Result<(), TrainError> {
         return Err(TrainError::Config(format!(
             "model.in_channels is {} but the images have {} channels (set [model] in_channels = {})",
             job.model.in_channels, shape[0], shape[0]
+        )));
+    }
+    let world = job.dist.world_size();
+    if job.train.batch_size < world {
+        return Err(TrainError::Config(format!(
+            "batch_size {} is the global batch, shared among {world} ranks: it must be at least the number of ranks",
+            job.train.batch_size
         )));
     }
     if job.compat.needs_old_embeddings() && job.old.is_none() {
@@ -377,9 +435,9 @@ struct Progress {
 
 /// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
 pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
+    let dist = job.dist;
     check_job(&job)?;
     let out = job.out_dir.clone();
-    std::fs::create_dir_all(&out).map_err(|e| ckpt_err(&out, e))?;
     let ckpt = Checkpoint::of(&out);
     let config_str = job_config_string(
         &job.model,
@@ -388,18 +446,21 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
         &job.note,
         &job.split_fingerprint,
     );
-    if (out.join(CARD_FILE).exists() || ckpt.state.exists()) && !job.resume {
-        return Err(TrainError::Exists(out));
+    let found = dist::agree(dist, look_for_run(&job, &ckpt, &config_str))?;
+    dist::same_everywhere(
+        dist,
+        found.done.is_some() as i64,
+        "whether the run has finished",
+    )?;
+    if let Some(done) = found.done {
+        return Ok(done);
     }
-    if job.resume {
-        if let Some(done) = finished_run(&out, &config_str, job.train.epochs)? {
-            return Ok(done);
-        }
-    }
-    let loaded = match job.resume && ckpt.state.exists() {
-        true => Some(read_checkpoint_state(&ckpt.state, &config_str)?),
-        false => None,
-    };
+    let loaded = found.loaded;
+    dist::same_everywhere(
+        dist,
+        loaded.as_ref().map_or(-1, |st| st.epochs_done as i64),
+        "the checkpoint's epochs",
+    )?;
     let (mean, std) = job.data.pixel_stats()?;
     let norm = Normalization { mean, std };
     // The loss moves into the model; the job keeps an inert placeholder.
@@ -415,6 +476,8 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
         };
         tracing::info!(epoch = p.epochs_done, "resumed from checkpoint");
     }
+    // every rank starts from rank 0's variables (as DDP does)
+    dist::broadcast_tensors(dist, &dist::sorted_variables(&m.vs, |_| true))?;
     let start = p.epochs_done;
     for epoch in start..job.train.epochs {
         if job.stop_after.is_some_and(|k| epoch >= start + k) {
@@ -424,10 +487,12 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
             });
         }
         let stats = run_epoch(&job, &mut m, epoch, norm, &mut p.refreshes)?;
-        tracing::info!(
-            model = %job.name, epoch = stats.epoch, loss = stats.loss_total, acc = stats.train_acc,
-            img_s = stats.images_per_s, "epoch done"
-        );
+        if dist.is_primary() {
+            tracing::info!(
+                model = %job.name, epoch = stats.epoch, loss = stats.loss_total, acc = stats.train_acc,
+                img_s = stats.images_per_s, "epoch done"
+            );
+        }
         p.history.push(stats);
         p.epochs_done = epoch + 1;
         let state = CheckpointState {
@@ -435,13 +500,52 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
             config: config_str.clone(),
             history: p.history.clone(),
             refreshes: p.refreshes.clone(),
+            world_size: dist.world_size(),
         };
-        ckpt.save(&m.vs, &m.opt, m.compat.as_ref(), &state)?;
+        let saved = match dist.is_primary() {
+            true => ckpt.save(&m.vs, &m.opt, m.compat.as_ref(), &state),
+            false => Ok(()),
+        };
+        dist::agree(dist, saved)?;
     }
     finish(&job, &m, norm, p)
 }
 
-/// Embeds the probe (if any) with the in-memory model, exports the model and its card.
+/// What the output directory holds for this job: a finished run of the same configuration, or
+/// a checkpoint to resume (checked against the configuration and the number of ranks).
+struct Found {
+    done: Option<TrainOutcome>,
+    loaded: Option<CheckpointState>,
+}
+
+/// Reads the output directory: an existing run without `resume` is an error.
+fn look_for_run(job: &TrainJob, ckpt: &Checkpoint, config_str: &str) -> Result<Found, TrainError> {
+    let out = &job.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| ckpt_err(out, e))?;
+    if (out.join(CARD_FILE).exists() || ckpt.state.exists()) && !job.resume {
+        return Err(TrainError::Exists(out.clone()));
+    }
+    if job.resume {
+        if let Some(done) = finished_run(out, config_str, job.train.epochs)? {
+            return Ok(Found {
+                done: Some(done),
+                loaded: None,
+            });
+        }
+    }
+    let loaded = match job.resume && ckpt.state.exists() {
+        true => Some(read_resumable_state(
+            &ckpt.state,
+            config_str,
+            job.dist.world_size(),
+        )?),
+        false => None,
+    };
+    Ok(Found { done: None, loaded })
+}
+
+/// Embeds the probe (if any) with the in-memory model, exports the model and its card (rank 0;
+/// the other ranks receive the card from it).
 fn finish(
     job: &TrainJob,
     m: &Model,
@@ -451,7 +555,14 @@ fn finish(
     let probe_features = match job.probe {
         Some(d) => {
             let idx: Vec<usize> = (0..d.len()).collect();
-            let (f, _) = embed_items(&m.net, TrainData::Memory(d), &idx, norm, job.device)?;
+            let (f, _) = embed_items(
+                &m.net,
+                TrainData::Memory(d),
+                &idx,
+                norm,
+                job.device,
+                &bcl_dist::Single,
+            )?;
             Some(f.to_device(Device::Cpu))
         }
         None => None,
@@ -470,14 +581,27 @@ fn finish(
         old: job.old,
         note: &job.note,
     };
-    let card = export::export(
-        &job.out_dir,
-        &m.vs,
-        m.compat.as_ref(),
-        facts,
-        &p.history,
-        &p.refreshes,
-    )?;
+    let dist = job.dist;
+    let card = match dist.is_primary() {
+        true => export::export(
+            &job.out_dir,
+            &m.vs,
+            m.compat.as_ref(),
+            facts,
+            &p.history,
+            &p.refreshes,
+        )
+        .map(Some),
+        false => Ok(None),
+    };
+    let card = dist::agree(dist, card)?;
+    let json = card
+        .as_ref()
+        .map(|c| serde_json::to_vec(c).expect("a card serialises"))
+        .unwrap_or_default();
+    let json = bcl_dist::broadcast_bytes(dist, &json)?;
+    let card = serde_json::from_slice(&json)
+        .map_err(|e| TrainError::Config(format!("the card rank 0 sent: {e}")))?;
     Ok(TrainOutcome {
         card,
         history: p.history,
@@ -487,8 +611,9 @@ fn finish(
     })
 }
 
-/// One epoch: the seeded order, augmented batches, refreshes where the loss asks for them,
-/// the head loss plus λ·the method's loss, SGD steps; returns the epoch's figures.
+/// One epoch: the seeded order, this rank's share of each augmented batch, refreshes where
+/// the loss asks for them, the head loss plus λ·the method's loss, SGD steps on the gradients
+/// averaged over ranks; returns the epoch's figures (summed over ranks).
 fn run_epoch(
     job: &TrainJob,
     m: &mut Model,
@@ -496,17 +621,22 @@ fn run_epoch(
     norm: Normalization,
     refreshes: &mut Vec<RefreshStats>,
 ) -> Result<EpochStats, TrainError> {
+    let dist = job.dist;
+    let (rank, world) = (dist.rank(), dist.world_size());
     let n = job.data.len();
     let per_epoch = n.div_ceil(job.train.batch_size);
     let total = per_epoch * job.train.epochs;
     let order = epoch_order(n, job.train.seed, epoch);
-    // the batches of this epoch, augmented (files: decoded ahead on a background thread)
-    let mut batches = job.data.batches(
+    // this rank's share of the batches of this epoch, augmented (files: decoded ahead on a
+    // background thread)
+    let mut batches = job.data.shard_batches(
         &order,
         job.train.batch_size,
         Some((&job.train.augment, job.train.seed, epoch)),
         norm,
         job.device,
+        rank,
+        world,
     );
     {
         // Under the initialisation lock: a reseed from this thread must not land between
@@ -516,7 +646,7 @@ fn run_epoch(
         tch::manual_seed((job.train.seed as i64) * 1_000 + epoch as i64);
     }
     let label = format!("{} epoch {}/{}", job.name, epoch + 1, job.train.epochs);
-    let mut meter = EpochMeter::start(per_epoch, label, job.progress);
+    let mut meter = EpochMeter::start(per_epoch, label, job.progress && dist.is_primary());
     let mut lr = job.train.lr;
     for (bi, chunk) in order.chunks(job.train.batch_size).enumerate() {
         let step = epoch * per_epoch + bi;
@@ -524,21 +654,29 @@ fn run_epoch(
         if let Some(per_class) = m.compat.refresh_due(epoch, bi, step) {
             refreshes.extend(refresh(job, m, norm, per_class, epoch, step)?);
         }
-        let (x, y) = batches.next().ok_or_else(|| {
-            TrainError::Config(format!("batch {bi} of epoch {} is missing", epoch + 1))
-        })??;
-        let (cls, comp, total_loss, correct) = step_on(job, m, &x, &y, norm, lr, step, total)
-            .map_err(|loss| TrainError::Diverged {
-                epoch: epoch + 1,
-                step: bi,
-                loss,
-            })?;
-        meter.add(chunk.len(), cls, comp, total_loss, correct);
+        let batch = match shard(chunk.len(), rank, world).is_empty() {
+            true => None,
+            false => Some(batches.next().ok_or_else(|| {
+                TrainError::Config(format!("batch {bi} of epoch {} is missing", epoch + 1))
+            })??),
+        };
+        let figures = step_on(job, m, batch.as_ref(), chunk.len(), norm, lr, step, total).map_err(
+            |e| match e {
+                StepError::Diverged(loss) => TrainError::Diverged {
+                    epoch: epoch + 1,
+                    step: bi,
+                    loss,
+                },
+                StepError::Train(e) => e,
+            },
+        )?;
+        meter.add(&figures);
     }
-    Ok(meter.finish(epoch + 1, lr))
+    meter.finish(epoch + 1, lr, dist)
 }
 
-/// A refresh of the method's state from a seeded per-class bank of current new features.
+/// A refresh of the method's state from a seeded per-class bank of current new features
+/// (each rank embeds its share of the bank; every rank refreshes from the whole).
 fn refresh(
     job: &TrainJob,
     m: &mut Model,
@@ -549,9 +687,9 @@ fn refresh(
 ) -> Result<Option<RefreshStats>, TrainError> {
     let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
     let idx = per_class_sample(&job.data.labels(), per_class, &mut brng);
-    let (bank, labels) = embed_items(&m.net, job.data, &idx, norm, job.device)?;
+    let (bank, labels) = embed_items(&m.net, job.data, &idx, norm, job.device, job.dist)?;
     let s = m.compat.refresh(&bank, &labels, epoch, step);
-    if let Some(s) = &s {
+    if let (Some(s), true) = (&s, job.dist.is_primary()) {
         tracing::info!(
             model = %job.name, epoch, step, mean_delta = s.mean_delta, max_delta = s.max_delta,
             nn_before = s.nn_sim_before, nn_after = s.nn_sim_after, own = s.own_nearest_share,
@@ -561,25 +699,130 @@ fn refresh(
     Ok(s)
 }
 
-/// One SGD step on batch `(x, y)`: returns the batch's mean classification, compatibility and
-/// total losses and the head's correct count, or the total loss when it is not finite.
+/// Why a step stopped.
+enum StepError {
+    /// The loss was not finite on some rank (this rank's loss, or NaN when another's was).
+    Diverged(f64),
+    /// A collective failed.
+    Train(TrainError),
+}
+
+impl From<TrainError> for StepError {
+    fn from(e: TrainError) -> Self {
+        StepError::Train(e)
+    }
+}
+
+/// This rank's figures of a step: its items, their mean losses and the head's correct count.
+struct StepFigures {
+    items: usize,
+    cls: f64,
+    comp: f64,
+    total: f64,
+    correct: i64,
+    /// Seconds in collectives.
+    comm: f64,
+}
+
+/// One SGD step: this rank's share `batch` (none when it has no share) of a batch of `global`
+/// items, its gradients averaged over ranks; every rank stops when any rank's loss is not
+/// finite.
 #[allow(clippy::too_many_arguments)]
 fn step_on(
     job: &TrainJob,
     m: &mut Model,
-    x: &Tensor,
-    y: &Tensor,
+    batch: Option<&(Tensor, Tensor)>,
+    global: usize,
     norm: Normalization,
     lr: f64,
     step: usize,
     total: usize,
-) -> Result<(f64, f64, f64, i64), f64> {
+) -> Result<StepFigures, StepError> {
+    let dist = job.dist;
+    let mut comm = std::time::Duration::ZERO;
+    // batch-norm buffers follow rank 0's, as DDP's broadcast_buffers does
+    if dist.world_size() > 1 {
+        let t0 = std::time::Instant::now();
+        let buffers = dist::sorted_variables(&m.vs, |t| !t.requires_grad());
+        dist::broadcast_tensors(dist, &buffers)?;
+        comm += t0.elapsed();
+    }
+    m.opt.zero_grad();
+    let mut fig = StepFigures {
+        items: 0,
+        cls: 0.0,
+        comp: 0.0,
+        total: 0.0,
+        correct: 0,
+        comm: 0.0,
+    };
+    let mut observed = None;
+    if let Some((x, y)) = batch {
+        let (f, losses) = forward_losses(job, m, x, y, norm, step, total);
+        fig.items = y.size()[0] as usize;
+        fig.total = losses.total.double_value(&[]);
+        if fig.total.is_finite() {
+            losses.total.backward();
+            fig.cls = losses.cls.double_value(&[]);
+            fig.comp = losses
+                .comp
+                .as_ref()
+                .map(|c| c.double_value(&[]))
+                .unwrap_or(0.0);
+        }
+        observed = Some((f.detach(), y.shallow_clone()));
+    }
+    let finite = fig.total.is_finite();
+    let t0 = std::time::Instant::now();
+    let grads = dist::average_gradients(dist, &m.opt, fig.items, global, finite)?;
+    comm += t0.elapsed();
+    let Some(grads) = grads else {
+        return Err(StepError::Diverged(if finite {
+            f64::NAN
+        } else {
+            fig.total
+        }));
+    };
+    m.opt.step_with(lr, grads);
+    if let Some((f, y)) = &observed {
+        // the head after the step, on the step's features
+        fig.correct = tch::no_grad(|| {
+            let pred = m.head.plain_logits(f).argmax(1, false);
+            pred.eq_tensor(y).sum(Kind::Int64).int64_value(&[])
+        });
+    }
+    let t0 = std::time::Instant::now();
+    observe(job, m, observed)?;
+    if dist.world_size() > 1 {
+        comm += t0.elapsed();
+        fig.comm = comm.as_secs_f64();
+    }
+    Ok(fig)
+}
+
+/// The losses of one forward pass.
+struct Losses {
+    cls: Tensor,
+    comp: Option<Tensor>,
+    total: Tensor,
+}
+
+/// The new model's features of `x` and the head's and the method's losses on them.
+fn forward_losses(
+    job: &TrainJob,
+    m: &Model,
+    x: &Tensor,
+    y: &Tensor,
+    norm: Normalization,
+    step: usize,
+    total: usize,
+) -> (Tensor, Losses) {
     let old_emb = match (m.compat.needs_old_embeddings(), job.old) {
         (true, Some(o)) => Some(o.embed_batch(&renormalize(x, norm, o.card.normalization))),
         _ => None,
     };
-    let f = m.net.forward_t(x, true);
-    let l_cls = m.head.loss(&f, y);
+    let f = m.net.forward_t(x, !job.train.freeze_batch_norm);
+    let cls = m.head.loss(&f, y);
     let comp = m.compat.loss(&CompatInputs {
         new: &f,
         labels: y,
@@ -588,21 +831,45 @@ fn step_on(
         progress: step as f64 / total as f64,
     });
     let total_loss = match &comp {
-        Some(c) => &l_cls + c * m.compat.weight(),
-        None => l_cls.shallow_clone(),
+        Some(c) => &cls + c * m.compat.weight(),
+        None => cls.shallow_clone(),
     };
-    let tl = total_loss.double_value(&[]);
-    if !tl.is_finite() {
-        return Err(tl);
+    (
+        f,
+        Losses {
+            cls,
+            comp,
+            total: total_loss,
+        },
+    )
+}
+
+/// Shows the method the step's features (the whole batch, gathered from every rank, so that
+/// its running state is the same everywhere and equals the one-process run's).
+fn observe(
+    job: &TrainJob,
+    m: &mut Model,
+    mine: Option<(Tensor, Tensor)>,
+) -> Result<(), TrainError> {
+    let dist = job.dist;
+    if !m.compat.observes() {
+        return Ok(());
     }
-    m.opt.zero_grad();
-    total_loss.backward();
-    m.opt.step(lr);
-    m.compat.observe(&f.detach(), y);
-    let correct = tch::no_grad(|| {
-        let pred = m.head.plain_logits(&f.detach()).argmax(1, false);
-        pred.eq_tensor(y).sum(Kind::Int64).int64_value(&[])
+    if dist.world_size() == 1 {
+        if let Some((f, y)) = mine {
+            m.compat.observe(&f, &y);
+        }
+        return Ok(());
+    }
+    let d = m.head.weight().size()[1];
+    let (f, y) = mine.unwrap_or_else(|| {
+        (
+            Tensor::zeros([0, d], (Kind::Float, job.device)),
+            Tensor::zeros([0], (Kind::Int64, job.device)),
+        )
     });
-    let comp_v = comp.as_ref().map(|c| c.double_value(&[])).unwrap_or(0.0);
-    Ok((l_cls.double_value(&[]), comp_v, tl, correct))
+    let f = all_gather_rows(dist, &f.contiguous())?;
+    let y = all_gather_rows(dist, &y.contiguous())?;
+    m.compat.observe(&f, &y);
+    Ok(())
 }

@@ -339,6 +339,7 @@ fn cifar100_runs_through_the_pipeline() {
         progress: false,
         probe_test: false,
         stop_after: None,
+        dist: Default::default(),
     };
     // a grey-scale model on colour images: refused with the setting to change
     let e = run::train_old(&cfg, &d.path().join("old1"), &opts)

@@ -36,6 +36,7 @@ fn opts() -> StepOptions {
         progress: false,
         probe_test: true,
         stop_after: None,
+        dist: Default::default(),
     }
 }
 
@@ -179,6 +180,7 @@ fn small_job<'a>(
         progress: false,
         stop_after,
         probe: None,
+        dist: &bcl::dist::Single,
     }
 }
 

@@ -76,6 +76,7 @@ fn a_small_experiment_runs_and_resumes() {
         progress: false,
         probe_test: false,
         stop_after: None,
+        dist: Default::default(),
     };
     let report = run_experiment(&cfg, &out, &opts).unwrap();
     assert_eq!(report.runs.len(), 2);
@@ -316,6 +317,7 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
         progress: false,
         probe_test: false,
         stop_after: None,
+        dist: Default::default(),
     };
     let report = run_experiment(&cfg, &out, &opts).unwrap();
     let card = |d: &str| ModelCard::read(&out.join(d).join("model.json")).unwrap();

@@ -190,3 +190,19 @@ fn sgd_momentum_and_weight_decay_by_hand() {
     // step 2: d = 3 - 0.055 = 2.945, buf = 0.9*3.1 + 2.945 = 5.735, w = -0.55 - 2.8675
     close(w.double_value(&[0]), -0.55 - 0.5 * 5.735, 1e-6);
 }
+
+#[test]
+fn sgd_momentum_without_weight_decay_by_hand() {
+    // Without decay the first momentum buffer must not be the gradient tensor itself (which
+    // the next zero_grad clears in place).
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let w = vs.root().var("w", &[1], tch::nn::Init::Const(1.0));
+    let mut opt = bcl::train::Sgd::new(&vs, 0.9, 0.0);
+    for _ in 0..3 {
+        opt.zero_grad();
+        (&w * 3.0).sum(Kind::Float).backward();
+        opt.step(0.5);
+    }
+    // buffers 3, 5.7, 8.13: w = 1 - 0.5 (3 + 5.7 + 8.13)
+    close(w.double_value(&[0]), 1.0 - 0.5 * (3.0 + 5.7 + 8.13), 1e-6);
+}

@@ -266,6 +266,7 @@ fn train_the_zoo(check_advbct_compatibility: bool) {
         progress: false,
         probe_test: false,
         stop_after: None,
+        dist: Default::default(),
     };
     let old_dir = dir.path().join("old");
     run::train_old(&cfg, &old_dir, &opts).unwrap();

@@ -217,9 +217,22 @@ impl ImageLoader {
         train: Option<(u64, usize)>,
         prefetch: usize,
     ) -> Self {
+        let batches = order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
+        Self::start_batches(root, list, batches, prep, train, prefetch)
+    }
+
+    /// Starts decoding the given batches (positions in `list`), in order.
+    pub fn start_batches(
+        root: PathBuf,
+        list: ImageList,
+        batches: Vec<Vec<usize>>,
+        prep: ImagePrep,
+        train: Option<(u64, usize)>,
+        prefetch: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::sync_channel(prefetch.max(1));
         let worker = std::thread::spawn(move || {
-            for chunk in order.chunks(batch.max(1)) {
+            for chunk in &batches {
                 let decoded: Result<Vec<Vec<u8>>, DataError> = chunk
                     .par_iter()
                     .map(|&i| {

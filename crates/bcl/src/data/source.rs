@@ -147,31 +147,52 @@ impl<'a> TrainData<'a> {
         norm: Normalization,
         device: Device,
     ) -> Box<dyn Iterator<Item = Result<TensorBatch, DataError>> + 'a> {
+        self.shard_batches(order, batch, augment, norm, device, 0, 1)
+    }
+
+    /// As [`TrainData::batches`], the share of rank `rank` of `world` of each batch (`batch` is
+    /// the global batch; shares by [`bcl_dist::shard`]); a batch of which this rank has no
+    /// share yields nothing. Every item gets the augmentation it gets in a one-process run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shard_batches(
+        self,
+        order: &[usize],
+        batch: usize,
+        augment: Option<(&'a AugmentConfig, u64, usize)>,
+        norm: Normalization,
+        device: Device,
+        rank: usize,
+        world: usize,
+    ) -> Box<dyn Iterator<Item = Result<TensorBatch, DataError>> + 'a> {
         let mut rng: Option<ChaCha8Rng> =
             augment.map(|(_, seed, epoch)| rng_for(seed, 2_000 + epoch as u64));
         let cfg = augment.map(|(c, _, _)| c);
-        match self {
-            TrainData::Memory(d) => {
-                let chunks: Vec<Vec<usize>> =
-                    order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect();
-                Box::new(chunks.into_iter().map(move |c| {
-                    let aug = cfg.zip(rng.as_mut());
-                    Ok(d.batch(&c, norm, aug, device))
-                }))
+        let plan = share_plan(order, batch, rank, world);
+        // the epoch's augmentation stream advanced past the items of other ranks
+        let skip = move |rng: &mut Option<ChaCha8Rng>, n: usize| {
+            if let (Some(c), Some(r)) = (cfg, rng.as_mut()) {
+                c.skip(r, n);
             }
+        };
+        match self {
+            TrainData::Memory(d) => Box::new(plan.into_iter().map(move |share| {
+                skip(&mut rng, share.before);
+                let aug = cfg.zip(rng.as_mut());
+                Ok(d.batch(&share.items, norm, aug, device))
+            })),
             TrainData::Files(f) => {
-                let loader = ImageLoader::start(
+                let loader = ImageLoader::start_batches(
                     f.root.clone(),
                     f.list.clone(),
-                    order.to_vec(),
-                    batch,
+                    plan.iter().map(|s| s.items.clone()).collect(),
                     f.prep,
                     augment.map(|(_, seed, epoch)| (seed, epoch)),
                     f.prefetch,
                 );
                 let [c, h, w] = self.shape();
-                Box::new(loader.map(move |b| {
+                Box::new(loader.zip(plan).map(move |(b, share)| {
                     let b = b?;
+                    skip(&mut rng, share.before);
                     let n = b.labels.len();
                     let tmp = Dataset {
                         pixels: b.pixels,
@@ -189,6 +210,32 @@ impl<'a> TrainData<'a> {
             }
         }
     }
+}
+
+/// One rank's share of one batch: the items other ranks take before it (since its previous
+/// share) and its own items.
+struct Share {
+    before: usize,
+    items: Vec<usize>,
+}
+
+/// The non-empty shares of `rank` in the batches of `order`.
+fn share_plan(order: &[usize], batch: usize, rank: usize, world: usize) -> Vec<Share> {
+    let mut plan = Vec::new();
+    let mut pending = 0;
+    for chunk in order.chunks(batch.max(1)) {
+        let mine = bcl_dist::shard(chunk.len(), rank, world);
+        if mine.is_empty() {
+            pending += chunk.len();
+            continue;
+        }
+        plan.push(Share {
+            before: pending + mine.start,
+            items: chunk[mine.clone()].to_vec(),
+        });
+        pending = chunk.len() - mine.end;
+    }
+    plan
 }
 
 /// A run's training set: decoded in memory, or image files streamed while training.

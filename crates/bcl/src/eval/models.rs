@@ -98,6 +98,18 @@ pub fn evaluate_models_with(
     batch: usize,
     cells: MatrixCells,
 ) -> Result<EvalReport, EvalError> {
+    evaluate_models_on(models, test, batch, cells, &bcl_dist::Single)
+}
+
+/// As [`evaluate_models_with`], the ranks of `dist` sharing each model's embedding pass (every
+/// rank then scores the same features: the same report everywhere).
+pub fn evaluate_models_on(
+    models: &[Embedder],
+    test: &Dataset,
+    batch: usize,
+    cells: MatrixCells,
+    dist: &dyn bcl_dist::Collective,
+) -> Result<EvalReport, EvalError> {
     if models.is_empty() {
         return Err(EvalError::Mismatch("no model to evaluate".into()));
     }
@@ -120,8 +132,8 @@ pub fn evaluate_models_with(
     }
     let feats: Vec<Tensor> = models
         .iter()
-        .map(|m| m.embed_dataset(test, batch))
-        .collect();
+        .map(|m| m.embed_dataset_on(test, batch, dist))
+        .collect::<Result<_, _>>()?;
     let matrix = CompatMatrix::compute_pairs(&names, &feats, &test.labels, |q, g| {
         cells == MatrixCells::All || q == g || models[g].card.role == Role::Old
     })?;

@@ -97,3 +97,71 @@ pub fn bench_train_step(
         images_per_s: (steps as i64 * batch) as f64 / seconds,
     })
 }
+
+/// What data parallelism moves per step for one model and batch (see [`dist_traffic`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistTraffic {
+    /// Ranks.
+    pub ranks: usize,
+    /// Trainable values (backbone, projection and classifier).
+    pub params: i64,
+    /// Values of the batch-norm buffers.
+    pub buffer_values: i64,
+    /// Bytes of the all-reduced gradient buffer (float32, one flag per variable beside).
+    pub allreduce_bytes: i64,
+    /// Bytes of the buffers broadcast from rank 0 before each step.
+    pub broadcast_bytes: i64,
+    /// Bytes of the gathered batch features and labels (every rank receives all).
+    pub gather_bytes: i64,
+    /// Bytes one rank sends per step: a ring all-reduce sends 2(W-1)/W of the buffer, the
+    /// broadcast's root (W-1) copies, the all-gather (W-1)/W of the batch's features.
+    pub sent_per_rank_bytes: i64,
+}
+
+/// The bytes a data-parallel step moves for `model` with a `classes`-way `head` and a global
+/// batch of `batch` on `ranks` ranks: counted from the variables the model actually builds.
+pub fn dist_traffic(
+    model: &crate::model::ModelConfig,
+    head: &crate::loss::HeadConfig,
+    classes: i64,
+    batch: i64,
+    ranks: usize,
+) -> Result<DistTraffic, RunError> {
+    model.validate()?;
+    if classes < 2 || batch < 1 || ranks < 1 {
+        return Err(RunError::Invalid(
+            "need at least 2 classes, a batch of 1 and 1 rank".into(),
+        ));
+    }
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let _net = crate::model::EmbeddingNet::new(&(vs.root() / "net"), model);
+    let _head =
+        crate::loss::ClassifierHead::new(&(vs.root() / "classifier"), head, model.dim, classes);
+    let vars = vs.variables();
+    let count = |trainable: bool| -> i64 {
+        vars.values()
+            .filter(|t| t.requires_grad() == trainable)
+            .map(|t| t.numel() as i64)
+            .sum()
+    };
+    let (params, buffer_values) = (count(true), count(false));
+    let n_vars = vars.values().filter(|t| t.requires_grad()).count() as i64;
+    let w = ranks as i64;
+    let allreduce_bytes = 4 * (params + n_vars + 1);
+    let broadcast_bytes = 4 * buffer_values;
+    let gather_bytes = 4 * batch * model.dim + 8 * batch;
+    let sent_per_rank_bytes = if ranks == 1 {
+        0
+    } else {
+        2 * (w - 1) * allreduce_bytes / w + (w - 1) * broadcast_bytes + (w - 1) * gather_bytes / w
+    };
+    Ok(DistTraffic {
+        ranks,
+        params,
+        buffer_values,
+        allreduce_bytes,
+        broadcast_bytes,
+        gather_bytes,
+        sent_per_rank_bytes,
+    })
+}

@@ -20,6 +20,13 @@ pub(crate) struct CheckpointState {
     pub(crate) history: Vec<EpochStats>,
     #[serde(default)]
     pub(crate) refreshes: Vec<RefreshStats>,
+    /// The number of ranks that trained it (1 when the file predates data parallelism).
+    #[serde(default = "one")]
+    pub(crate) world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub(crate) fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -86,6 +93,24 @@ pub(crate) fn read_checkpoint_state(
     if st.config != config_str {
         return Err(TrainError::ConfigChanged {
             path: path.to_path_buf(),
+        });
+    }
+    Ok(st)
+}
+
+/// As [`read_checkpoint_state`], for a run on `world` ranks: a checkpoint of another number of
+/// ranks is refused (batch-norm statistics and the shards of each batch depend on it).
+pub(crate) fn read_resumable_state(
+    path: &Path,
+    config_str: &str,
+    world: usize,
+) -> Result<CheckpointState, TrainError> {
+    let st = read_checkpoint_state(path, config_str)?;
+    if st.world_size != world {
+        return Err(TrainError::WorldChanged {
+            path: path.to_path_buf(),
+            was: st.world_size,
+            now: world,
         });
     }
     Ok(st)

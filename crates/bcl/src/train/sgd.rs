@@ -40,21 +40,50 @@ impl Sgd {
         }
     }
 
-    /// One update with learning rate `lr`: `buf = μ·buf + (g + wd·w)`, `w -= lr·buf`.
+    /// One update with learning rate `lr` from the variables' own gradients.
     pub fn step(&mut self, lr: f64) {
+        let grads = self.gradients();
+        self.step_with(lr, grads);
+    }
+
+    /// The variables' gradients, in the optimiser's order (`None` where a variable has none).
+    pub fn gradients(&self) -> Vec<Option<Tensor>> {
+        self.params
+            .iter()
+            .map(|(_, p)| Some(p.grad()).filter(Tensor::defined))
+            .collect()
+    }
+
+    /// The variables' shapes, in the optimiser's order.
+    pub fn shapes(&self) -> Vec<Vec<i64>> {
+        self.params.iter().map(|(_, p)| p.size()).collect()
+    }
+
+    /// Where the variables live.
+    pub fn device(&self) -> Device {
+        self.params
+            .first()
+            .map(|(_, p)| p.device())
+            .unwrap_or(Device::Cpu)
+    }
+
+    /// One update with learning rate `lr` from `grads` (one per variable, in the optimiser's
+    /// order; e.g. averaged over ranks): `buf = μ·buf + (g + wd·w)`, `w -= lr·buf`.
+    pub fn step_with(&mut self, lr: f64, grads: Vec<Option<Tensor>>) {
         tch::no_grad(|| {
-            for ((_, p), buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
-                let g = p.grad();
-                if !g.defined() {
+            for (((_, p), buf), g) in self.params.iter_mut().zip(self.bufs.iter_mut()).zip(grads) {
+                let Some(g) = g else {
                     continue;
-                }
+                };
                 let d = if self.weight_decay > 0.0 {
                     &g + &*p * self.weight_decay
                 } else {
                     g
                 };
                 let b = match buf.take() {
-                    None => d,
+                    // a copy: without weight decay `d` is the gradient itself, which the next
+                    // zero_grad clears in place
+                    None => d.copy(),
                     Some(mut b) => {
                         let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
                         b

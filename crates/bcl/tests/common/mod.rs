@@ -28,6 +28,7 @@ pub fn cpu_opts(resume: bool, stop_after: Option<usize>) -> StepOptions {
         progress: false,
         probe_test: false,
         stop_after,
+        dist: Default::default(),
     }
 }
 
