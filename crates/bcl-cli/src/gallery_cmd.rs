@@ -451,28 +451,42 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
     }
 }
 
-/// `bcl gallery build`.
+/// `bcl gallery build` (under a launcher: rank 0 writes the gallery, every rank embeds its
+/// share of each commit).
 fn gallery_build(a: BuildArgs) -> Result<()> {
-    let emb = load_model(&a.model, &a.embed.device)?;
+    let (world, device) = crate::dist::world(&a.embed.device, parse_device(&a.embed.device)?)?;
+    let emb = Embedder::load(&a.model, device)
+        .with_context(|| format!("{}: cannot load the model", a.model.display()))?;
     let dcfg = data_config(&a.data, Some(&model_dir(&a.model)))?;
     let data = load_split(&a.data, &dcfg)?;
-    let mut store = gal::create(
+    let opts = embed_options(&a.embed, false)?;
+    if !world.is_primary() {
+        ops::follow_build(&emb, &data, &opts, &*world)?;
+        return Ok(());
+    }
+    let origin = ops::DataOrigin {
+        data: dcfg.clone(),
+        split: a.data.split,
+        per_class: a.data.per_class,
+    };
+    let mut on_commit = committer(a.embed.print_commits);
+    let created = gal::create(
         &a.store,
         GalleryManifest::new(emb.card.arch.dim as usize),
         &a.backend.config(),
-    )?;
-    let r = ops::build(
-        store.as_mut(),
-        &emb,
-        &data,
-        &ops::DataOrigin {
-            data: dcfg.clone(),
-            split: a.data.split,
-            per_class: a.data.per_class,
-        },
-        &embed_options(&a.embed, false)?,
-        &mut committer(a.embed.print_commits),
-    )?;
+    );
+    let r = match created {
+        Ok(mut s) => ops::build_on(
+            Ok(s.as_mut()),
+            &emb,
+            &data,
+            &origin,
+            &opts,
+            &mut on_commit,
+            &*world,
+        )?,
+        Err(e) => ops::build_on(Err(e), &emb, &data, &origin, &opts, &mut on_commit, &*world)?,
+    };
     println!(
         "built {}: {} items embedded by {} ({})",
         a.store.display(),

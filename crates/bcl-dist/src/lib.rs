@@ -218,3 +218,21 @@ pub fn broadcast_bytes(c: &dyn Collective, bytes: &[u8]) -> Result<Vec<u8>, Dist
         reason: e.to_string(),
     })
 }
+
+/// The first rank (in rank order) for which `failed` is true, on every rank: lets the ranks
+/// agree to stop together when a step failed on some of them only.
+pub fn first_failed(c: &dyn Collective, failed: bool) -> Result<Option<usize>, DistError> {
+    if c.world_size() == 1 {
+        return Ok(failed.then_some(0));
+    }
+    let mut flags = Tensor::zeros([c.world_size() as i64], (Kind::Float, tch::Device::Cpu));
+    if failed {
+        let _ = flags.get(c.rank() as i64).fill_(1.0);
+    }
+    c.all_reduce_sum(&mut flags)?;
+    let flags = Vec::<f32>::try_from(&flags).map_err(|e| DistError::Tensor {
+        op: "first_failed",
+        reason: e.to_string(),
+    })?;
+    Ok(flags.iter().position(|&f| f > 0.0))
+}

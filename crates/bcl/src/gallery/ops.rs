@@ -2,10 +2,11 @@
 //! lineage check, backfill (re-embed a share with the successor while the gallery keeps
 //! serving mixed vectors), status, and the recall of approximate search against exact.
 
+use bcl_dist::Collective;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use super::{
     check_lineage, DataSource, GalleryError, GalleryStore, Hit, Lineage, ModelInfo, Result,
@@ -120,11 +121,20 @@ pub fn embed_into(
     check_input_shape(embedder, data)?;
     let model = ModelInfo::from_card(&embedder.card);
     let lineage = check_lineage(store.manifest(), &store.counts()?, &model, opts.force)?;
-    embed_checked(store, embedder, data, positions, opts, on_commit)?;
+    embed_checked(
+        store,
+        embedder,
+        data,
+        positions,
+        opts,
+        on_commit,
+        &bcl_dist::Single,
+    )?;
     Ok(lineage)
 }
 
-/// [`embed_into`] after its checks (the caller made them).
+/// [`embed_into`] after its checks (the caller made them), the ranks of `dist` sharing each
+/// commit's items (rank 0 holds the store; [`follow_build`] is the other ranks' side).
 fn embed_checked(
     store: &mut dyn GalleryStore,
     embedder: &Embedder,
@@ -132,20 +142,58 @@ fn embed_checked(
     positions: &[usize],
     opts: &EmbedOptions,
     on_commit: &mut dyn FnMut(usize, usize),
+    dist: &dyn Collective,
 ) -> Result<()> {
     let model = ModelInfo::from_card(&embedder.card);
     register_model(store, &model)?;
     let pb = bar(positions.len(), opts.progress, &embedder.card.name);
     let mut done = 0;
-    for chunk in positions.chunks(opts.commit.max(1)) {
-        let v = embed_items(embedder, data, chunk, opts.batch)?;
+    embed_shared(embedder, data, positions, opts, dist, &mut |chunk, v| {
         let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i] as u64).collect();
-        store.add(&model.id, &ids, &v)?;
+        store.add(&model.id, &ids, v)?;
         done += chunk.len();
         pb.inc(chunk.len() as u64);
         on_commit(done, positions.len());
-    }
+        Ok(())
+    })?;
     pb.finish_and_clear();
+    Ok(())
+}
+
+/// Where rank 0 puts each commit's positions and vectors (row-major).
+type CommitSink<'a> = dyn FnMut(&[usize], &[f32]) -> Result<()> + 'a;
+
+/// Embeds `positions` of `data` commit by commit (`opts.commit` items each), the ranks of
+/// `dist` sharing each commit's items; rank 0's `sink` receives each commit's positions and
+/// vectors (row-major), in order.
+fn embed_shared(
+    embedder: &Embedder,
+    data: &Dataset,
+    positions: &[usize],
+    opts: &EmbedOptions,
+    dist: &dyn Collective,
+    sink: &mut CommitSink,
+) -> Result<()> {
+    for chunk in positions.chunks(opts.commit.max(1)) {
+        let v = if dist.world_size() == 1 {
+            embed_items(embedder, data, chunk, opts.batch)?
+        } else {
+            let mine = &chunk[bcl_dist::shard(chunk.len(), dist.rank(), dist.world_size())];
+            let local = match mine.is_empty() {
+                true => Tensor::zeros([0, embedder.card.arch.dim], (Kind::Float, tch::Device::Cpu)),
+                false => embedder.embed_positions(data, mine, opts.batch),
+            };
+            let all = bcl_dist::all_gather_rows(dist, &local.to_kind(Kind::Float).contiguous())
+                .map_err(|e| {
+                    GalleryError::Invalid(format!("sharing the embedding among ranks: {e}"))
+                })?;
+            Vec::<f32>::try_from(all.contiguous().view([-1]))
+                .map_err(|e| GalleryError::Index(format!("embeddings to host memory: {e}")))?
+        };
+        if dist.is_primary() {
+            sink(chunk, &v)?;
+        }
+    }
     Ok(())
 }
 
@@ -217,6 +265,25 @@ pub fn build(
     opts: &EmbedOptions,
     on_commit: &mut dyn FnMut(usize, usize),
 ) -> Result<BuildReport> {
+    build_on(
+        Ok(store),
+        embedder,
+        data,
+        origin,
+        opts,
+        on_commit,
+        &bcl_dist::Single,
+    )
+}
+
+/// The checks of a build and the data source written into the empty gallery's manifest.
+fn prepare_build(
+    store: &mut dyn GalleryStore,
+    embedder: &Embedder,
+    data: &Dataset,
+    origin: &DataOrigin,
+    opts: &EmbedOptions,
+) -> Result<()> {
     check_input_shape(embedder, data)?;
     let model = ModelInfo::from_card(&embedder.card);
     if !store.is_empty() || store.manifest().dim != model.dim {
@@ -236,13 +303,66 @@ pub fn build(
         fingerprint: dataset_fingerprint(data),
     });
     store.set_manifest(manifest)?;
+    check_lineage(store.manifest(), &store.counts()?, &model, opts.force)?;
+    Ok(())
+}
+
+/// [`build`] on rank 0 of `dist`, the other ranks (running [`follow_build`] with the same model,
+/// data and options) embedding their share of every commit. `store` is `Err` with rank 0's
+/// reason when it could not be created: every rank then stops.
+#[allow(clippy::too_many_arguments)]
+pub fn build_on(
+    store: Result<&mut dyn GalleryStore>,
+    embedder: &Embedder,
+    data: &Dataset,
+    origin: &DataOrigin,
+    opts: &EmbedOptions,
+    on_commit: &mut dyn FnMut(usize, usize),
+    dist: &dyn Collective,
+) -> Result<BuildReport> {
+    let ready = store.and_then(|s| {
+        prepare_build(s, embedder, data, origin, opts)?;
+        Ok(s)
+    });
+    let first = bcl_dist::first_failed(dist, ready.is_err())
+        .map_err(|e| GalleryError::Invalid(format!("agreeing with the other ranks: {e}")))?;
+    let store = match (ready, first) {
+        (Err(e), _) => return Err(e),
+        (Ok(_), Some(rank)) => {
+            return Err(GalleryError::Invalid(format!(
+                "rank {rank} failed (its log says why)"
+            )))
+        }
+        (Ok(s), None) => s,
+    };
     let all: Vec<usize> = (0..data.len()).collect();
-    embed_into(store, embedder, data, &all, opts, on_commit)?;
+    embed_checked(store, embedder, data, &all, opts, on_commit, dist)?;
     store.checkpoint()?;
     Ok(BuildReport {
         items: data.len(),
-        model,
+        model: ModelInfo::from_card(&embedder.card),
     })
+}
+
+/// The side of [`build_on`] that ranks other than 0 run: they embed their share of every
+/// commit and send it to rank 0.
+pub fn follow_build(
+    embedder: &Embedder,
+    data: &Dataset,
+    opts: &EmbedOptions,
+    dist: &dyn Collective,
+) -> Result<()> {
+    let ok = check_input_shape(embedder, data);
+    let first = bcl_dist::first_failed(dist, ok.is_err())
+        .map_err(|e| GalleryError::Invalid(format!("agreeing with the other ranks: {e}")))?;
+    ok?;
+    if let Some(rank) = first {
+        return Err(GalleryError::Invalid(format!(
+            "rank {rank} failed (its log says why)"
+        )));
+    }
+    let all: Vec<usize> = (0..data.len()).collect();
+    embed_shared(embedder, data, &all, opts, dist, &mut |_, _| Ok(()))
 }
 
 /// Loads the data set a gallery was built from (its recorded configuration, split and
@@ -398,7 +518,15 @@ pub fn backfill(
     let todo = backfill_todo(store, &model, data, plan, opts.force)?;
     // backfill_todo made the lineage check; the input shape is the embedder's to check
     check_input_shape(embedder, data)?;
-    embed_checked(store, embedder, data, &todo.positions, opts, on_commit)?;
+    embed_checked(
+        store,
+        embedder,
+        data,
+        &todo.positions,
+        opts,
+        on_commit,
+        &bcl_dist::Single,
+    )?;
     store.checkpoint()?;
     Ok(BackfillReport {
         reembedded: todo.positions.len(),

@@ -123,16 +123,12 @@ pub(crate) fn agree<T>(dist: &dyn Collective, r: Result<T, TrainError>) -> Resul
     if dist.world_size() == 1 {
         return r;
     }
-    let mut failed = Tensor::zeros([dist.world_size() as i64], (Kind::Float, tch::Device::Cpu));
-    if r.is_err() {
-        let _ = failed.get(dist.rank() as i64).fill_(1.0);
-    }
-    dist.all_reduce_sum(&mut failed)?;
-    let flags = Vec::<f32>::try_from(&failed).unwrap_or_default();
-    match (r, flags.iter().position(|&f| f > 0.0)) {
+    let first = bcl_dist::first_failed(dist, r.is_err());
+    match (r, first) {
         (Err(e), _) => Err(e),
-        (Ok(_), Some(rank)) => Err(TrainError::Peer { rank }),
-        (Ok(v), None) => Ok(v),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(_), Ok(Some(rank))) => Err(TrainError::Peer { rank }),
+        (Ok(v), Ok(None)) => Ok(v),
     }
 }
 
