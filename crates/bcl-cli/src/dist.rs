@@ -68,3 +68,17 @@ pub fn world(requested: &str, device: Device) -> Result<(World, Device)> {
 pub fn is_primary() -> bool {
     Rendezvous::from_env().map_or(true, |r| r.rank == 0)
 }
+
+/// Refuses a command that runs on one process when a launcher started several: each copy would
+/// write the same files.
+pub fn refuse_launch() -> Result<()> {
+    let rdv = Rendezvous::from_env()?;
+    if rdv.is_distributed() {
+        anyhow::bail!(
+            "this command runs on one process, but a launcher started {} (rank {}); run it without torchrun/srun (the data-parallel commands are train-old, train-new, eval and gallery build)",
+            rdv.world_size,
+            rdv.rank
+        );
+    }
+    Ok(())
+}

@@ -421,6 +421,16 @@ fn old_dir_of(p: &Path) -> PathBuf {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let shared = matches!(
+        cli.command,
+        Command::TrainOld(_)
+            | Command::TrainNew(_)
+            | Command::Eval(_)
+            | Command::Gallery(gallery_cmd::GalleryCommand::Build(_))
+    );
+    if !shared {
+        dist::refuse_launch()?;
+    }
     match cli.command {
         Command::Gallery(c) => gallery_cmd::run_gallery(c)?,
         Command::Serve(a) => gallery_cmd::run_serve(a)?,

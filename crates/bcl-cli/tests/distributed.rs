@@ -415,3 +415,18 @@ fn a_gallery_built_on_two_ranks_answers_as_one_built_by_one_process() {
     assert!(a.lines().count() >= 120, "{a}");
     assert_eq!(a, b, "the galleries answer differently");
 }
+
+#[test]
+fn commands_of_one_process_refuse_a_launch_of_several() {
+    let o = torchrun(2)
+        .args(["demo", "--quick", "--device", "cpu"])
+        .output()
+        .unwrap();
+    let text = log(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("runs on one process, but a launcher started 2"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
