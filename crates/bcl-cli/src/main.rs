@@ -164,6 +164,17 @@ struct BenchOdppArgs {
     /// Adam learning rate η (default: ODPP's default).
     #[arg(long)]
     lr: Option<f64>,
+    /// Classes in each bank sample's softmax beside its own ([compat.odpp] candidates; 0: all).
+    #[arg(long, default_value_t = 0)]
+    candidates: usize,
+    /// With --candidates: also run the full objective from the same start and score both
+    /// perturbations on it (quadratic in C: for C up to about 10,000).
+    #[arg(long)]
+    compare: bool,
+    /// Also time a ResNet-18 training step (224 x 224, d = --dim, a C-way head) and report the
+    /// refresh as a share of an epoch of this many images (GLDv2-clean: 1580470).
+    #[arg(long)]
+    epoch_images: Option<u64>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -784,11 +795,31 @@ fn cmd_bench_odpp(a: BenchOdppArgs) -> Result<()> {
         }
         cfg.lr = lr;
     }
+    cfg.candidates = a.candidates;
     for &c in &a.classes {
-        let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device);
-        println!("{}", serde_json::to_string(&t)?);
+        let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device, a.compare);
+        let mut line = serde_json::to_value(&t)?;
+        if let Some(n) = a.epoch_images {
+            let epoch = epoch_seconds(c, a.dim, n, device)?;
+            line["epoch_images"] = n.into();
+            line["epoch_seconds_estimate"] = epoch.into();
+            line["refresh_share_of_epoch"] = (t.seconds / epoch).into();
+        }
+        println!("{line}");
     }
     Ok(())
+}
+
+/// Seconds of a training epoch of `images` images of a ResNet-18 (224 x 224, embedding `dim`,
+/// a `classes`-way head) on `device`, from the timed training step (batch 32, 3 steps).
+fn epoch_seconds(classes: i64, dim: i64, images: u64, device: tch::Device) -> Result<f64> {
+    let mut cfg = RunConfig::default();
+    cfg.model.backbone = bcl::model::Backbone::Resnet18;
+    cfg.model.dim = dim;
+    cfg.model.in_channels = 3;
+    cfg.data.classes = classes as usize;
+    let r = run::bench::bench_train_step(&cfg, 32, 224, 3, 1, device)?;
+    Ok(images as f64 / r.images_per_s)
 }
 
 /// `bcl bench-dist`: the bytes a data-parallel step moves.

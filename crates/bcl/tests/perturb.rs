@@ -209,7 +209,7 @@ fn odpp_defaults_descend_at_realistic_width() {
     for d in [128, 256] {
         let t = {
             let _g = rng_lock();
-            bcl::perturb::bench_odpp(10, d, 8, &OdppConfig::default(), Device::Cpu)
+            bcl::perturb::bench_odpp(10, d, 8, &OdppConfig::default(), Device::Cpu, false)
         };
         assert!(t.j.1 < t.j.0 - 0.1, "d = {d}: {t:?}");
         assert_eq!(t.j_rises, 0, "d = {d}: {t:?}");
@@ -221,7 +221,7 @@ fn odpp_defaults_descend_at_realistic_width() {
     };
     let t = {
         let _g = rng_lock();
-        bcl::perturb::bench_odpp(10, 256, 2, &fast, Device::Cpu)
+        bcl::perturb::bench_odpp(10, 256, 2, &fast, Device::Cpu, false)
     };
     assert!(
         t.j_rises > 0,
@@ -337,4 +337,116 @@ fn old_classifier_rows_as_prototypes() {
     assert!(o.history[0].loss_comp.is_finite());
     let saved = std::fs::read_to_string(dir.path().join("bct/config.toml")).unwrap();
     assert!(saved.contains("prototypes = \"old-classifier\""), "{saved}");
+}
+
+/// Banks of `per` noisy features per class around `p` (and its noisier twin for the old bank).
+fn odpp_banks(p: &Tensor, per: i64, seed: i64) -> (Tensor, Tensor, Tensor) {
+    let _g = rng_lock();
+    tch::manual_seed(seed);
+    let (c, d) = (p.size()[0], p.size()[1]);
+    let labels = Tensor::arange(c, (Kind::Int64, Device::Cpu)).repeat([per]);
+    let noisy = |s: f64| {
+        l2_normalize(
+            &(p.index_select(0, &labels)
+                + Tensor::randn([c * per, d], (Kind::Float, Device::Cpu)) * s),
+        )
+    };
+    (noisy(0.4), noisy(0.3), labels)
+}
+
+#[test]
+fn odpp_restricted_to_every_class_is_the_full_objective() {
+    // candidates = C - 1: every class is in every softmax, so J, its gradient and the refresh
+    // are the full objective's (to float tolerance; the hand-written gradient is checked
+    // against autograd through the whole objective)
+    let (c, d) = (40, 16);
+    let old = protos(c, d, 11);
+    let (new_bank, old_bank, labels) = odpp_banks(&old, 3, 12);
+    let cfg = OdppConfig {
+        steps: 15,
+        lr: 0.01,
+        mu: 0.7,
+        gamma: 0.05,
+        ..Default::default()
+    };
+    let mut full = Odpp::new(
+        cfg.clone(),
+        old_bank.shallow_clone(),
+        labels.shallow_clone(),
+        c,
+        d,
+    );
+    let restricted_cfg = OdppConfig {
+        candidates: (c - 1) as usize,
+        ..cfg
+    };
+    let mut restricted = Odpp::new(
+        restricted_cfg,
+        old_bank.shallow_clone(),
+        labels.shallow_clone(),
+        c,
+        d,
+    );
+    // one point off zero: J and ∂J/∂Δ
+    let delta = {
+        let _g = rng_lock();
+        tch::manual_seed(13);
+        Tensor::randn([c, d], (Kind::Float, Device::Cpu)) * 0.05
+    };
+    let cand = Odpp::candidate_table(&pseudo_old(&old, &delta), (c - 1) as usize);
+    let d1 = delta.detach().set_requires_grad(true);
+    let j_full = full.objective(&old, &d1, &new_bank, &labels);
+    j_full.backward();
+    let d2 = delta.detach().set_requires_grad(true);
+    let j_restricted = restricted.restricted_objective(
+        &old,
+        &d2,
+        [(&new_bank, &labels), (&old_bank, &labels)],
+        &cand,
+        true,
+    );
+    assert!(
+        (j_full.double_value(&[]) - j_restricted).abs() < 1e-5,
+        "{j_full:?} vs {j_restricted}"
+    );
+    let gap = (d1.grad() - d2.grad()).abs().max().double_value(&[]);
+    let scale = d1.grad().abs().max().double_value(&[]);
+    assert!(
+        gap < 1e-4 * scale,
+        "gradients differ by {gap} (largest {scale})"
+    );
+    // the refreshes agree
+    let (a, b) = (
+        full.optimise(&old, &new_bank, &labels),
+        restricted.optimise(&old, &new_bank, &labels),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-4, "J traces {a:?} vs {b:?}");
+    }
+    let gap = (full.current() - restricted.current())
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(gap < 1e-4, "Δ differ by {gap}");
+}
+
+#[test]
+fn odpp_candidates_are_the_own_class_then_the_nearest() {
+    let p = protos(300, 8, 21);
+    let k = 5;
+    let cand = Odpp::candidate_table(&p, k);
+    assert_eq!(cand.size(), vec![300, 6]);
+    let sims = p.matmul(&p.tr());
+    for row in [0i64, 17, 299] {
+        let got: Vec<i64> = Vec::try_from(&cand.get(row)).unwrap();
+        assert_eq!(got[0], row);
+        // brute force: the k most similar others
+        let mut order: Vec<(f64, i64)> = (0..300)
+            .filter(|&j| j != row)
+            .map(|j| (sims.double_value(&[row, j]), j))
+            .collect();
+        order.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
+        let want: Vec<i64> = order[..k].iter().map(|x| x.1).collect();
+        assert_eq!(&got[1..], want.as_slice(), "row {row}");
+    }
 }

@@ -61,6 +61,10 @@ fn every_committed_experiment_parses_and_the_frontier_shares_the_tax_regime() {
 fn the_recipes_parse() {
     let g = ExperimentConfig::from_toml_file(&recipe("gldv2-resnet18.toml")).unwrap();
     assert_eq!(g.base.data.format, DataFormat::Gldv2);
+    // ODPP is in the landmark recipe, with its softmax restricted to 63 candidates
+    assert!(g.methods.contains(&Method::ODPP));
+    let odpp: bcl::perturb::OdppConfig = g.base.compat.settings("odpp").unwrap();
+    assert_eq!((odpp.candidates, odpp.old_bank_per_class), (63, 2));
     assert_eq!(g.benchmark.len(), 3);
     assert!(matches!(
         g.benchmark[0].kind,
@@ -153,7 +157,9 @@ fn the_gldv2_recipe_runs_on_generated_files() {
         crop: 32,
     };
     cfg.scenarios = vec![bcl::data::Scenario::ExtendedData];
-    cfg.methods = vec![Method::BCT];
+    // ODPP with the recipe's restricted softmax (63 candidates, here capped at the 3 other
+    // classes) and its 2-per-class old bank
+    cfg.methods = vec![Method::BCT, Method::ODPP];
     cfg.base.data.dir = gl.clone();
     cfg.base.data.classes = 4;
     cfg.base.data.image = prep;
@@ -179,10 +185,11 @@ fn the_gldv2_recipe_runs_on_generated_files() {
     let out = d.path().join("run");
     let opts = cpu_opts(false, None);
     let r = run_experiment(&cfg, &out, &opts).unwrap();
-    // the class-level table used the 8 held-out images; both benchmarks scored every pair
+    // the class-level table used the 8 held-out images; both benchmarks scored every pair of
+    // the three models (old, bct, odpp)
     assert_eq!(r.benchmarks.len(), 2);
     for b in &r.benchmarks {
-        assert_eq!(b.report.pairs.len(), 4, "{}", b.report.name);
+        assert_eq!(b.report.pairs.len(), 9, "{}", b.report.name);
     }
     assert_eq!(
         (
@@ -205,6 +212,7 @@ fn the_gldv2_recipe_runs_on_generated_files() {
         "self medium_map",
         "cross map_at_100",
         "new-bct",
+        "new-odpp",
     ] {
         assert!(md.contains(want), "{want} missing from:\n{md}");
     }
