@@ -386,6 +386,10 @@ struct BenchArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Time the embedding pass of evaluation (eval mode, no gradient) instead of a training
+    /// step.
+    #[arg(long)]
+    embed: bool,
 }
 
 fn base_config(c: &Common) -> Result<RunConfig> {
@@ -818,7 +822,7 @@ fn epoch_seconds(classes: i64, dim: i64, images: u64, device: tch::Device) -> Re
     cfg.model.dim = dim;
     cfg.model.in_channels = 3;
     cfg.data.classes = classes as usize;
-    let r = run::bench::bench_train_step(&cfg, 32, 224, 3, 1, device)?;
+    let r = run::bench::bench_step(&cfg, 32, 224, 3, 1, device, false)?;
     Ok(images as f64 / r.images_per_s)
 }
 
@@ -844,7 +848,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         None => RunConfig::default(),
     };
     let device = parse_device(&a.device)?;
-    let r = run::bench::bench_train_step(&cfg, a.batch, a.size, a.steps, a.warmup, device)?;
+    let r = run::bench::bench_step(&cfg, a.batch, a.size, a.steps, a.warmup, device, a.embed)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }

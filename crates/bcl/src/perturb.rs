@@ -412,15 +412,16 @@ impl Odpp {
     /// J restricted to candidate classes (`candidates[k]`: class k's own index first, then its
     /// K nearest prototypes): each bank sample's softmax runs over its class's row. With `grad`,
     /// Δ's gradient is accumulated into `delta.grad()` (Δ must require it). The banks' terms
-    /// and their gradient with respect to the prototypes are computed by hand in chunks of
-    /// samples (softmax minus the one-hot target, outer products scattered back by
-    /// `index_add`), 3x faster than autograd through the gather here, with memory bounded by
-    /// a chunk; autograd then carries that gradient through the normalisation to Δ.
+    /// and their gradient with respect to the prototypes are computed by hand over chunks of
+    /// classes (`banks` holds each class's samples, so a chunk gathers each candidate row once
+    /// per class, not once per sample): softmax minus the one-hot target, outer products
+    /// scattered back by `index_add`; memory is bounded by a chunk. Autograd then carries that
+    /// gradient through the normalisation to Δ.
     pub fn restricted_objective(
         &self,
         old: &Tensor,
         delta: &Tensor,
-        banks: [(&Tensor, &Tensor); 2],
+        banks: &ClassBanks,
         candidates: &Tensor,
         grad: bool,
     ) -> f64 {
@@ -430,35 +431,28 @@ impl Odpp {
             let pd = p.detach();
             let mut grad_p = pd.zeros_like();
             let mut j = 0.0;
-            for ((feats, labels), weight) in banks.into_iter().zip([1.0, self.cfg.mu]) {
-                let n = feats.size()[0];
-                if n == 0 || weight == 0.0 {
-                    continue;
+            let c = candidates.size()[0];
+            let mut start = 0;
+            while start < c {
+                let m = CLASS_CHUNK.min(c - start);
+                let cand = candidates.narrow(0, start, m); // [m, K+1], own class first
+                let k1 = cand.size()[1];
+                let idx = cand.flatten(0, -1);
+                let g = pd.index_select(0, &idx).view([m, k1, -1]); // [m, K+1, d]
+                let f = banks.feats.narrow(0, start, m); // [m, b, d]
+                let w = banks.weights.narrow(0, start, m); // [m, b]
+                let logits = f.bmm(&g.transpose(1, 2)) * s; // [m, b, K+1]
+                let lse = logits.logsumexp([2i64].as_slice(), false); // [m, b]
+                let ce = &lse - logits.select(2, 0);
+                j += (&ce * &w).sum(Kind::Double).double_value(&[]);
+                if grad {
+                    let dl = (logits - lse.unsqueeze(2)).exp(); // softmax
+                    let _ = dl.select(2, 0).g_sub_scalar_(1.0);
+                    let dl = dl * (w.unsqueeze(2) * s);
+                    let gg = dl.transpose(1, 2).bmm(&f); // [m, K+1, d]
+                    let _ = grad_p.index_add_(0, &idx, &gg.view([m * k1, -1]));
                 }
-                let w = weight / n as f64;
-                let mut start = 0;
-                while start < n {
-                    let m = CHUNK.min(n - start);
-                    let f = feats.narrow(0, start, m);
-                    // [m, K+1]: the sample's own class first
-                    let cand = candidates.index_select(0, &labels.narrow(0, start, m));
-                    let k1 = cand.size()[1];
-                    let idx = cand.flatten(0, -1);
-                    let pc = pd.index_select(0, &idx).view([m, k1, -1]);
-                    let logits = pc.bmm(&f.unsqueeze(2)).squeeze_dim(2) * s;
-                    let lse = logits.logsumexp([1i64].as_slice(), false);
-                    j += (&lse - logits.select(1, 0))
-                        .sum(Kind::Double)
-                        .double_value(&[])
-                        * w;
-                    if grad {
-                        let dl = (logits - lse.unsqueeze(1)).exp(); // softmax
-                        let _ = dl.select(1, 0).g_sub_scalar_(1.0);
-                        let g = (dl * (w * s)).unsqueeze(2) * f.unsqueeze(1); // [m, K+1, d]
-                        let _ = grad_p.index_add_(0, &idx, &g.view([m * k1, -1]));
-                    }
-                    start += m;
-                }
+                start += m;
             }
             (j, grad_p)
         });
@@ -505,8 +499,15 @@ impl Odpp {
         let new_bank = new_bank.detach();
         let candidates = (self.cfg.candidates > 0)
             .then(|| Self::candidate_table(&pseudo_old(&old, &self.delta), self.cfg.candidates));
-        let old_bank = self.old_bank.shallow_clone();
-        let old_labels = self.old_bank_labels.shallow_clone();
+        let banks = candidates.as_ref().map(|c| {
+            ClassBanks::new(
+                [
+                    (&new_bank, new_labels, 1.0),
+                    (&self.old_bank, &self.old_bank_labels, self.cfg.mu),
+                ],
+                c.size()[0],
+            )
+        });
         for _ in 0..self.cfg.steps {
             let d = self.delta.detach().set_requires_grad(true);
             let j = match &candidates {
@@ -518,7 +519,7 @@ impl Odpp {
                 Some(c) => self.restricted_objective(
                     &old,
                     &d,
-                    [(&new_bank, new_labels), (&old_bank, &old_labels)],
+                    banks.as_ref().expect("built with the candidates"),
                     c,
                     true,
                 ),
@@ -533,7 +534,7 @@ impl Odpp {
             Some(c) => self.restricted_objective(
                 &old,
                 &self.delta,
-                [(&new_bank, new_labels), (&old_bank, &old_labels)],
+                banks.as_ref().expect("built with the candidates"),
                 c,
                 false,
             ),
@@ -560,9 +561,66 @@ impl Odpp {
     }
 }
 
-/// Bank samples per chunk of the restricted ODPP objective (a chunk gathers
-/// `CHUNK × (K + 1) × d` prototype values: 134 MB at K = 63, d = 512).
-const CHUNK: i64 = 1024;
+/// Classes per chunk of the restricted ODPP objective (a chunk gathers
+/// `CLASS_CHUNK × (K + 1) × d` prototype values: 134 MB at K = 63, d = 512).
+const CLASS_CHUNK: i64 = 1024;
+
+/// Feature banks arranged by class for [`Odpp::restricted_objective`]: `feats [C, b, d]` holds
+/// class k's samples of every bank in row k (zero rows pad a class with fewer than the most,
+/// `b`), `weights [C, b]` each sample's weight in J (a bank's weight over its size; 0 for
+/// padding).
+pub struct ClassBanks {
+    feats: Tensor,
+    weights: Tensor,
+}
+
+impl ClassBanks {
+    /// Arranges `banks` (features, labels in `0..classes`, the bank's weight in J).
+    pub fn new(banks: [(&Tensor, &Tensor, f64); 2], classes: i64) -> Self {
+        tch::no_grad(|| {
+            let device = banks[0].0.device();
+            let (mut feats, mut labels, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+            for (f, y, w) in banks {
+                let n = f.size()[0];
+                if n == 0 || w == 0.0 {
+                    continue;
+                }
+                feats.push(f.to_kind(Kind::Float));
+                labels.push(y.to_kind(Kind::Int64));
+                weights.push(Tensor::full([n], w / n as f64, (Kind::Float, device)));
+            }
+            let d = banks[0].0.size()[1];
+            if feats.is_empty() {
+                return Self {
+                    feats: Tensor::zeros([classes, 1, d], (Kind::Float, device)),
+                    weights: Tensor::zeros([classes, 1], (Kind::Float, device)),
+                };
+            }
+            let (f, y, w) = (
+                Tensor::cat(&feats, 0),
+                Tensor::cat(&labels, 0),
+                Tensor::cat(&weights, 0),
+            );
+            // each sample's position among its class's: rank in the label-sorted order minus
+            // the class's first rank
+            let (sorted, order) = y.sort(0, false);
+            let counts = y.bincount::<Tensor>(None, classes);
+            let first = counts.cumsum(0, Kind::Int64) - &counts;
+            let pos =
+                Tensor::arange(y.size()[0], (Kind::Int64, device)) - first.index_select(0, &sorted);
+            let b = counts.max().int64_value(&[]).max(1);
+            let mut out_f = Tensor::zeros([classes, b, d], (Kind::Float, device));
+            let mut out_w = Tensor::zeros([classes, b], (Kind::Float, device));
+            let at = [Some(sorted), Some(pos)];
+            let _ = out_f.index_put_(&at, &f.index_select(0, &order), false);
+            let _ = out_w.index_put_(&at, &w.index_select(0, &order), false);
+            Self {
+                feats: out_f,
+                weights: out_w,
+            }
+        })
+    }
+}
 
 impl Perturbation for Odpp {
     fn name(&self) -> &'static str {

@@ -2,7 +2,9 @@
 //! properties (bounds, geometry, monotone objective) and against BCT (Δ = 0).
 
 use bcl::model::l2_normalize;
-use bcl::perturb::{nearest_angles, pseudo_old, Ndpp, NdppConfig, NdppWeights, Odpp, OdppConfig};
+use bcl::perturb::{
+    nearest_angles, pseudo_old, ClassBanks, Ndpp, NdppConfig, NdppWeights, Odpp, OdppConfig,
+};
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -362,6 +364,9 @@ fn odpp_restricted_to_every_class_is_the_full_objective() {
     let (c, d) = (40, 16);
     let old = protos(c, d, 11);
     let (new_bank, old_bank, labels) = odpp_banks(&old, 3, 12);
+    // uneven classes: the new bank lacks one sample of each of the last 5 classes
+    let n = new_bank.size()[0] - 5;
+    let (new_bank, new_labels) = (new_bank.narrow(0, 0, n), labels.narrow(0, 0, n));
     let cfg = OdppConfig {
         steps: 15,
         lr: 0.01,
@@ -395,16 +400,14 @@ fn odpp_restricted_to_every_class_is_the_full_objective() {
     };
     let cand = Odpp::candidate_table(&pseudo_old(&old, &delta), (c - 1) as usize);
     let d1 = delta.detach().set_requires_grad(true);
-    let j_full = full.objective(&old, &d1, &new_bank, &labels);
+    let j_full = full.objective(&old, &d1, &new_bank, &new_labels);
     j_full.backward();
     let d2 = delta.detach().set_requires_grad(true);
-    let j_restricted = restricted.restricted_objective(
-        &old,
-        &d2,
-        [(&new_bank, &labels), (&old_bank, &labels)],
-        &cand,
-        true,
+    let banks = ClassBanks::new(
+        [(&new_bank, &new_labels, 1.0), (&old_bank, &labels, 0.7)],
+        c,
     );
+    let j_restricted = restricted.restricted_objective(&old, &d2, &banks, &cand, true);
     assert!(
         (j_full.double_value(&[]) - j_restricted).abs() < 1e-5,
         "{j_full:?} vs {j_restricted}"
@@ -417,8 +420,8 @@ fn odpp_restricted_to_every_class_is_the_full_objective() {
     );
     // the refreshes agree
     let (a, b) = (
-        full.optimise(&old, &new_bank, &labels),
-        restricted.optimise(&old, &new_bank, &labels),
+        full.optimise(&old, &new_bank, &new_labels),
+        restricted.optimise(&old, &new_bank, &new_labels),
     );
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() < 1e-4, "J traces {a:?} vs {b:?}");

@@ -6,7 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{RunConfig, RunError};
 
-/// Result of [`bench_train_step`].
+/// Result of [`bench_step`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
     /// Implementation measured.
@@ -30,14 +30,17 @@ pub struct BenchResult {
 }
 
 /// Times the training step of the configured model (forward, head loss, backward, SGD update)
-/// on a fixed random batch: the same step as `bench/torch_reference.py`.
-pub fn bench_train_step(
+/// on a fixed random batch, the same step as `bench/torch_reference.py`; with `embed`, the
+/// embedding pass of evaluation instead (eval mode, no gradient: `bench/torch_reference.py
+/// --embed` times PyTorch's `inference_mode` loop).
+pub fn bench_step(
     cfg: &RunConfig,
     batch: i64,
     size: i64,
     steps: usize,
     warmup: usize,
     device: Device,
+    embed: bool,
 ) -> Result<BenchResult, RunError> {
     use crate::loss::ClassifierHead;
     use crate::model::EmbeddingNet;
@@ -65,6 +68,11 @@ pub fn bench_train_step(
     );
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
     let mut step = || {
+        if embed {
+            // what `Embedder::embed_batch` does: eval mode, no gradient
+            let _ = tch::no_grad(|| net.forward_t(&x, false));
+            return;
+        }
         opt.zero_grad();
         let f = net.forward_t(&x, true);
         let loss = head.loss(&f, &y);
@@ -86,7 +94,12 @@ pub fn bench_train_step(
     }
     let seconds = t0.elapsed().as_secs_f64();
     Ok(BenchResult {
-        r#impl: "bcl (tch)".into(),
+        r#impl: if embed {
+            "bcl (tch) embed"
+        } else {
+            "bcl (tch)"
+        }
+        .into(),
         threads: tch::get_num_threads(),
         width: cfg.model.width,
         blocks: cfg.model.blocks,
