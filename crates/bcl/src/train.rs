@@ -147,7 +147,8 @@ pub struct TrainConfig {
     pub head: HeadConfig,
     /// Batch normalisation with its running statistics while training (the affine parameters
     /// still learn): the usual choice for fine-tuning a pretrained backbone with small batches
-    /// per device, and it makes a data-parallel step equal the one-device step exactly.
+    /// per device, and it makes a data-parallel step equal the one-device step up to float
+    /// rounding.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub freeze_batch_norm: bool,
 }
