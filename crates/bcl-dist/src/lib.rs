@@ -189,13 +189,6 @@ pub fn all_gather_rows(c: &dyn Collective, t: &Tensor) -> Result<Tensor, DistErr
     Ok(Tensor::cat(&kept, 0))
 }
 
-/// The sum over ranks of one number.
-pub fn all_reduce_scalar(c: &dyn Collective, x: f64) -> Result<f64, DistError> {
-    let mut t = Tensor::from_slice(&[x]).to_kind(Kind::Double);
-    c.all_reduce_sum(&mut t)?;
-    Ok(t.double_value(&[0]))
-}
-
 /// Rank 0's bytes on every rank (`bytes` is read on rank 0 only).
 pub fn broadcast_bytes(c: &dyn Collective, bytes: &[u8]) -> Result<Vec<u8>, DistError> {
     if c.world_size() == 1 {
@@ -235,4 +228,24 @@ pub fn first_failed(c: &dyn Collective, failed: bool) -> Result<Option<usize>, D
         reason: e.to_string(),
     })?;
     Ok(flags.iter().position(|&f| f > 0.0))
+}
+
+/// Every rank's outcome of a step that may fail on some ranks only (a check of a directory, a
+/// file read): this rank's own error, else `peer(rank)` naming the first rank that failed, so
+/// that no rank goes on alone. A failing collective is turned into `E` by `From`.
+pub fn agree<T, E: From<DistError>>(
+    c: &dyn Collective,
+    r: Result<T, E>,
+    peer: impl FnOnce(usize) -> E,
+) -> Result<T, E> {
+    if c.world_size() == 1 {
+        return r;
+    }
+    let first = first_failed(c, r.is_err());
+    match (r, first) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Ok(_), Ok(Some(rank))) => Err(peer(rank)),
+        (Ok(v), Ok(None)) => Ok(v),
+    }
 }

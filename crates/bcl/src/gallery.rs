@@ -53,6 +53,9 @@ pub enum GalleryError {
         /// Why it is not a gallery.
         reason: String,
     },
+    /// Sharing a build among ranks failed (a lost rank, a timeout).
+    #[error(transparent)]
+    Dist(#[from] bcl_dist::DistError),
 }
 
 /// The file every gallery directory holds, whatever its backend: `backend` names the backend,

@@ -765,22 +765,34 @@ impl Embedder {
         self.embed_positions(data, &idx, batch)
     }
 
-    /// As [`Embedder::embed_dataset`], shared among the ranks of `dist`: each embeds its
-    /// contiguous share of the items and every rank gets the whole, in order.
+    /// As [`Embedder::embed_dataset`], shared among the ranks of `dist` (see
+    /// [`Embedder::embed_positions_on`]).
     pub fn embed_dataset_on(
         &self,
         data: &Dataset,
         batch: usize,
         dist: &dyn bcl_dist::Collective,
     ) -> Result<Tensor, bcl_dist::DistError> {
+        let idx: Vec<usize> = (0..data.len()).collect();
+        self.embed_positions_on(data, &idx, batch, dist)
+    }
+
+    /// As [`Embedder::embed_positions`], shared among the ranks of `dist`: each embeds its
+    /// contiguous share of `positions` and every rank gets the whole, in order.
+    pub fn embed_positions_on(
+        &self,
+        data: &Dataset,
+        positions: &[usize],
+        batch: usize,
+        dist: &dyn bcl_dist::Collective,
+    ) -> Result<Tensor, bcl_dist::DistError> {
         if dist.world_size() == 1 {
-            return Ok(self.embed_dataset(data, batch));
+            return Ok(self.embed_positions(data, positions, batch));
         }
-        let mine: Vec<usize> =
-            bcl_dist::shard(data.len(), dist.rank(), dist.world_size()).collect();
+        let mine = &positions[bcl_dist::shard(positions.len(), dist.rank(), dist.world_size())];
         let local = match mine.is_empty() {
             true => Tensor::zeros([0, self.card.arch.dim], (Kind::Float, Device::Cpu)),
-            false => self.embed_positions(data, &mine, batch),
+            false => self.embed_positions(data, mine, batch),
         };
         bcl_dist::all_gather_rows(dist, &local)
     }

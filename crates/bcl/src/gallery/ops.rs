@@ -72,10 +72,12 @@ pub fn embed_items(
     positions: &[usize],
     batch: usize,
 ) -> Result<Vec<f32>> {
-    let e = embedder
-        .embed_positions(data, positions, batch)
-        .to_kind(Kind::Float)
-        .contiguous();
+    host_vectors(&embedder.embed_positions(data, positions, batch))
+}
+
+/// Embeddings `[n, d]` as row-major float32 values in host memory.
+fn host_vectors(e: &Tensor) -> Result<Vec<f32>> {
+    let e = e.to_kind(Kind::Float).contiguous();
     Vec::<f32>::try_from(e.view([-1]))
         .map_err(|e| GalleryError::Index(format!("embeddings to host memory: {e}")))
 }
@@ -175,21 +177,7 @@ fn embed_shared(
     sink: &mut CommitSink,
 ) -> Result<()> {
     for chunk in positions.chunks(opts.commit.max(1)) {
-        let v = if dist.world_size() == 1 {
-            embed_items(embedder, data, chunk, opts.batch)?
-        } else {
-            let mine = &chunk[bcl_dist::shard(chunk.len(), dist.rank(), dist.world_size())];
-            let local = match mine.is_empty() {
-                true => Tensor::zeros([0, embedder.card.arch.dim], (Kind::Float, tch::Device::Cpu)),
-                false => embedder.embed_positions(data, mine, opts.batch),
-            };
-            let all = bcl_dist::all_gather_rows(dist, &local.to_kind(Kind::Float).contiguous())
-                .map_err(|e| {
-                    GalleryError::Invalid(format!("sharing the embedding among ranks: {e}"))
-                })?;
-            Vec::<f32>::try_from(all.contiguous().view([-1]))
-                .map_err(|e| GalleryError::Index(format!("embeddings to host memory: {e}")))?
-        };
+        let v = host_vectors(&embedder.embed_positions_on(data, chunk, opts.batch, dist)?)?;
         if dist.is_primary() {
             sink(chunk, &v)?;
         }
@@ -324,17 +312,7 @@ pub fn build_on(
         prepare_build(s, embedder, data, origin, opts)?;
         Ok(s)
     });
-    let first = bcl_dist::first_failed(dist, ready.is_err())
-        .map_err(|e| GalleryError::Invalid(format!("agreeing with the other ranks: {e}")))?;
-    let store = match (ready, first) {
-        (Err(e), _) => return Err(e),
-        (Ok(_), Some(rank)) => {
-            return Err(GalleryError::Invalid(format!(
-                "rank {rank} failed (its log says why)"
-            )))
-        }
-        (Ok(s), None) => s,
-    };
+    let store = bcl_dist::agree(dist, ready, peer_failed)?;
     let all: Vec<usize> = (0..data.len()).collect();
     embed_checked(store, embedder, data, &all, opts, on_commit, dist)?;
     store.checkpoint()?;
@@ -342,6 +320,11 @@ pub fn build_on(
         items: data.len(),
         model: ModelInfo::from_card(&embedder.card),
     })
+}
+
+/// Another rank's failure in a shared build.
+fn peer_failed(rank: usize) -> GalleryError {
+    GalleryError::Invalid(format!("rank {rank} failed (its log says why)"))
 }
 
 /// The side of [`build_on`] that ranks other than 0 run: they embed their share of every
@@ -352,15 +335,7 @@ pub fn follow_build(
     opts: &EmbedOptions,
     dist: &dyn Collective,
 ) -> Result<()> {
-    let ok = check_input_shape(embedder, data);
-    let first = bcl_dist::first_failed(dist, ok.is_err())
-        .map_err(|e| GalleryError::Invalid(format!("agreeing with the other ranks: {e}")))?;
-    ok?;
-    if let Some(rank) = first {
-        return Err(GalleryError::Invalid(format!(
-            "rank {rank} failed (its log says why)"
-        )));
-    }
+    bcl_dist::agree(dist, check_input_shape(embedder, data), peer_failed)?;
     let all: Vec<usize> = (0..data.len()).collect();
     embed_shared(embedder, data, &all, opts, dist, &mut |_, _| Ok(()))
 }

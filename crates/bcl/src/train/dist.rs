@@ -116,20 +116,9 @@ pub(crate) fn broadcast_tensors(
     Ok(())
 }
 
-/// Every rank's outcome of a step that may fail on some ranks only (a check of the output
-/// directory, a checkpoint read): this rank's error, or an error naming the first failed rank,
-/// so that no rank goes on alone.
+/// [`bcl_dist::agree`] for training: another rank's failure is [`TrainError::Peer`].
 pub(crate) fn agree<T>(dist: &dyn Collective, r: Result<T, TrainError>) -> Result<T, TrainError> {
-    if dist.world_size() == 1 {
-        return r;
-    }
-    let first = bcl_dist::first_failed(dist, r.is_err());
-    match (r, first) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e.into()),
-        (Ok(_), Ok(Some(rank))) => Err(TrainError::Peer { rank }),
-        (Ok(v), Ok(None)) => Ok(v),
-    }
+    bcl_dist::agree(dist, r, |rank| TrainError::Peer { rank })
 }
 
 /// Checks that every rank holds the same `value` of `what` (e.g. the epochs a resumed
