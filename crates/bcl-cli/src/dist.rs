@@ -58,6 +58,7 @@ pub fn world(requested: &str, device: Device) -> Result<(World, Device)> {
     let opts = GroupOptions {
         backend,
         timeout: timeout()?,
+        device: Some(device).filter(|d| d.is_cuda()),
         ..Default::default()
     };
     let pg = ProcessGroup::join(&rdv, opts)?;

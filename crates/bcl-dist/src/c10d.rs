@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tch::Tensor;
+use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
 use crate::rendezvous::{Rendezvous, StoreHost};
@@ -99,6 +99,9 @@ pub struct GroupOptions {
     pub timeout: Duration,
     /// How often each rank proves it is alive in the store.
     pub heartbeat: Duration,
+    /// NCCL: the GPU this rank's collectives run on (CPU tensors are copied there and back);
+    /// `None` for the GPU of its local rank.
+    pub device: Option<Device>,
 }
 
 impl Default for GroupOptions {
@@ -107,6 +110,7 @@ impl Default for GroupOptions {
             backend: Backend::Gloo,
             timeout: Duration::from_secs(300),
             heartbeat: Duration::from_millis(500),
+            device: None,
         }
     }
 }
@@ -124,6 +128,9 @@ pub struct ProcessGroup {
     pg: Mutex<PgPtr>,
     rdv: Rendezvous,
     opts: GroupOptions,
+    /// NCCL takes CUDA tensors only: CPU tensors (flags, counts, the card's bytes) are staged
+    /// on this GPU; `None` for Gloo, which takes both.
+    stage: Option<Device>,
     stop: Arc<AtomicBool>,
     heartbeat: Option<JoinHandle<()>>,
 }
@@ -195,10 +202,16 @@ impl ProcessGroup {
             })
             .map_err(|e| join_err(format!("could not start the heartbeat thread: {e}")))?;
         tracing::info!(rank = rdv.rank, world = rdv.world_size, addr = %rdv.addr, port = rdv.port, "joined the process group");
+        let stage = (opts.backend == Backend::Nccl).then(|| {
+            opts.device.unwrap_or_else(|| {
+                Device::Cuda(rdv.local_rank % tch::Cuda::device_count().max(1) as usize)
+            })
+        });
         Ok(Self {
             pg: Mutex::new(pg),
             rdv: rdv.clone(),
             opts,
+            stage,
             stop,
             heartbeat: Some(heartbeat),
         })
@@ -268,6 +281,32 @@ impl ProcessGroup {
     }
 }
 
+impl ProcessGroup {
+    /// `t` where the backend takes it: on the staging GPU when there is one and `t` is on
+    /// the CPU, else `t` itself (shallow).
+    fn on_stage(&self, t: &Tensor) -> Tensor {
+        match self.stage {
+            Some(dev) if t.device() == Device::Cpu => t.to_device(dev),
+            _ => t.shallow_clone(),
+        }
+    }
+
+    /// Runs the in-place collective `f` on `t`, through the staging GPU when `t` must go
+    /// there.
+    fn staged(
+        &self,
+        t: &mut Tensor,
+        f: impl FnOnce(&mut Tensor) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        let mut s = self.on_stage(t);
+        f(&mut s)?;
+        if s.device() != t.device() {
+            t.copy_(&s);
+        }
+        Ok(())
+    }
+}
+
 /// The tensor's C pointer, after checking a collective can take it.
 fn checked(op: &'static str, t: &mut Tensor) -> Result<*mut C_tensor, DistError> {
     if !t.defined() || !t.is_contiguous() {
@@ -287,22 +326,24 @@ impl Collective for ProcessGroup {
         self.rdv.world_size
     }
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError> {
-        let p = checked("all_reduce", t)?;
-        // SAFETY: p points to a live tensor for the call's duration.
-        self.run("all_reduce", |pg, err| unsafe {
-            bcl_dist_all_reduce_sum(pg, p, err)
+        self.staged(t, |t| {
+            let p = checked("all_reduce", t)?;
+            // SAFETY: p points to a live tensor for the call's duration.
+            self.run("all_reduce", |pg, err| unsafe {
+                bcl_dist_all_reduce_sum(pg, p, err)
+            })
         })
     }
     fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>, DistError> {
-        let mut input = t.shallow_clone();
+        let mut input = self.on_stage(t);
         let p = checked("all_gather", &mut input)?;
-        let mut outs: Vec<Tensor> = (0..self.world_size()).map(|_| t.empty_like()).collect();
+        let mut outs: Vec<Tensor> = (0..self.world_size()).map(|_| input.empty_like()).collect();
         let ptrs: Vec<*mut C_tensor> = outs.iter_mut().map(|o| o.as_mut_ptr()).collect();
         // SAFETY: p and every output pointer refer to live tensors for the call's duration.
         self.run("all_gather", |pg, err| unsafe {
             bcl_dist_all_gather(pg, p, ptrs.as_ptr(), ptrs.len() as c_int, err)
         })?;
-        Ok(outs)
+        Ok(outs.into_iter().map(|o| o.to_device(t.device())).collect())
     }
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         if root >= self.world_size() {
@@ -311,10 +352,12 @@ impl Collective for ProcessGroup {
                 reason: format!("root {root} is not a rank of {}", self.world_size()),
             });
         }
-        let p = checked("broadcast", t)?;
-        // SAFETY: p points to a live tensor for the call's duration.
-        self.run("broadcast", |pg, err| unsafe {
-            bcl_dist_broadcast(pg, p, root as c_int, err)
+        self.staged(t, |t| {
+            let p = checked("broadcast", t)?;
+            // SAFETY: p points to a live tensor for the call's duration.
+            self.run("broadcast", |pg, err| unsafe {
+                bcl_dist_broadcast(pg, p, root as c_int, err)
+            })
         })
     }
     fn barrier(&self) -> Result<(), DistError> {

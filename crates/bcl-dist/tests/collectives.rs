@@ -226,19 +226,35 @@ fn nccl_worker(rdv: &Rendezvous) {
     }
     let gpu = rdv.local_rank % tch::Cuda::device_count() as usize;
     let pg = ProcessGroup::join(rdv, o).unwrap();
+    let w = rdv.world_size as f64;
     let mut t = Tensor::ones([1 << 20], (Kind::Float, tch::Device::Cuda(gpu)));
     pg.all_reduce_sum(&mut t).unwrap();
+    assert_eq!(t.sum(Kind::Double).double_value(&[]), w * (1 << 20) as f64);
+    // CPU tensors (the loop's flags and counts) go through the rank's GPU and come back
+    let mut flags = Tensor::from_slice(&[1.0f64, rdv.rank as f64]);
+    pg.all_reduce_sum(&mut flags).unwrap();
+    assert_eq!(flags.device(), tch::Device::Cpu);
     assert_eq!(
-        t.sum(Kind::Double).double_value(&[]),
-        2.0 * (1 << 20) as f64
+        Vec::<f64>::try_from(&flags).unwrap(),
+        vec![w, w * (w - 1.0) / 2.0]
     );
+    let all = pg
+        .all_gather(&Tensor::from_slice(&[rdv.rank as i64]))
+        .unwrap();
+    assert!(all.iter().all(|a| a.device() == tch::Device::Cpu));
+    let last = rdv.world_size - 1;
+    let mut b = Tensor::from_slice(&[rdv.rank as f32]);
+    pg.broadcast(&mut b, last).unwrap();
+    assert_eq!(b.double_value(&[0]), last as f64);
     println!("rank {} ok", rdv.rank);
 }
 
 #[cfg(feature = "nccl")]
 #[test]
 fn nccl_ranks_reduce_on_gpus_or_refuse_without_one() {
-    let outs = launch("nccl", 2);
+    // one rank per GPU (NCCL refuses two ranks on one GPU); two ranks to be refused without
+    let gpus = tch::Cuda::device_count() as usize;
+    let outs = launch("nccl", if gpus == 0 { 2 } else { gpus.min(2) });
     for (r, o) in outs.iter().enumerate() {
         let t = text(o);
         assert!(o.status.success(), "rank {r}: {t}");
