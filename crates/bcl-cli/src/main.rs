@@ -121,10 +121,11 @@ struct BenchLoaderArgs {
 
 #[derive(Args)]
 struct SearchArgs {
-    /// Query features, an [N, d] float32/float64 .npy matrix.
+    /// Query features, an [N, d] .npy matrix (float32, float64, float16 or bfloat16).
     #[arg(long)]
     query: PathBuf,
-    /// Gallery features, an [M, d] .npy matrix.
+    /// Gallery features, an [M, d] .npy matrix (float32, float16 or bfloat16; on the CPU
+    /// memory-mapped and searched where it lies, so it may be larger than memory).
     #[arg(long)]
     gallery: PathBuf,
     /// Neighbours per query.
@@ -136,12 +137,15 @@ struct SearchArgs {
     /// Where to write the [N, k] scores (.npy).
     #[arg(long)]
     out_scores: Option<PathBuf>,
-    /// Queries per block.
+    /// Queries per tile (the queries one thread scores against a gallery block at a time).
     #[arg(long, default_value_t = bcl::eval::search::SearchBlocks::default().query)]
     query_block: i64,
     /// Gallery rows per block.
     #[arg(long, default_value_t = bcl::eval::search::SearchBlocks::default().gallery)]
     gallery_block: i64,
+    /// At most this many MiB of a memory-mapped gallery in memory at once (CPU).
+    #[arg(long, default_value_t = 1024)]
+    resident_mib: usize,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -744,25 +748,33 @@ fn cmd_bench_loader(a: BenchLoaderArgs) -> Result<()> {
     Ok(())
 }
 
-/// `bcl search`: exact blocked top-k of feature files.
+/// `bcl search`: exact blocked top-k of feature files (the gallery memory-mapped on the CPU).
 fn cmd_search(a: SearchArgs) -> Result<()> {
+    use bcl::eval::mapped::MappedMatrix;
+    use bcl::eval::search::{topk_search, SearchBlocks};
     let device = parse_device(&a.device)?;
-    let q = read_features_npy(&a.query)?.to_device(device);
-    let g = read_features_npy(&a.gallery)?.to_device(device);
-    let t0 = std::time::Instant::now();
-    let r = bcl::eval::search::topk_search(
-        &q,
-        &g,
-        a.k,
-        bcl::eval::search::SearchBlocks {
-            query: a.query_block,
-            gallery: a.gallery_block,
-        },
-    )?;
-    let _ = r.scores.size(); // the result is materialised (CUDA runs asynchronously)
-    if let tch::Device::Cuda(_) = device {
-        tch::Cuda::synchronize(0);
+    if a.resident_mib == 0 {
+        bail!("--resident-mib must be at least 1");
     }
+    let blocks = SearchBlocks {
+        query: a.query_block,
+        gallery: a.gallery_block,
+    };
+    let q = read_features_npy(&a.query)?.to_device(device);
+    let t0;
+    let (r, ng, stored) = if device == tch::Device::Cpu {
+        let g = MappedMatrix::open(&a.gallery)?;
+        t0 = std::time::Instant::now();
+        let r = g.search(&q, a.k, blocks, a.resident_mib << 20)?;
+        (r, g.rows() as i64, g.kind().name())
+    } else {
+        let g = read_features_npy(&a.gallery)?.to_device(device);
+        t0 = std::time::Instant::now();
+        let r = topk_search(&q, &g, a.k, blocks)?;
+        let _ = r.scores.size(); // the result is materialised (CUDA runs asynchronously)
+        tch::Cuda::synchronize(0);
+        (r, g.size()[0], "float32")
+    };
     let seconds = t0.elapsed().as_secs_f64();
     for (path, t) in [(&a.out_indices, &r.indices), (&a.out_scores, &r.scores)] {
         if let Some(p) = path {
@@ -774,9 +786,10 @@ fn cmd_search(a: SearchArgs) -> Result<()> {
         serde_json::json!({
             "impl": "bcl",
             "queries": q.size()[0],
-            "gallery": g.size()[0],
+            "gallery": ng,
             "dim": q.size()[1],
             "k": a.k,
+            "gallery_dtype": stored,
             "seconds": seconds,
         })
     );

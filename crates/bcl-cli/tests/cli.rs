@@ -427,3 +427,63 @@ fn help_and_methods_list_every_registered_method() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("ndpp"), "{err}");
 }
+
+#[test]
+fn search_maps_float32_and_float16_galleries() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    tch::manual_seed(3);
+    let q = Tensor::randn([7, 5], (tch::Kind::Float, tch::Device::Cpu));
+    let g = Tensor::randn([40, 5], (tch::Kind::Float, tch::Device::Cpu));
+    q.write_npy(p("q.npy")).unwrap();
+    for (name, stored) in [
+        ("g32.npy", g.shallow_clone()),
+        ("g16.npy", g.to_kind(tch::Kind::Half)),
+    ] {
+        stored.write_npy(p(name)).unwrap();
+        let out = run_ok(
+            bcl()
+                .args(["search", "--k", "4", "--resident-mib", "1"])
+                .args([
+                    "--query".as_ref(),
+                    p("q.npy").as_os_str(),
+                    "--gallery".as_ref(),
+                    p(name).as_os_str(),
+                    "--out-indices".as_ref(),
+                    p("i.npy").as_os_str(),
+                ]),
+        );
+        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let kind = if name == "g16.npy" {
+            "float16"
+        } else {
+            "float32"
+        };
+        assert_eq!(line["gallery_dtype"], kind, "{out}");
+        let want = q
+            .matmul(&stored.to_kind(tch::Kind::Float).tr())
+            .topk(4, 1, true, true)
+            .1;
+        let got = Tensor::read_npy(p("i.npy")).unwrap();
+        assert!(got.equal(&want), "{name}: {got} vs {want}");
+    }
+    let search = |gallery: &str, extra: &[&str]| {
+        run_err(
+            bcl()
+                .args(["search", "--query"])
+                .arg(p("q.npy"))
+                .arg("--gallery")
+                .arg(p(gallery))
+                .args(extra),
+        )
+    };
+    let e = search("g16.npy", &["--k", "41"]);
+    assert!(e.contains("1..=40"), "{e}");
+    let e = search("g16.npy", &["--resident-mib", "0"]);
+    assert!(e.contains("--resident-mib"), "{e}");
+    let bad = g.copy();
+    let _ = bad.get(9).get(2).fill_(f64::INFINITY);
+    bad.write_npy(p("bad.npy")).unwrap();
+    let e = search("bad.npy", &[]);
+    assert!(e.contains("bad.npy") && e.contains("row 9"), "{e}");
+}

@@ -3,6 +3,7 @@
 //! `models` evaluates a set of models on a test set, `protocol` on the standard benchmarks.
 
 pub mod deploy;
+pub mod mapped;
 pub mod models;
 pub mod pickle_bounds;
 pub mod protocol;
@@ -289,7 +290,7 @@ pub fn update_gain(cross: f64, old_old: f64, indep: f64) -> Option<f64> {
     (den > 1e-12).then(|| (cross - old_old) / den)
 }
 
-fn npy_err(path: &Path, reason: impl std::fmt::Display) -> EvalError {
+pub(crate) fn npy_err(path: &Path, reason: impl std::fmt::Display) -> EvalError {
     EvalError::Npy {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -333,7 +334,9 @@ fn npy_data_offset(path: &Path, file_len: u64) -> Result<u64, EvalError> {
     Ok(preamble + len)
 }
 
-fn open_npy(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, EvalError> {
+pub(crate) fn open_npy(
+    path: &Path,
+) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, EvalError> {
     let file_len = std::fs::metadata(path)
         .map_err(|e| npy_err(path, format!("cannot open: {e}")))?
         .len();
@@ -362,10 +365,12 @@ fn open_npy(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::Fil
     Ok(npy)
 }
 
-/// Reads a 2-D f32 or f64 `.npy` matrix as a `[N, d]` tensor (f64 kept as f64).
-pub fn read_features_npy(path: &Path) -> Result<Tensor, EvalError> {
-    let npy = open_npy(path)?;
-    let shape = npy.shape().to_vec();
+/// The `(rows, columns)` of a feature matrix file: a non-empty, C-ordered 2-D array.
+pub(crate) fn matrix_shape<R: std::io::Read>(
+    path: &Path,
+    npy: &npyz::NpyFile<R>,
+) -> Result<(usize, usize), EvalError> {
+    let shape = npy.shape();
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
         return Err(npy_err(
             path,
@@ -378,6 +383,14 @@ pub fn read_features_npy(path: &Path) -> Result<Tensor, EvalError> {
             "Fortran-ordered arrays are not supported; save with np.ascontiguousarray",
         ));
     }
+    Ok((shape[0] as usize, shape[1] as usize))
+}
+
+/// Reads a 2-D `.npy` matrix as a `[N, d]` tensor: float32, float64 (kept as float64), float16
+/// or bfloat16 (`<V2`, as `ml_dtypes` saves it; both widened to float32).
+pub fn read_features_npy(path: &Path) -> Result<Tensor, EvalError> {
+    let npy = open_npy(path)?;
+    let shape = matrix_shape(path, &npy)?;
     let dtype = npy.dtype();
     let descr = dtype.descr();
     let t = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
@@ -389,14 +402,21 @@ pub fn read_features_npy(path: &Path) -> Result<Tensor, EvalError> {
             let v: Vec<f64> = npy.into_vec().map_err(|e| npy_err(path, e))?;
             Tensor::from_slice(&v)
         }
+        "f2" | "V2" => {
+            drop(npy);
+            return mapped::MappedMatrix::open(path)?.to_f32_tensor();
+        }
         other => {
             return Err(npy_err(
                 path,
-                format!("features must be float32 or float64 (little-endian), got dtype '{other}'"),
+                format!(
+                    "features must be float32, float64, float16 or bfloat16 (little-endian), \
+                     got dtype '{other}'"
+                ),
             ))
         }
     };
-    let t = t.view([shape[0] as i64, shape[1] as i64]);
+    let t = t.view([shape.0 as i64, shape.1 as i64]);
     let finite = t.isfinite().all().int64_value(&[]) == 1;
     if !finite {
         return Err(npy_err(path, "contains NaN or infinite values"));

@@ -10,7 +10,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use bcl::data::{read_idx_images, read_idx_labels, synthetic, write_idx_dir};
+use bcl::eval::mapped::MappedMatrix;
 use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
+use bcl::eval::search::SearchBlocks;
 use bcl::eval::{read_features_npy, read_labels_npy};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
 use bcl::gallery::{GalleryManifest, GalleryStore, ModelInfo};
@@ -43,7 +45,7 @@ fn idx_files() -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-fn npy_files() -> (Vec<u8>, Vec<u8>) {
+fn npy_files() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("f.npy");
     let l = d.path().join("l.npy");
@@ -57,7 +59,13 @@ fn npy_files() -> (Vec<u8>, Vec<u8>) {
         &[2],
         &[3u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
     );
-    (std::fs::read(f).unwrap(), std::fs::read(l).unwrap())
+    let h = d.path().join("h.npy");
+    let halves: Vec<u8> = (0..6)
+        .flat_map(|i| half::f16::from_f32(i as f32 * 0.5).to_le_bytes())
+        .collect();
+    write_npy(&h, "<f2", &[2, 3], &halves);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    (read(&f), read(&l), read(&h))
 }
 
 fn gnd_file() -> Vec<u8> {
@@ -90,14 +98,21 @@ proptest! {
     }
 
     #[test]
-    fn npy_readers_survive_mutation(ms in mutations(), labels in any::<bool>()) {
-        let (features, label_file) = npy_files();
+    fn npy_readers_survive_mutation(ms in mutations(), which in 0usize..4) {
+        let (features, label_file, half) = npy_files();
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f.npy");
-        if labels {
-            survives(&p, &apply(&label_file, &ms), |p| read_labels_npy(p).map(|_| ()))?;
-        } else {
-            survives(&p, &apply(&features, &ms), |p| read_features_npy(p).map(|_| ()))?;
+        match which {
+            0 => survives(&p, &apply(&label_file, &ms), |p| read_labels_npy(p).map(|_| ()))?,
+            1 => survives(&p, &apply(&features, &ms), |p| read_features_npy(p).map(|_| ()))?,
+            // the memory-mapped gallery: opened, then searched (its values are checked then)
+            w => survives(&p, &apply(if w == 2 { &features } else { &half }, &ms), |p| {
+                MappedMatrix::open(p).and_then(|m| {
+                    let q = tch::Tensor::ones([1, m.dim() as i64], (tch::Kind::Float, tch::Device::Cpu));
+                    m.search(&q, 1, SearchBlocks::default(), 8)
+                })
+                .map(|_| ())
+            })?,
         }
     }
 

@@ -198,7 +198,7 @@ fn npy_readers_accept_valid_and_reject_malformed_files() {
     assert!(read_features_npy(&p)
         .unwrap_err()
         .to_string()
-        .contains("float32 or float64"));
+        .contains("float32, float64, float16 or bfloat16"));
     // truncated data
     write_npy(&p, "<f4", &[2, 3], &vals[..10]);
     assert!(read_features_npy(&p).is_err());

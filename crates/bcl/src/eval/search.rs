@@ -1,16 +1,26 @@
-//! Exact top-k search at scale: query blocks against gallery blocks with a running top-k, so
-//! that memory stays at `query_block × gallery_block` whatever the sizes (a 1,000,000 ×
+//! Exact top-k search at scale: query tiles against gallery blocks with a running top-k, so
+//! that memory stays at `threads × tile × block` similarities whatever the sizes (a 1,000,000 ×
 //! 100,000 search never holds the full similarity matrix). Inner product on the rows as given
 //! (cosine when both sides are L2-normalised). This is the reference every approximate index is
 //! measured against.
 //!
-//! On the CPU in float32 the selection is fused into the blocked product, as faiss does: each
-//! block's similarities (BLAS, libtorch's `mm` into one reused buffer small enough to stay in
-//! cache) are scanned at once by every query's bounded heap, which rejects a score below its
-//! current k-th best with one comparison; no block is sorted. Elsewhere (CUDA, float64) blocks
-//! go through libtorch's `topk`. The fused path puts the lower gallery index first among equal
-//! scores; libtorch's `topk` leaves their order unspecified.
+//! On the CPU the selection is fused into the blocked product, as faiss does, and both run on
+//! the same thread while the block is hot in its core's cache: each unit of parallel work is a
+//! tile of queries (and, when there are fewer tiles than threads, a share of the gallery); it
+//! computes one gallery block's similarities with a single-threaded product (the `gemm` crate,
+//! whose AVX-512 kernels ran 1.7x-1.9x libtorch's MKL `mm` on this AMD CPU, docs/performance.md)
+//! and at once offers them to its queries' bounded heaps, which reject a score below their
+//! current k-th best with one comparison; no block is sorted. Galleries may be stored in
+//! float32, float16 or bfloat16 (each block is widened to float32 before its product, so a
+//! half-precision gallery is searched exactly as its float32 values would be), in memory or
+//! memory-mapped from a `.npy` file ([`MappedMatrix`]), streamed through a bounded window.
+//! Elsewhere (CUDA, float64) blocks go through libtorch's `topk`. The fused path puts the lower
+//! gallery index first among equal scores; libtorch's `topk` leaves their order unspecified.
 
+use std::ops::Range;
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
@@ -19,19 +29,19 @@ use super::EvalError;
 /// Block sizes of [`topk_search`].
 #[derive(Debug, Clone, Copy)]
 pub struct SearchBlocks {
-    /// Queries per block.
+    /// Queries per tile: the queries one thread scores against a gallery block at a time.
     pub query: i64,
     /// Gallery rows per block.
     pub gallery: i64,
 }
 
 impl Default for SearchBlocks {
-    /// 4,096 × 1,024 float similarities: 16 MiB at a time (faiss's block shape; the fused CPU
-    /// path's block sits in a 32 MiB L3 cache while the heaps scan it; measured fastest of
-    /// 1,024-8,192 × 512-32,768 here, docs/benchmarks.md).
+    /// 512 × 1,024 float similarities: 2 MiB per thread, scanned while in this CPU's per-core
+    /// L2 and its L3 (measured: 0.62 s at 10,000 × 100,000 d 128 k 10 against 0.66 s for
+    /// 256-query tiles and 0.60 s for 1,024, whose fewer tiles balance many threads worse).
     fn default() -> Self {
         Self {
-            query: 4096,
+            query: 512,
             gallery: 1024,
         }
     }
@@ -46,28 +56,95 @@ pub struct TopK {
     pub indices: Tensor,
 }
 
-/// Exact top-`k` inner-product search of `query` `[nq, d]` in `gallery` `[ng, d]`, blocked.
-/// Equal scores: the lower gallery index first on the CPU in float32, unspecified otherwise.
-/// `k` larger than the gallery is an error.
-pub fn topk_search(
+/// Gallery rows as stored, row-major, `dim` values per row: the precisions the fused search
+/// reads without converting the whole gallery.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// float32 values.
+    F32(&'a [f32]),
+    /// IEEE half-precision values.
+    F16(&'a [f16]),
+    /// bfloat16 values.
+    Bf16(&'a [bf16]),
+}
+
+impl Rows<'_> {
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
+            Rows::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether no value is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values of rows `rows` as float32: borrowed when stored so, else widened into `buf`.
+    pub(crate) fn f32_rows<'b>(
+        &'b self,
+        rows: Range<usize>,
+        dim: usize,
+        buf: &'b mut Vec<f32>,
+    ) -> &'b [f32] {
+        let r = rows.start * dim..rows.end * dim;
+        match self {
+            Rows::F32(v) => &v[r],
+            Rows::F16(v) => {
+                buf.resize(r.len(), 0.0);
+                v[r].convert_to_f32_slice(buf);
+                buf
+            }
+            Rows::Bf16(v) => {
+                buf.resize(r.len(), 0.0);
+                v[r].convert_to_f32_slice(buf);
+                buf
+            }
+        }
+    }
+
+    /// The first row in `rows` that holds a NaN or an infinity.
+    pub(crate) fn first_non_finite(&self, rows: Range<usize>, dim: usize) -> Option<usize> {
+        let r = rows.start * dim..rows.end * dim;
+        // exponent bits all set: a NaN or an infinity; counted branch-free per chunk (the
+        // compiler vectorises it), located one value at a time only in a chunk that has one
+        fn first<T: Copy + Sync>(v: &[T], bits: impl Fn(T) -> bool + Sync) -> Option<usize> {
+            const CHUNK: usize = 1 << 14;
+            v.par_chunks(CHUNK)
+                .position_first(|c| c.iter().map(|&x| bits(x) as u32).sum::<u32>() > 0)
+                .and_then(|c| {
+                    let at = c * CHUNK;
+                    v[at..].iter().position(|&x| bits(x)).map(|i| at + i)
+                })
+        }
+        let bad = match self {
+            Rows::F32(v) => first(&v[r], |x| x.to_bits() & 0x7f80_0000 == 0x7f80_0000),
+            Rows::F16(v) => first(&v[r], |x| x.to_bits() & 0x7c00 == 0x7c00),
+            Rows::Bf16(v) => first(&v[r], |x| x.to_bits() & 0x7f80 == 0x7f80),
+        };
+        bad.map(|i| rows.start + i / dim)
+    }
+}
+
+/// Checks the shapes and `k` of a search of `query` in `[ng, dg]` gallery rows.
+pub(crate) fn check_request(
     query: &Tensor,
-    gallery: &Tensor,
+    (ng, dg): (i64, i64),
     k: usize,
     blocks: SearchBlocks,
-) -> Result<TopK, EvalError> {
+) -> Result<(), EvalError> {
     let (nq, dq) = query
         .size2()
         .map_err(|_| EvalError::Mismatch("query features must be a [N, d] matrix".into()))?;
-    let (ng, dg) = gallery
-        .size2()
-        .map_err(|_| EvalError::Mismatch("gallery features must be a [N, d] matrix".into()))?;
     if dq != dg {
         return Err(EvalError::Mismatch(format!(
             "query features have dimension {dq} but gallery features {dg}"
         )));
     }
-    let k = k as i64;
-    if k < 1 || k > ng {
+    if k < 1 || k as i64 > ng {
         return Err(EvalError::Mismatch(format!(
             "k must lie in 1..={ng} (the gallery size), got {k}"
         )));
@@ -75,21 +152,64 @@ pub fn topk_search(
     if blocks.query < 1 || blocks.gallery < 1 {
         return Err(EvalError::Mismatch("block sizes must be positive".into()));
     }
+    if dq < 1 || nq < 0 {
+        return Err(EvalError::Mismatch(
+            "features must have at least one dimension".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Exact top-`k` inner-product search of `query` `[nq, d]` in `gallery` `[ng, d]`, blocked.
+/// Equal scores: the lower gallery index first on the CPU (float32, float16 or bfloat16
+/// galleries), unspecified otherwise. `k` larger than the gallery is an error.
+pub fn topk_search(
+    query: &Tensor,
+    gallery: &Tensor,
+    k: usize,
+    blocks: SearchBlocks,
+) -> Result<TopK, EvalError> {
+    let gs = gallery
+        .size2()
+        .map_err(|_| EvalError::Mismatch("gallery features must be a [N, d] matrix".into()))?;
+    check_request(query, gs, k, blocks)?;
+    let cpu = gallery.device() == Device::Cpu && query.device() == Device::Cpu;
+    let fused_kind = matches!(gallery.kind(), Kind::Float | Kind::Half | Kind::BFloat16);
+    if cpu && fused_kind && query.kind() != Kind::Double {
+        let g = gallery.contiguous();
+        let n = (gs.0 * gs.1) as usize;
+        // SAFETY: `g` is a contiguous CPU tensor of `n` values of the matched kind (libtorch's
+        // Half and BFloat16 have the bit layouts of `half`'s f16 and bf16); it lives, unwritten,
+        // until the search returns.
+        let rows = unsafe {
+            match g.kind() {
+                Kind::Float => Rows::F32(std::slice::from_raw_parts(g.data_ptr() as _, n)),
+                Kind::Half => Rows::F16(std::slice::from_raw_parts(g.data_ptr() as _, n)),
+                _ => Rows::Bf16(std::slice::from_raw_parts(g.data_ptr() as _, n)),
+            }
+        };
+        return fused_cpu(query, rows, gs.1 as usize, k, blocks, None);
+    }
+    Ok(libtorch_topk(query, gallery, k as i64, blocks))
+}
+
+/// CUDA and float64: each block's `topk` merged with the running best by libtorch.
+fn libtorch_topk(query: &Tensor, gallery: &Tensor, k: i64, blocks: SearchBlocks) -> TopK {
+    let (nq, ng) = (query.size()[0], gallery.size()[0]);
     let kind = if query.kind() == Kind::Double || gallery.kind() == Kind::Double {
         Kind::Double
     } else {
         Kind::Float
     };
     let dev = gallery.device();
-    if kind == Kind::Float && dev == Device::Cpu && query.device() == Device::Cpu {
-        return Ok(fused_cpu(query, gallery, k as usize, blocks));
-    }
+    // a tile of the fused path is one thread's; here a block is the whole device's
+    let qblock = blocks.query.max(4096);
     let mut all_s = Vec::new();
     let mut all_i = Vec::new();
     tch::no_grad(|| {
         let mut qs = 0;
         while qs < nq {
-            let ql = blocks.query.min(nq - qs);
+            let ql = qblock.min(nq - qs);
             let qb = query.narrow(0, qs, ql).to_kind(kind).to_device(dev);
             let mut best: Option<(Tensor, Tensor)> = None;
             let mut gs = 0;
@@ -115,20 +235,27 @@ pub fn topk_search(
             qs += ql;
         }
     });
-    Ok(TopK {
+    if all_s.is_empty() {
+        let e = || Tensor::empty([0, k], (Kind::Float, dev));
+        return TopK {
+            scores: e(),
+            indices: e().to_kind(Kind::Int64),
+        };
+    }
+    TopK {
         scores: Tensor::cat(&all_s, 0),
         indices: Tensor::cat(&all_i, 0),
-    })
+    }
 }
 
 /// The `k` best (score, index) of one query, as a min-heap on (score, -index): the root is the
 /// entry a better candidate replaces. Hand-written rather than `BinaryHeap`: f32 scores need
 /// a total order, and the hot test is one comparison against the root.
+#[derive(Clone)]
 struct Best {
     k: usize,
     heap: Vec<(f32, i64)>,
 }
-
 impl Best {
     fn new(k: usize) -> Self {
         Self {
@@ -250,52 +377,152 @@ fn scan_row(b: &mut Best, row: &[f32], base: i64) {
     scan_row_body(b, row, base)
 }
 
-/// The CPU float32 path of [`topk_search`]: per query block, one reused similarity buffer per
-/// gallery block, scanned in parallel by the queries' heaps.
-fn fused_cpu(query: &Tensor, gallery: &Tensor, k: usize, blocks: SearchBlocks) -> TopK {
-    let (nq, ng) = (query.size()[0], gallery.size()[0]);
-    let gallery = gallery.to_kind(Kind::Float).contiguous();
-    let mut scores = Vec::with_capacity(nq as usize * k);
-    let mut indices = Vec::with_capacity(nq as usize * k);
-    tch::no_grad(|| {
-        let mut qs = 0;
-        while qs < nq {
-            let ql = blocks.query.min(nq - qs);
-            let qb = query.narrow(0, qs, ql).to_kind(Kind::Float).contiguous();
-            let mut best: Vec<Best> = (0..ql).map(|_| Best::new(k)).collect();
-            let buf = Tensor::empty([ql, blocks.gallery.min(ng)], (Kind::Float, Device::Cpu));
-            let mut gs = 0;
-            while gs < ng {
-                let gl = blocks.gallery.min(ng - gs);
-                // a full block reuses the buffer; the last, shorter one gets its own
-                let sims = if gl == buf.size()[1] {
-                    qb.mm_out(&buf, &gallery.narrow(0, gs, gl).tr())
-                } else {
-                    qb.matmul(&gallery.narrow(0, gs, gl).tr())
-                };
-                debug_assert!(sims.is_contiguous() && sims.size() == [ql, gl]);
-                let n = (ql * gl) as usize;
-                // SAFETY: `sims` is a contiguous float32 CPU tensor of `ql × gl` values that
-                // lives (and is not written) until the scan below ends.
-                let data = unsafe { std::slice::from_raw_parts(sims.data_ptr() as *const f32, n) };
-                best.par_iter_mut()
-                    .zip(data.par_chunks(gl as usize))
-                    .for_each(|(b, row)| scan_row(b, row, gs));
-                gs += gl;
-            }
-            for b in best {
-                for (s, i) in b.sorted() {
-                    scores.push(s);
-                    indices.push(i);
-                }
-            }
-            qs += ql;
+/// How a memory-mapped gallery is streamed: rows per window, each window checked before its
+/// search and released after it (so the resident part of the file stays bounded).
+pub(crate) struct Window<'a> {
+    /// Gallery rows per window.
+    pub rows: usize,
+    /// Validates a window's rows before they are searched.
+    pub check: &'a (dyn Fn(Range<usize>) -> Result<(), EvalError> + Sync),
+    /// Drops a searched window's pages from memory.
+    pub release: &'a (dyn Fn(Range<usize>) + Sync),
+}
+
+/// Part `p` of `parts` near-equal parts of `r`.
+fn part_of(r: &Range<usize>, parts: usize, p: usize) -> Range<usize> {
+    let n = r.len();
+    r.start + n * p / parts..r.start + n * (p + 1) / parts
+}
+
+/// The CPU path of [`topk_search`]: every (query tile, gallery part) a unit of parallel work,
+/// each with its own similarity buffer; parts' heaps merged at the end.
+pub(crate) fn fused_cpu(
+    query: &Tensor,
+    gallery: Rows<'_>,
+    dim: usize,
+    k: usize,
+    blocks: SearchBlocks,
+    window: Option<Window<'_>>,
+) -> Result<TopK, EvalError> {
+    let q = query
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    let nq = q.size()[0] as usize;
+    // SAFETY: `q` is a contiguous float32 CPU tensor of `nq × dim` values that lives, unwritten,
+    // until this function returns.
+    let qv: &[f32] = unsafe { std::slice::from_raw_parts(q.data_ptr() as *const f32, nq * dim) };
+    let ng = gallery.len() / dim;
+    let (tile, gb) = (blocks.query as usize, blocks.gallery as usize);
+    let win_rows = window.as_ref().map_or(ng, |w| w.rows.max(1)).min(ng);
+    let tiles = nq.div_ceil(tile);
+    let threads = rayon::current_num_threads();
+    // too few tiles to balance the threads (a few queries): the gallery is shared among parts
+    let parts = if tiles >= 4 * threads {
+        1
+    } else {
+        (4 * threads)
+            .div_ceil(tiles.max(1))
+            .min(win_rows.div_ceil(gb))
+            .max(1)
+    };
+    let mut heaps: Vec<Vec<Best>> = vec![vec![Best::new(k); nq]; parts];
+    let mut ws = 0;
+    while ws < ng {
+        let win = ws..(ws + win_rows).min(ng);
+        if let Some(w) = &window {
+            (w.check)(win.clone())?;
         }
-    });
-    let shape = [nq, k as i64];
-    TopK {
+        let mut items: Vec<(usize, usize, &mut [Best])> = heaps
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(p, h)| h.chunks_mut(tile).enumerate().map(move |(t, c)| (p, t, c)))
+            .collect();
+        items.par_iter_mut().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(out, wide), (p, t, heaps)| {
+                let q0 = *t * tile;
+                let qt = &qv[q0 * dim..(q0 + heaps.len()) * dim];
+                let part = part_of(&win, parts, *p);
+                score_tile(qt, heaps, gallery, dim, part, gb, (out, wide));
+            },
+        );
+        if let Some(w) = &window {
+            (w.release)(win.clone());
+        }
+        ws = win.end;
+    }
+    let mut merged = heaps.swap_remove(0);
+    for other in heaps {
+        for (m, o) in merged.iter_mut().zip(other) {
+            for (s, i) in o.heap {
+                m.offer(s, i);
+            }
+        }
+    }
+    let mut scores = Vec::with_capacity(nq * k);
+    let mut indices = Vec::with_capacity(nq * k);
+    for b in merged {
+        for (s, i) in b.sorted() {
+            scores.push(s);
+            indices.push(i);
+        }
+    }
+    let shape = [nq as i64, k as i64];
+    Ok(TopK {
         scores: Tensor::from_slice(&scores).view(shape),
         indices: Tensor::from_slice(&indices).view(shape),
+    })
+}
+
+/// Scores one tile of queries `qt` (row-major, `dim` wide) against the gallery rows `part`,
+/// one block at a time on this thread, offering each block's similarities to the tile's
+/// heaps while they are in cache. `bufs`: the similarity buffer and the widened rows.
+fn score_tile(
+    qt: &[f32],
+    heaps: &mut [Best],
+    gallery: Rows<'_>,
+    dim: usize,
+    part: Range<usize>,
+    gb: usize,
+    (out, wide): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let m = heaps.len();
+    let mut bs = part.start;
+    while bs < part.end {
+        let bl = gb.min(part.end - bs);
+        let g = gallery.f32_rows(bs..bs + bl, dim, wide);
+        out.resize(m * bl, 0.0);
+        // SAFETY: out is m × bl (row stride bl), qt is m × dim (row stride dim), g is bl rows
+        // of dim values read as the dim × bl transpose (column stride dim); every pointer
+        // covers the extent the strides reach, and out is not aliased.
+        unsafe {
+            gemm::gemm(
+                m,
+                bl,
+                dim,
+                out.as_mut_ptr(),
+                1,
+                bl as isize,
+                false,
+                qt.as_ptr(),
+                1,
+                dim as isize,
+                g.as_ptr(),
+                dim as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (b, row) in heaps.iter_mut().zip(out.chunks(bl)) {
+            scan_row(b, row, bs as i64);
+        }
+        bs += bl;
     }
 }
 
