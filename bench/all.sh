@@ -29,7 +29,7 @@ for s in "${SIZES[@]}"; do
   read -r nq ng d k <<<"$s"
   step "search-$nq-$ng-d$d-k$k" bench/search_faiss.sh --queries "$nq" --gallery "$ng" --dim "$d" --k "$k"
 done
-step hnsw .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 200000)"
+step hnsw .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 1000000)"
 step train bench/run.sh
 step embed bench/run.sh --embed --batch 256
 step odpp ./target/release/bcl bench-odpp --classes 81313 --dim 512 --bank-per-class 2 \
