@@ -57,6 +57,9 @@ for name, what in (("train", "training step (default model, batch 128)"),
     m = re.search(r"median images/s: bcl ([\d.]+), pytorch ([\d.]+), ratio bcl/pytorch ([\d.]+)", text(name))
     rows.append((what, f"{float(m[1]):,.0f} img/s", f"PyTorch {float(m[2]):,.0f} img/s",
                  float(m[3]), float(m[3]) >= 1.0))
+    s = re.search(r"pytorch with the same malloc settings ([\d.]+), ratio bcl/pytorch-malloc ([\d.]+)", text(name))
+    rows.append((f"{what}, PyTorch given bcl's malloc settings", f"{float(m[1]):,.0f} img/s",
+                 f"PyTorch {float(s[1]):,.0f} img/s", float(s[2]), float(s[2]) >= 1.0))
 o = json.loads([l for l in text("odpp").splitlines() if l.startswith("{")][-1])
 share = o["refresh_share_of_epoch"]
 rows.append(("ODPP refresh, 81,313 classes, d = 512, 2 per class, 63 candidates (budget 1% of an epoch)",

@@ -84,6 +84,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--embed", action="store_true",
                     help="time the embedding pass (eval mode under torch.inference_mode())")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="the network's forward under torch.autocast to bfloat16 (as bcl's [exec] autocast)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model and input in torch.channels_last (as bcl's [exec] channels_last)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -93,12 +97,19 @@ def main():
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(a.batch, 1, 28, 28, device=dev)
     y = torch.randint(0, a.classes, (a.batch,), device=dev)
+    if a.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    def forward(x):
+        # the network under autocast, its output back in float32 (bcl's training loop does the same)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+            return net(x).float()
     def embed_step():
         with torch.inference_mode():
-            return net(x)
+            return forward(x)
     def step():
         opt.zero_grad(set_to_none=True)
-        f = net(x)
+        f = forward(x)
         logits = (cosface_logits if a.head == "cosface" else arcface_logits)(f, net.weight, y, a.scale, a.margin)
         loss = F.cross_entropy(logits, y)
         loss.backward()
@@ -118,6 +129,7 @@ def main():
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
     print(json.dumps({"impl": "pytorch embed" if a.embed else "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "autocast": a.autocast, "channels_last": a.channels_last,
                       "width": a.width, "blocks": a.blocks, "dim": a.dim, "batch": a.batch, "steps": a.steps,
                       "seconds": dt, "images_per_s": a.steps * a.batch / dt}))
 

@@ -76,6 +76,8 @@ pub struct EmbedArgs {
     /// survived an interruption.
     #[arg(long)]
     print_commits: bool,
+    #[command(flatten)]
+    exec: crate::ExecArgs,
 }
 
 /// Where a new gallery lives.
@@ -362,6 +364,15 @@ fn load_model(p: &Path, device: &str) -> Result<Embedder> {
     Embedder::load(p, device).with_context(|| format!("{}: cannot load the model", p.display()))
 }
 
+/// The model in `p` on the embedding flags' device, run with their execution settings.
+fn load_embedder(p: &Path, embed: &EmbedArgs) -> Result<Embedder> {
+    let device = parse_device(&embed.device)?;
+    embed
+        .exec
+        .load(p, device)
+        .with_context(|| format!("{}: cannot load the model", p.display()))
+}
+
 /// The data configuration of the run that trained the model in `model_dir` (its
 /// `config.toml`); a model without one needs `--config`.
 pub fn run_data_config(model_dir: &Path) -> Result<DataConfig> {
@@ -455,7 +466,10 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
 /// share of each commit).
 fn gallery_build(a: BuildArgs) -> Result<()> {
     let (world, device) = crate::dist::world(&a.embed.device, parse_device(&a.embed.device)?)?;
-    let emb = Embedder::load(&a.model, device)
+    let emb = a
+        .embed
+        .exec
+        .load(&a.model, device)
         .with_context(|| format!("{}: cannot load the model", a.model.display()))?;
     let dcfg = data_config(&a.data, Some(&model_dir(&a.model)))?;
     let data = load_split(&a.data, &dcfg)?;
@@ -525,7 +539,7 @@ fn gallery_add(a: AddArgs) -> Result<()> {
         let Some(mp) = &a.model else {
             bail!("give --model (embed a data set's images) or --vectors with --name");
         };
-        let emb = load_model(mp, &a.embed.device)?;
+        let emb = load_embedder(mp, &a.embed)?;
         let dcfg = data_config(&a.data, Some(&model_dir(mp)))?;
         let data = load_split(&a.data, &dcfg)?;
         let mut store = gal::open(&a.store)?;
@@ -601,7 +615,7 @@ fn gallery_search(a: SearchArgs) -> Result<()> {
 
 /// `bcl gallery backfill`.
 fn gallery_backfill(a: BackfillArgs) -> Result<()> {
-    let emb = load_model(&a.model, &a.embed.device)?;
+    let emb = load_embedder(&a.model, &a.embed)?;
     let mut store = gal::open(&a.store)?;
     let Some(src) = store.manifest().source.clone() else {
         bail!(

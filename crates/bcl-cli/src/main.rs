@@ -320,6 +320,46 @@ struct EvalArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    exec: ExecArgs,
+}
+
+/// How a network runs (flags of the commands that run one; for GPUs: docs/performance.md).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ExecArgs {
+    /// Mixed precision of the network's forward pass: off, or bf16 (libtorch's autocast; the
+    /// weights and the losses stay float32).
+    #[arg(long, value_parser = ["off", "bf16"])]
+    autocast: Option<String>,
+    /// Lay activations and convolution weights out channels-last (NHWC).
+    #[arg(long)]
+    channels_last: bool,
+}
+
+impl ExecArgs {
+    /// `base` with the flags given applied.
+    pub fn apply(&self, base: bcl::exec::ExecConfig) -> bcl::exec::ExecConfig {
+        use bcl::exec::Autocast;
+        bcl::exec::ExecConfig {
+            autocast: match self.autocast.as_deref() {
+                Some("bf16") => Autocast::Bf16,
+                Some(_) => Autocast::Off,
+                None => base.autocast,
+            },
+            channels_last: self.channels_last || base.channels_last,
+        }
+    }
+
+    /// The model in `path` on `device`, run with these settings.
+    pub fn load(&self, path: &Path, device: tch::Device) -> Result<Embedder> {
+        let e = Embedder::load(path, device)?;
+        let exec = self.apply(Default::default());
+        Ok(if exec.is_default() {
+            e
+        } else {
+            e.with_exec(exec)?
+        })
+    }
 }
 
 #[derive(Args)]
@@ -394,6 +434,9 @@ struct BenchArgs {
     /// step.
     #[arg(long)]
     embed: bool,
+    /// Execution settings (override the configuration's [old.exec]).
+    #[command(flatten)]
+    exec: ExecArgs,
 }
 
 fn base_config(c: &Common) -> Result<RunConfig> {
@@ -570,15 +613,16 @@ fn cmd_train_new(a: TrainNewArgs) -> Result<()> {
 
 /// The models in `paths` on the device named `device`.
 fn load_models(paths: &[PathBuf], device: &str) -> Result<Vec<Embedder>> {
-    load_models_on(paths, parse_device(device)?)
+    load_models_on(paths, parse_device(device)?, &ExecArgs::default())
 }
 
-/// The models in `paths` on `device`.
-fn load_models_on(paths: &[PathBuf], device: tch::Device) -> Result<Vec<Embedder>> {
-    Ok(paths
-        .iter()
-        .map(|p| Embedder::load(p, device))
-        .collect::<Result<Vec<_>, _>>()?)
+/// The models in `paths` on `device`, run with `exec`'s settings.
+fn load_models_on(
+    paths: &[PathBuf],
+    device: tch::Device,
+    exec: &ExecArgs,
+) -> Result<Vec<Embedder>> {
+    paths.iter().map(|p| exec.load(p, device)).collect()
 }
 
 /// `bcl eval`: the compatibility matrix of the models on the test set of their data.
@@ -586,7 +630,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     // under a launcher the ranks share each model's embedding pass (each on its own device);
     // rank 0 reports
     let (world, device) = dist::world(&a.device, parse_device(&a.device)?)?;
-    let models = load_models_on(&a.models, device)?;
+    let models = load_models_on(&a.models, device, &a.exec)?;
     let mut data_cfg = match &a.config {
         Some(p) => RunConfig::from_toml_file(p)?.data,
         None => gallery_cmd::run_data_config(&models[0].dir)?,
@@ -856,10 +900,11 @@ fn cmd_bench_dist(a: BenchDistArgs) -> Result<()> {
 
 /// `bcl bench`: the training step's throughput.
 fn cmd_bench(a: BenchArgs) -> Result<()> {
-    let cfg = match &a.config {
+    let mut cfg = match &a.config {
         Some(p) => RunConfig::from_toml_file(p)?,
         None => RunConfig::default(),
     };
+    cfg.old.exec = a.exec.apply(cfg.old.exec);
     let device = parse_device(&a.device)?;
     let r = run::bench::bench_step(&cfg, a.batch, a.size, a.steps, a.warmup, device, a.embed)?;
     println!("{}", serde_json::to_string(&r)?);
@@ -920,7 +965,29 @@ fn write_npy_atomic(path: &Path, t: &tch::Tensor) -> Result<()> {
     Ok(())
 }
 
+/// glibc's malloc hands blocks above its (adaptive) mmap threshold back to the kernel when
+/// freed and trims the heap's top, and libtorch frees and allocates every activation of every
+/// step: the page faults of fresh pages took a third of the default training step here. With
+/// the threshold fixed at glibc's largest (32 MiB) and trimming only past 1 GiB, freed blocks
+/// are reused (measured: the default training step 1.5x faster, docs/performance.md; PyTorch
+/// gains as much from the same settings, `MALLOC_MMAP_THRESHOLD_` and
+/// `MALLOC_TRIM_THRESHOLD_`). The cost: up to 1 GiB of freed memory kept by the process.
+/// Either variable set in the environment leaves glibc's own handling alone.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
+        && std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none()
+    {
+        // SAFETY: mallopt only changes malloc's parameters; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     // Ranks other than 0 of a launched job log warnings only (rank 0 reports the run).
     let default_filter = if dist::is_primary() {
         "bcl=info"

@@ -5,13 +5,15 @@
 //! the project's METHOD.md: [`data`], [`model`], [`loss`], [`perturb`], [`train`], [`eval`],
 //! [`report`] and [`gallery`] (deployment: a store that outlives its model), with [`run`]
 //! wiring them into the steps the `bcl` binary exposes, [`experiment`] running many of them,
-//! [`files`] the file I/O and [`table`] the tables they share.
+//! [`files`] the file I/O and [`table`] the tables they share, [`exec`] how a network runs on
+//! its device (bfloat16 autocast, channels-last).
 
 /// The collectives of data-parallel runs (the `bcl-dist` crate).
 pub use bcl_dist as dist;
 
 pub mod data;
 pub mod eval;
+pub mod exec;
 pub mod experiment;
 pub mod files;
 pub mod gallery;

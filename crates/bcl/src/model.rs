@@ -40,6 +40,9 @@ pub enum ModelError {
     /// An invalid architecture configuration.
     #[error("invalid model configuration: {0}")]
     Config(String),
+    /// libtorch refused the execution settings (autocast, channels-last).
+    #[error("execution settings: {0}")]
+    Exec(String),
 }
 
 /// Which backbone the embedding network uses.
@@ -693,6 +696,7 @@ pub struct Embedder {
     pub dir: PathBuf,
     vs: nn::VarStore,
     net: EmbeddingNet,
+    exec: crate::exec::ExecConfig,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -746,7 +750,32 @@ impl Embedder {
             });
         }
         vs.freeze();
-        Ok(Self { card, dir, vs, net })
+        Ok(Self {
+            card,
+            dir,
+            vs,
+            net,
+            exec: Default::default(),
+        })
+    }
+
+    /// The same model run with `exec`'s settings (bfloat16 autocast, channels-last): its
+    /// weights are laid out for them now, and a one-image pass checks libtorch accepts them.
+    pub fn with_exec(mut self, exec: crate::exec::ExecConfig) -> Result<Self, ModelError> {
+        let fail = |e: crate::exec::ExecError| ModelError::Exec(e.to_string());
+        exec.prepare(&self.vs).map_err(fail)?;
+        self.exec = exec;
+        let a = &self.card.arch;
+        let probe = Tensor::zeros([1, a.in_channels, 32, 32], (Kind::Float, self.device()));
+        let xin = exec.input(&probe).map_err(fail)?;
+        let _ = tch::no_grad(|| exec.run(self.device(), || self.net.forward_t(&xin, false)))
+            .map_err(fail)?;
+        Ok(self)
+    }
+
+    /// The execution settings the model runs with.
+    pub fn exec(&self) -> crate::exec::ExecConfig {
+        self.exec
     }
 
     /// The device the model runs on.
@@ -756,7 +785,25 @@ impl Embedder {
 
     /// Normalised embeddings of a prepared batch (no gradient).
     pub fn embed_batch(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.forward_t(x, false))
+        let plain = || tch::no_grad(|| self.net.forward_t(x, false));
+        if self.exec.is_default() {
+            return plain();
+        }
+        let run = || {
+            let xin = self.exec.input(x)?;
+            self.exec.run(self.device(), || {
+                tch::no_grad(|| self.net.forward_t(&xin, false))
+            })
+        };
+        match run() {
+            Ok(f) => f.to_kind(Kind::Float),
+            // with_exec ran the same calls on a probe; should libtorch refuse them later, the
+            // batch is embedded in float32 rather than lost
+            Err(e) => {
+                tracing::error!("{e}; embedding this batch in float32");
+                plain()
+            }
+        }
     }
 
     /// Normalised embeddings `[N, d]` (CPU, f32) of every item of `data`, in order.

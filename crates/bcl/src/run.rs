@@ -35,6 +35,9 @@ pub enum RunError {
     /// Training.
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// libtorch refused the execution settings.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
     /// Evaluation.
     #[error(transparent)]
     Eval(#[from] EvalError),
@@ -365,6 +368,11 @@ pub fn train_successor(
         )));
     }
     let old = load_old(old_dir, &cfg.new_arch(), opts.device)?;
+    // the frozen old model runs inside the new model's step: under the same settings
+    let old = match cfg.new.exec.is_default() {
+        true => old,
+        false => old.with_exec(cfg.new.exec)?,
+    };
     let classes: Vec<i64> = (0..cfg.data.classes as i64).collect();
     let indices = successor_indices(cfg, &split, &train_labels, fraction)?;
     let data = train_set.relabel(&indices, &classes);

@@ -25,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::source::TrainData;
 use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset, Normalization};
+use crate::exec::ExecConfig;
 use crate::files::FileError;
 use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
 use crate::model::{
@@ -62,6 +63,9 @@ pub enum TrainError {
         /// The state file.
         path: PathBuf,
     },
+    /// libtorch's autocast or layout calls failed.
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
     /// The loss became NaN or infinite.
     #[error(
         "training diverged at epoch {epoch}, step {step} (loss {loss}); lower the learning rate"
@@ -151,6 +155,10 @@ pub struct TrainConfig {
     /// rounding.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub freeze_batch_norm: bool,
+    /// How the network runs (`[new.exec]`: bfloat16 autocast, channels-last); left out of the
+    /// saved configuration when default, so earlier runs resume unchanged.
+    #[serde(skip_serializing_if = "ExecConfig::is_default")]
+    pub exec: ExecConfig,
 }
 
 impl Default for TrainConfig {
@@ -167,6 +175,7 @@ impl Default for TrainConfig {
             augment: AugmentConfig::default(),
             head: HeadConfig::default(),
             freeze_batch_norm: false,
+            exec: ExecConfig::default(),
         }
     }
 }
@@ -415,6 +424,7 @@ impl<'a> Model<'a> {
         }
         compat.init_params(&(vs.root() / COMPAT_VARS));
         drop(init_guard);
+        job.train.exec.prepare(&vs)?;
         let opt = Sgd::new(&vs, job.train.momentum, job.train.weight_decay);
         Ok(Self {
             vs,
@@ -759,7 +769,7 @@ fn step_on(
     };
     let mut observed = None;
     if let Some((x, y)) = batch {
-        let (f, losses) = forward_losses(job, m, x, y, norm, step, total);
+        let (f, losses) = forward_losses(job, m, x, y, norm, step, total)?;
         fig.items = y.size()[0] as usize;
         fig.total = losses.total.double_value(&[]);
         if fig.total.is_finite() {
@@ -817,12 +827,19 @@ fn forward_losses(
     norm: Normalization,
     step: usize,
     total: usize,
-) -> (Tensor, Losses) {
+) -> Result<(Tensor, Losses), TrainError> {
     let old_emb = match (m.compat.needs_old_embeddings(), job.old) {
         (true, Some(o)) => Some(o.embed_batch(&renormalize(x, norm, o.card.normalization))),
         _ => None,
     };
-    let f = m.net.forward_t(x, !job.train.freeze_batch_norm);
+    // the network under the run's execution settings; the head and the losses in float32
+    let exec = job.train.exec;
+    let xin = exec.input(x)?;
+    let f = exec
+        .run(x.device(), || {
+            m.net.forward_t(&xin, !job.train.freeze_batch_norm)
+        })?
+        .to_kind(Kind::Float);
     let cls = m.head.loss(&f, y);
     let comp = m.compat.loss(&CompatInputs {
         new: &f,
@@ -835,14 +852,14 @@ fn forward_losses(
         Some(c) => &cls + c * m.compat.weight(),
         None => cls.shallow_clone(),
     };
-    (
+    Ok((
         f,
         Losses {
             cls,
             comp,
             total: total_loss,
         },
-    )
+    ))
 }
 
 /// Shows the method the step's features (the whole batch, gathered from every rank, so that

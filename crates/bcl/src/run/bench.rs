@@ -27,6 +27,8 @@ pub struct BenchResult {
     pub seconds: f64,
     /// Training throughput.
     pub images_per_s: f64,
+    /// The execution settings measured (`[old.exec]`).
+    pub exec: crate::exec::ExecConfig,
 }
 
 /// Times the training step of the configured model (forward, head loss, backward, SGD update)
@@ -61,33 +63,39 @@ pub fn bench_step(
         cfg.model.dim,
         classes,
     );
+    let exec = cfg.old.exec;
+    exec.prepare(&vs)?;
     let mut opt = Sgd::new(&vs, cfg.old.momentum, cfg.old.weight_decay);
     let x = Tensor::randn(
         [batch, cfg.model.in_channels, size, size],
         (Kind::Float, device),
     );
+    let x = exec.input(&x)?;
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
-    let mut step = || {
+    // the training loop's and `Embedder::embed_batch`'s forward: under the execution settings
+    let mut step = || -> Result<(), crate::exec::ExecError> {
         if embed {
-            // what `Embedder::embed_batch` does: eval mode, no gradient
-            let _ = tch::no_grad(|| net.forward_t(&x, false));
-            return;
+            let _ = exec.run(device, || tch::no_grad(|| net.forward_t(&x, false)))?;
+            return Ok(());
         }
         opt.zero_grad();
-        let f = net.forward_t(&x, true);
+        let f = exec
+            .run(device, || net.forward_t(&x, true))?
+            .to_kind(Kind::Float);
         let loss = head.loss(&f, &y);
         loss.backward();
         opt.step(0.05);
+        Ok(())
     };
     for _ in 0..warmup {
-        step();
+        step()?;
     }
     if let Device::Cuda(_) = device {
         tch::Cuda::synchronize(0);
     }
     let t0 = std::time::Instant::now();
     for _ in 0..steps {
-        step();
+        step()?;
     }
     if let Device::Cuda(_) = device {
         tch::Cuda::synchronize(0);
@@ -108,6 +116,7 @@ pub fn bench_step(
         steps,
         seconds,
         images_per_s: (steps as i64 * batch) as f64 / seconds,
+        exec,
     })
 }
 
