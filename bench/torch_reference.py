@@ -44,9 +44,15 @@ class Net(nn.Module):
         self.head = nn.Linear(cin, dim)
         self.weight = nn.Parameter(torch.randn(classes, dim) / math.sqrt(dim))
 
+    def features(self, x):
+        return self.body(self.stem(x))
+
+    def embed(self, h):
+        """Pooling (accumulated in float32) and the embedding head, from the last feature map."""
+        return F.normalize(self.head(h.float().mean(dim=(2, 3))), dim=1)
+
     def forward(self, x):
-        h = self.body(self.stem(x)).mean(dim=(2, 3))
-        return F.normalize(self.head(h), dim=1)
+        return self.embed(self.features(x))
 
 
 def cosface_logits(f, w, y, s, m):
@@ -101,9 +107,11 @@ def main():
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     def forward(x):
-        # the network under autocast, its output back in float32 (bcl's training loop does the same)
+        # the backbone under autocast, pooling and embedding head in float32 (as bcl's
+        # EmbeddingNet::forward_exec)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
-            return net(x).float()
+            h = net.features(x)
+        return net.embed(h)
     def embed_step():
         with torch.inference_mode():
             return forward(x)

@@ -524,10 +524,33 @@ impl EmbeddingNet {
 
     /// Unnormalised embedding `φ(x)`.
     pub fn raw_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.features_t(x, train);
+        self.head_t(&self.features_t(x, train))
+    }
+
+    /// L2-normalised embedding under the execution settings `exec`: the backbone runs under
+    /// its autocast and layout, the pooling (accumulated in float32) and the embedding head
+    /// in float32, so the rounding of bfloat16 stays in the feature maps and never reaches
+    /// the embedding's own coordinates (measured: a head under autocast lost 40 points of mAP
+    /// on embeddings that differ by little, docs/performance.md).
+    pub fn forward_exec(
+        &self,
+        x: &Tensor,
+        train: bool,
+        exec: &crate::exec::ExecConfig,
+    ) -> Result<Tensor, crate::exec::ExecError> {
+        if exec.is_default() {
+            return Ok(self.forward_t(x, train));
+        }
+        let xin = exec.input(x)?;
+        let h = exec.run(x.device(), || self.features_t(&xin, train))?;
+        Ok(l2_normalize(&self.head_t(&h.to_kind(Kind::Float))))
+    }
+
+    /// The pooling and the embedding head over the backbone's last feature map `h`.
+    fn head_t(&self, h: &Tensor) -> Tensor {
         let pooled = match &self.gem_p {
             None => h.mean_dim([2i64, 3].as_slice(), false, Kind::Float),
-            Some(p) => gem(&h, p),
+            Some(p) => gem(h, p),
         };
         pooled.apply(&self.head)
     }
@@ -767,9 +790,7 @@ impl Embedder {
         self.exec = exec;
         let a = &self.card.arch;
         let probe = Tensor::zeros([1, a.in_channels, 32, 32], (Kind::Float, self.device()));
-        let xin = exec.input(&probe).map_err(fail)?;
-        let _ = tch::no_grad(|| exec.run(self.device(), || self.net.forward_t(&xin, false)))
-            .map_err(fail)?;
+        let _ = tch::no_grad(|| self.net.forward_exec(&probe, false, &exec)).map_err(fail)?;
         Ok(self)
     }
 
@@ -789,14 +810,8 @@ impl Embedder {
         if self.exec.is_default() {
             return plain();
         }
-        let run = || {
-            let xin = self.exec.input(x)?;
-            self.exec.run(self.device(), || {
-                tch::no_grad(|| self.net.forward_t(&xin, false))
-            })
-        };
-        match run() {
-            Ok(f) => f.to_kind(Kind::Float),
+        match tch::no_grad(|| self.net.forward_exec(x, false, &self.exec)) {
+            Ok(f) => f,
             // with_exec ran the same calls on a probe; should libtorch refuse them later, the
             // batch is embedded in float32 rather than lost
             Err(e) => {

@@ -61,8 +61,14 @@ fn embedder_and_training_under_each_setting() {
     let base = Embedder::load(&plain.dir, Device::Cpu)
         .unwrap()
         .embed_dataset(&test, 16);
-    // the layout: the same numbers; autocast: bfloat16's rounding (8 bits of mantissa)
-    for (exec, tol) in [(NHWC, 1e-5), (BF16, 0.05)] {
+    // the layout: the same numbers; autocast: bfloat16's rounding in the feature maps only
+    // (the embedding head runs in float32: a head under autocast moved embeddings far enough to
+    // reorder near neighbours), so every embedding keeps its direction closely
+    let both = ExecConfig {
+        autocast: Autocast::Bf16,
+        channels_last: true,
+    };
+    for (exec, tol) in [(NHWC, 1e-5), (BF16, 3e-3), (both, 3e-3)] {
         let e = Embedder::load(&plain.dir, Device::Cpu)
             .unwrap()
             .with_exec(exec)
@@ -72,13 +78,15 @@ fn embedder_and_training_under_each_setting() {
         assert_eq!(f.kind(), Kind::Float);
         let diff = (&f - &base).abs().max().double_value(&[]);
         assert!(diff < tol, "{exec:?}: embeddings differ by {diff}");
+        let cos = (&f * &base)
+            .sum_dim_intlist(1, false, Kind::Float)
+            .min()
+            .double_value(&[]);
+        assert!(cos > 0.9999, "{exec:?}: an embedding turned by cos {cos}");
     }
     // a run under both settings trains, writes a model that loads and embeds, and its first
     // epoch's loss is float32's within bfloat16's rounding
-    cfg.old.exec = ExecConfig {
-        autocast: Autocast::Bf16,
-        channels_last: true,
-    };
+    cfg.old.exec = both;
     let probe = StepOptions {
         probe_test: true,
         ..opts.clone()

@@ -72,16 +72,16 @@ pub fn bench_step(
     );
     let x = exec.input(&x)?;
     let y = Tensor::randint(classes, [batch], (Kind::Int64, device));
-    // the training loop's and `Embedder::embed_batch`'s forward: under the execution settings
+    // the training loop's and `Embedder::embed_batch`'s forward, under the execution settings
+    // (the batch is laid out once, as the PyTorch reference does; the call's layout is then a
+    // no-op)
     let mut step = || -> Result<(), crate::exec::ExecError> {
         if embed {
-            let _ = exec.run(device, || tch::no_grad(|| net.forward_t(&x, false)))?;
+            let _ = tch::no_grad(|| net.forward_exec(&x, false, &exec))?;
             return Ok(());
         }
         opt.zero_grad();
-        let f = exec
-            .run(device, || net.forward_t(&x, true))?
-            .to_kind(Kind::Float);
+        let f = net.forward_exec(&x, true, &exec)?;
         let loss = head.loss(&f, &y);
         loss.backward();
         opt.step(0.05);
