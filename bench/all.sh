@@ -2,7 +2,8 @@
 # Every comparison of docs/performance.md in one run, each pair alternated three times inside
 # its script (medians): exact search against faiss IndexFlatIP at 10,000 x 100,000 and
 # 1,000 x 1,000,000, d = 128 and 512, k = 10 and 100; the gallery's HNSW against faiss
-# IndexHNSWFlat; the training step and the embedding pass against PyTorch; an ODPP refresh at
+# IndexHNSWFlat (1,000,000 generated vectors; 200,000 with the index in bfloat16; a Fashion-MNIST
+# model's 70,000 embeddings); the training step and the embedding pass against PyTorch; an ODPP refresh at
 # GLDv2 scale against the compute of a GLDv2 epoch. Prints one table of ratios (bcl over the
 # reference as speed: above 1.0 means bcl is faster) and writes it with the date, the machine
 # and the command to docs/performance.md. The logs of every script go to bench/logs/ (ignored).
@@ -14,7 +15,7 @@ QUICK=0
 cargo build --release --quiet -p bcl-cli
 LOGS=bench/logs
 mkdir -p "$LOGS"
-rm -f "$LOGS"/*.txt
+rm -rf "$LOGS"/*.txt "$LOGS/fmnist-old"
 step() { # name, command...
   local name=$1; shift
   echo "== $name: $*" >&2
@@ -30,6 +31,12 @@ for s in "${SIZES[@]}"; do
   step "search-$nq-$ng-d$d-k$k" bench/search_faiss.sh --queries "$nq" --gallery "$ng" --dim "$d" --k "$k"
 done
 step hnsw .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 1000000)"
+# the gallery's index in bfloat16 (half the bytes per distance), recall still against float32
+step hnsw-bf16 .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 200000)" \
+  --quantization bf16
+# real embeddings: a default model trained 2 epochs on Fashion-MNIST, its 60,000 + 10,000
+step fmnist-model ./target/release/bcl train-old --device cpu --epochs 2 --out "$LOGS/fmnist-old"
+step hnsw-fmnist .venv/bin/python bench/hnsw_faiss.py --fashion-mnist "$LOGS/fmnist-old"
 step train bench/run.sh
 step embed bench/run.sh --embed --batch 256
 step odpp ./target/release/bcl bench-odpp --classes 81313 --dim 512 --bank-per-class 2 \
@@ -48,10 +55,13 @@ for path in sorted(glob.glob(os.path.join(logs, "search-*.txt"))):
     ratio = f / b
     rows.append((f"exact search {int(nq):,} x {int(ng):,}, {d}, {k} (agreement {agree:.4f})",
                  f"{b:.2f} s", f"faiss {f:.2f} s", ratio, ratio >= 1.0 and agree >= 0.9999))
-for m in re.finditer(r"QPS at recall ([\d.]+): bcl (\S+), faiss (\S+), ratio bcl/faiss (\S+)", text("hnsw")):
-    r = None if m[4] == "–" else float(m[4])
-    rows.append((f"gallery HNSW QPS at recall@10 {m[1]}", f"{m[2]} q/s", f"faiss {m[3]} q/s",
-                 r, r is not None and r >= 1.0))
+for name, what in (("hnsw", "generated, float32 index"), ("hnsw-bf16", "generated, bfloat16 index"),
+                   ("hnsw-fmnist", "Fashion-MNIST embeddings, float32 index")):
+    n = re.search(r": (\d+) vectors, d = (\d+)", text(name))
+    for m in re.finditer(r"QPS at recall ([\d.]+): bcl (\S+), faiss (\S+), ratio bcl/faiss (\S+)", text(name)):
+        r = None if m[4] == "–" else float(m[4])
+        rows.append((f"gallery HNSW QPS at recall@10 {m[1]} ({what}, {int(n[1]):,} x {n[2]})",
+                     f"{m[2]} q/s", f"faiss {m[3]} q/s", r, r is not None and r >= 1.0))
 for name, what in (("train", "training step (default model, batch 128)"),
                    ("embed", "embedding pass (default model, batch 256)")):
     m = re.search(r"median images/s: bcl ([\d.]+), pytorch ([\d.]+), ratio bcl/pytorch ([\d.]+)", text(name))

@@ -4,7 +4,12 @@ on vectors drawn around cluster centres so that neighbours exist: build time, an
 against exact search and queries per second at each search list size ef. Same process, same
 threads, alternated.
 
-    .venv/bin/python bench/hnsw_faiss.py [--n 200000] [--dim 128] [--queries 1000]
+    .venv/bin/python bench/hnsw_faiss.py [--n 200000] [--dim 128] [--queries 10000]
+        [--quantization f32|bf16|f16] [--fashion-mnist MODEL_DIR]
+
+--fashion-mnist: real embeddings instead: a trained bcl model's embeddings of Fashion-MNIST's
+60,000 training images are the gallery and of its 10,000 test images the queries (the images
+from the Debian package dataset-fashion-mnist, /usr/share/datasets/fashion-mnist).
 
 Prints one table and, for recall 0.9 / 0.95 / 0.99, each side's best QPS among the ef values
 that reach that recall and their ratio bcl/faiss (blank where a side never reaches it). faiss-cpu is a
@@ -33,6 +38,22 @@ def data(n, d, nq, seed=0):
     x = centres[pick] + 0.3 * rng.standard_normal((n + nq, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return np.ascontiguousarray(x[:n]), np.ascontiguousarray(x[n:])
+
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def fashion_mnist(model_dir):
+    """(gallery, queries): the model's embeddings of the training and the test images."""
+    import gzip
+    model = bcl.Model(model_dir)
+    def images(name):
+        with gzip.open(os.path.join(FMNIST, f"{name}-images-idx3-ubyte.gz")) as f:
+            raw = f.read()
+        n, h, w = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+        return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, h, w)
+    emb = lambda name: np.ascontiguousarray(model.embed(images(name)).numpy(), dtype=np.float32)
+    return emb("train"), emb("t10k")
 
 
 def exact(g, q, k):
@@ -70,15 +91,24 @@ def main():
     ap.add_argument("--queries", type=int, default=10000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quantization", choices=["f32", "bf16", "f16"], default="f32",
+                    help="the gallery index's precision (faiss's IndexHNSWFlat keeps float32; "
+                         "recall is measured against exact float32 search either way)")
+    ap.add_argument("--fashion-mnist", metavar="MODEL_DIR",
+                    help="a bcl model's Fashion-MNIST embeddings instead of generated vectors")
     a = ap.parse_args()
     threads = os.cpu_count()
     faiss.omp_set_num_threads(threads)
-    g, q = data(a.n, a.dim, a.queries)
+    if a.fashion_mnist:
+        g, q = fashion_mnist(a.fashion_mnist)
+        a.n, a.dim, a.queries = g.shape[0], g.shape[1], q.shape[0]
+    else:
+        g, q = data(a.n, a.dim, a.queries)
     truth = exact(g, q, a.k)
     work = tempfile.mkdtemp()
     try:
         t0 = time.perf_counter()
-        gal = bcl.Gallery.create(os.path.join(work, "g"), a.dim)
+        gal = bcl.Gallery.create(os.path.join(work, "g"), a.dim, quantization=a.quantization)
         gal.add(g, model="bench")
         bcl_build = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -105,7 +135,9 @@ def main():
             rows.append((ef, rb, a.queries / statistics.median(tb), rf, a.queries / statistics.median(tf)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{a.n} vectors, d = {a.dim}, {a.queries} queries, k = {a.k}, {threads} threads; "
+    what = f"Fashion-MNIST embeddings of {a.fashion_mnist}" if a.fashion_mnist else "generated"
+    print(f"{what}: {a.n} vectors, d = {a.dim}, {a.queries} queries, k = {a.k}, {threads} threads, "
+          f"gallery index in {a.quantization}; "
           f"build: bcl {bcl_build:.1f} s (durable writes included), faiss {faiss_build:.1f} s")
     print("| ef | bcl recall@10 | bcl QPS | faiss recall@10 | faiss QPS |")
     print("|---:|---:|---:|---:|---:|")

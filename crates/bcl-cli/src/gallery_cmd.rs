@@ -9,7 +9,12 @@ use bcl::data::DataConfig;
 use bcl::data::Dataset;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{self, ServeConfig, ServeState};
-use bcl::gallery::usearch_store::UsearchConfig;
+use bcl::gallery::usearch_store::{Quantization, UsearchConfig};
+
+/// `--quantization`'s value.
+fn parse_quantization(s: &str) -> Result<Quantization, String> {
+    Quantization::parse(s).map_err(|e| e.to_string())
+}
 use bcl::gallery::{
     self as gal, BackendConfig, GalleryManifest, GalleryStore, Lineage, MilvusConfig, ModelInfo,
 };
@@ -99,6 +104,10 @@ pub struct BackendArgs {
     /// the default, 256 MiB).
     #[arg(long, default_value_t = 0)]
     checkpoint_bytes: u64,
+    /// Precision of the vectors inside the usearch index: f32, or bf16/f16 (half the memory
+    /// each distance reads; the log keeps float32).
+    #[arg(long, default_value = "f32", value_parser = parse_quantization)]
+    quantization: Quantization,
     /// Milvus server address.
     #[arg(long, default_value = "http://127.0.0.1:19530")]
     milvus_uri: String,
@@ -127,6 +136,7 @@ impl BackendArgs {
                 expansion_add: self.expansion_add,
                 expansion_search: self.expansion_search,
                 checkpoint_bytes: self.checkpoint_bytes,
+                quantization: self.quantization,
             }),
             BackendArg::Milvus => {
                 let d = MilvusConfig::default();

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use bcl::gallery::ops::{self, EmbedOptions};
+use bcl::gallery::usearch_store::{Quantization, UsearchConfig};
 use bcl::gallery::{
     self as gal, BackendConfig, GalleryError, GalleryManifest, GalleryStore, MilvusConfig,
     ModelInfo,
@@ -66,10 +67,11 @@ impl GalleryCore {
         Ok(Self { store })
     }
 
-    /// Creates an empty gallery of dimension `dim` in `path`: `backend` "usearch" (embedded)
-    /// or "milvus" (`milvus_uri`, `milvus_collection`).
+    /// Creates an empty gallery of dimension `dim` in `path`: `backend` "usearch" (embedded;
+    /// `quantization` "f32", "bf16" or "f16": the index's precision) or "milvus"
+    /// (`milvus_uri`, `milvus_collection`).
     #[staticmethod]
-    #[pyo3(signature = (path, dim, backend="usearch", milvus_uri=None, milvus_collection=None))]
+    #[pyo3(signature = (path, dim, backend="usearch", milvus_uri=None, milvus_collection=None, quantization="f32"))]
     fn create(
         py: Python<'_>,
         path: PathBuf,
@@ -77,9 +79,13 @@ impl GalleryCore {
         backend: &str,
         milvus_uri: Option<String>,
         milvus_collection: Option<String>,
+        quantization: &str,
     ) -> PyResult<Self> {
         let cfg = match backend {
-            "usearch" => BackendConfig::Usearch(Default::default()),
+            "usearch" => BackendConfig::Usearch(UsearchConfig {
+                quantization: Quantization::parse(quantization).map_err(gallery_err)?,
+                ..Default::default()
+            }),
             "milvus" => {
                 let mut m = MilvusConfig::default();
                 if let Some(u) = milvus_uri {

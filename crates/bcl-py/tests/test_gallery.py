@@ -93,3 +93,20 @@ def test_missing_and_existing_galleries(tmp_path):
         bcl.Gallery.create(tmp_path / "g", 4)
     with pytest.raises(ValueError, match="backend"):
         bcl.Gallery.create(tmp_path / "h", 4, backend="faiss")
+
+
+@pytest.mark.parametrize("quantization, tol", [("bf16", 1e-2), ("f16", 1e-3)])
+def test_half_precision_index(tmp_path, quantization, tol):
+    g = bcl.Gallery.create(tmp_path / "g", 16, quantization=quantization)
+    v = unit(50, 16)
+    g.add(v, model="m")
+    for exact in (True, False):
+        ids, scores, _ = g.search(v[:10], k=1, exact=exact)
+        assert ids[:, 0].tolist() == list(range(10))
+        assert np.abs(scores[:, 0] - 1.0).max() < 4 * tol
+    # the setting is the gallery's: it survives a reopen (the store's lock goes with it)
+    del g
+    ids, _, _ = bcl.Gallery.open(tmp_path / "g").search(v[3:4], k=1, exact=False)
+    assert ids[0, 0] == 3
+    with pytest.raises(ValueError, match="bf16"):
+        bcl.Gallery.create(tmp_path / "h", 16, quantization="int8")

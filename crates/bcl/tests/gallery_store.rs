@@ -987,3 +987,59 @@ fn huge_k_and_probe_sizes_are_bounded() {
         other => panic!("{:?}", other.map(|v| v.len())),
     }
 }
+
+/// An index kept in bfloat16 or float16: searches see the rounded vectors, the setting survives
+/// a checkpoint and a reopen (snapshot and log replay), and the log keeps float32.
+#[test]
+fn half_precision_index_rounds_vectors_and_keeps_its_setting() {
+    use bcl::gallery::usearch_store::Quantization;
+    for (q, tol) in [(Quantization::Bf16, 1e-2f32), (Quantization::F16, 1e-3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = UsearchConfig {
+            quantization: q,
+            ..Default::default()
+        };
+        let mut s = UsearchStore::create(dir.path(), GalleryManifest::new(16), cfg).unwrap();
+        register(&mut s, "a");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let rows = random_rows(200, 16, &mut rng);
+        let ids: Vec<u64> = (0..200).collect();
+        s.add("a", &ids[..100], &rows[..1600]).unwrap();
+        s.checkpoint().unwrap();
+        s.add("a", &ids[100..], &rows[1600..]).unwrap(); // in the log only
+        drop(s);
+        let s = UsearchStore::open(dir.path()).unwrap();
+        assert_eq!(s.index_config().quantization, q);
+        let back = s.vectors(&ids).unwrap();
+        let err = back
+            .iter()
+            .zip(&rows)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err > 0.0 && err < tol,
+            "{q:?}: stored vectors differ by {err}"
+        );
+        // each vector finds itself first, exactly and approximately, with its rounded score
+        for (i, row) in rows.chunks(16).enumerate().step_by(17) {
+            for exact in [true, false] {
+                let hits = if exact {
+                    s.search_exact(row, 1)
+                } else {
+                    s.search_approx(row, 1)
+                };
+                let h = &hits.unwrap()[0][0];
+                assert_eq!(h.id, i as u64, "{q:?} exact {exact}");
+                assert!(
+                    (h.score - 1.0).abs() < 4.0 * tol,
+                    "{q:?}: score {}",
+                    h.score
+                );
+            }
+        }
+    }
+    assert!(Quantization::parse("int8")
+        .unwrap_err()
+        .to_string()
+        .contains("bf16"));
+}

@@ -59,10 +59,14 @@ class Gallery:
         backend: str = "usearch",
         milvus_uri: Optional[str] = None,
         milvus_collection: Optional[str] = None,
+        quantization: str = "f32",
     ) -> "Gallery":
-        """Creates an empty gallery of dimension ``dim`` (``backend``: usearch or milvus)."""
+        """Creates an empty gallery of dimension ``dim`` (``backend``: usearch or milvus;
+        ``quantization``: the usearch index's precision, "f32", "bf16" or "f16")."""
         return cls(
-            GalleryCore.create(os.fspath(path), int(dim), backend, milvus_uri, milvus_collection)
+            GalleryCore.create(
+                os.fspath(path), int(dim), backend, milvus_uri, milvus_collection, quantization
+            )
         )
 
     @property

@@ -43,6 +43,43 @@ pub struct UsearchConfig {
     pub expansion_search: usize,
     /// The log is folded into a snapshot once it grows past this many bytes (0: 256 MiB).
     pub checkpoint_bytes: u64,
+    /// The precision the index keeps its vectors in (the log keeps float32 either way).
+    #[serde(skip_serializing_if = "Quantization::is_f32")]
+    pub quantization: Quantization,
+}
+
+/// The precision of the vectors inside the HNSW index: float32 as given, or half the memory
+/// (bfloat16, or IEEE half precision), which halves what each distance reads from memory;
+/// scores and returned vectors are then those of the rounded vectors.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// float32 (the default).
+    #[default]
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl Quantization {
+    /// Whether this is float32 (the default, left out of the store file).
+    pub fn is_f32(&self) -> bool {
+        *self == Quantization::F32
+    }
+
+    /// Parses "f32", "bf16" or "f16".
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            "f16" => Ok(Self::F16),
+            other => Err(GalleryError::Invalid(format!(
+                "quantization: expected f32, bf16 or f16, got {other:?}"
+            ))),
+        }
+    }
 }
 
 /// The store's own file: manifest plus snapshot state.
@@ -160,7 +197,11 @@ fn new_index(dim: usize, cfg: &UsearchConfig) -> Result<Index> {
     let opts = IndexOptions {
         dimensions: dim,
         metric: MetricKind::IP,
-        quantization: ScalarKind::F32,
+        quantization: match cfg.quantization {
+            Quantization::F32 => ScalarKind::F32,
+            Quantization::Bf16 => ScalarKind::BF16,
+            Quantization::F16 => ScalarKind::F16,
+        },
         connectivity: cfg.connectivity,
         expansion_add: cfg.expansion_add,
         expansion_search: cfg.expansion_search,
