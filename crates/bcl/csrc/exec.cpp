@@ -51,9 +51,13 @@ char* bcl_exec_autocast_exit(int cuda, int prev_enabled, int prev_dtype) {
 }
 
 // A new tensor holding `t`'s values in the channels-last layout (t must be 4-D), in *out.
+// `to` rather than `contiguous`, as torch's `Module.to(memory_format=...)`: for a tensor with
+// one channel (a grey-scale stem's weight) contiguous() sees both layouts at once and keeps the
+// NCHW strides, which then made the stem's output NCHW and every residual add mix layouts.
 char* bcl_exec_channels_last(const at::Tensor* t, at::Tensor** out) {
   try {
-    *out = new at::Tensor(t->contiguous(at::MemoryFormat::ChannelsLast));
+    *out = new at::Tensor(t->to(t->options(), /*non_blocking=*/false, /*copy=*/false,
+                                at::MemoryFormat::ChannelsLast));
     return nullptr;
   } catch (const std::exception& e) {
     return dup(e.what());

@@ -26,6 +26,12 @@ fn channels_last_keeps_values_and_changes_strides() {
     assert!(!is_channels_last(&x) && is_channels_last(&y));
     assert_eq!(y.stride(), vec![60, 1, 15, 3]);
     assert!(y.equal(&x));
+    // one channel (a grey-scale stem's weight): NHWC strides all the same, as torch's
+    // Module.to(memory_format=channels_last) gives them (contiguous() kept NCHW's)
+    let w = Tensor::randn([16, 1, 3, 3], (Kind::Float, Device::Cpu));
+    let wl = channels_last(&w).unwrap();
+    assert_eq!(wl.stride(), vec![9, 1, 3, 1]);
+    assert!(wl.equal(&w));
     // other ranks are left as they are
     let v = Tensor::randn([6], (Kind::Float, Device::Cpu));
     assert!(channels_last(&v).unwrap().equal(&v));
