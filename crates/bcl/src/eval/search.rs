@@ -13,7 +13,8 @@
 //! current k-th best with one comparison; no block is sorted. Galleries may be stored in
 //! float32, float16 or bfloat16 (each block is widened to float32 before its product, so a
 //! half-precision gallery is searched exactly as its float32 values would be), in memory or
-//! memory-mapped from a `.npy` file ([`MappedMatrix`]), streamed through a bounded window.
+//! memory-mapped from a `.npy` file ([`MappedMatrix`](super::mapped::MappedMatrix)), streamed
+//! through a bounded window.
 //! Elsewhere (CUDA, float64) blocks go through libtorch's `topk`. The fused path puts the lower
 //! gallery index first among equal scores; libtorch's `topk` leaves their order unspecified.
 
@@ -59,7 +60,7 @@ pub struct TopK {
 /// Gallery rows as stored, row-major, `dim` values per row: the precisions the fused search
 /// reads without converting the whole gallery.
 #[derive(Debug, Clone, Copy)]
-pub enum Rows<'a> {
+pub(crate) enum Rows<'a> {
     /// float32 values.
     F32(&'a [f32]),
     /// IEEE half-precision values.
@@ -70,17 +71,12 @@ pub enum Rows<'a> {
 
 impl Rows<'_> {
     /// Number of stored values.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Rows::F32(v) => v.len(),
             Rows::F16(v) => v.len(),
             Rows::Bf16(v) => v.len(),
         }
-    }
-
-    /// Whether no value is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The values of rows `rows` as float32: borrowed when stored so, else widened into `buf`.
