@@ -832,14 +832,11 @@ fn forward_losses(
         (true, Some(o)) => Some(o.embed_batch(&renormalize(x, norm, o.card.normalization))),
         _ => None,
     };
-    // the network under the run's execution settings; the head and the losses in float32
-    let exec = job.train.exec;
-    let xin = exec.input(x)?;
-    let f = exec
-        .run(x.device(), || {
-            m.net.forward_t(&xin, !job.train.freeze_batch_norm)
-        })?
-        .to_kind(Kind::Float);
+    // the backbone under the run's execution settings; the embedding head, the classifier
+    // and the losses in float32 (the one forward of training, embedding and the bench)
+    let f = m
+        .net
+        .forward_exec(x, !job.train.freeze_batch_norm, &job.train.exec)?;
     let cls = m.head.loss(&f, y);
     let comp = m.compat.loss(&CompatInputs {
         new: &f,
