@@ -365,6 +365,12 @@ pub(crate) fn open_npy(
     Ok(npy)
 }
 
+/// A `.npy` type string without its quotes and its little-endian or no-order mark (`'<f4'` →
+/// `f4`); a big-endian type keeps its `>` and so matches none of the types bcl reads.
+pub(crate) fn npy_type_code(descr: &str) -> &str {
+    descr.trim_matches('\'').trim_start_matches(['<', '|', '='])
+}
+
 /// The `(rows, columns)` of a feature matrix file: a non-empty, C-ordered 2-D array.
 pub(crate) fn matrix_shape<R: std::io::Read>(
     path: &Path,
@@ -393,7 +399,7 @@ pub fn read_features_npy(path: &Path) -> Result<Tensor, EvalError> {
     let shape = matrix_shape(path, &npy)?;
     let dtype = npy.dtype();
     let descr = dtype.descr();
-    let t = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
+    let t = match npy_type_code(&descr) {
         "f4" => {
             let v: Vec<f32> = npy.into_vec().map_err(|e| npy_err(path, e))?;
             Tensor::from_slice(&v)
@@ -440,7 +446,7 @@ pub fn read_labels_npy(path: &Path) -> Result<Vec<i64>, EvalError> {
     };
     let dtype = npy.dtype();
     let descr = dtype.descr();
-    let v: Vec<i64> = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
+    let v: Vec<i64> = match npy_type_code(&descr) {
         "i8" => npy.into_vec::<i64>().map_err(|e| npy_err(path, e))?,
         "i4" => npy
             .into_vec::<i32>()

@@ -29,7 +29,7 @@ pub enum StoredKind {
 impl StoredKind {
     /// The kind a `.npy` type string names, if a gallery may be stored in it.
     pub fn from_descr(descr: &str) -> Option<Self> {
-        match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
+        match super::npy_type_code(descr) {
             "f4" => Some(Self::F32),
             "f2" => Some(Self::F16),
             "V2" => Some(Self::Bf16),

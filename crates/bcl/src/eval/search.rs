@@ -132,7 +132,7 @@ pub(crate) fn check_request(
     k: usize,
     blocks: SearchBlocks,
 ) -> Result<(), EvalError> {
-    let (nq, dq) = query
+    let (_, dq) = query
         .size2()
         .map_err(|_| EvalError::Mismatch("query features must be a [N, d] matrix".into()))?;
     if dq != dg {
@@ -148,7 +148,7 @@ pub(crate) fn check_request(
     if blocks.query < 1 || blocks.gallery < 1 {
         return Err(EvalError::Mismatch("block sizes must be positive".into()));
     }
-    if dq < 1 || nq < 0 {
+    if dq < 1 {
         return Err(EvalError::Mismatch(
             "features must have at least one dimension".into(),
         ));
