@@ -888,3 +888,89 @@ fn observe(
     m.compat.observe(&f, &y);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Autocast;
+
+    /// The training step's features come from the embedding forward (`forward_exec`: the
+    /// backbone under the run's settings, the embedding head in float32), not from the whole
+    /// network under autocast, which rounds the head's output to bfloat16 (commit 53d28e0 said
+    /// the loop did the former while it did the latter).
+    #[test]
+    fn the_training_forward_is_the_embedding_forward_under_autocast() {
+        let (n, side) = (6usize, 28usize);
+        let data = Dataset {
+            pixels: (0..n * side * side).map(|i| (i * 37 % 251) as u8).collect(),
+            labels: vec![0, 1, 2, 0, 1, 2],
+            ids: (0..n).collect(),
+            channels: 1,
+            rows: side,
+            cols: side,
+            classes: 3,
+        };
+        let exec = ExecConfig {
+            autocast: Autocast::Bf16,
+            channels_last: false,
+        };
+        let job = TrainJob {
+            name: "old".into(),
+            role: crate::model::Role::Old,
+            data: TrainData::Memory(&data),
+            classes: vec![0, 1, 2],
+            model: ModelConfig {
+                width: 4,
+                dim: 16,
+                ..Default::default()
+            },
+            train: TrainConfig {
+                freeze_batch_norm: true,
+                exec,
+                ..Default::default()
+            },
+            compat: Box::new(crate::loss::Independent),
+            old: None,
+            split_fingerprint: "test".into(),
+            out_dir: PathBuf::from("unused"),
+            resume: false,
+            device: Device::Cpu,
+            note: String::new(),
+            progress: false,
+            stop_after: None,
+            probe: None,
+            dist: &bcl_dist::Single,
+        };
+        let compat: Box<dyn CompatLoss> = Box::new(crate::loss::Independent);
+        let m = Model::init(&job, compat, true).unwrap();
+        tch::manual_seed(3);
+        let x = Tensor::randn(
+            [n as i64, 1, side as i64, side as i64],
+            (Kind::Float, Device::Cpu),
+        );
+        let y = Tensor::from_slice(&[0i64, 1, 2, 0, 1, 2]);
+        let norm = Normalization {
+            mean: 0.5,
+            std: 0.25,
+        };
+        let (f, losses) = forward_losses(&job, &m, &x, &y, norm, 0, 1).unwrap();
+        assert_eq!(f.kind(), Kind::Float);
+        assert!(losses.total.double_value(&[]).is_finite());
+        let embedded = m.net.forward_exec(&x, false, &exec).unwrap();
+        let same = (&f - &embedded).abs().max().double_value(&[]);
+        assert!(
+            same < 1e-6,
+            "training and embedding forwards differ by {same}"
+        );
+        // the test tells the two apart: the whole network under autocast lands elsewhere
+        let whole = exec
+            .run(Device::Cpu, || m.net.forward_t(&x, false))
+            .unwrap()
+            .to_kind(Kind::Float);
+        let apart = (&whole - &embedded).abs().max().double_value(&[]);
+        assert!(
+            apart > 1e-4,
+            "a bfloat16 head moved the features by only {apart}"
+        );
+    }
+}
