@@ -10,6 +10,7 @@ use bcl::data::Dataset;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{self, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{Quantization, UsearchConfig};
+use bcl::layout::ModelDir;
 
 /// `--quantization`'s value.
 fn parse_quantization(s: &str) -> Result<Quantization, String> {
@@ -386,7 +387,7 @@ fn load_embedder(p: &Path, embed: &EmbedArgs) -> Result<Embedder> {
 /// The data configuration of the run that trained the model in `model_dir` (its
 /// `config.toml`); a model without one needs `--config`.
 pub fn run_data_config(model_dir: &Path) -> Result<DataConfig> {
-    let path = model_dir.join("config.toml");
+    let path = ModelDir::new(model_dir).config();
     if !path.is_file() {
         bail!(
             "{}: no run configuration beside the model, so its data are unknown; give --config \
@@ -439,11 +440,7 @@ fn committer(print: bool) -> impl FnMut(usize, usize) {
 }
 
 fn model_dir(p: &Path) -> PathBuf {
-    if p.is_file() {
-        p.parent().map(Path::to_path_buf).unwrap_or_default()
-    } else {
-        p.to_path_buf()
-    }
+    ModelDir::of(p).path().to_path_buf()
 }
 
 fn print_lineage(l: &Lineage) {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bcl::data::Scenario;
 use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics};
+use bcl::layout::{ExperimentFile, ModelDir};
 use bcl::loss::Method;
 use bcl::model::Embedder;
 use bcl::report::rows_markdown;
@@ -530,9 +531,10 @@ fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
     }
     print!("{md}");
     if let Some(out) = a.out {
-        bcl::files::write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
+        let dir = bcl::layout::ExperimentDir::new(&out);
+        bcl::files::write_atomic(&dir.file(ExperimentFile::BenchmarksMd), md.as_bytes())?;
         bcl::files::write_atomic(
-            &out.join("benchmarks.json"),
+            &dir.file(ExperimentFile::BenchmarksJson),
             serde_json::to_string_pretty(&reports)?.as_bytes(),
         )?;
         println!("written to {}", out.display());
@@ -656,7 +658,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     println!("compatibility matrix (mAP), rows query model, columns gallery model:");
     print!("{}", bcl::report::matrix_csv(&report.matrix));
     if let Some(out) = a.out {
-        bcl::report::write_eval_report(&out, &report, &[])?;
+        bcl::report::write_eval_report(&bcl::layout::RunDir::new(&out), &report, &[])?;
         println!("report written to {}", out.display());
     }
     Ok(())
@@ -858,7 +860,8 @@ fn cmd_bench_odpp(a: BenchOdppArgs) -> Result<()> {
     }
     cfg.candidates = a.candidates;
     for &c in &a.classes {
-        let t = bcl::perturb::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device, a.compare);
+        let t =
+            bcl::run::bench::odpp::bench_odpp(c, a.dim, a.bank_per_class, &cfg, device, a.compare);
         let mut line = serde_json::to_value(&t)?;
         if let Some(n) = a.epoch_images {
             let epoch = epoch_seconds(c, a.dim, n, device)?;
@@ -1035,7 +1038,7 @@ fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
             Some(RunError::Data(DataError::Missing { .. })) => {
                 return Some("point --data at a directory of MNIST-layout IDX files")
             }
-            Some(RunError::Config { path, .. }) if path.ends_with("split.json") => {
+            Some(RunError::Config { path, .. }) if ModelDir::is_split(path) => {
                 return Some("--old must be a run directory written by `bcl train-old`")
             }
             _ => {}

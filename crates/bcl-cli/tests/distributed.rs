@@ -240,16 +240,20 @@ fn ndpp_on_two_ranks_evaluates_like_one_rank() {
         weight_gap(&d.join("ndpp1"), &d.join("ndpp2")),
     );
     let deltas = |r: &str| std::fs::read_to_string(d.join(r).join("refreshes.json")).unwrap();
-    // The models agree to float tolerance (the sums of the gradients differ in order); a
-    // retrieval figure may still move by one test query's share when two gallery items were
-    // within that tolerance of each other: 120 test queries.
+    // The models agree to float tolerance (the sums of the gradients differ in order): that is
+    // the check. A retrieval figure may still move by a few test queries' share when gallery
+    // items were within that tolerance of each other, and this tiny model's embeddings are
+    // nearly collinear (old prototypes' nearest-neighbour similarity 0.99999): on an AVX-512
+    // machine (2026-12-02) weights 3.2e-6 apart moved R@1 by 4 of the 120 queries, with the
+    // binaries before and after issue 24's refactor alike; a wrong share or order moves the
+    // weights, and the figures, by far more.
     assert!(
         gaps.0 < 1e-5 && gaps.1 < 1e-4,
         "weight gaps (old, new) {gaps:?}"
     );
     for (a, b) in figures[0].iter().zip(&figures[1]) {
         assert!(
-            (a - b).abs() <= 1.0 / 120.0 + 1e-4,
+            (a - b).abs() <= 5.0 / 120.0 + 1e-4,
             "1 rank {:?} vs 2 ranks {:?}; weight gaps (old, new) {gaps:?}; refreshes {} vs {}",
             figures[0],
             figures[1],
@@ -366,12 +370,12 @@ fn every_method_trains_on_two_ranks_as_on_one() {
             out
         };
         let (one, two) = (run(1), run(2));
-        // RACT's InfoNCE draws its negatives from the rank's share of the batch: it trains, but
-        // not to the one-process model (as under DDP)
+        // A loss the registry marks per-shard (RACT's InfoNCE draws its negatives from the rank's
+        // share of the batch) trains, but not to the one-process model (as under DDP).
         // The tolerance is the float noise of training itself: one process on 1 thread and on
         // 2 threads ends 1.6e-4 apart here (measured for independent, 2026-11-30); a wrong
         // share, order or scale moves the weights by far more.
-        if name != "ract" {
+        if m.data_parallel() == bcl::loss::DataParallel::Exact {
             let gap = weight_gap(&one, &two);
             assert!(
                 gap < 1e-3,

@@ -340,6 +340,29 @@ fn methods() -> BTreeMap<&'static str, &'static str> {
         .collect()
 }
 
+/// What the registry says of each method: name → `{description, has_loss, refreshes,
+/// needs_prototypes, needs_old_bank, data_parallel}` (`data_parallel`: "exact", or why the
+/// loss is computed per rank's share).
+#[pyfunction]
+fn method_facts(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for m in bcl::loss::Method::all() {
+        let d = PyDict::new(py);
+        d.set_item("description", m.description())?;
+        d.set_item("has_loss", m.has_loss())?;
+        d.set_item("refreshes", m.refreshes())?;
+        d.set_item("needs_prototypes", m.needs_prototypes())?;
+        d.set_item("needs_old_bank", m.needs_old_bank())?;
+        let dp = match m.data_parallel() {
+            bcl::loss::DataParallel::Exact => "exact".to_string(),
+            bcl::loss::DataParallel::PerShard(why) => why.to_string(),
+        };
+        d.set_item("data_parallel", dp)?;
+        out.set_item(m.as_str(), d)?;
+    }
+    Ok(out)
+}
+
 /// The extension module.
 #[pymodule]
 fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -348,6 +371,7 @@ fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(revisited, m)?)?;
     m.add_function(wrap_pyfunction!(split, m)?)?;
     m.add_function(wrap_pyfunction!(methods, m)?)?;
+    m.add_function(wrap_pyfunction!(method_facts, m)?)?;
     m.add_function(wrap_pyfunction!(compatibility_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(backfill_curve, m)?)?;
     m.add_function(wrap_pyfunction!(flips, m)?)?;

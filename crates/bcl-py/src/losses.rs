@@ -91,10 +91,10 @@ impl CompatLossCore {
         old_bank_labels: Option<PyTensor>,
     ) -> PyResult<Self> {
         let method = Method::named(method).map_err(value_err)?;
-        if method == Method::INDEPENDENT {
-            return Err(value_err(
-                "independent has no compatibility loss: train with the classification loss only",
-            ));
+        if !method.has_loss() {
+            return Err(value_err(format!(
+                "{method} has no compatibility loss: train with the classification loss only"
+            )));
         }
         let mut cfg: CompatConfig =
             serde_json::from_str(settings).map_err(|e| value_err(format!("settings: {e}")))?;
@@ -205,7 +205,8 @@ impl CompatLossCore {
         inputs.old = old.as_deref();
         inputs.classifier = classifier.as_deref();
         inputs.progress = progress;
-        Ok(self.loss.loss(&inputs).map(PyTensor))
+        let loss = self.loss.loss(&inputs).map_err(value_err)?;
+        Ok(loss.map(PyTensor))
     }
 
     /// The size of the feature bank a refresh wants before batch `batch` of `epoch` (global

@@ -3,7 +3,7 @@
 //! interrupted ones resumed), evaluates each (scenario, seed) once, and hands the results to
 //! the stages, each in its own file: the main table ([`main_table`], with [`paired`]), the
 //! [`sweeps`] and their [`frontier`], [`backfill`], [`benchmarks`], [`sequential`] upgrades and
-//! the refresh [`diagnostics`]. Run directories are named here only ([`run_dir`]).
+//! the refresh [`diagnostics`]. Run directories are named through [`run_dir`] (their files: [`crate::layout`]).
 
 pub mod backfill;
 pub mod benchmarks;
@@ -23,10 +23,11 @@ use crate::data::Scenario;
 use crate::eval::leave_one_out;
 use crate::eval::models::{evaluate_models_with, EvalReport, MatrixCells};
 use crate::files::write_atomic;
+use crate::layout::{ExperimentDir, ExperimentFile, ModelDir, RunDir};
 pub use crate::loss::Knob;
 use crate::loss::Method;
 use crate::model::Embedder;
-use crate::run::{train_new, train_old, RunConfig, RunError, StepOptions};
+use crate::run::{RunConfig, RunError, StepOptions};
 pub use frontier::FrontierPoint;
 pub use main_table::{aggregate, aggregate_csv, aggregate_markdown, AggregateRow};
 pub use sweeps::Sweep;
@@ -159,7 +160,7 @@ pub struct ExperimentReport {
 pub(crate) fn model_ids(dirs: &[PathBuf]) -> Result<Vec<String>, RunError> {
     Ok(dirs
         .iter()
-        .map(|d| crate::model::ModelCard::read(&d.join(crate::model::CARD_FILE)).map(|c| c.id))
+        .map(|d| crate::model::ModelCard::read(&ModelDir::new(d).card()).map(|c| c.id))
         .collect::<Result<_, _>>()?)
 }
 
@@ -203,23 +204,21 @@ pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 fn run_key(scenario: Scenario, seed: u64) -> String {
-    format!("{scenario}/{}", seed_dir_name(seed))
+    ExperimentDir::run_key(&scenario.to_string(), seed)
 }
 
-/// The directory name of one seed's runs (`seed-3`).
-pub fn seed_dir_name(seed: u64) -> String {
-    format!("seed-{seed}")
-}
-
-/// The directory of one (scenario, seed) run of an experiment: its old model is `old/` and each
-/// new model `Method::model_name()` inside it. Every stage names run directories through here.
-pub fn run_dir(out: &Path, scenario: Scenario, seed: u64) -> PathBuf {
-    out.join(scenario.to_string()).join(seed_dir_name(seed))
+/// The directory of one (scenario, seed) run of an experiment under `out` (its layout:
+/// [`crate::layout::RunDir`]). Every stage names run directories through here.
+pub fn run_dir(out: &Path, scenario: Scenario, seed: u64) -> RunDir {
+    ExperimentDir::new(out).run(&scenario.to_string(), seed)
 }
 
 /// The directory of one run's model, for callers that want to read it.
 pub fn model_dir(out: &Path, scenario: Scenario, seed: u64, method: Method) -> PathBuf {
-    run_dir(out, scenario, seed).join(method.model_name())
+    run_dir(out, scenario, seed)
+        .model(&method.model_name())
+        .path()
+        .to_path_buf()
 }
 
 /// What one (scenario, seed) run gave the stages.
@@ -239,7 +238,8 @@ pub fn run_experiment(
 ) -> Result<ExperimentReport, RunError> {
     std::fs::create_dir_all(out)
         .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
-    crate::files::write_toml(&out.join("experiment.toml"), cfg)?;
+    let exp = ExperimentDir::new(out);
+    crate::files::write_toml(&exp.config(), cfg)?;
     let opts = StepOptions {
         resume: true,
         ..opts.clone()
@@ -265,7 +265,7 @@ pub fn run_experiment(
     }
     if !bench_runs.is_empty() {
         let md = benchmarks::benchmarks_markdown(&bench_runs);
-        write_atomic(&out.join("benchmarks.md"), md.as_bytes())?;
+        write_atomic(&exp.file(ExperimentFile::BenchmarksMd), md.as_bytes())?;
     }
     let chains = match &cfg.sequential {
         Some(seq) => sequential::run_and_write(cfg, seq, out, &opts)?,
@@ -273,7 +273,7 @@ pub fn run_experiment(
     };
     let diag = diagnostics::diagnostics(cfg, out);
     let md = diagnostics::diagnostics_markdown(&diag);
-    write_atomic(&out.join("diagnostics.md"), md.as_bytes())?;
+    write_atomic(&exp.file(ExperimentFile::DiagnosticsMd), md.as_bytes())?;
     let report = ExperimentReport {
         runs,
         paired,
@@ -286,7 +286,7 @@ pub fn run_experiment(
         backfill: deploy,
         benchmarks: bench_runs,
     };
-    crate::files::write_json(&out.join("report.json"), &report)?;
+    crate::files::write_json(&exp.file(ExperimentFile::Report), &report)?;
     Ok(report)
 }
 
@@ -300,16 +300,11 @@ fn run_one(
     opts: &StepOptions,
 ) -> Result<RunOutcome, RunError> {
     let rc = cfg.run_config(scenario, seed);
-    let dir = run_dir(out, scenario, seed);
-    let old_dir = dir.join("old");
+    let run = run_dir(out, scenario, seed);
+    let dir = run.path().to_path_buf();
+    let old_dir = run.old().path().to_path_buf();
     tracing::info!(%scenario, seed, "experiment run");
-    train_old(&rc, &old_dir, opts)?;
-    let mut dirs = vec![old_dir.clone()];
-    for &m in &cfg.methods {
-        let d = dir.join(m.model_name());
-        train_new(&rc, &old_dir, m, &d, opts)?;
-        dirs.push(d);
-    }
+    let dirs = crate::run::train_protocol(&rc, &run, &cfg.methods, opts)?.dirs;
     let in_sweeps = cfg.sweeps_run_in(scenario, seed);
     let swept = if in_sweeps {
         sweeps::train_sweeps(&cfg.sweeps, &rc, &dir, &old_dir, opts)?
@@ -370,29 +365,33 @@ fn evaluate_run(
         .cloned()
         .chain(swept.iter().map(|s| s.dir.clone()))
         .collect();
-    cached(&dir.join("eval.json"), &model_ids(&all_dirs)?, || {
-        let test = crate::data::open_test(&rc.data)?;
-        let models = dirs
-            .iter()
-            .map(|d| Embedder::load(d, opts.device))
-            .collect::<Result<Vec<_>, _>>()?;
-        let report = evaluate_models_with(&models, &test, rc.eval_batch, MatrixCells::Table)?;
-        let old_feats = models[0].embed_dataset(&test, rc.eval_batch);
-        let oo = report.matrix.at(0, 0).map;
-        let mut points = Vec::new();
-        for s in swept {
-            let f = Embedder::load(&s.dir, opts.device)?.embed_dataset(&test, rc.eval_batch);
-            points.push(FrontierPoint {
-                scenario,
-                seed,
-                method: s.sweep.method,
-                knob: Some(s.sweep.knob),
-                value: Some(s.value),
-                self_map: leave_one_out(&f, &f, &test.labels)?.map,
-                cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
-                old_old_map: oo,
-            });
-        }
-        Ok((report, points))
-    })
+    cached(
+        &RunDir::new(dir).eval_cache(),
+        &model_ids(&all_dirs)?,
+        || {
+            let test = crate::data::open_test(&rc.data)?;
+            let models = dirs
+                .iter()
+                .map(|d| Embedder::load(d, opts.device))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report = evaluate_models_with(&models, &test, rc.eval_batch, MatrixCells::Table)?;
+            let old_feats = models[0].embed_dataset(&test, rc.eval_batch);
+            let oo = report.matrix.at(0, 0).map;
+            let mut points = Vec::new();
+            for s in swept {
+                let f = Embedder::load(&s.dir, opts.device)?.embed_dataset(&test, rc.eval_batch);
+                points.push(FrontierPoint {
+                    scenario,
+                    seed,
+                    method: s.sweep.method,
+                    knob: Some(s.sweep.knob),
+                    value: Some(s.value),
+                    self_map: leave_one_out(&f, &f, &test.labels)?.map,
+                    cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
+                    old_old_map: oo,
+                });
+            }
+            Ok((report, points))
+        },
+    )
 }

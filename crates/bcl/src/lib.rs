@@ -5,7 +5,7 @@
 //! the project's METHOD.md: [`data`], [`model`], [`loss`], [`perturb`], [`train`], [`eval`],
 //! [`report`] and [`gallery`] (deployment: a store that outlives its model), with [`run`]
 //! wiring them into the steps the `bcl` binary exposes, [`experiment`] running many of them,
-//! [`files`] the file I/O and [`table`] the tables they share, [`exec`] how a network runs on
+//! [`files`] the file I/O, [`layout`] the names of every file a run writes and [`table`] the tables they share, [`exec`] how a network runs on
 //! its device (bfloat16 autocast, channels-last).
 
 /// The collectives of data-parallel runs (the `bcl-dist` crate).
@@ -17,6 +17,7 @@ pub mod exec;
 pub mod experiment;
 pub mod files;
 pub mod gallery;
+pub mod layout;
 pub mod loss;
 pub mod model;
 pub mod perturb;

@@ -697,11 +697,6 @@ impl ModelCard {
     }
 }
 
-/// The file names of a model directory.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// The model card's file name.
-pub const CARD_FILE: &str = "model.json";
-
 /// SHA-256 (16 hex chars) of a file's content.
 pub fn file_id(path: &Path) -> Result<String, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
@@ -738,9 +733,10 @@ impl Embedder {
         } else {
             path.to_path_buf()
         };
-        let card = ModelCard::read(&dir.join(CARD_FILE))?;
+        let md = crate::layout::ModelDir::new(&dir);
+        let card = ModelCard::read(&md.card())?;
         card.arch.validate()?;
-        let wpath = dir.join(WEIGHTS_FILE);
+        let wpath = md.weights();
         let id = file_id(&wpath)?;
         if id != card.id {
             return Err(ModelError::Weights {

@@ -2,6 +2,7 @@
 //! map, training curves). File writes go through [`crate::files`].
 
 use crate::files::write_atomic;
+use crate::layout::RunDir;
 use std::path::{Path, PathBuf};
 
 use plotters::coord::types::RangedCoordf64;
@@ -523,26 +524,20 @@ pub fn plot_prototypes_pca(
     Ok(write_atomic(path, svg.as_bytes())?)
 }
 
-/// Writes an evaluation's tables and plots into `dir`: results.md/.csv, metrics.json,
-/// matrix.csv, compat_matrix.svg and (when given) training_curves.svg.
+/// Writes an evaluation's tables and plots into the run directory `dir`: results.md/.csv,
+/// metrics.json, matrix.csv, compat_matrix.svg and (when given) training_curves.svg.
 pub fn write_eval_report(
-    dir: &Path,
+    dir: &RunDir,
     report: &EvalReport,
     curves: &[(String, Vec<EpochStats>)],
 ) -> Result<(), ReportError> {
-    write_atomic(
-        &dir.join("results.md"),
-        rows_markdown(&report.rows).as_bytes(),
-    )?;
-    write_atomic(&dir.join("results.csv"), rows_csv(&report.rows).as_bytes())?;
-    write_atomic(
-        &dir.join("matrix.csv"),
-        matrix_csv(&report.matrix).as_bytes(),
-    )?;
-    crate::files::write_json(&dir.join("metrics.json"), report)?;
-    plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
+    write_atomic(&dir.results_md(), rows_markdown(&report.rows).as_bytes())?;
+    write_atomic(&dir.results_csv(), rows_csv(&report.rows).as_bytes())?;
+    write_atomic(&dir.matrix_csv(), matrix_csv(&report.matrix).as_bytes())?;
+    crate::files::write_json(&dir.metrics(), report)?;
+    plot_matrix(&report.matrix, &dir.matrix_plot())?;
     if !curves.is_empty() {
-        plot_curves(curves, &dir.join("training_curves.svg"))?;
+        plot_curves(curves, &dir.curves_plot())?;
     }
     Ok(())
 }

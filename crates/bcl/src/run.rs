@@ -15,7 +15,8 @@ use crate::data::{per_class_sample, rng_for, DataConfig, DataError, Scenario, Sp
 use crate::eval::models::{evaluate_models, EvalReport};
 use crate::eval::EvalError;
 use crate::files::write_atomic;
-use crate::loss::{BuildContext, CompatConfig, Method, OldPrototypes};
+use crate::layout::{ModelDir, RunDir};
+use crate::loss::{BuildContext, ClassifierHead, CompatConfig, Method, OldPrototypes};
 use crate::model::{Embedder, ModelConfig, ModelError, ModelOverride, Role};
 use crate::perturb::{class_prototypes, PrototypeError};
 use crate::report::{write_eval_report, ReportError};
@@ -253,8 +254,9 @@ fn write_run_files(
     }
     std::fs::create_dir_all(out)
         .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
-    write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    crate::files::write_json(&out.join("split.json"), split)?;
+    let md = ModelDir::new(out);
+    write_atomic(&md.config(), cfg.to_toml().as_bytes())?;
+    crate::files::write_json(&md.split(), split)?;
     Ok(())
 }
 
@@ -280,6 +282,7 @@ pub fn train_old(
         classes: split.old_classes.clone(),
         model: cfg.model.clone(),
         train: cfg.old.clone(),
+        method: Method::INDEPENDENT,
         compat: Method::INDEPENDENT
             .build(&cfg.compat, BuildContext::default())
             .map_err(RunError::Invalid)?,
@@ -298,8 +301,9 @@ pub fn train_old(
 
 /// Reads the old run's configuration and split and checks the split still reproduces.
 pub fn old_run(old_dir: &Path) -> Result<(RunConfig, Split), RunError> {
-    let cfg = RunConfig::from_toml_file(&old_dir.join("config.toml"))?;
-    let split_path = old_dir.join("split.json");
+    let md = ModelDir::new(old_dir);
+    let cfg = RunConfig::from_toml_file(&md.config())?;
+    let split_path = md.split();
     let text = std::fs::read_to_string(&split_path).map_err(|e| RunError::Config {
         path: split_path.clone(),
         reason: format!(
@@ -362,7 +366,7 @@ pub fn train_successor(
     if split.fingerprint != saved_split.fingerprint {
         return Err(RunError::Invalid(format!(
             "{}: the split no longer reproduces (fingerprint {} vs saved {}): the data differ from the old model's run",
-            old_dir.join("split.json").display(),
+            ModelDir::new(old_dir).split().display(),
             split.fingerprint,
             saved_split.fingerprint
         )));
@@ -387,6 +391,7 @@ pub fn train_successor(
         classes,
         model: cfg.new_arch(),
         train: cfg.new.clone(),
+        method,
         compat: method.build(&cfg.compat, ctx).map_err(RunError::Invalid)?,
         old: Some(&old),
         split_fingerprint: split.fingerprint.clone(),
@@ -419,7 +424,7 @@ fn successor_note(cfg: &RunConfig, fraction: Option<f64>) -> Result<String, RunE
 /// runs in one directory (the checkpoint's key covers the model, training and λ, not every
 /// knob of every method).
 fn refuse_other_settings(cfg: &RunConfig, method: Method, out: &Path) -> Result<(), RunError> {
-    let saved_cfg = out.join("config.toml");
+    let saved_cfg = ModelDir::new(out).config();
     if !saved_cfg.exists() {
         return Ok(());
     }
@@ -536,14 +541,14 @@ fn build_context(
 /// The old model's classifier rows as prototypes of the classes it covers (its card lists them
 /// in classifier order), normalised; the other classes keep their row of `means`.
 pub fn old_classifier_prototypes(old: &Embedder, means: &Tensor) -> Result<Tensor, RunError> {
-    let path = old.dir.join("model.safetensors");
+    let path = ModelDir::new(&old.dir).weights();
     let w = Tensor::read_safetensors(&path)
         .map_err(|e| RunError::Config {
             path: path.clone(),
             reason: e.to_string(),
         })?
         .into_iter()
-        .find(|(n, _)| n == "classifier.weight")
+        .find(|(n, _)| n == ClassifierHead::WEIGHT_VAR)
         .map(|(_, t)| t)
         .ok_or_else(|| RunError::Config {
             path: path.clone(),
@@ -574,27 +579,52 @@ pub fn old_classifier_prototypes(old: &Embedder, means: &Tensor) -> Result<Tenso
     Ok(out)
 }
 
+/// The models of one protocol run (see [`train_protocol`]).
+#[derive(Debug)]
+pub struct TrainedRun {
+    /// The model directories: the old model's, then one per method, in order.
+    pub dirs: Vec<PathBuf>,
+    /// Each model's name and per-epoch figures, in the same order.
+    pub curves: Vec<(String, Vec<crate::train::EpochStats>)>,
+}
+
+/// One protocol run's training, the one orchestration `bcl demo` and each (scenario, seed) of an
+/// experiment share: the old model in `run`'s `old/`, then a new model per method in its
+/// directory (finished models are reused with `opts.resume`).
+pub fn train_protocol(
+    cfg: &RunConfig,
+    run: &RunDir,
+    methods: &[Method],
+    opts: &StepOptions,
+) -> Result<TrainedRun, RunError> {
+    let old = run.old();
+    let old_dir = old.path();
+    let mut curves = vec![("old".to_string(), train_old(cfg, old_dir, opts)?.history)];
+    let mut dirs = vec![old_dir.to_path_buf()];
+    for &m in methods {
+        let d = run.model(&m.model_name());
+        let o = train_new(cfg, old_dir, m, d.path(), opts)?;
+        curves.push((m.model_name(), o.history));
+        dirs.push(d.path().to_path_buf());
+    }
+    Ok(TrainedRun { dirs, curves })
+}
+
 /// The whole extended-data (or configured) protocol: old model, each configured new method,
 /// evaluation on the test set, report. Resumable: finished models are reused with `resume`.
 pub fn demo(cfg: &RunConfig, out: &Path, opts: &StepOptions) -> Result<EvalReport, RunError> {
     std::fs::create_dir_all(out)
         .map_err(|e| RunError::Invalid(format!("{}: cannot create: {e}", out.display())))?;
-    write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let old_dir = out.join("old");
-    let mut curves = vec![("old".to_string(), train_old(cfg, &old_dir, opts)?.history)];
-    let mut dirs = vec![old_dir.clone()];
-    for &m in &cfg.methods {
-        let d = out.join(m.model_name());
-        let o = train_new(cfg, &old_dir, m, &d, opts)?;
-        curves.push((m.model_name(), o.history));
-        dirs.push(d);
-    }
-    let models = dirs
+    let run = RunDir::new(out);
+    write_atomic(&run.config(), cfg.to_toml().as_bytes())?;
+    let trained = train_protocol(cfg, &run, &cfg.methods, opts)?;
+    let models = trained
+        .dirs
         .iter()
         .map(|d| Embedder::load(d, opts.device))
         .collect::<Result<Vec<_>, _>>()?;
     let test = crate::data::open_test(&cfg.data)?;
     let report = evaluate_models(&models, &test, cfg.eval_batch)?;
-    write_eval_report(out, &report, &curves)?;
+    write_eval_report(&run, &report, &trained.curves)?;
     Ok(report)
 }

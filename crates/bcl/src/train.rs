@@ -27,10 +27,9 @@ use crate::data::source::TrainData;
 use crate::data::{epoch_order, per_class_sample, rng_for, AugmentConfig, Dataset, Normalization};
 use crate::exec::ExecConfig;
 use crate::files::FileError;
-use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig};
+use crate::loss::{ClassifierHead, CompatInputs, CompatLoss, HeadConfig, LossError, Method};
 use crate::model::{
     load_pretrained, Backbone, Embedder, EmbeddingNet, ModelCard, ModelConfig, BACKBONE_PATH,
-    CARD_FILE,
 };
 use crate::perturb::RefreshStats;
 
@@ -102,6 +101,9 @@ pub enum TrainError {
     /// A collective between ranks failed (a lost rank, a timeout).
     #[error(transparent)]
     Dist(#[from] bcl_dist::DistError),
+    /// The method's loss was called without an input it reads.
+    #[error(transparent)]
+    Loss(#[from] LossError),
     /// Another rank failed at a step every rank must pass; its own log says why.
     #[error("rank {rank} failed (its log says why); stopping with it")]
     Peer {
@@ -269,6 +271,9 @@ pub struct TrainJob<'a> {
     pub model: ModelConfig,
     /// Optimisation.
     pub train: TrainConfig,
+    /// The method that trains the model: the registry names it on the card (an old model's
+    /// card says "none"); `compat` is its loss, built by [`crate::loss::Method::build`].
+    pub method: Method,
     /// The compatibility term.
     pub compat: Box<dyn CompatLoss + 'a>,
     /// The frozen old model, for methods that need its embeddings.
@@ -320,7 +325,10 @@ pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor
 }
 
 /// Normalised embeddings `[len, dim]` (eval mode, no gradient) of the items `idx` of `data`,
-/// with their labels: each rank embeds its share, every rank gets the whole in `idx` order.
+/// with their labels, by the embedding forward under `exec` (the forward a training step
+/// runs, so that a refresh bank holds the features the loss sees; the default settings are
+/// the plain float32 forward): each rank embeds its share, every rank gets the whole in `idx`
+/// order.
 fn embed_items(
     net: &EmbeddingNet,
     data: TrainData,
@@ -328,13 +336,14 @@ fn embed_items(
     norm: Normalization,
     device: Device,
     dist: &dyn Collective,
+    exec: &ExecConfig,
 ) -> Result<(Tensor, Tensor), TrainError> {
     let mine = &idx[shard(idx.len(), dist.rank(), dist.world_size())];
     let mut feats = Vec::new();
     let mut labels = Vec::new();
     for b in data.batches(mine, 256, None, norm, device) {
         let (x, y) = b?;
-        feats.push(tch::no_grad(|| net.forward_t(&x, false)));
+        feats.push(tch::no_grad(|| net.forward_exec(&x, false, exec))?);
         labels.push(y);
     }
     if dist.world_size() == 1 {
@@ -377,7 +386,7 @@ fn check_job(job: &TrainJob) -> Result<(), TrainError> {
     if job.compat.needs_old_embeddings() && job.old.is_none() {
         return Err(TrainError::Config(format!(
             "method {} needs the old model",
-            job.compat.name()
+            job.method
         )));
     }
     Ok(())
@@ -408,7 +417,7 @@ impl<'a> Model<'a> {
         let net = EmbeddingNet::new(&(vs.root() / "net"), &job.model);
         let classes = job.classes.len() as i64;
         let head = ClassifierHead::new(
-            &(vs.root() / "classifier"),
+            &(vs.root() / ClassifierHead::PATH),
             &job.train.head,
             job.model.dim,
             classes,
@@ -453,7 +462,7 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
     let config_str = job_config_string(
         &job.model,
         &job.train,
-        job.compat.name(),
+        job.method.as_str(),
         &job.note,
         &job.split_fingerprint,
     );
@@ -533,7 +542,7 @@ struct Found {
 fn look_for_run(job: &TrainJob, ckpt: &Checkpoint, config_str: &str) -> Result<Found, TrainError> {
     let out = &job.out_dir;
     std::fs::create_dir_all(out).map_err(|e| ckpt_err(out, e))?;
-    if (out.join(CARD_FILE).exists() || ckpt.state.exists()) && !job.resume {
+    if (crate::layout::ModelDir::new(out).card().exists() || ckpt.state.exists()) && !job.resume {
         return Err(TrainError::Exists(out.clone()));
     }
     if job.resume {
@@ -573,6 +582,8 @@ fn finish(
                 norm,
                 job.device,
                 &bcl_dist::Single,
+                // the saved model embeds in float32 unless told otherwise: so does the probe
+                &ExecConfig::default(),
             )?;
             Some(f.to_device(Device::Cpu))
         }
@@ -581,6 +592,7 @@ fn finish(
     let facts = export::CardFacts {
         name: &job.name,
         role: job.role,
+        method: job.method,
         model: &job.model,
         classes: &job.classes,
         normalization: norm,
@@ -698,7 +710,15 @@ fn refresh(
 ) -> Result<Option<RefreshStats>, TrainError> {
     let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
     let idx = per_class_sample(&job.data.labels(), per_class, &mut brng);
-    let (bank, labels) = embed_items(&m.net, job.data, &idx, norm, job.device, job.dist)?;
+    let (bank, labels) = embed_items(
+        &m.net,
+        job.data,
+        &idx,
+        norm,
+        job.device,
+        job.dist,
+        &job.train.exec,
+    )?;
     let s = m.compat.refresh(&bank, &labels, epoch, step);
     if let (Some(s), true) = (&s, job.dist.is_primary()) {
         tracing::info!(
@@ -844,7 +864,7 @@ fn forward_losses(
         old: old_emb.as_ref(),
         classifier: Some(m.head.weight()),
         progress: step as f64 / total as f64,
-    });
+    })?;
     let total_loss = match &comp {
         Some(c) => &cls + c * m.compat.weight(),
         None => cls.shallow_clone(),
@@ -929,6 +949,7 @@ mod tests {
                 exec,
                 ..Default::default()
             },
+            method: Method::INDEPENDENT,
             compat: Box::new(crate::loss::Independent),
             old: None,
             split_fingerprint: "test".into(),
@@ -972,5 +993,24 @@ mod tests {
             apart > 1e-4,
             "a bfloat16 head moved the features by only {apart}"
         );
+        // a refresh's bank is embedded by the same forward as the step's features
+        let idx: Vec<usize> = (0..n).collect();
+        let (bank, _) = embed_items(
+            &m.net,
+            job.data,
+            &idx,
+            norm,
+            Device::Cpu,
+            &bcl_dist::Single,
+            &job.train.exec,
+        )
+        .unwrap();
+        let (xs, _) = data.batch(&idx, norm, None, Device::Cpu);
+        let step = m.net.forward_exec(&xs, false, &exec).unwrap();
+        let gap = (&bank - &step).abs().max().double_value(&[]);
+        assert!(gap < 1e-6, "refresh bank and step forward differ by {gap}");
+        let plain = m.net.forward_t(&xs, false);
+        let off = (&bank - &plain).abs().max().double_value(&[]);
+        assert!(off > 1e-4, "the bank came from the float32 forward ({off})");
     }
 }

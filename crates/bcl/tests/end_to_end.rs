@@ -118,7 +118,12 @@ fn bct_is_compatible_and_independent_is_not() {
     assert!(row.gain.is_some());
 
     // the report files exist and parse
-    bcl::report::write_eval_report(&out, &report, &[("old".into(), old.history.clone())]).unwrap();
+    bcl::report::write_eval_report(
+        &bcl::layout::RunDir::new(&out),
+        &report,
+        &[("old".into(), old.history.clone())],
+    )
+    .unwrap();
     for f in [
         "results.md",
         "results.csv",
@@ -168,6 +173,7 @@ fn small_job<'a>(
             seed: 5,
             ..Default::default()
         },
+        method: Method::INDEPENDENT,
         compat: Method::INDEPENDENT
             .build(&Default::default(), Default::default())
             .unwrap(),

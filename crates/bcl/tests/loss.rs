@@ -33,6 +33,7 @@ fn bct_influence_loss_by_hand() {
             classifier: None,
             progress: 0.0,
         })
+        .expect("the loss has its inputs")
         .unwrap()
         .double_value(&[]);
     // sample 1: logits (2, 0) -> log(1 + e^-2); sample 2: logits (1.2, 1.6) -> log(1 + e^-0.4)
@@ -57,6 +58,7 @@ fn bct_gradient_reaches_the_new_features_only() {
         classifier: None,
         progress: 0.0,
     })
+    .expect("the loss has its inputs")
     .unwrap()
     .backward();
     // d/dz CE = softmax - onehot with z = (0.6, 0.8); d/df = (softmax - onehot) @ P
@@ -84,6 +86,7 @@ fn l2_loss_by_hand() {
             classifier: None,
             progress: 0.0,
         })
+        .expect("the loss has its inputs")
         .unwrap();
     // (0.4^2 + 0.8^2 + 0) / 2
     close(l.double_value(&[]), 0.4, 1e-6);
@@ -96,6 +99,7 @@ fn l2_loss_by_hand() {
             classifier: None,
             progress: 0.0,
         })
+        .expect("the loss has its inputs")
         .is_none());
 }
 

@@ -211,7 +211,7 @@ fn odpp_defaults_descend_at_realistic_width() {
     for d in [128, 256] {
         let t = {
             let _g = rng_lock();
-            bcl::perturb::bench_odpp(10, d, 8, &OdppConfig::default(), Device::Cpu, false)
+            bcl::run::bench::odpp::bench_odpp(10, d, 8, &OdppConfig::default(), Device::Cpu, false)
         };
         assert!(t.j.1 < t.j.0 - 0.1, "d = {d}: {t:?}");
         assert_eq!(t.j_rises, 0, "d = {d}: {t:?}");
@@ -223,7 +223,7 @@ fn odpp_defaults_descend_at_realistic_width() {
     };
     let t = {
         let _g = rng_lock();
-        bcl::perturb::bench_odpp(10, 256, 2, &fast, Device::Cpu, false)
+        bcl::run::bench::odpp::bench_odpp(10, 256, 2, &fast, Device::Cpu, false)
     };
     assert!(
         t.j_rises > 0,

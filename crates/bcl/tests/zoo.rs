@@ -4,7 +4,7 @@
 //! unconstrained one instead).
 
 use bcl::data::{synthetic, write_idx_dir};
-use bcl::loss::zoo::{
+use bcl::loss::{
     dann_coefficient, gradient_reversal, old_class_radii, old_class_radii_quantile, Advbct,
     AdvbctConfig, Lce, LceConfig, Ract, RactConfig, UnibctConfig, UnibctRefine,
 };
@@ -73,6 +73,7 @@ fn lce_by_hand_and_its_gradient_reaches_the_classifier() {
             classifier: Some(&w),
             ..CompatInputs::new(&f, &y)
         })
+        .expect("the loss has its inputs")
         .unwrap();
     let align = (1.0 - 0.5f64.sqrt()) / 2.0;
     let bound = 0.2 / 2.0;
@@ -151,6 +152,7 @@ fn ract_by_hand_excludes_same_class_negatives() {
             old: Some(&g),
             ..CompatInputs::new(&f, &y)
         })
+        .expect("the loss has its inputs")
         .unwrap();
     // samples 0 and 2: positive 0.6; negatives of class 1 only: g1 (0.8), f1 (0)
     let l0 = -0.6 + (0.6f64.exp() + 0.8f64.exp() + 1.0).ln();
@@ -208,6 +210,7 @@ fn advbct_by_hand_with_a_silent_discriminator() {
             progress: 0.5,
             ..CompatInputs::new(&f, &y)
         })
+        .expect("the loss has its inputs")
         .unwrap();
     // adversarial ln 2, hinge (0.4 − 0.2)/2, elastic 0 at the initial radii
     close(l.double_value(&[]), 2f64.ln() + 0.1, 1e-6);

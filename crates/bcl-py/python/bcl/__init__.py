@@ -2,7 +2,7 @@
 
 ``bcl.losses`` holds the compatibility losses as ``torch.nn.Module``s; ``bcl.metrics`` scores
 embeddings (class-level retrieval, the Revisited Oxford/Paris protocol) exactly as ``bcl
-metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits; ``bcl.Model`` loads a
+metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits; ``bcl.methods()`` and ``bcl.method_facts()`` read the method registry; ``bcl.Model`` loads a
 trained ``bcl`` model and embeds images with it; ``bcl.Gallery`` opens or creates a gallery
 (usearch or Milvus) with the CLI's lineage rules. Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
 ``FileNotFoundError`` for a missing file, ``bcl.BclError`` for everything else the library
@@ -13,8 +13,8 @@ refuses, each with the reason.
 import torch  # noqa: F401
 
 from . import losses, metrics, splits
-from ._bcl import BclError, methods
+from ._bcl import BclError, method_facts, methods
 from .model import Model
 from .gallery import Gallery
 
-__all__ = ["BclError", "Gallery", "Model", "losses", "methods", "metrics", "splits"]
+__all__ = ["BclError", "Gallery", "Model", "losses", "method_facts", "methods", "metrics", "splits"]

@@ -1,4 +1,4 @@
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ def split(
     classes: Optional[int] = ...,
 ) -> dict: ...
 def methods() -> dict[str, str]: ...
+def method_facts() -> dict[str, dict[str, Any]]: ...
 
 import torch
 

@@ -164,6 +164,7 @@ def _named(method: str, doc: str):
         def __init__(self, old_prototypes: Any = None, **kwargs: Any) -> None:
             super().__init__(method, old_prototypes, **kwargs)
 
+    Named._method = method
     Named.__name__ = Named.__qualname__ = doc.split(":")[0]
     Named.__doc__ = doc
     return Named

@@ -164,7 +164,7 @@ pub fn evaluate_models_on(
             method: Method::named(&m.card.method).map_err(|e| {
                 EvalError::Mismatch(format!(
                     "{}: {e}",
-                    m.dir.join(crate::model::CARD_FILE).display()
+                    crate::layout::ModelDir::new(&m.dir).card().display()
                 ))
             })?,
             old_old_map: oo.map,

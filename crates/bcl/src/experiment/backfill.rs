@@ -11,6 +11,7 @@ use super::mean_std;
 use crate::data::Scenario;
 use crate::eval::deploy::{backfill_curve, flips, top1_labels, Flips};
 use crate::files::write_atomic;
+use crate::layout::{ExperimentDir, ExperimentFile, RunDir};
 use crate::loss::Method;
 use crate::model::Embedder;
 use crate::report::{plot_xy, FrontierSeries, Reference};
@@ -85,11 +86,13 @@ pub fn deploy_run(
     dir: &Path,
     opts: &StepOptions,
 ) -> Result<Vec<DeployRun>, RunError> {
-    let dirs: Vec<_> = std::iter::once(dir.join("old"))
-        .chain(bf.methods.iter().map(|m| dir.join(m.model_name())))
+    let run = RunDir::new(dir);
+    let dirs: Vec<_> = std::iter::once(run.old())
+        .chain(bf.methods.iter().map(|m| run.model(&m.model_name())))
+        .map(|d| d.path().to_path_buf())
         .collect();
     let key = (super::model_ids(&dirs)?, bf.clone());
-    super::cached(&dir.join("backfill.json"), &key, || {
+    super::cached(&run.backfill_cache(), &key, || {
         let test = crate::data::open_test(&rc.data)?;
         let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
         let old_top1 = top1_labels(&old, &old, &test.labels)?;
@@ -193,8 +196,9 @@ pub fn write_backfill_reports(runs: &[DeployRun], out: &Path) -> Result<(), RunE
         }
         plot_scenario(*sc, rows, out)?;
     }
-    write_atomic(&out.join("backfill.md"), md.as_bytes())?;
-    write_atomic(&out.join("backfill.csv"), csv.csv().as_bytes())?;
+    let exp = ExperimentDir::new(out);
+    write_atomic(&exp.file(ExperimentFile::BackfillMd), md.as_bytes())?;
+    write_atomic(&exp.file(ExperimentFile::BackfillCsv), csv.csv().as_bytes())?;
     Ok(())
 }
 
@@ -260,7 +264,7 @@ fn plot_scenario(sc: Scenario, rows: &[(Method, Summary)], out: &Path) -> Result
         ),
         Reference::Horizontal(oo, format!("old→old = {oo:.3}")),
         &format!("{sc}: partial backfill"),
-        &out.join(format!("backfill-{sc}.svg")),
+        &ExperimentDir::new(out).backfill_plot(&sc.to_string()),
     )?;
     Ok(())
 }

@@ -42,7 +42,7 @@ pub fn run_benchmarks(
     for b in benchmarks {
         let key = (ids.clone(), b.clone());
         let report = super::cached(
-            &dir.join(format!("benchmark-{}.json", b.name)),
+            &crate::layout::RunDir::new(dir).benchmark_cache(&b.name),
             &key,
             || {
                 if models.is_none() {

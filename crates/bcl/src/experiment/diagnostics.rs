@@ -3,7 +3,7 @@
 //! old prototype, J (ODPP) and the refresh time against the training time (`diagnostics.md`);
 //! the compatibility matrix and a PCA plot of old against pseudo-old prototypes per run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -11,13 +11,11 @@ use tch::Tensor;
 use super::{model_dir, ExperimentConfig};
 use crate::data::Scenario;
 use crate::eval::models::EvalReport;
+use crate::layout::{ModelDir, RunDir};
 use crate::loss::Method;
 use crate::model::l2_normalize;
 use crate::report::{plot_matrix, plot_prototypes_pca, ReportError};
 use crate::table::{Column, Table};
-
-/// The methods whose runs save refreshes (their loss perturbs or refines the old prototypes).
-const REFRESHING: [Method; 3] = [Method::NDPP, Method::ODPP, Method::UNIBCT];
 
 /// Summary of one perturbation run's refreshes (from its `refreshes.json` and `history.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -48,15 +46,16 @@ pub struct DiagnosticsRow {
     pub train_seconds: f64,
 }
 
-/// Reads the refresh diagnostics of every main ndpp/odpp run under `out`.
+/// Reads the refresh diagnostics of every main run of a refreshing method (the registry's
+/// [`Method::refreshes`]) under `out`.
 pub fn diagnostics(cfg: &ExperimentConfig, out: &Path) -> Vec<DiagnosticsRow> {
     let mut rows = Vec::new();
     for &scenario in &cfg.scenarios {
         for &seed in &cfg.seeds {
-            for m in REFRESHING {
-                let dir = model_dir(out, scenario, seed, m);
-                let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-                let (Some(r), Some(h)) = (read("refreshes.json"), read("history.json")) else {
+            for m in cfg.methods.iter().copied().filter(Method::refreshes) {
+                let dir = ModelDir::new(model_dir(out, scenario, seed, m));
+                let read = |f: PathBuf| std::fs::read_to_string(f).ok();
+                let (Some(r), Some(h)) = (read(dir.refreshes()), read(dir.history())) else {
                     continue;
                 };
                 let (Ok(r), Ok(h)) = (
@@ -128,7 +127,7 @@ pub fn diagnostics_markdown(rows: &[DiagnosticsRow]) -> String {
 
 /// Reads the old and pseudo-old prototypes a perturbation run saved in its checkpoint.
 pub fn saved_prototypes(model_dir: &Path) -> Option<(Tensor, Tensor)> {
-    let state = Tensor::read_safetensors(model_dir.join("checkpoint/compat.safetensors")).ok()?;
+    let state = Tensor::read_safetensors(ModelDir::new(model_dir).checkpoint_compat()).ok()?;
     let get = |n: &str| {
         state
             .iter()
@@ -141,22 +140,23 @@ pub fn saved_prototypes(model_dir: &Path) -> Option<(Tensor, Tensor)> {
     Some((old, pseudo))
 }
 
-/// The plots of one run: its compatibility matrix and, for NDPP and ODPP, the old against the
-/// pseudo-old prototypes (PCA).
+/// The plots of one run: its compatibility matrix and, for each refreshing method that saved
+/// them (NDPP, ODPP, UniBCT), the old against the pseudo-old prototypes (PCA).
 pub fn plot_run(
     report: &EvalReport,
     dir: &Path,
     scenario: Scenario,
     seed: u64,
 ) -> Result<(), ReportError> {
-    plot_matrix(&report.matrix, &dir.join("compat_matrix.svg"))?;
-    for m in [Method::NDPP, Method::ODPP] {
-        if let Some((o, p)) = saved_prototypes(&dir.join(m.model_name())) {
+    let run = RunDir::new(dir);
+    plot_matrix(&report.matrix, &run.matrix_plot())?;
+    for m in Method::all().filter(Method::refreshes) {
+        if let Some((o, p)) = saved_prototypes(run.model(&m.model_name()).path()) {
             plot_prototypes_pca(
                 &o,
                 &p,
                 &format!("{m}, {scenario}, seed {seed}"),
-                &dir.join(format!("prototypes-{m}.svg")),
+                &run.prototypes_plot(m.as_str()),
             )?;
         }
     }

@@ -14,6 +14,7 @@ use super::Knob;
 use crate::data::Scenario;
 use crate::eval::is_compatible;
 use crate::files::write_atomic;
+use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
 use crate::report::{plot_frontier, Bar, FrontierSeries};
 use crate::run::{RunConfig, RunError};
@@ -414,9 +415,13 @@ pub fn write_frontier(
 ) -> Result<(Vec<SettingSummary>, Vec<BestCompatibleRow>), RunError> {
     let summary = summarise(points);
     let best = best_compatible(points, Method::BCT);
-    write_atomic(&out.join("frontier.csv"), frontier_csv(points).as_bytes())?;
+    let exp = ExperimentDir::new(out);
     write_atomic(
-        &out.join("frontier.md"),
+        &exp.file(ExperimentFile::FrontierCsv),
+        frontier_csv(points).as_bytes(),
+    )?;
+    write_atomic(
+        &exp.file(ExperimentFile::FrontierMd),
         frontier_markdown(&summary, &best).as_bytes(),
     )?;
     let scenarios = distinct(summary.iter().map(|r| r.scenario));
@@ -427,7 +432,7 @@ pub fn write_frontier(
             &series(&summary, sc, base),
             oo,
             &format!("{sc}: self-test vs cross-test mAP (mean, 95% interval)"),
-            &out.join(format!("frontier-{sc}.svg")),
+            &exp.frontier_plot(&sc.to_string()),
         )?;
     }
     Ok((summary, best))

@@ -11,6 +11,7 @@ use super::{mean_std, paired};
 use crate::data::Scenario;
 use crate::eval::models::ResultRow;
 use crate::files::write_atomic;
+use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
 use crate::run::RunError;
 use crate::table::{Column, Table};
@@ -159,10 +160,13 @@ pub fn write_main_tables(
 ) -> Result<(Vec<AggregateRow>, Vec<paired::PairedRow>), RunError> {
     let table = aggregate(runs);
     write_atomic(
-        &out.join("results.md"),
+        &ExperimentDir::new(out).file(ExperimentFile::ResultsMd),
         aggregate_markdown(&table).as_bytes(),
     )?;
-    write_atomic(&out.join("results.csv"), aggregate_csv(&table).as_bytes())?;
+    write_atomic(
+        &ExperimentDir::new(out).file(ExperimentFile::ResultsCsv),
+        aggregate_csv(&table).as_bytes(),
+    )?;
     let mut pairs = Vec::new();
     let mut md = String::from(
         "Paired by seed (each scenario and seed shares split, data and old model); mean \
@@ -176,7 +180,8 @@ pub fn write_main_tables(
             pairs.extend(rows);
         }
     }
-    write_atomic(&out.join("paired.md"), md.as_bytes())?;
-    crate::files::write_json(&out.join("paired.json"), &pairs)?;
+    let exp = ExperimentDir::new(out);
+    write_atomic(&exp.file(ExperimentFile::PairedMd), md.as_bytes())?;
+    crate::files::write_json(&exp.file(ExperimentFile::PairedJson), &pairs)?;
     Ok((table, pairs))
 }

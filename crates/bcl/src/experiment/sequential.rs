@@ -12,8 +12,9 @@ use super::{mean_std, ExperimentConfig};
 use crate::data::Scenario;
 use crate::eval::{is_compatible, CompatMatrix};
 use crate::files::write_atomic;
+use crate::layout::{ExperimentDir, ExperimentFile, ModelDir, SequentialDir};
 use crate::loss::Method;
-use crate::model::{Embedder, ModelCard, CARD_FILE};
+use crate::model::{Embedder, ModelCard};
 use crate::report::plot_matrix;
 use crate::run::{train_old, train_successor, RunError, StepOptions};
 use crate::table::{Column, Table};
@@ -154,14 +155,14 @@ pub fn run_sequential(
         let mut rc = cfg.run_config(Scenario::ExtendedData, seed);
         rc.split.fraction = seq.fractions[0];
         // The first model is the main table's extended-data old model when that is the same run.
-        let main_old = super::run_dir(out, Scenario::ExtendedData, seed).join("old");
+        let main_old = super::run_dir(out, Scenario::ExtendedData, seed).old();
         let same_as_main = cfg.scenarios.contains(&Scenario::ExtendedData)
             && rc == cfg.run_config(Scenario::ExtendedData, seed);
-        let seq_dir = out.join("sequential").join(super::seed_dir_name(seed));
+        let seq_dir = ExperimentDir::new(out).sequential(seed);
         let first: PathBuf = if same_as_main {
-            main_old
+            main_old.path().to_path_buf()
         } else {
-            seq_dir.join("m0")
+            seq_dir.first().path().to_path_buf()
         };
         tracing::info!(seed, "sequential chain: first model");
         train_old(&rc, &first, opts)?;
@@ -175,7 +176,7 @@ pub fn run_sequential(
                 let mut step = rc.clone();
                 // a seed of its own per link: no two models of a chain share an initialisation
                 step.new.seed = rc.new.seed + 100 * i as u64;
-                let d = seq_dir.join(method.to_string()).join(format!("m{i}"));
+                let d = seq_dir.step(method.as_str(), i).path().to_path_buf();
                 tracing::info!(seed, %method, link = i, fraction = r, "sequential chain");
                 train_successor(&step, &reference, method, Some(r), &d, opts)?;
                 dirs.push(d);
@@ -194,14 +195,14 @@ fn evaluate_chain(
     method: Method,
     seed: u64,
     dirs: &[PathBuf],
-    seq_dir: &Path,
+    seq_dir: &SequentialDir,
     opts: &StepOptions,
 ) -> Result<ChainRun, RunError> {
     let ids: Vec<String> = dirs
         .iter()
-        .map(|d| ModelCard::read(&d.join(CARD_FILE)).map(|c| c.id))
+        .map(|d| ModelCard::read(&ModelDir::new(d).card()).map(|c| c.id))
         .collect::<Result<_, _>>()?;
-    let cache = seq_dir.join(format!("eval-{method}.json"));
+    let cache = seq_dir.eval_cache(method.as_str());
     let cached: Option<(Vec<String>, ChainRun)> = std::fs::read_to_string(&cache)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -232,7 +233,7 @@ fn evaluate_chain(
             run
         }
     };
-    plot_matrix(&run.matrix, &seq_dir.join(format!("matrix-{method}.svg")))?;
+    plot_matrix(&run.matrix, &seq_dir.matrix_plot(method.as_str()))?;
     Ok(run)
 }
 
@@ -284,9 +285,10 @@ pub fn run_and_write(
     let chains = run_sequential(cfg, seq, out, opts)?;
     let summary = summarise(&chains, &seq.fractions);
     let md = sequential_markdown(&summary, seq.reference);
-    write_atomic(&out.join("sequential.md"), md.as_bytes())?;
+    let exp = ExperimentDir::new(out);
+    write_atomic(&exp.file(ExperimentFile::SequentialMd), md.as_bytes())?;
     write_atomic(
-        &out.join("sequential.csv"),
+        &exp.file(ExperimentFile::SequentialCsv),
         sequential_csv(&chains).as_bytes(),
     )?;
     Ok(chains)

@@ -83,7 +83,10 @@ pub fn train_sweeps(
     let mut out = Vec::new();
     for s in sweeps {
         for &value in &s.values {
-            let d = dir.join(s.dir_name(value));
+            let d = crate::layout::RunDir::new(dir)
+                .model(&s.dir_name(value))
+                .path()
+                .to_path_buf();
             train_new(&s.config(rc, value), old_dir, s.method, &d, opts)?;
             out.push(SweepModel {
                 sweep: s.clone(),

@@ -1,9 +1,13 @@
 //! The method registry: each compatibility method is one [`MethodSpec`] (its name, a one-line
-//! description, what the run must prepare for it, its own settings with their defaults and
-//! checks, the knobs a sweep may turn, and how its loss is built), listed once in [`REGISTRY`].
-//! The CLI's help, experiments' method lists, configuration checks and sweeps all read the
-//! registry, so a new method is one new file under `loss/methods/` plus one line in
-//! [`REGISTRY`] (docs/architecture.md walks through it).
+//! description, what the run must prepare for it, whether it has a loss, whether it refreshes,
+//! how it behaves under data parallelism, its own settings with their defaults and checks, the
+//! knobs a sweep may turn, and how its loss is built), listed once in `BUILTIN` or added at run
+//! time by [`register`]. The CLI's help, model cards, experiments' method lists and stages,
+//! configuration checks, sweeps, the Python binding and the docs all read the registry, so a
+//! new method is one new file under `loss/methods/` plus one line in `BUILTIN`
+//! (docs/architecture.md walks through it).
+
+use std::sync::RwLock;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -12,18 +16,72 @@ use tch::Tensor;
 use super::methods;
 use super::{CompatConfig, CompatLoss, OldPrototypes};
 
-/// Every registered method, in the order help and tables list them. A new method: one line.
-pub static REGISTRY: &[&dyn MethodSpec] = &[
-    &methods::independent::Independent,
-    &methods::l2::L2,
-    &methods::bct::Bct,
-    &methods::ndpp::Ndpp,
-    &methods::odpp::Odpp,
-    &methods::lce::Lce,
-    &methods::unibct::Unibct,
-    &methods::ract::Ract,
-    &methods::advbct::Advbct,
+/// The methods this build ships, in the order help and tables list them. A new method: one
+/// line here (or [`register`] from outside the crate).
+static BUILTIN: &[&dyn MethodSpec] = &[
+    &methods::independent::Spec,
+    &methods::l2::Spec,
+    &methods::bct::Spec,
+    &methods::ndpp::Spec,
+    &methods::odpp::Spec,
+    &methods::lce::Spec,
+    &methods::unibct::Spec,
+    &methods::ract::Spec,
+    &methods::advbct::Spec,
 ];
+
+/// Methods registered at run time by [`register`] (a method defined outside this crate: a
+/// plug-in, or a test), after the built-in ones.
+static REGISTERED: RwLock<Vec<&'static dyn MethodSpec>> = RwLock::new(Vec::new());
+
+/// Every registered method's specification: the built-in ones, then those [`register`]ed.
+pub fn registry() -> Vec<&'static dyn MethodSpec> {
+    let extra = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+    BUILTIN
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect()
+}
+
+/// Adds a method defined outside this crate to the registry: from then on it is listed,
+/// parsed from configuration files and experiment method lists, and trained like a built-in
+/// one. Registering the same specification twice is a no-op; another specification under a
+/// registered name (or a name that is not a lower-case identifier) is refused.
+pub fn register(spec: &'static dyn MethodSpec) -> Result<Method, RegistryError> {
+    let name = spec.name();
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if !valid || name == "none" {
+        return Err(RegistryError::BadName(name.to_string()));
+    }
+    let mut extra = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    let same = |s: &&dyn MethodSpec| std::ptr::addr_eq(*s as *const dyn MethodSpec, spec);
+    if BUILTIN.iter().chain(extra.iter()).any(same) {
+        return Ok(Method(spec));
+    }
+    if BUILTIN.iter().chain(extra.iter()).any(|s| s.name() == name) {
+        return Err(RegistryError::Taken(name.to_string()));
+    }
+    extra.push(spec);
+    Ok(Method(spec))
+}
+
+/// Why [`register`] refused a method.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// Another method is registered under the name.
+    #[error("a method named '{0}' is already registered")]
+    Taken(String),
+    /// The name cannot be written in configuration files and directory names.
+    #[error(
+        "method name '{0}': expected a lower-case identifier (a-z, 0-9, '-', '_'), not 'none'"
+    )]
+    BadName(String),
+}
 
 /// What a run prepares for a method before building its loss (see [`BuildContext`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,7 +152,11 @@ impl Knob {
 
     /// λ and every method's own knobs.
     pub fn all() -> impl Iterator<Item = Knob> {
-        std::iter::once(Knob::LAMBDA).chain(REGISTRY.iter().flat_map(|m| m.knobs().iter().copied()))
+        std::iter::once(Knob::LAMBDA).chain(
+            registry()
+                .into_iter()
+                .flat_map(|m| m.knobs().iter().copied()),
+        )
     }
 
     /// The name (as [`Knob::name`]).
@@ -182,16 +244,41 @@ pub trait MethodSpec: Sync {
     /// same loss (a resumed run under another view is refused).
     fn config_view(&self, cfg: &CompatConfig) -> Result<serde_json::Value, String>;
     /// The knobs of its own section a sweep may turn (λ is added for every method that
-    /// reads it, see [`MethodSpec::reads_lambda`]).
+    /// has a loss, see [`MethodSpec::has_loss`]).
     fn knobs(&self) -> &'static [Knob] {
         &[]
     }
-    /// Whether the loss is weighted by `compat.lambda` (all but `independent`).
-    fn reads_lambda(&self) -> bool {
+    /// Whether the method adds a compatibility loss, weighted by `compat.lambda`, to the head's
+    /// (all but `independent`, which trains the head alone): only then does λ turn in sweeps,
+    /// does its model claim compatibility on its card, and does the Python package offer its
+    /// loss.
+    fn has_loss(&self) -> bool {
         true
+    }
+    /// Whether the loss refreshes state from the new model while it trains
+    /// ([`CompatLoss::refresh`]): its runs save `refreshes.json`, and experiments report their
+    /// refresh diagnostics.
+    fn refreshes(&self) -> bool {
+        false
+    }
+    /// How the loss behaves under data-parallel training (docs/distributed.md lists it from
+    /// here, and a test keeps the page and the registry equal).
+    fn data_parallel(&self) -> DataParallel {
+        DataParallel::Exact
     }
     /// Builds the loss from the configuration and what the run prepared ([`MethodSpec::needs`]).
     fn build(&self, cfg: &CompatConfig, ctx: BuildContext) -> Result<Box<dyn CompatLoss>, String>;
+}
+
+/// How a method's loss behaves when a batch is shared among ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataParallel {
+    /// A mean over the batch's items or a term of the weights alone: gradients averaged by share
+    /// give the one-process update on the whole batch.
+    Exact,
+    /// The loss couples the items of a batch and each rank computes it on its own share (the
+    /// reason says how); it trains, but not to the one-process model.
+    PerShard(&'static str),
 }
 
 /// Parses a method's section `[compat.<method>]` into its settings type (serde defaults for
@@ -230,27 +317,27 @@ pub struct Method(&'static dyn MethodSpec);
 
 impl Method {
     /// No compatibility term: the upper bound every gain is measured against.
-    pub const INDEPENDENT: Method = Method(&methods::independent::Independent);
+    pub const INDEPENDENT: Method = Method(&methods::independent::Spec);
     /// Feature regression to the old embedding.
-    pub const L2: Method = Method(&methods::l2::L2);
+    pub const L2: Method = Method(&methods::l2::Spec);
     /// BCT, the reference the perturbation methods are compared with.
-    pub const BCT: Method = Method(&methods::bct::Bct);
+    pub const BCT: Method = Method(&methods::bct::Spec);
     /// NDPP.
-    pub const NDPP: Method = Method(&methods::ndpp::Ndpp);
+    pub const NDPP: Method = Method(&methods::ndpp::Spec);
     /// ODPP.
-    pub const ODPP: Method = Method(&methods::odpp::Odpp);
+    pub const ODPP: Method = Method(&methods::odpp::Spec);
     /// LCE.
-    pub const LCE: Method = Method(&methods::lce::Lce);
+    pub const LCE: Method = Method(&methods::lce::Spec);
     /// UniBCT.
-    pub const UNIBCT: Method = Method(&methods::unibct::Unibct);
+    pub const UNIBCT: Method = Method(&methods::unibct::Spec);
     /// RACT.
-    pub const RACT: Method = Method(&methods::ract::Ract);
+    pub const RACT: Method = Method(&methods::ract::Spec);
     /// AdvBCT.
-    pub const ADVBCT: Method = Method(&methods::advbct::Advbct);
+    pub const ADVBCT: Method = Method(&methods::advbct::Spec);
 
     /// Every registered method, in registry order.
     pub fn all() -> impl Iterator<Item = Method> {
-        REGISTRY.iter().map(|&s| Method(s))
+        registry().into_iter().map(Method)
     }
 
     /// The method named `name`, or an error listing the registered names.
@@ -299,9 +386,24 @@ impl Method {
         self.0.needs().old_bank
     }
 
+    /// Whether the method adds a compatibility loss (see [`MethodSpec::has_loss`]).
+    pub fn has_loss(&self) -> bool {
+        self.0.has_loss()
+    }
+
+    /// Whether the method refreshes state while training (see [`MethodSpec::refreshes`]).
+    pub fn refreshes(&self) -> bool {
+        self.0.refreshes()
+    }
+
+    /// How its loss behaves under data parallelism (see [`MethodSpec::data_parallel`]).
+    pub fn data_parallel(&self) -> DataParallel {
+        self.0.data_parallel()
+    }
+
     /// The knobs a sweep of this method may turn: λ (where the method reads it), then its own.
     pub fn knobs(&self) -> Vec<Knob> {
-        let lambda = self.0.reads_lambda().then_some(Knob::LAMBDA);
+        let lambda = self.0.has_loss().then_some(Knob::LAMBDA);
         lambda
             .into_iter()
             .chain(self.0.knobs().iter().copied())

@@ -1,6 +1,7 @@
-//! One file per compatibility method: its [`super::MethodSpec`] (name, description, needs,
-//! settings and their checks, sweep knobs, construction). Each is registered by one line in
-//! [`super::method::REGISTRY`].
+//! One file per compatibility method: its registry entry `Spec` (a [`super::MethodSpec`]: name,
+//! description, needs, properties, settings and their checks, sweep knobs, construction), its
+//! settings type and its loss. Each is registered by one line in the registry's `BUILTIN`
+//! list (`loss/method.rs`).
 
 pub mod advbct;
 pub mod bct;

@@ -1,5 +1,8 @@
 //! The training-step bench: the configured model's forward, head loss, backward and SGD update
-//! on a fixed random batch, the same step as `bench/torch_reference.py` times in PyTorch.
+//! on a fixed random batch, the same step as `bench/torch_reference.py` times in PyTorch; the
+//! ODPP refresh bench in `odpp`.
+
+pub mod odpp;
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -58,7 +61,7 @@ pub fn bench_step(
     let net = EmbeddingNet::new(&(vs.root() / "net"), &cfg.model);
     let classes = cfg.data.classes as i64;
     let head = ClassifierHead::new(
-        &(vs.root() / "classifier"),
+        &(vs.root() / ClassifierHead::PATH),
         &cfg.old.head,
         cfg.model.dim,
         classes,
@@ -157,8 +160,12 @@ pub fn dist_traffic(
     }
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let _net = crate::model::EmbeddingNet::new(&(vs.root() / "net"), model);
-    let _head =
-        crate::loss::ClassifierHead::new(&(vs.root() / "classifier"), head, model.dim, classes);
+    let _head = crate::loss::ClassifierHead::new(
+        &(vs.root() / crate::loss::ClassifierHead::PATH),
+        head,
+        model.dim,
+        classes,
+    );
     let vars = vs.variables();
     let count = |trainable: bool| -> i64 {
         vars.values()

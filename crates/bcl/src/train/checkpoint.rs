@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use super::{EpochStats, Sgd, TrainConfig, TrainError, TrainOutcome};
+use crate::layout::ModelDir;
 use crate::loss::CompatLoss;
-use crate::model::{ModelCard, ModelConfig, CARD_FILE};
+use crate::model::{ModelCard, ModelConfig};
 use crate::perturb::RefreshStats;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,8 +125,9 @@ pub fn finished_run(
     config_str: &str,
     epochs: usize,
 ) -> Result<Option<TrainOutcome>, TrainError> {
-    let state_path = out.join("checkpoint").join("state.json");
-    let card_path = out.join(CARD_FILE);
+    let md = ModelDir::new(out);
+    let state_path = md.checkpoint_state();
+    let card_path = md.card();
     if !(state_path.exists() && card_path.exists()) {
         return Ok(None);
     }
@@ -144,7 +146,7 @@ pub fn finished_run(
 
 /// The checkpoint files of a run directory.
 pub(crate) struct Checkpoint {
-    dir: PathBuf,
+    dir: ModelDir,
     /// `checkpoint/state.json`.
     pub(crate) state: PathBuf,
 }
@@ -152,9 +154,9 @@ pub(crate) struct Checkpoint {
 impl Checkpoint {
     /// The checkpoint of the run in `out`.
     pub(crate) fn of(out: &Path) -> Self {
-        let dir = out.join("checkpoint");
+        let dir = ModelDir::new(out);
         Self {
-            state: dir.join("state.json"),
+            state: dir.checkpoint_state(),
             dir,
         }
     }
@@ -167,12 +169,12 @@ impl Checkpoint {
         compat: &mut dyn CompatLoss,
         device: Device,
     ) -> Result<(), TrainError> {
-        let w = self.dir.join("weights.safetensors");
+        let w = self.dir.checkpoint_weights();
         vs.load(&w).map_err(|e| ckpt_err(&w, e))?;
-        let o = self.dir.join("optimizer.safetensors");
+        let o = self.dir.checkpoint_optimizer();
         let state = Tensor::read_safetensors(&o).map_err(|e| ckpt_err(&o, e))?;
         opt.load_state(state, device);
-        let c = self.dir.join("compat.safetensors");
+        let c = self.dir.checkpoint_compat();
         if c.exists() {
             let state = Tensor::read_safetensors(&c).map_err(|e| ckpt_err(&c, e))?;
             compat.load_state(&state);
@@ -189,12 +191,13 @@ impl Checkpoint {
         compat: &dyn CompatLoss,
         state: &CheckpointState,
     ) -> Result<(), TrainError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| ckpt_err(&self.dir, e))?;
-        save_safetensors_atomic(&self.dir.join("weights.safetensors"), &named_vars(vs))?;
-        save_safetensors_atomic(&self.dir.join("optimizer.safetensors"), &opt.state())?;
+        let dir = self.dir.checkpoint();
+        std::fs::create_dir_all(&dir).map_err(|e| ckpt_err(&dir, e))?;
+        save_safetensors_atomic(&self.dir.checkpoint_weights(), &named_vars(vs))?;
+        save_safetensors_atomic(&self.dir.checkpoint_optimizer(), &opt.state())?;
         let cstate = compat.state();
         if !cstate.is_empty() {
-            save_safetensors_atomic(&self.dir.join("compat.safetensors"), &cstate)?;
+            save_safetensors_atomic(&self.dir.checkpoint_compat(), &cstate)?;
         }
         crate::files::write_json(&self.state, state)?;
         Ok(())

@@ -1,5 +1,5 @@
-//! Export of a trained model: `model.safetensors` (the model's variables, without a method's
-//! own), its card `model.json`, `history.json` and `refreshes.json`.
+//! Export of a trained model: its weights (the model's variables, without a method's own), its
+//! card, the history and the refreshes (file names: [`crate::layout::ModelDir`]).
 
 use std::path::Path;
 
@@ -8,14 +8,16 @@ use tch::{nn, Tensor};
 use super::checkpoint::{named_vars, save_safetensors_atomic, COMPAT_VARS};
 use super::{EpochStats, TrainError};
 use crate::data::Normalization;
+use crate::layout::ModelDir;
 use crate::loss::CompatLoss;
-use crate::model::{file_id, Embedder, ModelCard, ModelConfig, Role, CARD_FILE, WEIGHTS_FILE};
+use crate::model::{file_id, Embedder, ModelCard, ModelConfig, Role};
 use crate::perturb::RefreshStats;
 
 /// What the card says beyond the weights' own content.
 pub(crate) struct CardFacts<'a> {
     pub(crate) name: &'a str,
     pub(crate) role: Role,
+    pub(crate) method: crate::loss::Method,
     pub(crate) model: &'a ModelConfig,
     pub(crate) classes: &'a [i64],
     pub(crate) normalization: Normalization,
@@ -37,7 +39,8 @@ pub(crate) fn export(
     history: &[EpochStats],
     refreshes: &[RefreshStats],
 ) -> Result<ModelCard, TrainError> {
-    let wpath = out.join(WEIGHTS_FILE);
+    let md = ModelDir::new(out);
+    let wpath = md.weights();
     // The model file holds the model: a method's own variables (a discriminator) stay in the
     // checkpoint only.
     let model_vars: Vec<(String, Tensor)> = named_vars(vs)
@@ -54,7 +57,7 @@ pub(crate) fn export(
         method: if facts.role == Role::Old {
             "none".into()
         } else {
-            compat.name().to_string()
+            facts.method.as_str().to_string()
         },
         arch: facts.model.clone(),
         classes: facts.classes.to_vec(),
@@ -71,10 +74,10 @@ pub(crate) fn export(
             .map(|o| o.card.id.clone()),
         note: facts.note.to_string(),
     };
-    crate::files::write_json(&out.join("history.json"), &history)?;
+    crate::files::write_json(&md.history(), &history)?;
     if !refreshes.is_empty() {
-        crate::files::write_json(&out.join("refreshes.json"), &refreshes)?;
+        crate::files::write_json(&md.refreshes(), &refreshes)?;
     }
-    crate::files::write_json(&out.join(CARD_FILE), &card)?;
+    crate::files::write_json(&md.card(), &card)?;
     Ok(card)
 }

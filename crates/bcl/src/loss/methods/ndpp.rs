@@ -6,11 +6,11 @@ use crate::loss::{CompatConfig, CompatLoss, PerturbedBct};
 use crate::perturb::NdppConfig;
 
 /// The registry entry.
-pub struct Ndpp;
+pub struct Spec;
 
 const NAME: &str = "ndpp";
 
-impl MethodSpec for Ndpp {
+impl MethodSpec for Spec {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -22,6 +22,9 @@ impl MethodSpec for Ndpp {
             prototypes: true,
             old_bank: false,
         }
+    }
+    fn refreshes(&self) -> bool {
+        true
     }
     fn default_settings(&self) -> Option<toml::Table> {
         defaults_table::<NdppConfig>()

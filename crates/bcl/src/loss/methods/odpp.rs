@@ -6,7 +6,7 @@ use crate::loss::{CompatConfig, CompatLoss, PerturbedBct};
 use crate::perturb::OdppConfig;
 
 /// The registry entry.
-pub struct Odpp;
+pub struct Spec;
 
 const NAME: &str = "odpp";
 
@@ -17,7 +17,7 @@ pub fn resolved(cfg: &CompatConfig) -> Result<OdppConfig, String> {
     Ok(o)
 }
 
-impl MethodSpec for Odpp {
+impl MethodSpec for Spec {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -29,6 +29,9 @@ impl MethodSpec for Odpp {
             prototypes: true,
             old_bank: true,
         }
+    }
+    fn refreshes(&self) -> bool {
+        true
     }
     fn default_settings(&self) -> Option<toml::Table> {
         defaults_table::<OdppConfig>()

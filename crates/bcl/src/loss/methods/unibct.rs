@@ -1,16 +1,20 @@
 //! `unibct`: UniBCT, the influence loss against old prototypes refined by propagation over the
-//! new model's class graph (refinement in `loss::zoo`).
+//! new model's class graph (its settings and the refinement below).
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
 
 use crate::loss::method::{check, defaults_table, section, BuildContext, MethodSpec, Needs};
-use crate::loss::zoo::UnibctConfig;
 use crate::loss::{CompatConfig, CompatLoss, PerturbedBct};
+use crate::model::l2_normalize;
+use crate::perturb::{Perturbation, RefreshInputs};
 
 /// The registry entry.
-pub struct Unibct;
+pub struct Spec;
 
 const NAME: &str = "unibct";
 
-impl MethodSpec for Unibct {
+impl MethodSpec for Spec {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -22,6 +26,9 @@ impl MethodSpec for Unibct {
             prototypes: true,
             old_bank: false,
         }
+    }
+    fn refreshes(&self) -> bool {
+        true
     }
     fn default_settings(&self) -> Option<toml::Table> {
         defaults_table::<UnibctConfig>()
@@ -52,9 +59,70 @@ impl MethodSpec for Unibct {
             cfg.scale,
             ctx.prototypes(NAME)?,
             cfg.refresh.clone(),
-            Box::new(crate::loss::zoo::UnibctRefine {
+            Box::new(UnibctRefine {
                 cfg: section(cfg, NAME)?,
             }),
         )))
+    }
+}
+
+/// Hyper-parameters of `unibct`'s prototype refinement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnibctConfig {
+    /// Neighbours per class in the kNN graph of the new prototypes.
+    pub k: usize,
+    /// Propagation strength λ_p in `(1 − λ_p)(I − λ_p A)^{-1}`; 0 leaves `P°` as it is (= bct).
+    pub alpha: f64,
+}
+
+impl Default for UnibctConfig {
+    fn default() -> Self {
+        Self { k: 5, alpha: 0.5 }
+    }
+}
+
+/// UniBCT's structural refinement: `P̂ = normalize((1 − α)(I − αA)^{-1} P°)` with `A` the
+/// symmetrically normalised kNN graph of the current new prototypes; returned as a Δ so that
+/// the influence loss is `bct` against `P̂` (the same machinery as NDPP/ODPP).
+#[derive(Debug, Clone)]
+pub struct UnibctRefine {
+    /// Its configuration.
+    pub cfg: UnibctConfig,
+}
+
+impl UnibctRefine {
+    /// The refined prototypes for old prototypes `old` and new prototypes `new` (`[C, d]`).
+    pub fn refine(&self, old: &Tensor, new: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let c = old.size()[0];
+            let k = (self.cfg.k as i64).min(c - 1);
+            if k <= 0 || self.cfg.alpha == 0.0 {
+                return old.shallow_clone();
+            }
+            let eye = Tensor::eye(c, (Kind::Float, old.device()));
+            let s = new
+                .matmul(&new.tr())
+                .masked_fill(&eye.to_kind(Kind::Bool), f64::NEG_INFINITY);
+            let (vals, idx) = s.topk(k, 1, true, false);
+            let w = Tensor::zeros([c, c], (Kind::Float, old.device())).scatter(
+                1,
+                &idx,
+                &vals.clamp_min(0.0),
+            );
+            let w = (&w + &w.tr()) * 0.5;
+            let deg = w.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            let inv = deg.clamp_min(1e-12).rsqrt() * deg.gt(0.0).to_kind(Kind::Float);
+            let a = &inv.unsqueeze(1) * &w * inv.unsqueeze(0);
+            let m = &eye - a * self.cfg.alpha;
+            l2_normalize(&(Tensor::linalg_solve(&m, old, true) * (1.0 - self.cfg.alpha)))
+        })
+    }
+}
+
+impl Perturbation for UnibctRefine {
+    fn refresh(&mut self, inputs: &RefreshInputs) -> (Tensor, Option<(f64, f64)>) {
+        // normalize(P° + (P̂ − P°)) = P̂, since P̂ is normalised.
+        (self.refine(inputs.old, inputs.new) - inputs.old, None)
     }
 }
