@@ -12,9 +12,10 @@ use bcl::loss::Method;
 use bcl::model::Embedder;
 use bcl::report::rows_markdown;
 use bcl::run::{self, parse_device, RunConfig, StepOptions};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod dist;
+mod docs_cmd;
 mod gallery_cmd;
 
 /// Backward-compatible learning for retrieval: train new embedding models whose queries can be
@@ -65,6 +66,10 @@ enum Command {
     Benchmark(BenchmarkArgs),
     /// The registered compatibility methods: what each does, needs, sweeps and its settings.
     Methods,
+    /// Shell completions (bash, zsh, fish, elvish, powershell), generated from these flags.
+    Completions(docs_cmd::CompletionsArgs),
+    /// The man page (or with --out, one page per command), generated from these flags.
+    Man(docs_cmd::ManArgs),
 }
 
 #[derive(Args)]
@@ -510,6 +515,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::BenchDist(a) => cmd_bench_dist(a)?,
         Command::Bench(a) => cmd_bench(a)?,
         Command::Methods => cmd_methods(),
+        Command::Completions(a) => docs_cmd::completions(Cli::command(), &a),
+        Command::Man(a) => docs_cmd::man(Cli::command(), &a)?,
     }
     Ok(())
 }
@@ -922,6 +929,8 @@ fn cmd_methods() {
         Column::text("method"),
         Column::text("what it does"),
         Column::text("needs"),
+        Column::text("refreshes"),
+        Column::text("data parallel"),
         Column::text("sweep knobs"),
         Column::text("settings ([compat.<method>], defaults)"),
     ]);
@@ -948,6 +957,11 @@ fn cmd_methods() {
             m.as_str().to_string(),
             m.description().to_string(),
             needs.join(", "),
+            if m.refreshes() { "yes" } else { "no" }.to_string(),
+            match m.data_parallel() {
+                bcl::loss::DataParallel::Exact => "exact".to_string(),
+                bcl::loss::DataParallel::PerShard(why) => format!("per rank's share: {why}"),
+            },
             knobs.join(", "),
             settings,
         ]);
