@@ -6,8 +6,11 @@ if ! command -v wrk >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --quiet -p bcl-cli --features milvus
-BCL=target/release/bcl
+# BCL=path runs another build of bcl (say, the previous commit's, to compare in one run).
+if [ -z "${BCL:-}" ]; then
+  cargo build --release --quiet -p bcl-cli --features milvus
+  BCL=target/release/bcl
+fi
 WORK=$(mktemp -d)
 PORT=$((20000 + RANDOM % 20000))
 SERVER=""

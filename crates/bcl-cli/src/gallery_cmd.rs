@@ -320,28 +320,28 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
     /// Largest request body in bytes.
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = ServeConfig::default().max_body_bytes)]
     max_body_bytes: usize,
     /// Largest k a request may ask for.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = ServeConfig::default().max_k)]
     max_k: usize,
     /// Largest number of query vectors per request.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ServeConfig::default().max_queries)]
     max_queries: usize,
     /// Exact search by default (requests may still say "exact").
     #[arg(long)]
     exact: bool,
     /// Seconds a client has to send a request's head before its connection is closed.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout_s)]
     header_timeout: f64,
     /// Seconds a whole request may take, body upload included (then 408).
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = ServeConfig::default().request_timeout_s)]
     request_timeout: f64,
     /// Connections served at once (more wait in the listen queue).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
     max_connections: usize,
     /// Seconds in-flight requests (and a live backfill's commit) get after Ctrl-C/SIGTERM.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = ServeConfig::default().shutdown_grace_s)]
     shutdown_grace: f64,
     /// Serve even if the query model fails the lineage check (/stats says so).
     #[arg(long)]
@@ -450,7 +450,7 @@ fn print_lineage(l: &Lineage) {
 }
 
 fn read_vectors(p: &Path) -> Result<(Vec<f32>, usize)> {
-    let t = bcl::eval::read_features_npy(p)?;
+    let t = bcl::npy::read_features(p)?;
     let dim = t.size()[1] as usize;
     let v = Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).contiguous().view([-1]))
         .with_context(|| format!("{}: cannot read as float32", p.display()))?;
@@ -709,7 +709,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     let cfg = ServeConfig {
         max_body_bytes: a.max_body_bytes,
         max_k: a.max_k,
-        default_k: 10.min(a.max_k),
+        default_k: ServeConfig::default().default_k.min(a.max_k),
         max_queries: a.max_queries,
         exact: a.exact,
         header_timeout_s: a.header_timeout,

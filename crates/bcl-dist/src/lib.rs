@@ -189,6 +189,26 @@ pub fn all_gather_rows(c: &dyn Collective, t: &Tensor) -> Result<Tensor, DistErr
     Ok(Tensor::cat(&kept, 0))
 }
 
+/// Rows computed for `positions` and shared among the ranks of `c`: each rank calls `compute`
+/// once with its contiguous share (see [`shard`]; possibly empty, when `compute` returns
+/// tensors of zero rows with the right trailing shape), and every rank gets each returned
+/// tensor whole, in `positions` order. The one way bcl embeds items across ranks: the old
+/// model's training features, a refresh bank, an evaluation's test set.
+pub fn share_rows<const N: usize, E: From<DistError>>(
+    c: &dyn Collective,
+    positions: &[usize],
+    compute: impl FnOnce(&[usize]) -> Result<[Tensor; N], E>,
+) -> Result<[Tensor; N], E> {
+    let mine = &positions[shard(positions.len(), c.rank(), c.world_size())];
+    let mut out = compute(mine)?;
+    if c.world_size() > 1 {
+        for t in out.iter_mut() {
+            *t = all_gather_rows(c, t)?;
+        }
+    }
+    Ok(out)
+}
+
 /// Rank 0's bytes on every rank (`bytes` is read on rank 0 only).
 pub fn broadcast_bytes(c: &dyn Collective, bytes: &[u8]) -> Result<Vec<u8>, DistError> {
     if c.world_size() == 1 {

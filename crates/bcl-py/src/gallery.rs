@@ -16,11 +16,15 @@ use bcl::gallery::{
     ModelInfo,
 };
 
-/// A gallery error as a Python exception: bad input is a `ValueError`, a missing gallery a
+/// A gallery error as a Python exception: bad input (a gallery already there, or open in
+/// another process) is a `ValueError`, a missing gallery a
 /// `FileNotFoundError`, the rest (lineage refusals, damaged files) a `bcl.BclError`.
 fn gallery_err(e: GalleryError) -> PyErr {
     match e {
         GalleryError::Invalid(m) => PyValueError::new_err(m),
+        GalleryError::Exists { .. } | GalleryError::Locked { .. } => {
+            PyValueError::new_err(e.to_string())
+        }
         GalleryError::Missing { .. } => {
             pyo3::exceptions::PyFileNotFoundError::new_err(e.to_string())
         }

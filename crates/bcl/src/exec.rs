@@ -23,6 +23,37 @@ pub enum Autocast {
     Bf16,
 }
 
+impl Autocast {
+    /// Every setting, in the order help lists them.
+    pub const ALL: [Autocast; 2] = [Autocast::Off, Autocast::Bf16];
+
+    /// The setting's name, as configurations and flags write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Autocast::Off => "off",
+            Autocast::Bf16 => "bf16",
+        }
+    }
+
+    /// What the setting does, in one line.
+    pub fn description(self) -> &'static str {
+        match self {
+            Autocast::Off => "float32 throughout",
+            Autocast::Bf16 => "libtorch's autocast to bfloat16 (weights and losses stay float32)",
+        }
+    }
+}
+
+impl std::str::FromStr for Autocast {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown autocast setting {s:?}: expected off or bf16"))
+    }
+}
+
 /// The execution settings of a network (they change speed and rounding, not the model: the
 /// weights stay float32 and a model card does not record them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,8 +37,41 @@ pub enum FileError {
     },
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then renamed.
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed (the directory synced too); `path` is untouched on failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    replace_atomically(path, |_, mut file| {
+        file.write_all(bytes).map_err(|source| FileError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// Writes `path` atomically through a writer that takes a file path (libtorch's `.npy` and
+/// safetensors writers): `write` fills a temporary file beside `path`, which is then synced and
+/// renamed into place, and the directory synced; on failure the temporary file is removed and
+/// `path` is untouched.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), FileError> {
+    replace_atomically(path, |tmp, file| {
+        drop(file);
+        write(tmp).map_err(|reason| FileError::Format {
+            path: path.to_path_buf(),
+            reason,
+        })
+    })
+}
+
+/// The one way a file is replaced: `fill` writes a new temporary file beside `path` (given its
+/// name and its open handle), which is then synced and renamed over `path`, and the directory
+/// synced so that the rename is durable. On failure the temporary file is removed.
+fn replace_atomically(
+    path: &Path,
+    fill: impl FnOnce(&Path, std::fs::File) -> Result<(), FileError>,
+) -> Result<(), FileError> {
     let io = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
@@ -48,11 +81,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile_in(dir, path).map_err(io)?;
-    tmp.1.write_all(bytes).map_err(io)?;
-    tmp.1.sync_all().map_err(io)?;
-    std::fs::rename(&tmp.0, path).map_err(io)?;
-    // The rename is durable once the directory entry is: sync the directory too.
+    let (tmp, file) = tempfile_in(dir, path).map_err(io)?;
+    let done = fill(&tmp, file).and_then(|()| {
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(io)
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

@@ -1,17 +1,22 @@
 //! A gallery that outlives its model (METHOD.md section 7, ARCHITECTURE's `gallery` seam):
 //! the [`GalleryStore`] trait (durable add, exact and approximate search kept apart, per-model
-//! counts, reopen), its embedded usearch implementation ([`usearch_store`]), the lineage check
+//! counts, reopen); the embedded store's durability (write-ahead log [`wal`], snapshots and the
+//! store file: [`durable`]) apart from the approximate index behind the [`index::VectorIndex`]
+//! seam (usearch's HNSW graph: [`usearch_store`]); the Milvus store; the lineage check
 //! that refuses to search a gallery with an unrelated model ([`check_lineage`]), the gallery
 //! operations over an `Embedder` ([`ops`]) and the HTTP service over a store ([`serve`]).
 
+pub mod durable;
+pub mod index;
 #[cfg(feature = "milvus")]
 pub mod milvus_store;
 pub mod ops;
 pub mod serve;
 pub mod usearch_store;
+pub mod wal;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,12 +51,24 @@ pub enum GalleryError {
     #[error("index: {0}")]
     Index(String),
     /// No gallery at this path.
-    #[error("{path}: no gallery here ({reason}); create one with `bcl gallery build` (or `bcl gallery add --create` for vectors)")]
+    #[error("{path}: no gallery here ({reason})")]
     Missing {
         /// The directory.
         path: PathBuf,
         /// Why it is not a gallery.
         reason: String,
+    },
+    /// Another process holds the gallery open (its lock is taken).
+    #[error("{path}: the gallery is open in another process (a server or a command holds its lock); stop it first")]
+    Locked {
+        /// The gallery directory.
+        path: PathBuf,
+    },
+    /// A gallery exists where a new one was to be created.
+    #[error("{path}: a gallery already exists here; add to it instead, or create the new one in another directory")]
+    Exists {
+        /// The directory.
+        path: PathBuf,
     },
     /// Sharing a build among ranks failed (a lost rank, a timeout).
     #[error(transparent)]
@@ -62,6 +79,14 @@ pub enum GalleryError {
 /// the rest is the backend's (the usearch store's manifest and snapshot state, or a pointer to
 /// a Milvus collection).
 pub const GALLERY_FILE: &str = "gallery.json";
+
+/// An I/O error about `path`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GalleryError + '_ {
+    move |source| GalleryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Result alias of the gallery module.
 pub type Result<T> = std::result::Result<T, GalleryError>;
@@ -290,11 +315,9 @@ pub fn validate_models(models: &[ModelInfo]) -> Result<()> {
 /// clean up, other people's files.
 pub fn check_fresh_dir(dir: &std::path::Path, own: impl Fn(&str) -> bool) -> Result<()> {
     if dir.join(GALLERY_FILE).exists() {
-        return Err(GalleryError::Invalid(format!(
-            "{}: a gallery already exists here; add to it with `bcl gallery add` or choose \
-             another directory",
-            dir.display()
-        )));
+        return Err(GalleryError::Exists {
+            path: dir.to_path_buf(),
+        });
     }
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -495,7 +518,7 @@ pub enum BackendConfig {
 #[cfg(not(feature = "milvus"))]
 fn no_milvus() -> GalleryError {
     GalleryError::Invalid(
-        "this bcl was built without Milvus support; rebuild with `cargo build --release --features bcl/milvus`"
+        "this build has no Milvus backend: it needs the cargo feature `milvus` of the bcl crate"
             .into(),
     )
 }

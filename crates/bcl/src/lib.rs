@@ -20,6 +20,7 @@ pub mod gallery;
 pub mod layout;
 pub mod loss;
 pub mod model;
+pub mod npy;
 pub mod perturb;
 pub mod report;
 pub mod run;

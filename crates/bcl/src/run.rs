@@ -223,23 +223,20 @@ pub fn embed_train(
     batch: usize,
     dist: &dyn bcl_dist::Collective,
 ) -> Result<Tensor, RunError> {
-    let mine: Vec<usize> = bcl_dist::shard(data.len(), dist.rank(), dist.world_size()).collect();
-    let mut out = vec![Tensor::zeros(
-        [0, model.card.arch.dim],
-        (Kind::Float, Device::Cpu),
-    )];
-    for b in data.batches(
-        &mine,
-        batch.max(1),
-        None,
-        model.card.normalization,
-        model.device(),
-    ) {
-        let (x, _) = b?;
-        out.push(model.embed_batch(&x).to_device(Device::Cpu));
-    }
-    let local = Tensor::cat(&out, 0);
-    Ok(bcl_dist::all_gather_rows(dist, &local).map_err(crate::train::TrainError::from)?)
+    let all: Vec<usize> = (0..data.len()).collect();
+    let [f] = bcl_dist::share_rows(dist, &all, |mine| -> Result<_, TrainError> {
+        let mut out = vec![Tensor::zeros(
+            [0, model.card.arch.dim],
+            (Kind::Float, Device::Cpu),
+        )];
+        let norm = model.card.normalization;
+        for b in data.batches(mine, batch.max(1), None, norm, model.device()) {
+            let (x, _) = b.map_err(TrainError::from)?;
+            out.push(model.embed_batch(&x).to_device(Device::Cpu));
+        }
+        Ok([Tensor::cat(&out, 0)])
+    })?;
+    Ok(f)
 }
 
 /// Writes a run's `config.toml` and `split.json` (rank 0 only: every rank holds the same).

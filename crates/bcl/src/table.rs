@@ -1,7 +1,8 @@
 //! One table type for every Markdown and CSV table the library writes (results, matrices,
 //! aggregates, frontiers, benchmarks): typed columns with a header and an alignment, rows of
-//! cells already formatted by the caller. Depends on nothing else in the crate, so every module
-//! may use it.
+//! typed cells (text, mean ± standard deviation, an estimate with its interval) that the table
+//! formats, so that every "mean ± std" of every stage is written by one function. Depends on
+//! nothing else in the crate, so every module may use it.
 
 /// How a column's cells are aligned in Markdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +50,138 @@ impl Column {
     }
 }
 
-/// A table of formatted cells, rendered as Markdown or CSV.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One cell of a table: text, or a figure over seeds that the table formats.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// Text written as it is (names, settings, single figures the caller formatted).
+    Text(String),
+    /// `mean ± std`, both with `digits` decimals; as percentages (`12.50% ± 0.40`) when
+    /// `percent`, and followed by ` (n)` when `count` is given.
+    MeanStd {
+        /// The mean.
+        mean: f64,
+        /// The standard deviation.
+        std: f64,
+        /// Decimals of both.
+        digits: usize,
+        /// Whether both are shares written as percentages.
+        percent: bool,
+        /// The number of values, written after the figure.
+        count: Option<usize>,
+    },
+    /// `estimate [low, high]` with `digits` decimals, signed (`+0.0100`) when `signed`;
+    /// the estimate alone when the interval is undefined (NaN bounds: one value); followed by
+    /// ` (note)` when a note is given.
+    Interval {
+        /// The estimate.
+        estimate: f64,
+        /// The interval's lower bound.
+        low: f64,
+        /// The interval's upper bound.
+        high: f64,
+        /// Decimals of all three.
+        digits: usize,
+        /// Whether each number carries its sign.
+        signed: bool,
+        /// What the interval says (a verdict), written after it.
+        note: Option<String>,
+    },
+}
+
+impl Cell {
+    /// `mean ± std` with `digits` decimals.
+    pub fn mean_std(mean: f64, std: f64, digits: usize) -> Self {
+        Self::MeanStd {
+            mean,
+            std,
+            digits,
+            percent: false,
+            count: None,
+        }
+    }
+
+    /// Shares as `mean% ± std` with two decimals.
+    pub fn percent_mean_std(mean: f64, std: f64) -> Self {
+        Self::MeanStd {
+            mean,
+            std,
+            digits: 2,
+            percent: true,
+            count: None,
+        }
+    }
+
+    /// `estimate [low, high]` with `digits` decimals, unsigned and without a note.
+    pub fn interval(estimate: f64, low: f64, high: f64, digits: usize) -> Self {
+        Self::Interval {
+            estimate,
+            low,
+            high,
+            digits,
+            signed: false,
+            note: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Text(s) => f.write_str(s),
+            Cell::MeanStd {
+                mean,
+                std,
+                digits: d,
+                percent,
+                count,
+            } => {
+                let (k, unit) = if *percent { (100.0, "%") } else { (1.0, "") };
+                write!(f, "{:.d$}{unit} ± {:.d$}", k * mean, k * std)?;
+                match count {
+                    Some(n) => write!(f, " ({n})"),
+                    None => Ok(()),
+                }
+            }
+            Cell::Interval {
+                estimate,
+                low,
+                high,
+                digits: d,
+                signed,
+                note,
+            } => {
+                match (signed, low.is_nan()) {
+                    (false, true) => write!(f, "{estimate:.d$}")?,
+                    (false, false) => write!(f, "{estimate:.d$} [{low:.d$}, {high:.d$}]")?,
+                    (true, true) => write!(f, "{estimate:+.d$}")?,
+                    (true, false) => write!(f, "{estimate:+.d$} [{low:+.d$}, {high:+.d$}]")?,
+                }
+                match note {
+                    Some(n) => write!(f, " ({n})"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl From<String> for Cell {
+    fn from(s: String) -> Self {
+        Cell::Text(s)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(s: &str) -> Self {
+        Cell::Text(s.to_string())
+    }
+}
+
+/// A table of typed cells, rendered as Markdown or CSV.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Table {
     columns: Vec<Column>,
-    rows: Vec<Vec<String>>,
+    rows: Vec<Vec<Cell>>,
 }
 
 impl Table {
@@ -67,7 +195,8 @@ impl Table {
 
     /// Appends a row. A row with a number of cells other than the columns' is a bug of the
     /// caller (tables are built by code, never read from input), hence the assertion.
-    pub fn push(&mut self, row: Vec<String>) {
+    pub fn push<C: Into<Cell>>(&mut self, row: Vec<C>) {
+        let row: Vec<Cell> = row.into_iter().map(Into::into).collect();
         assert_eq!(
             row.len(),
             self.columns.len(),
@@ -108,7 +237,7 @@ impl Table {
         }
         s.push('\n');
         for r in &self.rows {
-            s.push_str(&line(&mut r.iter().cloned()));
+            s.push_str(&line(&mut r.iter().map(Cell::to_string)));
         }
         s
     }
@@ -120,7 +249,8 @@ impl Table {
         w.write_record(self.columns.iter().map(|c| c.header.as_str()))
             .expect("CSV into memory");
         for r in &self.rows {
-            w.write_record(r).expect("CSV into memory");
+            w.write_record(r.iter().map(Cell::to_string))
+                .expect("CSV into memory");
         }
         let bytes = w.into_inner().expect("CSV into memory");
         String::from_utf8(bytes).expect("CSV of UTF-8 cells is UTF-8")
@@ -137,8 +267,8 @@ mod tests {
             Column::number("mAP"),
             Column::flag("ok"),
         ]);
-        t.push(vec!["bct".into(), "0.5000".into(), "yes".into()]);
-        t.push(vec!["a|b, c".into(), "0.2500".into(), "no".into()]);
+        t.push(vec!["bct", "0.5000", "yes"]);
+        t.push(vec!["a|b, c", "0.2500", "no"]);
         t
     }
 
@@ -160,8 +290,42 @@ mod tests {
     }
 
     #[test]
+    fn figures_are_formatted_by_their_cell() {
+        let cells = [
+            (Cell::mean_std(0.5, 0.01234, 4), "0.5000 ± 0.0123"),
+            (Cell::percent_mean_std(0.125, 0.004), "12.50% ± 0.40"),
+            (
+                Cell::MeanStd {
+                    mean: 0.25,
+                    std: 0.0,
+                    digits: 3,
+                    percent: false,
+                    count: Some(5),
+                },
+                "0.250 ± 0.000 (5)",
+            ),
+            (Cell::interval(0.5, 0.25, 0.75, 2), "0.50 [0.25, 0.75]"),
+            (Cell::interval(0.5, f64::NAN, f64::NAN, 2), "0.50"),
+            (
+                Cell::Interval {
+                    estimate: 0.01,
+                    low: -0.002,
+                    high: 0.022,
+                    digits: 4,
+                    signed: true,
+                    note: Some("within the seed spread".into()),
+                },
+                "+0.0100 [-0.0020, +0.0220] (within the seed spread)",
+            ),
+        ];
+        for (c, want) in cells {
+            assert_eq!(c.to_string(), want);
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "one cell per column")]
     fn a_short_row_is_a_bug() {
-        sample().push(vec!["x".into()]);
+        sample().push(vec!["x"]);
     }
 }

@@ -329,7 +329,7 @@ pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor
 /// runs, so that a refresh bank holds the features the loss sees; the default settings are
 /// the plain float32 forward): each rank embeds its share, every rank gets the whole in `idx`
 /// order.
-fn embed_items(
+fn embed_bank(
     net: &EmbeddingNet,
     data: TrainData,
     idx: &[usize],
@@ -338,25 +338,17 @@ fn embed_items(
     dist: &dyn Collective,
     exec: &ExecConfig,
 ) -> Result<(Tensor, Tensor), TrainError> {
-    let mine = &idx[shard(idx.len(), dist.rank(), dist.world_size())];
-    let mut feats = Vec::new();
-    let mut labels = Vec::new();
-    for b in data.batches(mine, 256, None, norm, device) {
-        let (x, y) = b?;
-        feats.push(tch::no_grad(|| net.forward_exec(&x, false, exec))?);
-        labels.push(y);
-    }
-    if dist.world_size() == 1 {
-        return Ok((Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)));
-    }
-    let (f, y) = match feats.is_empty() {
-        true => (
-            Tensor::zeros([0, net.dim()], (Kind::Float, device)),
-            Tensor::zeros([0], (Kind::Int64, device)),
-        ),
-        false => (Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)),
-    };
-    Ok((all_gather_rows(dist, &f)?, all_gather_rows(dist, &y)?))
+    let [f, y] = bcl_dist::share_rows(dist, idx, |mine| -> Result<_, TrainError> {
+        let mut feats = vec![Tensor::zeros([0, net.dim()], (Kind::Float, device))];
+        let mut labels = vec![Tensor::zeros([0], (Kind::Int64, device))];
+        for b in data.batches(mine, 256, None, norm, device) {
+            let (x, y) = b?;
+            feats.push(tch::no_grad(|| net.forward_exec(&x, false, exec))?);
+            labels.push(y);
+        }
+        Ok([Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)])
+    })?;
+    Ok((f, y))
 }
 
 /// Serialises model initialisation across threads (see its use in [`train`]).
@@ -575,7 +567,7 @@ fn finish(
     let probe_features = match job.probe {
         Some(d) => {
             let idx: Vec<usize> = (0..d.len()).collect();
-            let (f, _) = embed_items(
+            let (f, _) = embed_bank(
                 &m.net,
                 TrainData::Memory(d),
                 &idx,
@@ -710,7 +702,7 @@ fn refresh(
 ) -> Result<Option<RefreshStats>, TrainError> {
     let mut brng = rng_for(job.train.seed, 3_000_000 + step as u64);
     let idx = per_class_sample(&job.data.labels(), per_class, &mut brng);
-    let (bank, labels) = embed_items(
+    let (bank, labels) = embed_bank(
         &m.net,
         job.data,
         &idx,
@@ -995,7 +987,7 @@ mod tests {
         );
         // a refresh's bank is embedded by the same forward as the step's features
         let idx: Vec<usize> = (0..n).collect();
-        let (bank, _) = embed_items(
+        let (bank, _) = embed_bank(
             &m.net,
             job.data,
             &idx,

@@ -1,7 +1,8 @@
 //! The docs that state facts about methods agree with the method registry, the only source of
 //! those facts: docs/distributed.md's lists of methods exact under data parallelism and
 //! computed per rank's share, and docs/architecture.md's recipe for adding a method (the files
-//! and the list it names exist and say what the recipe says).
+//! and the list it names exist and say what the recipe says); and its recipe for adding an
+//! index names every item of the `VectorIndex` trait and the files and test it points to.
 
 use bcl::loss::{DataParallel, Method};
 
@@ -81,4 +82,52 @@ fn the_add_a_method_recipe_names_what_exists() {
     // the example test it points to exists
     assert!(recipe.contains("crates/bcl/tests/method_plugin.rs"));
     repo_file("crates/bcl/tests/method_plugin.rs");
+}
+
+#[test]
+fn the_add_an_index_recipe_names_what_exists() {
+    let doc = repo_file("docs/architecture.md");
+    let start = doc
+        .find("### How to add an index")
+        .expect("the recipe's heading");
+    let recipe = &doc[start..];
+    let recipe = &recipe[..recipe[4..].find("\n## ").map_or(recipe.len(), |i| i + 4)];
+    // every item of the trait is named by the recipe, and every item it names is in the trait
+    let index = repo_file("crates/bcl/src/gallery/index.rs");
+    let trait_src = &index[index.find("pub trait VectorIndex").expect("the trait")..];
+    let mut in_trait: Vec<String> = trait_src
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let name = l
+                .strip_prefix("fn ")
+                .or_else(|| l.strip_prefix("type "))
+                .or_else(|| l.strip_prefix("const "))?;
+            Some(name.split(['(', ':', ';', '<']).next()?.trim().to_string())
+        })
+        .filter(|n| n != "is_empty" && n != "checkpoint_bytes")
+        .collect();
+    in_trait.sort();
+    for item in &in_trait {
+        assert!(
+            recipe.contains(&format!("`{item}`")),
+            "the recipe names `{item}`"
+        );
+    }
+    for (named, file) in [
+        ("gallery/wal.rs", "crates/bcl/src/gallery/wal.rs"),
+        ("gallery/durable.rs", "crates/bcl/src/gallery/durable.rs"),
+        (
+            "usearch_store.rs",
+            "crates/bcl/src/gallery/usearch_store.rs",
+        ),
+    ] {
+        assert!(recipe.contains(named), "the recipe names {named}");
+        repo_file(file);
+    }
+    // the test it points to defines an index and runs it through the durable store
+    assert!(recipe.contains("crates/bcl/tests/gallery_store.rs") && recipe.contains("FlatIndex"));
+    let suite = repo_file("crates/bcl/tests/gallery_store.rs");
+    assert!(suite.contains("impl VectorIndex for FlatIndex"));
+    assert!(suite.contains("DurableStore::<FlatIndex>::create"));
 }

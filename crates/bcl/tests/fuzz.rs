@@ -13,9 +13,9 @@ use bcl::data::{read_idx_images, read_idx_labels, synthetic, write_idx_dir};
 use bcl::eval::mapped::MappedMatrix;
 use bcl::eval::revisited::{QueryGnd, RevisitedGnd};
 use bcl::eval::search::SearchBlocks;
-use bcl::eval::{read_features_npy, read_labels_npy};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
 use bcl::gallery::{GalleryManifest, GalleryStore, ModelInfo};
+use bcl::npy;
 use proptest::prelude::*;
 
 mod common;
@@ -103,8 +103,8 @@ proptest! {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f.npy");
         match which {
-            0 => survives(&p, &apply(&label_file, &ms), |p| read_labels_npy(p).map(|_| ()))?,
-            1 => survives(&p, &apply(&features, &ms), |p| read_features_npy(p).map(|_| ()))?,
+            0 => survives(&p, &apply(&label_file, &ms), |p| npy::read_labels(p).map(|_| ()))?,
+            1 => survives(&p, &apply(&features, &ms), |p| npy::read_features(p).map(|_| ()))?,
             // the memory-mapped gallery: opened, then searched (its values are checked then)
             w => survives(&p, &apply(if w == 2 { &features } else { &half }, &ms), |p| {
                 MappedMatrix::open(p).and_then(|m| {

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bcl::eval::{read_features_npy, read_labels_npy, retrieval_metrics, update_gain, DEFAULT_KS};
+use bcl::eval::{retrieval_metrics, update_gain, DEFAULT_KS};
+use bcl::npy;
 use tch::Tensor;
 
 mod common;
@@ -181,49 +182,49 @@ fn npy_readers_accept_valid_and_reject_malformed_files() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     write_npy(&p, "<f4", &[2, 3], &vals);
-    let t = read_features_npy(&p).unwrap();
+    let t = npy::read_features(&p).unwrap();
     assert_eq!(t.size(), vec![2, 3]);
     let l = dir.path().join("l.npy");
     write_npy(&l, "<i4", &[2], &[5, 0, 0, 0, 9, 0, 0, 0]);
-    assert_eq!(read_labels_npy(&l).unwrap(), vec![5, 9]);
+    assert_eq!(npy::read_labels(&l).unwrap(), vec![5, 9]);
 
     // 1-D features
     write_npy(&p, "<f4", &[6], &vals);
-    assert!(read_features_npy(&p)
+    assert!(npy::read_features(&p)
         .unwrap_err()
         .to_string()
         .contains("2-D"));
     // integer features
     write_npy(&p, "<i4", &[2, 3], &vals);
-    assert!(read_features_npy(&p)
+    assert!(npy::read_features(&p)
         .unwrap_err()
         .to_string()
         .contains("float32, float64, float16 or bfloat16"));
     // truncated data
     write_npy(&p, "<f4", &[2, 3], &vals[..10]);
-    assert!(read_features_npy(&p).is_err());
+    assert!(npy::read_features(&p).is_err());
     // NaN
     let nan: Vec<u8> = [1.0f32, f32::NAN]
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect();
     write_npy(&p, "<f4", &[1, 2], &nan);
-    assert!(read_features_npy(&p)
+    assert!(npy::read_features(&p)
         .unwrap_err()
         .to_string()
         .contains("NaN"));
     // not an npy file at all
     std::fs::write(&p, b"hello").unwrap();
-    let e = read_features_npy(&p).unwrap_err().to_string();
+    let e = npy::read_features(&p).unwrap_err().to_string();
     assert!(e.contains("not a valid .npy") && e.contains("f.npy"), "{e}");
     // float labels
     write_npy(&l, "<f8", &[1], &1.0f64.to_le_bytes());
-    assert!(read_labels_npy(&l)
+    assert!(npy::read_labels(&l)
         .unwrap_err()
         .to_string()
         .contains("integers"));
     // missing file
-    assert!(read_labels_npy(&dir.path().join("nope.npy"))
+    assert!(npy::read_labels(&dir.path().join("nope.npy"))
         .unwrap_err()
         .to_string()
         .contains("cannot open"));
@@ -237,19 +238,19 @@ fn crafted_npy_sizes_are_checked_before_allocating() {
     let p = dir.path().join("f.npy");
     // (2^32, 2^32) float32: 2^64 elements wrap to 0 in 64-bit arithmetic
     write_npy(&p, "<f4", &[1 << 32, 1 << 32], &[]);
-    let e = read_features_npy(&p).unwrap_err().to_string();
+    let e = npy::read_features(&p).unwrap_err().to_string();
     assert!(e.contains("does not match") && e.contains("f.npy"), "{e}");
     // a shape asking for more data than the file holds
     write_npy(&p, "<f4", &[1000, 1000], &[0u8; 16]);
-    let e = read_features_npy(&p).unwrap_err().to_string();
+    let e = npy::read_features(&p).unwrap_err().to_string();
     assert!(e.contains("does not match"), "{e}");
     // version 2, header length 0xFFFFFFFF, nothing else
     let mut b = b"\x93NUMPY\x02\x00".to_vec();
     b.extend_from_slice(&u32::MAX.to_le_bytes());
     std::fs::write(&p, &b).unwrap();
-    let e = read_features_npy(&p).unwrap_err().to_string();
+    let e = npy::read_features(&p).unwrap_err().to_string();
     assert!(e.contains("the header declares 4294967295 bytes"), "{e}");
     let l = dir.path().join("l.npy");
     std::fs::write(&l, &b).unwrap();
-    assert!(read_labels_npy(&l).is_err());
+    assert!(npy::read_labels(&l).is_err());
 }

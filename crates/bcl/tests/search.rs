@@ -155,7 +155,7 @@ proptest! {
         prop_assert!(got.indices.equal(&want.indices), "indices differ");
         prop_assert!(got.scores.allclose(&want.scores, 1e-6, 1e-6, false), "scores differ");
         // reading the file widens it to the same float32 values
-        let read = bcl::eval::read_features_npy(&path).unwrap();
+        let read = bcl::npy::read_features(&path).unwrap();
         prop_assert!(read.equal(&g.to_kind(Kind::Float)));
     }
 }

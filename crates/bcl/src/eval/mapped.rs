@@ -13,7 +13,8 @@ use memmap2::{Mmap, UncheckedAdvice};
 use tch::Tensor;
 
 use super::search::{fused_cpu, Rows, SearchBlocks, TopK, Window};
-use super::{matrix_shape, npy_err, open_npy, EvalError};
+use super::EvalError;
+use crate::npy::{err as npy_err, matrix_shape, open as open_npy};
 
 /// The precision of a stored feature matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +30,7 @@ pub enum StoredKind {
 impl StoredKind {
     /// The kind a `.npy` type string names, if a gallery may be stored in it.
     pub fn from_descr(descr: &str) -> Option<Self> {
-        match super::npy_type_code(descr) {
+        match crate::npy::type_code(descr) {
             "f4" => Some(Self::F32),
             "f2" => Some(Self::F16),
             "V2" => Some(Self::Bf16),
@@ -157,7 +158,8 @@ impl MappedMatrix {
             Some(r) => Err(npy_err(
                 &self.path,
                 format!("row {r} contains NaN or infinite values"),
-            )),
+            )
+            .into()),
             None => Ok(()),
         }
     }

@@ -16,7 +16,7 @@ use crate::loss::Method;
 use crate::model::Embedder;
 use crate::report::{plot_xy, FrontierSeries, Reference};
 use crate::run::{RunConfig, RunError, StepOptions};
-use crate::table::{Column, Table};
+use crate::table::{Cell, Column, Table};
 
 /// Which methods get a deployment evaluation, and how.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -223,18 +223,14 @@ fn scenario_table(rows: &[(Method, Summary)]) -> Table {
         ]),
     );
     for (m, r) in rows {
-        let mut row = vec![
-            m.to_string(),
-            r.seeds.to_string(),
-            format!("{:.4}", r.old_old.0),
+        let mut row: Vec<Cell> = vec![
+            m.to_string().into(),
+            r.seeds.to_string().into(),
+            format!("{:.4}", r.old_old.0).into(),
         ];
-        row.extend(
-            r.curve
-                .iter()
-                .map(|(_, v)| format!("{:.4} ± {:.4}", v.0, v.1)),
-        );
+        row.extend(r.curve.iter().map(|(_, v)| Cell::mean_std(v.0, v.1, 4)));
         for f in [r.neg_cross, r.neg_self] {
-            row.push(format!("{:.2}% ± {:.2}", 100.0 * f.0, 100.0 * f.1));
+            row.push(Cell::percent_mean_std(f.0, f.1));
         }
         t.push(row);
     }

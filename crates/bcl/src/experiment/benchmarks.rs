@@ -13,7 +13,7 @@ use crate::data::Scenario;
 use crate::eval::protocol::{evaluate_benchmark, BenchmarkConfig, BenchmarkReport};
 use crate::model::Embedder;
 use crate::run::RunError;
-use crate::table::{Column, Table};
+use crate::table::{Cell, Column, Table};
 
 /// One run's report on one benchmark.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,8 +71,8 @@ pub fn run_benchmarks(
 /// cross-test (model → old) headline figures ([`crate::eval::protocol::Figures::headline`]), mean ± std over seeds.
 pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
     // (benchmark, scenario) → model → figure → (self values, cross values)
-    type Cell = (Vec<f64>, Vec<f64>);
-    let mut t: BTreeMap<(String, Scenario), BTreeMap<String, BTreeMap<String, Cell>>> =
+    type Figures = (Vec<f64>, Vec<f64>);
+    let mut t: BTreeMap<(String, Scenario), BTreeMap<String, BTreeMap<String, Figures>>> =
         BTreeMap::new();
     let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in runs {
@@ -98,12 +98,18 @@ pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
             }
         }
     }
-    let ms = |v: &[f64]| {
+    let ms = |v: &[f64]| -> Cell {
         if v.is_empty() {
-            "".to_string()
+            Cell::Text(String::new())
         } else {
-            let (m, s) = mean_std(v);
-            format!("{m:.4} ± {s:.4} ({})", v.len())
+            let (mean, std) = mean_std(v);
+            Cell::MeanStd {
+                mean,
+                std,
+                digits: 4,
+                percent: false,
+                count: Some(v.len()),
+            }
         }
     };
     let mut s = String::from(
@@ -122,7 +128,7 @@ pub fn benchmarks_markdown(runs: &[BenchmarkRun]) -> String {
             }),
         ));
         for (model, figs) in models {
-            let mut row = vec![model.clone()];
+            let mut row = vec![Cell::Text(model.clone())];
             for k in hk {
                 let (a, b) = figs.get(k).cloned().unwrap_or_default();
                 row.extend([ms(&a), ms(&b)]);

@@ -18,7 +18,7 @@ use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
 use crate::report::{plot_frontier, Bar, FrontierSeries};
 use crate::run::{RunConfig, RunError};
-use crate::table::{Column, Table};
+use crate::table::{Cell, Column, Table};
 
 /// One point of a frontier: one new model of one run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -236,12 +236,8 @@ pub fn best_compatible(points: &[FrontierPoint], reference: Method) -> Vec<BestC
     out
 }
 
-fn mean_ci(i: &Interval) -> String {
-    if i.low.is_nan() {
-        format!("{:.4}", i.mean)
-    } else {
-        format!("{:.4} [{:.4}, {:.4}]", i.mean, i.low, i.high)
-    }
+fn mean_ci(i: &Interval) -> Cell {
+    Cell::interval(i.mean, i.low, i.high, 4)
 }
 
 fn per_seed(seeds: &[u64], chosen: &[Option<String>]) -> String {
@@ -267,14 +263,14 @@ pub fn frontier_markdown(summary: &[SettingSummary], best: &[BestCompatibleRow])
     ]);
     for r in summary {
         t.push(vec![
-            r.scenario.to_string(),
-            r.method.to_string(),
-            setting_name(r.knob, r.value),
-            r.seeds.to_string(),
+            r.scenario.to_string().into(),
+            r.method.to_string().into(),
+            setting_name(r.knob, r.value).into(),
+            r.seeds.to_string().into(),
             mean_ci(&r.self_map),
             mean_ci(&r.cross_map),
-            format!("{:.4}", r.old_old_map),
-            format!("{}/{}", r.compatible, r.seeds),
+            format!("{:.4}", r.old_old_map).into(),
+            Cell::from(format!("{}/{}", r.compatible, r.seeds)),
         ]);
     }
     let mut s = format!(
@@ -297,16 +293,16 @@ pub fn frontier_markdown(summary: &[SettingSummary], best: &[BestCompatibleRow])
     ]);
     for r in best {
         let (sd, cd) = if r.paired_seeds.is_empty() {
-            ("no compatible setting".to_string(), "-".to_string())
+            (Cell::from("no compatible setting"), Cell::from("-"))
         } else {
             (cell(&r.self_diff), cell(&r.cross_diff))
         };
         t.push(vec![
-            r.scenario.to_string(),
-            r.method.to_string(),
-            per_seed(&r.seeds, &r.chosen),
-            per_seed(&r.seeds, &r.reference_chosen),
-            format!("{}/{}", r.paired_seeds.len(), r.seeds.len()),
+            r.scenario.to_string().into(),
+            r.method.to_string().into(),
+            per_seed(&r.seeds, &r.chosen).into(),
+            per_seed(&r.seeds, &r.reference_chosen).into(),
+            format!("{}/{}", r.paired_seeds.len(), r.seeds.len()).into(),
             sd,
             cd,
         ]);

@@ -14,7 +14,7 @@ use crate::files::write_atomic;
 use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
 use crate::run::RunError;
-use crate::table::{Column, Table};
+use crate::table::{Cell, Column, Table};
 
 /// One row of the aggregated table: a method in a scenario, over seeds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -91,8 +91,8 @@ pub fn aggregate(runs: &[(Scenario, u64, Vec<ResultRow>)]) -> Vec<AggregateRow> 
         .collect()
 }
 
-fn pm(v: (f64, f64)) -> String {
-    format!("{:.4} ± {:.4}", v.0, v.1)
+fn pm(v: (f64, f64)) -> Cell {
+    Cell::mean_std(v.0, v.1, 4)
 }
 
 /// The aggregated table as Markdown.
@@ -108,16 +108,16 @@ pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
             .chain([Column::flag("compatible"), Column::number("gain")]),
     );
     for r in rows {
-        let mut row = vec![
-            r.scenario.to_string(),
-            r.method.to_string(),
-            r.seeds.to_string(),
+        let mut row: Vec<Cell> = vec![
+            r.scenario.to_string().into(),
+            r.method.to_string().into(),
+            r.seeds.to_string().into(),
         ];
         row.extend(r.figures().map(pm));
-        row.push(format!("{}/{}", r.compatible, r.seeds));
+        row.push(format!("{}/{}", r.compatible, r.seeds).into());
         row.push(
             r.gain
-                .map(|g| format!("{:.3} ± {:.3}", g.0, g.1))
+                .map(|g| Cell::mean_std(g.0, g.1, 3))
                 .unwrap_or_else(|| "–".into()),
         );
         t.push(row);

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Scenario;
 use crate::eval::models::ResultRow;
 use crate::loss::Method;
-use crate::table::{Column, Table};
+use crate::table::{Cell, Column, Table};
 
 /// A mean with its 95% interval.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -125,7 +125,7 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Ve
 }
 
 /// A difference with its interval and verdict (result, within the seed spread, one seed).
-pub(crate) fn cell(i: &Interval) -> String {
+pub(crate) fn cell(i: &Interval) -> Cell {
     let verdict = if i.low.is_nan() {
         "one seed"
     } else if i.excludes_zero() {
@@ -133,7 +133,14 @@ pub(crate) fn cell(i: &Interval) -> String {
     } else {
         "within the seed spread"
     };
-    format!("{:+.4} [{:+.4}, {:+.4}] ({verdict})", i.mean, i.low, i.high)
+    Cell::Interval {
+        estimate: i.mean,
+        low: i.low,
+        high: i.high,
+        digits: 4,
+        signed: true,
+        note: Some(verdict.into()),
+    }
 }
 
 /// The paired comparisons as Markdown.
@@ -148,10 +155,10 @@ pub fn paired_markdown(rows: &[PairedRow]) -> String {
     ]);
     for r in rows {
         t.push(vec![
-            r.scenario.to_string(),
-            r.method.to_string(),
-            r.reference.to_string(),
-            r.seeds.len().to_string(),
+            r.scenario.to_string().into(),
+            r.method.to_string().into(),
+            r.reference.to_string().into(),
+            r.seeds.len().to_string().into(),
             cell(&r.self_diff),
             cell(&r.cross_diff),
         ]);

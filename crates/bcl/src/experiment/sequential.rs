@@ -17,7 +17,7 @@ use crate::loss::Method;
 use crate::model::{Embedder, ModelCard};
 use crate::report::plot_matrix;
 use crate::run::{train_old, train_successor, RunError, StepOptions};
-use crate::table::{Column, Table};
+use crate::table::{Cell, Column, Table};
 
 /// Which earlier model each successor of a chain is trained against.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -325,13 +325,13 @@ pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> 
                 .chain(names.iter().map(Column::number)),
         );
         for (q, row) in r.cells.iter().enumerate() {
-            let mut cells = vec![names[q].clone()];
+            let mut cells = vec![Cell::Text(names[q].clone())];
             // only pairs with the query model no older than the gallery model matter
-            cells.extend(row.iter().enumerate().map(|(g, (m, sd))| {
+            cells.extend(row.iter().enumerate().map(|(g, &(m, sd))| {
                 if g <= q {
-                    format!("{m:.4} ± {sd:.4}")
+                    Cell::mean_std(m, sd, 4)
                 } else {
-                    "–".to_string()
+                    Cell::from("–")
                 }
             }));
             t.push(cells);
