@@ -87,6 +87,10 @@ pub(crate) struct EvalArgs {
     /// Use only the first N test images per class.
     #[arg(long)]
     test_per_class: Option<usize>,
+    /// The part scored: test, or validation (the training images the configuration's
+    /// data.validation_per_class holds out of training; what model selection reads).
+    #[arg(long, default_value_t = bcl::data::Part::Test)]
+    part: bcl::data::Part,
     /// Write results.md/.csv, metrics.json and plots here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -236,7 +240,7 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.test_per_class.is_some() {
         data_cfg.test_per_class = a.test_per_class;
     }
-    let test = bcl::data::open_test(&data_cfg)?;
+    let test = bcl::data::open_part(&data_cfg, a.part)?;
     let report = bcl::eval::models::evaluate_models_on(
         &models,
         &test,

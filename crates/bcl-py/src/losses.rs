@@ -232,6 +232,7 @@ impl CompatLossCore {
         Ok(self
             .loss
             .refresh(&f, &y, epoch, step)
+            .map_err(|e| crate::BclError::new_err(e.to_string()))?
             .map(|s| serde_json::to_string(&s).expect("stats serialise")))
     }
 

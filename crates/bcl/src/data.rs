@@ -10,6 +10,7 @@ pub mod augment;
 pub mod cifar;
 pub mod config;
 pub mod dataset;
+pub mod holdout;
 pub mod idx;
 pub mod images;
 pub mod lists;

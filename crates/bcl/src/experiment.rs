@@ -2,8 +2,10 @@
 //! the optional stages; `run_experiment` trains what is missing (finished models are reused,
 //! interrupted ones resumed), evaluates each (scenario, seed) once, and hands the results to
 //! the stages, each in its own file: the main table ([`main_table`], with [`paired`]), the
-//! [`sweeps`] and their [`frontier`], [`backfill`], [`benchmarks`], [`sequential`] upgrades and
-//! the refresh [`diagnostics`]. Run directories are named through [`run_dir`] (their files: [`crate::layout`]).
+//! [`sweeps`] and their [`frontier`], [`backfill`], [`benchmarks`], [`sequential`] upgrades,
+//! the refresh [`diagnostics`], and the verdict's protocol, [`selection`] (settings chosen on
+//! validation over selection seeds, reported on fresh seeds with Holm-adjusted paired
+//! intervals). Run directories are named through [`run_dir`] (their files: [`crate::layout`]).
 
 pub mod backfill;
 pub mod benchmarks;
@@ -11,6 +13,7 @@ pub mod diagnostics;
 pub mod frontier;
 pub mod main_table;
 pub mod paired;
+pub mod selection;
 pub mod sequential;
 pub mod sweeps;
 
@@ -56,6 +59,9 @@ pub struct ExperimentConfig {
     pub backfill: Option<backfill::BackfillConfig>,
     /// Standard benchmarks every run's models are scored on (`[[benchmark]]`; none by default).
     pub benchmark: Vec<crate::eval::protocol::BenchmarkConfig>,
+    /// The selection-then-report protocol (none by default): settings chosen on validation
+    /// data over selection seeds, retrained and reported on report seeds.
+    pub selection: Option<selection::SelectionConfig>,
 }
 
 impl Default for ExperimentConfig {
@@ -71,6 +77,7 @@ impl Default for ExperimentConfig {
             sequential: None,
             backfill: None,
             benchmark: Vec::new(),
+            selection: None,
         }
     }
 }
@@ -96,6 +103,9 @@ impl ExperimentConfig {
         }
         if let Some(bf) = &cfg.backfill {
             bf.validate(&cfg.methods).map_err(&invalid)?;
+        }
+        if let Some(sel) = &cfg.selection {
+            sel.validate(&cfg.base, &cfg.seeds).map_err(&invalid)?;
         }
         if let Some(seq) = &cfg.sequential {
             seq.validate().map_err(|reason| RunError::Config {
@@ -153,6 +163,8 @@ pub struct ExperimentReport {
     pub backfill: Vec<backfill::DeployRun>,
     /// Benchmark reports per run (empty without `[[benchmark]]` entries).
     pub benchmarks: Vec<benchmarks::BenchmarkRun>,
+    /// The selection-then-report protocol's choices and report (without `[selection]`: none).
+    pub selection: Option<selection::SelectionReport>,
 }
 
 /// The content ids of the models in `dirs`, read from their cards (the key of per-run caches:
@@ -271,6 +283,10 @@ pub fn run_experiment(
         Some(seq) => sequential::run_and_write(cfg, seq, out, &opts)?,
         None => Vec::new(),
     };
+    let selection = match &cfg.selection {
+        Some(sel) => Some(selection::run_and_write(cfg, sel, out, &opts)?),
+        None => None,
+    };
     let diag = diagnostics::diagnostics(cfg, out);
     let md = diagnostics::diagnostics_markdown(&diag);
     write_atomic(&exp.file(ExperimentFile::DiagnosticsMd), md.as_bytes())?;
@@ -285,6 +301,7 @@ pub fn run_experiment(
         sequential: chains,
         backfill: deploy,
         benchmarks: bench_runs,
+        selection,
     };
     crate::files::write_json(&exp.file(ExperimentFile::Report), &report)?;
     Ok(report)

@@ -103,6 +103,12 @@ impl ModelDir {
     pub fn checkpoint_compat(&self) -> PathBuf {
         self.checkpoint().join("compat.safetensors")
     }
+
+    /// `figures-<part>.json`: the model's self-test, cross-test and old→old figures on a part
+    /// of its run's data, cached by the selection protocol.
+    pub fn figures_cache(&self, part: &str) -> PathBuf {
+        self.0.join(format!("figures-{part}.json"))
+    }
 }
 
 impl AsRef<Path> for ModelDir {
@@ -281,6 +287,10 @@ pub enum ExperimentFile {
     BenchmarksJson,
     /// `diagnostics.md`: the refresh diagnostics.
     DiagnosticsMd,
+    /// `selection.md`: settings chosen on validation, reported on fresh seeds.
+    SelectionMd,
+    /// `selection.json`.
+    SelectionJson,
     /// `report.json`: everything above as one document.
     Report,
 }
@@ -302,6 +312,8 @@ impl ExperimentFile {
             Self::BenchmarksMd => "benchmarks.md",
             Self::BenchmarksJson => "benchmarks.json",
             Self::DiagnosticsMd => "diagnostics.md",
+            Self::SelectionMd => "selection.md",
+            Self::SelectionJson => "selection.json",
             Self::Report => "report.json",
         }
     }

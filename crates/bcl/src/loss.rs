@@ -26,10 +26,10 @@ pub use methods::advbct::{dann_coefficient, gradient_reversal, Advbct, AdvbctCon
 pub use methods::bct::Bct;
 pub use methods::independent::Independent;
 pub use methods::l2::L2;
-pub use methods::lce::{Lce, LceConfig};
+pub use methods::lce::{Lce, LceAlignment, LceConfig};
 pub use methods::ract::{Ract, RactConfig};
 pub use methods::unibct::{UnibctConfig, UnibctRefine};
-pub use perturbed::PerturbedBct;
+pub use perturbed::{AlignedLoss, Influence, Perturbed};
 pub use radii::{old_class_radii, old_class_radii_quantile};
 
 use crate::perturb::RefreshStats;
@@ -45,6 +45,18 @@ pub enum LossError {
         method: &'static str,
         /// What was missing.
         what: &'static str,
+    },
+    /// A perturbation refresh gave prototype rows with NaN or infinite values.
+    #[error(
+        "the perturbation refresh gave {rows} of {classes} prototype rows with NaN or infinite \
+         values (a diverging optimiser: lower its learning rate or step bound); the run stops \
+         rather than train against them"
+    )]
+    NonFinite {
+        /// Rows that are not finite.
+        rows: usize,
+        /// Rows in all.
+        classes: usize,
     },
     /// The method's own variables were not created ([`CompatLoss::init_params`] not called).
     #[error(
@@ -129,8 +141,8 @@ pub trait CompatLoss {
         _labels: &Tensor,
         _epoch: usize,
         _step: usize,
-    ) -> Option<RefreshStats> {
-        None
+    ) -> Result<Option<RefreshStats>, LossError> {
+        Ok(None)
     }
     /// Sees each batch's detached new features (for moving-average prototypes).
     fn observe(&mut self, _new: &Tensor, _labels: &Tensor) {}

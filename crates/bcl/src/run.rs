@@ -149,6 +149,13 @@ impl RunConfig {
     /// names the setting.
     pub fn validate(&self) -> Result<(), String> {
         self.new_model.check_against(&self.model)?;
+        if self.data.validation_per_class == Some(0) {
+            return Err(
+                "data.validation_per_class = 0: expected >= 1 images per class (or leave it \
+                 out for no validation part)"
+                    .into(),
+            );
+        }
         self.compat.validate()
     }
 
@@ -268,8 +275,12 @@ pub fn train_old(
     let crate::data::Opened {
         train: train_set,
         test: test_set,
+        validation,
     } = crate::data::open(&cfg.data)?;
-    let split = Split::new(&cfg.split, &train_set.labels(), cfg.data.classes)?;
+    let split = Split {
+        validation,
+        ..Split::new(&cfg.split, &train_set.labels(), cfg.data.classes)?
+    };
     write_run_files(out, cfg, &split, &*opts.dist)?;
     let data = train_set.relabel(&split.old_indices, &split.old_classes);
     Ok(train(TrainJob {
@@ -357,9 +368,22 @@ pub fn train_successor(
     let crate::data::Opened {
         train: train_set,
         test: test_set,
+        validation,
     } = crate::data::open(&cfg.data)?;
     let train_labels = train_set.labels();
-    let split = Split::new(&saved_split.config, &train_labels, cfg.data.classes)?;
+    let split = Split {
+        validation,
+        ..Split::new(&saved_split.config, &train_labels, cfg.data.classes)?
+    };
+    if split.validation != saved_split.validation {
+        return Err(RunError::Invalid(format!(
+            "{}: the validation part differs from the old model's run ({} vs saved {}): set \
+             data.validation_per_class (and train_per_class) as the old run did",
+            ModelDir::new(old_dir).split().display(),
+            split.validation.as_deref().unwrap_or("none"),
+            saved_split.validation.as_deref().unwrap_or("none")
+        )));
+    }
     if split.fingerprint != saved_split.fingerprint {
         return Err(RunError::Invalid(format!(
             "{}: the split no longer reproduces (fingerprint {} vs saved {}): the data differ from the old model's run",
@@ -524,6 +548,10 @@ fn build_context(
         OldPrototypes::ClassMeans => means,
         OldPrototypes::OldClassifier => old_classifier_prototypes(old, &means)?,
     });
+    if method.needs_old_radii() {
+        let table = ctx.prototypes(method.as_str()).map_err(RunError::Invalid)?;
+        ctx.old_radii = Some(crate::loss::radii::old_class_radii(&table, &g, &y));
+    }
     if method.needs_old_bank() {
         let bank_size = cfg.compat.old_bank_per_class().map_err(RunError::Invalid)?;
         let mut rng = rng_for(cfg.new.seed, 4_000_000);

@@ -711,7 +711,7 @@ fn refresh(
         job.dist,
         &job.train.exec,
     )?;
-    let s = m.compat.refresh(&bank, &labels, epoch, step);
+    let s = m.compat.refresh(&bank, &labels, epoch, step)?;
     if let (Some(s), true) = (&s, job.dist.is_primary()) {
         tracing::info!(
             model = %job.name, epoch, step, mean_delta = s.mean_delta, max_delta = s.max_delta,

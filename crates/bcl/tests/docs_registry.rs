@@ -67,14 +67,15 @@ fn the_add_a_method_recipe_names_what_exists() {
     let registry = repo_file("crates/bcl/src/loss/method.rs");
     assert!(registry.contains("static BUILTIN: &[&dyn MethodSpec]"));
     for m in Method::all() {
-        let file = format!("crates/bcl/src/loss/methods/{}.rs", m.as_str());
+        let module = m.as_str().replace('-', "_");
+        let file = format!("crates/bcl/src/loss/methods/{module}.rs");
         let src = repo_file(&file);
         assert!(
             src.contains("pub struct Spec;"),
             "{file}: its registry entry"
         );
         assert!(
-            registry.contains(&format!("&methods::{}::Spec,", m.as_str())),
+            registry.contains(&format!("&methods::{module}::Spec,")),
             "{}: one line in BUILTIN",
             m.as_str()
         );

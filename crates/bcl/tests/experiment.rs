@@ -422,3 +422,123 @@ fn paired_differences_by_hand() {
         "{md}"
     );
 }
+
+/// The selection-then-report protocol end to end on generated data: grids run on the selection
+/// seeds and are read on validation data, an edge choice is extended, the chosen settings are
+/// retrained on report seeds the choice never saw, and the report compares them with the
+/// reference's chosen setting; a second call trains nothing. Overlapping seeds are refused.
+#[test]
+fn settings_are_chosen_on_validation_and_reported_on_fresh_seeds() {
+    use bcl::experiment::selection::SelectionConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_experiment(dir.path(), 4, 10, 5);
+    cfg.base.data.train_per_class = Some(45);
+    cfg.base.data.validation_per_class = Some(15);
+    cfg.base.compat.refresh.bank_per_class = 10;
+    // a weak old model (one epoch on its 30%) and longer-trained new models, so that some
+    // settings are compatible
+    cfg.base.old.epochs = 1;
+    cfg.base.new.epochs = 4;
+    cfg.scenarios = vec![Scenario::ExtendedData];
+    cfg.seeds = vec![1, 2];
+    cfg.methods = vec![Method::BCT];
+    cfg.selection = Some(SelectionConfig {
+        seeds: vec![11],
+        report_seeds: None,
+        reference: Method::BCT,
+        grids: vec![
+            Sweep {
+                method: Method::BCT,
+                knob: Knob::LAMBDA,
+                values: vec![8.0],
+            },
+            Sweep {
+                method: Method::NDPP,
+                knob: Knob::named("ndpp-eps").unwrap(),
+                values: vec![0.1],
+            },
+        ],
+        max_extensions: 1,
+        reference_until_incompatible: true,
+        margin: 0.01,
+    });
+    let path = dir.path().join("exp.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let cfg = ExperimentConfig::from_toml_file(&path).unwrap();
+    let out = dir.path().join("out");
+    let r = run_experiment(&cfg, &out, &opts()).unwrap();
+    let sel = r.selection.expect("the protocol ran");
+    assert_eq!(sel.grids.len(), 2);
+    for g in &sel.grids {
+        // the base value joined each grid; every setting was read on the selection seed only
+        assert!(g.settings.len() >= 2, "{g:?}");
+        for s in &g.settings {
+            assert_eq!(s.validation.keys().copied().collect::<Vec<_>>(), vec![11]);
+        }
+        // the choice is validation's best compatible setting
+        let best = bcl::experiment::selection::choose_best_compatible(&g.settings)
+            .map(|i| g.settings[i].value);
+        assert_eq!(g.chosen, best);
+        // a choice on the grid's edge was extended once (or the edge is explained)
+        if let Some(v) = g.chosen {
+            let on_edge = v == g.settings[0].value || v == g.settings.last().unwrap().value;
+            assert!(!on_edge || !g.notes.is_empty(), "{g:?}");
+        }
+    }
+    // the report: each method's chosen setting on the report seeds 1 and 2, not the selection seed
+    for row in sel.report.iter().filter(|r| r.setting.is_some()) {
+        assert_eq!(row.test.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        if row.method != Method::BCT {
+            assert_eq!(row.self_diffs.len(), 2);
+            assert!(!row.p.0.is_nan() || row.self_diffs.iter().all(|d| *d == row.self_diffs[0]));
+        }
+    }
+    let md = std::fs::read_to_string(out.join("selection.md")).unwrap();
+    assert!(
+        md.contains("best compatible") && md.contains("matched cross-test"),
+        "{md}"
+    );
+    assert!(md.contains("oracle"), "{md}");
+    let seed_dir = out.join("extended-data").join("seed-11");
+    assert!(std::fs::read_dir(&seed_dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("select-ndpp")));
+    // resumable: the second call finds every model
+    let t0 = std::time::Instant::now();
+    let again = run_experiment(&cfg, &out, &opts()).unwrap();
+    // (compared as JSON: undefined intervals are NaN, which equals nothing)
+    assert_eq!(
+        serde_json::to_string(&again.selection.unwrap()).unwrap(),
+        serde_json::to_string(&sel).unwrap()
+    );
+    assert!(t0.elapsed().as_secs_f64() < 60.0);
+    // a selection seed that is also a report seed is refused
+    let mut bad = cfg.clone();
+    bad.selection.as_mut().unwrap().seeds = vec![2];
+    std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
+    let e = ExperimentConfig::from_toml_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("both a selection and a report seed"), "{e}");
+    // and so is a protocol without validation data
+    let mut bad = cfg.clone();
+    bad.base.data.validation_per_class = None;
+    std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
+    let e = ExperimentConfig::from_toml_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("validation_per_class"), "{e}");
+}
+
+fn opts() -> StepOptions {
+    StepOptions {
+        resume: true,
+        device: Device::Cpu,
+        progress: false,
+        probe_test: false,
+        stop_after: None,
+        dist: Default::default(),
+    }
+}

@@ -62,13 +62,17 @@ impl CompatLoss for PullLoss {
         labels: &Tensor,
         epoch: usize,
         step: usize,
-    ) -> Option<RefreshStats> {
+    ) -> Result<Option<RefreshStats>, LossError> {
         let c = self.old.size()[0];
-        let new = bcl::perturb::class_prototypes(bank, labels, c).ok()?;
+        let Ok(new) = bcl::perturb::class_prototypes(bank, labels, c) else {
+            return Ok(None);
+        };
         let delta = (new - &self.old) * self.toward_new;
         self.targets = l2_normalize(&(&self.old + &delta));
         let stats = bcl::perturb::GeometryStats::of(&self.old, &delta);
-        Some(RefreshStats::from_geometry(epoch, step, stats, None, 0.0))
+        Ok(Some(RefreshStats::from_geometry(
+            epoch, step, stats, None, 0.0,
+        )))
     }
     fn state(&self) -> Vec<(String, Tensor)> {
         vec![("targets".into(), self.targets.shallow_clone())]

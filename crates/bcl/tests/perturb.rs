@@ -37,11 +37,13 @@ fn row_norms(t: &Tensor) -> Vec<f64> {
         .collect()
 }
 
-/// With Δ = 0 the perturbation methods are BCT: NDPP with ε = 0 and ODPP with no optimisation
-/// step, trained through the real refresh path (a refresh every 3 steps from the first epoch:
-/// feature passes, new prototypes, Δ written into the loss), end with BCT's weights.
+/// With Δ = 0 the perturbation layer is its base loss: NDPP with ε = 0 and ODPP with ε = 0
+/// (its Adam steps and projection running: the projection onto ‖δ‖ ≤ 0), trained through the
+/// real refresh path (a refresh every 3 steps from the first epoch: feature passes, new
+/// prototypes, Δ written into the loss), end with BCT's weights (ndpp, odpp) and LCE's
+/// (lce-ndpp, lce-odpp). The converse: with ε > 0 the same runs move Δ and end elsewhere.
 #[test]
-fn zero_perturbation_trains_exactly_as_bct() {
+fn zero_perturbation_trains_exactly_as_the_base_loss_and_a_nonzero_one_does_not() {
     use bcl::loss::Method;
     use bcl::run;
     let dir = tempfile::tempdir().unwrap();
@@ -49,45 +51,132 @@ fn zero_perturbation_trains_exactly_as_bct() {
     cfg.compat.refresh.every_steps = Some(3);
     cfg.compat.refresh.start_epoch = 0;
     cfg.compat.refresh.bank_per_class = 10;
-    cfg.compat
-        .update::<NdppConfig>("ndpp", |n| n.eps = 0.0)
-        .unwrap();
-    cfg.compat
-        .update::<OdppConfig>("odpp", |o| {
-            o.steps = 0;
-            o.old_bank_per_class = 10;
-        })
-        .unwrap();
+    let set_eps = |cfg: &mut bcl::run::RunConfig, eps: f64| {
+        cfg.compat
+            .update::<NdppConfig>("ndpp", |n| n.eps = eps)
+            .unwrap();
+        cfg.compat
+            .update::<OdppConfig>("odpp", |o| {
+                o.eps = eps;
+                o.steps = 5;
+                o.old_bank_per_class = 10;
+            })
+            .unwrap();
+    };
+    set_eps(&mut cfg, 0.0);
     let opts = common::cpu_opts(false, None);
     let old = dir.path().join("old");
     run::train_old(&cfg, &old, &opts).unwrap();
-    let weights = |m: Method| {
-        let out = dir.path().join(m.as_str());
-        run::train_new(&cfg, &old, m, &out, &opts).unwrap();
-        let refreshes = out.join("refreshes.json");
+    let train = |cfg: &bcl::run::RunConfig, m: Method, tag: &str| {
+        let out = dir.path().join(format!("{m}-{tag}"));
+        if !out.join("model.safetensors").is_file() {
+            run::train_new(cfg, &old, m, &out, &opts).unwrap();
+        }
         let w: std::collections::BTreeMap<String, Tensor> =
             Tensor::read_safetensors(out.join("model.safetensors"))
                 .unwrap()
                 .into_iter()
                 .collect();
-        (w, refreshes)
+        let log = std::fs::read_to_string(out.join("refreshes.json")).unwrap_or_default();
+        (w, log)
     };
-    let (bct, _) = weights(Method::BCT);
-    for m in [Method::NDPP, Method::ODPP] {
-        let (w, refreshes) = weights(m);
-        let log: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&refreshes).unwrap()).unwrap();
+    let largest_difference =
+        |a: &std::collections::BTreeMap<String, Tensor>,
+         b: &std::collections::BTreeMap<String, Tensor>| {
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+            a.iter()
+                .map(|(n, t)| (t - &b[n]).abs().max().double_value(&[]))
+                .fold(0.0, f64::max)
+        };
+    let mean_deltas = |log: &str| -> Vec<f64> {
+        let v: serde_json::Value = serde_json::from_str(log).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["mean_delta"].as_f64().unwrap())
+            .collect()
+    };
+    let lce = Method::named("lce").unwrap();
+    let pairs = [
+        (Method::BCT, Method::NDPP),
+        (Method::BCT, Method::ODPP),
+        (lce, Method::named("lce-ndpp").unwrap()),
+        (lce, Method::named("lce-odpp").unwrap()),
+    ];
+    for (base, m) in pairs {
+        let (b, _) = train(&cfg, base, "zero");
+        let (w, log) = train(&cfg, m, "zero");
+        let deltas = mean_deltas(&log);
+        assert!(deltas.len() >= 3, "{m}: the refresh path ran: {log}");
+        assert!(deltas.iter().all(|&d| d == 0.0), "{m}: Δ = 0: {deltas:?}");
+        let diff = largest_difference(&w, &b);
+        assert!(diff <= 1e-6, "{m}: differs from {base}'s weights by {diff}");
+    }
+    let mut moved = cfg.clone();
+    set_eps(&mut moved, 0.3);
+    for (base, m) in pairs {
+        let (b, _) = train(&cfg, base, "zero");
+        let (w, log) = train(&moved, m, "moved");
+        let deltas = mean_deltas(&log);
         assert!(
-            log.as_array().unwrap().len() >= 3,
-            "{m}: the refresh path ran: {log}"
+            deltas.iter().any(|&d| d > 1e-3),
+            "{m}: ε = 0.3 moves the prototypes: {deltas:?}"
         );
-        assert_eq!(w.keys().collect::<Vec<_>>(), bct.keys().collect::<Vec<_>>());
-        for (name, a) in &w {
-            let b = &bct[name];
-            let diff = (a - b).abs().max().double_value(&[]);
-            assert!(diff <= 1e-6, "{m}: {name} differs from bct's by {diff}");
+        let diff = largest_difference(&w, &b);
+        assert!(
+            diff > 1e-4,
+            "{m}: with ε > 0 it must train elsewhere than {base} ({diff})"
+        );
+    }
+}
+
+/// A refresh whose perturbation is not finite is refused with an error, and the loss keeps
+/// training against the last finite table rather than silently against the unmoved one.
+#[test]
+fn a_non_finite_perturbation_is_refused() {
+    use bcl::loss::{CompatInputs, CompatLoss, LossError, Perturbed, RefreshConfig};
+    use bcl::perturb::{Perturbation, RefreshInputs};
+    struct Broken;
+    impl Perturbation for Broken {
+        fn refresh(&mut self, r: &RefreshInputs) -> (Tensor, Option<(f64, f64)>) {
+            let d = r.old.zeros_like();
+            let _ = d.get(1).fill_(f64::NAN);
+            (d, None)
         }
     }
+    let old = protos(4, 3, 9);
+    let mut p = Perturbed::bct(
+        1.0,
+        16.0,
+        old.shallow_clone(),
+        RefreshConfig::default(),
+        Box::new(Broken),
+    );
+    let f = protos(4, 3, 10);
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
+    let before = p
+        .loss(&CompatInputs::new(&f, &y))
+        .unwrap()
+        .unwrap()
+        .double_value(&[]);
+    match p.refresh(&f, &y, 0, 3) {
+        Err(
+            e @ LossError::NonFinite {
+                rows: 1,
+                classes: 4,
+            },
+        ) => {
+            assert!(e.to_string().contains("NaN or infinite"), "{e}")
+        }
+        other => panic!("expected the refresh to be refused, got {other:?}"),
+    }
+    let after = p
+        .loss(&CompatInputs::new(&f, &y))
+        .unwrap()
+        .unwrap()
+        .double_value(&[]);
+    assert_eq!(before, after, "the table is unchanged");
+    assert!(p.delta.isfinite().all().int64_value(&[]) == 1);
 }
 
 #[test]

@@ -55,6 +55,21 @@ fn every_committed_experiment_parses_and_the_frontier_shares_the_tax_regime() {
         (&tax.scenarios, &tax.methods, &tax.seeds)
     );
     assert!(frontier.sweeps.len() >= 6 && frontier.sweep_seeds.as_ref().unwrap().len() >= 3);
+    // the protocol's run of the regime trains exactly as tax-d8 (its validation images are
+    // ones tax-d8 never used), chooses on selection seeds apart from its five report seeds,
+    // and gives every method a grid of the same size
+    let protocol = ExperimentConfig::from_toml_file(&recipe("tax-d8-protocol.toml")).unwrap();
+    let mut base = protocol.base.clone();
+    assert_eq!(base.data.validation_per_class, Some(500));
+    base.data.validation_per_class = None;
+    assert_eq!(base, tax.base);
+    let sel = protocol.selection.as_ref().unwrap();
+    assert_eq!(sel.report_seeds(&protocol.seeds), &[1, 2, 3, 4, 5]);
+    assert!(sel.seeds.iter().all(|s| !protocol.seeds.contains(s)));
+    let methods: Vec<&str> = sel.grids.iter().map(|g| g.method.as_str()).collect();
+    for m in ["bct", "l2", "lce", "ndpp", "odpp", "lce-ndpp", "lce-odpp"] {
+        assert!(methods.contains(&m), "{m} has a grid");
+    }
 }
 
 #[test]

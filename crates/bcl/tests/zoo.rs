@@ -6,7 +6,7 @@
 use bcl::data::{synthetic, write_idx_dir};
 use bcl::loss::{
     dann_coefficient, gradient_reversal, old_class_radii, old_class_radii_quantile, Advbct,
-    AdvbctConfig, Lce, LceConfig, Ract, RactConfig, UnibctConfig, UnibctRefine,
+    AdvbctConfig, Lce, LceAlignment, LceConfig, Ract, RactConfig, UnibctConfig, UnibctRefine,
 };
 use bcl::loss::{CompatInputs, CompatLoss, Method};
 use bcl::model::Embedder;
@@ -59,34 +59,58 @@ fn old_radii_at_a_quantile_take_the_nearest_rank() {
     }
 }
 
+/// LCE in the official code's normalisation (IrvingMeng/LCE, `main.py`):
+/// `100 · F.mse_loss(F.normalize(W), centres) + 1 · mean(clamp(old_cos[y] − ⟨f, c_y⟩, 0))`,
+/// where `mse_loss` averages over all `C·d` elements; and the earlier cosine form as a setting.
 #[test]
-fn lce_by_hand_and_its_gradient_reaches_the_classifier() {
+fn lce_by_hand_in_the_official_normalisation_and_its_gradient_reaches_the_classifier() {
     let (p, bank, labels) = centres_and_bank();
     let lce = Lce::new(1.0, LceConfig::default(), p.shallow_clone(), &bank, &labels);
+    assert_eq!(
+        (lce.cfg.align_weight, lce.cfg.boundary_weight),
+        (100.0, 1.0)
+    );
     // classifier rows (2, 0) and (1, 1): normalised e1 and (1, 1)/√2
     let w = t(&[2.0, 0.0, 1.0, 1.0], &[2, 2]).set_requires_grad(true);
-    // f0 = (0.6, 0.8) of class 0: distance 0.4 to e1, 0.2 past the radius; f1 = e2: inside
+    // f0 = (0.6, 0.8) of class 0: cosine 0.6 to e1, below its old cosine 0.8; f1 = e2: inside
     let f = t(&[0.6, 0.8, 0.0, 1.0], &[2, 2]).set_requires_grad(true);
     let y = Tensor::from_slice(&[0i64, 1]);
-    let l = lce
-        .loss(&CompatInputs {
-            classifier: Some(&w),
-            ..CompatInputs::new(&f, &y)
-        })
-        .expect("the loss has its inputs")
-        .unwrap();
-    let align = (1.0 - 0.5f64.sqrt()) / 2.0;
-    let bound = 0.2 / 2.0;
-    close(l.double_value(&[]), align + bound, 1e-6);
+    let inputs = CompatInputs {
+        classifier: Some(&w),
+        ..CompatInputs::new(&f, &y)
+    };
+    let l = lce.loss(&inputs).expect("the loss has its inputs").unwrap();
+    // F.mse_loss over the 4 elements: row 0 matches e1; row 1 is (r, r) - (0, 1), r = 1/√2
+    let r = 0.5f64.sqrt();
+    let mse = (0.0 + 0.0 + r * r + (r - 1.0) * (r - 1.0)) / 4.0;
+    // old_cos: the worst old sample of each class has cosine 0.8 to its centre
+    let bound = ((0.8f64 - 0.6).max(0.0) + (0.8f64 - 1.0).max(0.0)) / 2.0;
+    close(l.double_value(&[]), 100.0 * mse + bound, 1e-5);
+    // which is (2/d)·mean_k(1 − cos_k) for unit rows: the weight is 100·2/d on the cosine form
+    close(mse, (2.0 / 2.0) * ((1.0 - 1.0) + (1.0 - r)) / 2.0, 1e-12);
     l.backward();
     assert!(w.grad().defined(), "the classifier must be aligned");
-    // d/d f0 of 0.5·(1 − ⟨f0, e1⟩) = (−0.5, 0); f1 is inside its boundary: no gradient
+    // d/d f0 of 0.5·(0.8 − ⟨f0, e1⟩) = (−0.5, 0); f1 is inside its boundary: no gradient
     close(f.grad().double_value(&[0, 0]), -0.5, 1e-6);
     close(f.grad().double_value(&[1, 1]), 0.0, 1e-9);
     assert!(
         !p.grad().defined(),
         "the old centres must receive no gradient"
     );
+    // the earlier form, kept as a setting: mean_k (1 − cos_k) with its own weight
+    let cosine = Lce::new(
+        1.0,
+        LceConfig {
+            alignment: LceAlignment::Cosine,
+            align_weight: 1.0,
+            ..LceConfig::default()
+        },
+        p.shallow_clone(),
+        &bank,
+        &labels,
+    );
+    let l = cosine.loss(&inputs).unwrap().unwrap();
+    close(l.double_value(&[]), (1.0 - r) / 2.0 + bound, 1e-6);
 }
 
 #[test]

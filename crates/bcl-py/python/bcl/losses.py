@@ -175,6 +175,8 @@ BCTLoss = _named("bct", "BCTLoss: the influence loss against the old class proto
 NDPPLoss = _named("ndpp", "NDPPLoss: the influence loss against NDPP's pseudo-old prototypes.")
 ODPPLoss = _named("odpp", "ODPPLoss: the influence loss against ODPP's pseudo-old prototypes.")
 LCELoss = _named("lce", "LCELoss: classifier aligned with the old centres plus the old-class boundary.")
+LCENDPPLoss = _named("lce-ndpp", "LCENDPPLoss: LCE with its classifier aligned with NDPP's pseudo-old centres.")
+LCEODPPLoss = _named("lce-odpp", "LCEODPPLoss: LCE with its classifier aligned with ODPP's pseudo-old centres.")
 UniBCTLoss = _named("unibct", "UniBCTLoss: the influence loss against old prototypes refined over the new class graph.")
 RACTLoss = _named("ract", "RACTLoss: contrastive against old features with new-to-new negatives.")
 AdvBCTLoss = _named("advbct", "AdvBCTLoss: adversarial discriminator plus elastic old-class boundary.")
@@ -186,6 +188,8 @@ __all__ = [
     "NDPPLoss",
     "ODPPLoss",
     "LCELoss",
+    "LCENDPPLoss",
+    "LCEODPPLoss",
     "UniBCTLoss",
     "RACTLoss",
     "AdvBCTLoss",

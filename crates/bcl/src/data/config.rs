@@ -58,6 +58,11 @@ pub struct DataConfig {
     pub train_per_class: Option<usize>,
     /// Use only the first N test images of each class (quick runs).
     pub test_per_class: Option<usize>,
+    /// Hold out N training images of each class that no model trains on, the validation part
+    /// every model-selection decision reads (the N after the first `train_per_class`, or
+    /// without that limit the last N of each class; see `data::holdout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_per_class: Option<usize>,
     /// `image-folder` only: decode training images batch by batch while training (bounded
     /// memory, for sets larger than RAM) instead of decoding them all into memory first.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -73,17 +78,21 @@ impl Default for DataConfig {
             classes: 10,
             train_per_class: None,
             test_per_class: None,
+            validation_per_class: None,
             stream: false,
         }
     }
 }
 
-/// A part of a data set: its training or its test items.
+/// A part of a data set: its training items, the validation part held out of them, or its
+/// test items.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Part {
     /// The training items.
     Train,
+    /// The validation part: training images no model trains on (`validation_per_class`).
+    Validation,
     /// The test items (the default for evaluation and galleries).
     #[default]
     Test,
@@ -93,6 +102,7 @@ impl std::fmt::Display for Part {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Part::Train => "train",
+            Part::Validation => "validation",
             Part::Test => "test",
         })
     }
@@ -103,8 +113,9 @@ impl std::str::FromStr for Part {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "train" => Ok(Part::Train),
+            "validation" => Ok(Part::Validation),
             "test" => Ok(Part::Test),
-            _ => Err(format!("expected train or test, not {s:?}")),
+            _ => Err(format!("expected train, validation or test, not {s:?}")),
         }
     }
 }

@@ -278,14 +278,105 @@ pub struct Opened {
     pub train: TrainSource,
     /// The test items.
     pub test: Dataset,
+    /// The fingerprint of the validation part, when `[data] validation_per_class` sets one
+    /// (its images: [`open_part`] with [`Part::Validation`]).
+    pub validation: Option<String>,
 }
 
-/// The image lists of a listed or streamed configuration: (training root, training list, test
-/// root, test list), with the per-class limits applied.
-fn image_lists(cfg: &DataConfig) -> Result<(PathBuf, ImageList, PathBuf, ImageList), DataError> {
+/// The training items a configuration trains on and the validation part it holds out (see
+/// [`super::holdout`]): `take` subsets the source by positions, `labels` are its labels.
+fn train_and_validation<T>(
+    cfg: &DataConfig,
+    all: T,
+    labels: &[usize],
+    classes: usize,
+    take: impl Fn(&T, &[usize]) -> T,
+    first_per_class: impl Fn(&T, usize) -> T,
+) -> Result<(T, Option<T>), DataError> {
+    match (cfg.validation_per_class, cfg.train_per_class) {
+        (Some(v), t) => {
+            let (tr, va) = super::holdout::hold_out(labels, classes, t, v)?;
+            Ok((take(&all, &tr), Some(take(&all, &va))))
+        }
+        (None, Some(n)) => Ok((first_per_class(&all, n), None)),
+        (None, None) => Ok((all, None)),
+    }
+}
+
+/// A data set's training part and its validation part.
+fn dataset_parts(
+    cfg: &DataConfig,
+    train: Dataset,
+) -> Result<(Dataset, Option<Dataset>), DataError> {
+    let labels: Vec<usize> = train.labels.iter().map(|&l| l as usize).collect();
+    let classes = train.classes;
+    train_and_validation(
+        cfg,
+        train,
+        &labels,
+        classes,
+        Dataset::subset,
+        Dataset::take_per_class,
+    )
+}
+
+/// An image list's training part and its validation part.
+fn list_parts(
+    cfg: &DataConfig,
+    train: ImageList,
+) -> Result<(ImageList, Option<ImageList>), DataError> {
+    let labels: Vec<usize> = train.items.iter().map(|it| it.label as usize).collect();
+    let classes = train.classes.len();
+    let take = |l: &ImageList, pos: &[usize]| ImageList {
+        items: pos.iter().map(|&i| l.items[i].clone()).collect(),
+        classes: l.classes.clone(),
+    };
+    train_and_validation(
+        cfg,
+        train,
+        &labels,
+        classes,
+        take,
+        ImageList::take_per_class,
+    )
+}
+
+/// The validation part's fingerprint from its items' ids and labels.
+fn dataset_print(d: &Dataset) -> String {
+    let ids: Vec<String> = d.ids.iter().map(usize::to_string).collect();
+    super::holdout::part_fingerprint(ids.iter().map(String::as_str).zip(d.labels.iter().copied()))
+}
+
+/// The validation part's fingerprint from its files' paths and labels.
+fn list_print(l: &ImageList) -> String {
+    let paths: Vec<String> = l
+        .items
+        .iter()
+        .map(|it| it.path.display().to_string())
+        .collect();
+    super::holdout::part_fingerprint(
+        paths
+            .iter()
+            .map(String::as_str)
+            .zip(l.items.iter().map(|it| it.label)),
+    )
+}
+
+/// The image lists of a listed or streamed configuration, with the per-class limits and the
+/// validation part applied.
+struct Lists {
+    train_root: PathBuf,
+    train: ImageList,
+    validation: Option<ImageList>,
+    test_root: PathBuf,
+    test: ImageList,
+}
+
+/// Reads the image lists of a listed or streamed configuration.
+fn image_lists(cfg: &DataConfig) -> Result<Lists, DataError> {
     use super::lists;
     cfg.image.validate().map_err(DataError::Config)?;
-    let (train_root, mut train, test_root, mut test) = match cfg.format {
+    let (train_root, train, test_root, mut test) = match cfg.format {
         DataFormat::ImageFolder => {
             let (tr, te) = super::images::read_image_folder_lists(&cfg.dir)?;
             (cfg.dir.join("train"), tr, cfg.dir.join("test"), te)
@@ -329,19 +420,23 @@ fn image_lists(cfg: &DataConfig) -> Result<(PathBuf, ImageList, PathBuf, ImageLi
             cfg.classes
         )));
     }
-    if let Some(n) = cfg.train_per_class {
-        train = train.take_per_class(n);
-    }
+    let (train, validation) = list_parts(cfg, train)?;
     if let (Some(n), false) = (cfg.test_per_class, cfg.format == DataFormat::Gldv2) {
         test = test.take_per_class(n);
     }
-    Ok((train_root, train, test_root, test))
+    Ok(Lists {
+        train_root,
+        train,
+        validation,
+        test_root,
+        test,
+    })
 }
 
 /// Reads an in-memory format (IDX, CIFAR-100, image folders not streamed), with the per-class
-/// limits applied.
-fn in_memory(cfg: &DataConfig) -> Result<(Dataset, Dataset), DataError> {
-    let (mut train, mut test) = match cfg.format {
+/// limits applied: (training part, validation part, test set).
+fn in_memory(cfg: &DataConfig) -> Result<(Dataset, Option<Dataset>, Dataset), DataError> {
+    let (train, mut test) = match cfg.format {
         DataFormat::Idx => super::load_idx_dir(&cfg.dir, cfg.classes)?,
         DataFormat::Cifar100 => {
             if cfg.classes != 100 {
@@ -370,13 +465,11 @@ fn in_memory(cfg: &DataConfig) -> Result<(Dataset, Dataset), DataError> {
             )))
         }
     };
-    if let Some(n) = cfg.train_per_class {
-        train = train.take_per_class(n);
-    }
+    let (train, validation) = dataset_parts(cfg, train)?;
     if let Some(n) = cfg.test_per_class {
         test = test.take_per_class(n);
     }
-    Ok((train, test))
+    Ok((train, validation, test))
 }
 
 /// Whether a configuration's training images are streamed from files.
@@ -388,22 +481,24 @@ fn streamed(cfg: &DataConfig) -> bool {
 /// files for the listed formats and `stream = true`, else in memory; the test set in memory.
 pub fn open(cfg: &DataConfig) -> Result<Opened, DataError> {
     if !streamed(cfg) {
-        let (train, test) = in_memory(cfg)?;
+        let (train, validation, test) = in_memory(cfg)?;
         return Ok(Opened {
             train: TrainSource::Memory(train),
             test,
+            validation: validation.as_ref().map(dataset_print),
         });
     }
-    let (train_root, train, test_root, test) = image_lists(cfg)?;
-    let test = super::images::materialise(&test_root, &test, &cfg.image)?;
+    let l = image_lists(cfg)?;
+    let test = super::images::materialise(&l.test_root, &l.test, &cfg.image)?;
     Ok(Opened {
         train: TrainSource::Files(ImageFiles {
-            root: train_root,
-            list: train,
+            root: l.train_root,
+            list: l.train,
             prep: cfg.image,
             prefetch: 4,
         }),
         test,
+        validation: l.validation.as_ref().map(list_print),
     })
 }
 
@@ -412,19 +507,32 @@ pub fn open_test(cfg: &DataConfig) -> Result<Dataset, DataError> {
     open_part(cfg, Part::Test)
 }
 
-/// One part of the data in memory: the test set, or the training set (decoded from its files
-/// where it would be streamed; bound it with `train_per_class` on large sets).
+/// One part of the data in memory: the test set, the validation part, or the training set
+/// (decoded from its files where it would be streamed; bound it with `train_per_class` on large
+/// sets).
 pub fn open_part(cfg: &DataConfig, part: Part) -> Result<Dataset, DataError> {
+    let unset = || {
+        DataError::Config(
+            "there is no validation part: set data.validation_per_class (images per class \
+             that no model trains on)"
+                .into(),
+        )
+    };
     if !streamed(cfg) {
-        let (train, test) = in_memory(cfg)?;
-        return Ok(match part {
-            Part::Train => train,
-            Part::Test => test,
-        });
+        let (train, validation, test) = in_memory(cfg)?;
+        return match part {
+            Part::Train => Ok(train),
+            Part::Validation => validation.ok_or_else(unset),
+            Part::Test => Ok(test),
+        };
     }
-    let (train_root, train, test_root, test) = image_lists(cfg)?;
+    let l = image_lists(cfg)?;
     match part {
-        Part::Train => super::images::materialise(&train_root, &train, &cfg.image),
-        Part::Test => super::images::materialise(&test_root, &test, &cfg.image),
+        Part::Train => super::images::materialise(&l.train_root, &l.train, &cfg.image),
+        Part::Validation => {
+            let v = l.validation.ok_or_else(unset)?;
+            super::images::materialise(&l.train_root, &v, &cfg.image)
+        }
+        Part::Test => super::images::materialise(&l.test_root, &l.test, &cfg.image),
     }
 }

@@ -88,6 +88,11 @@ pub struct Split {
     pub new_indices: Vec<usize>,
     /// SHA-256 (hex, 16 chars) of the configuration and both index lists.
     pub fingerprint: String,
+    /// The fingerprint of the validation part held out of the training file (its ids and
+    /// labels), when the data configuration holds one out: a successor must validate on the
+    /// same images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<String>,
 }
 
 impl Split {
@@ -168,6 +173,7 @@ impl Split {
             old_indices,
             new_indices,
             fingerprint,
+            validation: None,
         })
     }
 

@@ -62,6 +62,76 @@ pub fn interval(xs: &[f64]) -> Interval {
     }
 }
 
+/// The two-sided p-value of the paired t-test of `xs` (the per-seed differences) against a
+/// mean of zero: NaN with fewer than two values; 0 when every difference is the same non-zero
+/// number, 1 when all are zero.
+pub fn t_test_p(xs: &[f64]) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let n = xs.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let (mean, sd) = super::mean_std(xs);
+    if sd == 0.0 {
+        return if mean == 0.0 { 1.0 } else { 0.0 };
+    }
+    let t = mean / (sd / (n as f64).sqrt());
+    let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("df >= 1");
+    (2.0 * (1.0 - dist.cdf(t.abs()))).min(1.0)
+}
+
+/// Holm's step-down adjustment of `p` (family-wise error control over the hypotheses): sorted
+/// ascending, the i-th smallest (1-based) is multiplied by `m − i + 1`, made non-decreasing and
+/// capped at 1; returned in the input's order. NaN values (untestable) stay NaN and do not
+/// count in `m`.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let m = order.len();
+    let mut out = vec![f64::NAN; p.len()];
+    let mut running: f64 = 0.0;
+    for (rank, &i) in order.iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p[i]).min(1.0));
+        out[i] = running;
+    }
+    out
+}
+
+/// The Holm step of each hypothesis: its 1-based rank by ascending p-value (NaN: none), the
+/// level `0.05 / (m − rank + 1)` its adjusted interval is drawn at.
+pub fn holm_levels(p: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let m = order.len();
+    let mut out = vec![f64::NAN; p.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        out[i] = 0.05 / (m - rank) as f64;
+    }
+    out
+}
+
+/// Mean and the two-sided `1 − alpha` Student-t interval of `xs` (NaN ends with fewer than two
+/// values or a NaN level).
+pub fn interval_at(xs: &[f64], alpha: f64) -> Interval {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    let n = xs.len();
+    let (mean, sd) = super::mean_std(xs);
+    if n < 2 || alpha.is_nan() {
+        return Interval {
+            mean,
+            low: f64::NAN,
+            high: f64::NAN,
+        };
+    }
+    let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("df >= 1");
+    let half = dist.inverse_cdf(1.0 - alpha / 2.0) * sd / (n as f64).sqrt();
+    Interval {
+        mean,
+        low: mean - half,
+        high: mean + half,
+    }
+}
+
 /// One method against a reference, paired by seed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PairedRow {

@@ -25,6 +25,8 @@ static BUILTIN: &[&dyn MethodSpec] = &[
     &methods::ndpp::Spec,
     &methods::odpp::Spec,
     &methods::lce::Spec,
+    &methods::lce_ndpp::Spec,
+    &methods::lce_odpp::Spec,
     &methods::unibct::Spec,
     &methods::ract::Spec,
     &methods::advbct::Spec,
@@ -90,6 +92,9 @@ pub struct Needs {
     pub prototypes: bool,
     /// A per-class sample of old features `F°` (size: [`CompatConfig::old_bank_per_class`]).
     pub old_bank: bool,
+    /// Per-class radii over every old training feature: the largest cosine distance of an old
+    /// sample of class k to its prototype (LCE's boundary, as its official code measures it).
+    pub old_radii: bool,
 }
 
 /// What [`Method::build`] may need beyond the configuration.
@@ -99,6 +104,8 @@ pub struct BuildContext {
     pub prototypes: Option<Tensor>,
     /// Old features of training images and their labels (`F°`).
     pub old_bank: Option<(Tensor, Tensor)>,
+    /// Per-class radii `[C]` over every old training feature ([`Needs::old_radii`]).
+    pub old_radii: Option<Tensor>,
 }
 
 impl BuildContext {
@@ -384,6 +391,11 @@ impl Method {
     /// Whether the method needs a bank of old features of training images (`F°`).
     pub fn needs_old_bank(&self) -> bool {
         self.0.needs().old_bank
+    }
+
+    /// Whether the method needs per-class radii over every old training feature.
+    pub fn needs_old_radii(&self) -> bool {
+        self.0.needs().old_radii
     }
 
     /// Whether the method adds a compatibility loss (see [`MethodSpec::has_loss`]).

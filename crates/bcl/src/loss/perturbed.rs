@@ -1,6 +1,8 @@
-//! The perturbation layer: the influence loss against pseudo-old prototypes
-//! `normalize(P° + Δ)`, with Δ refreshed between steps by a [`Perturbation`] strategy (NDPP,
-//! ODPP, UniBCT's refinement). With Δ = 0 it is exactly BCT's loss.
+//! The perturbation layer: any loss that aligns the new model with a table of old prototypes
+//! (an [`AlignedLoss`]: BCT's influence loss, LCE's classifier alignment, ...) trained against
+//! pseudo-old prototypes `normalize(P° + Δ)`, with Δ refreshed between steps by a
+//! [`Perturbation`] strategy (NDPP, ODPP, UniBCT's refinement). With Δ = 0 it is exactly the
+//! base loss; a refresh that gives a non-finite Δ is refused.
 
 use tch::{Kind, Tensor};
 
@@ -12,13 +14,34 @@ use crate::perturb::{
     class_prototypes, pseudo_old_table, GeometryStats, Perturbation, RefreshInputs, RefreshStats,
 };
 
-/// `ndpp`, `odpp`, `unibct`: the influence loss against pseudo-old prototypes `normalize(P° + Δ)`,
-/// with Δ refreshed by a [`Perturbation`]. With Δ = 0 it is exactly [`Bct`]'s loss.
-pub struct PerturbedBct {
-    /// λ.
-    pub lambda: f64,
+/// A loss that aligns the new model with a table of old prototypes `[C, d]`: the part of a
+/// method the perturbation layer moves (BCT's influence loss; LCE's alignment of the new
+/// classifier, whose boundary stays around the true old centres).
+pub trait AlignedLoss: Send {
+    /// The loss with `table` in place of the old prototypes it aligns with.
+    fn aligned_loss(&self, inputs: &CompatInputs, table: &Tensor) -> Result<Tensor, LossError>;
+}
+
+/// BCT's influence loss `CE(s·⟨f, p_k⟩_k, y)` against the table.
+pub struct Influence {
     /// Scale `s`.
     pub scale: f64,
+}
+
+impl AlignedLoss for Influence {
+    fn aligned_loss(&self, inputs: &CompatInputs, table: &Tensor) -> Result<Tensor, LossError> {
+        Ok(Bct::influence(inputs.new, table, inputs.labels, self.scale))
+    }
+}
+
+/// `ndpp`, `odpp`, `unibct`, `lce-ndpp`, `lce-odpp`: a base [`AlignedLoss`] against pseudo-old
+/// prototypes `normalize(P° + Δ)`, with Δ refreshed by a [`Perturbation`]. With Δ = 0 it is
+/// exactly the base loss (BCT's for the first three, LCE's for the last two).
+pub struct Perturbed {
+    /// λ.
+    pub lambda: f64,
+    /// The loss whose prototype table is perturbed.
+    base: Box<dyn AlignedLoss>,
     /// Old prototypes `P°` (constant).
     pub old: Tensor,
     /// The current perturbation Δ.
@@ -29,19 +52,36 @@ pub struct PerturbedBct {
     strategy: Box<dyn Perturbation>,
 }
 
-impl std::fmt::Debug for PerturbedBct {
+impl std::fmt::Debug for Perturbed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PerturbedBct")
+        f.debug_struct("Perturbed")
             .field("refresh", &self.refresh)
             .finish_non_exhaustive()
     }
 }
 
-impl PerturbedBct {
-    /// A perturbed influence loss starting from Δ = 0.
-    pub fn new(
+impl Perturbed {
+    /// BCT's influence loss with scale `s` against perturbed prototypes, from Δ = 0.
+    pub fn bct(
         lambda: f64,
         scale: f64,
+        old: Tensor,
+        refresh: RefreshConfig,
+        strategy: Box<dyn Perturbation>,
+    ) -> Self {
+        Self::over(
+            Box::new(Influence { scale }),
+            lambda,
+            old,
+            refresh,
+            strategy,
+        )
+    }
+
+    /// `base` against perturbed prototypes, from Δ = 0.
+    pub fn over(
+        base: Box<dyn AlignedLoss>,
+        lambda: f64,
         old: Tensor,
         refresh: RefreshConfig,
         strategy: Box<dyn Perturbation>,
@@ -49,7 +89,7 @@ impl PerturbedBct {
         let delta = old.zeros_like();
         Self {
             lambda,
-            scale,
+            base,
             pseudo: old.shallow_clone(),
             old,
             delta,
@@ -59,10 +99,21 @@ impl PerturbedBct {
         }
     }
 
-    /// Sets Δ (and the pseudo-old prototypes it defines).
-    pub fn set_delta(&mut self, delta: Tensor) {
+    /// Sets Δ (and the pseudo-old prototypes it defines). A Δ with a NaN or infinite value
+    /// is refused (and the current one kept): a row that is not finite would otherwise read as
+    /// unmoved and train silently against the unperturbed prototype.
+    pub fn set_delta(&mut self, delta: Tensor) -> Result<(), LossError> {
+        let finite = tch::no_grad(|| delta.isfinite().all_dim(1, false));
+        let bad = finite.logical_not().sum(Kind::Int64).int64_value(&[]);
+        if bad > 0 {
+            return Err(LossError::NonFinite {
+                rows: bad as usize,
+                classes: self.old.size()[0] as usize,
+            });
+        }
         self.pseudo = pseudo_old_table(&self.old, &delta);
         self.delta = delta.detach();
+        Ok(())
     }
 
     /// The current pseudo-old prototypes.
@@ -71,17 +122,12 @@ impl PerturbedBct {
     }
 }
 
-impl CompatLoss for PerturbedBct {
+impl CompatLoss for Perturbed {
     fn weight(&self) -> f64 {
         self.lambda
     }
     fn loss(&self, inputs: &CompatInputs) -> Result<Option<Tensor>, LossError> {
-        Ok(Some(Bct::influence(
-            inputs.new,
-            &self.pseudo,
-            inputs.labels,
-            self.scale,
-        )))
+        self.base.aligned_loss(inputs, &self.pseudo).map(Some)
     }
     fn refresh_config(&self) -> Option<&RefreshConfig> {
         Some(&self.refresh)
@@ -119,7 +165,7 @@ impl CompatLoss for PerturbedBct {
         labels: &Tensor,
         epoch: usize,
         step: usize,
-    ) -> Option<RefreshStats> {
+    ) -> Result<Option<RefreshStats>, LossError> {
         let t0 = std::time::Instant::now();
         let c = self.old.size()[0];
         let new_protos = match (&self.refresh.new_prototypes, &self.ema) {
@@ -145,15 +191,15 @@ impl CompatLoss for PerturbedBct {
             new_bank: bank,
             new_bank_labels: labels,
         });
-        self.set_delta(delta);
+        self.set_delta(delta)?;
         let geometry = GeometryStats::of(&self.old, &self.delta);
-        Some(RefreshStats::from_geometry(
+        Ok(Some(RefreshStats::from_geometry(
             epoch,
             step,
             geometry,
             j,
             t0.elapsed().as_secs_f64(),
-        ))
+        )))
     }
     fn state(&self) -> Vec<(String, Tensor)> {
         // The old prototypes are constant; they are saved so that reports can plot Δ.
@@ -171,7 +217,13 @@ impl CompatLoss for PerturbedBct {
         let dev = self.old.device();
         for (n, t) in state {
             match n.as_str() {
-                "delta" => self.set_delta(t.to_device(dev)),
+                "delta" => {
+                    // a checkpoint is written by the run itself; a non-finite Δ there would
+                    // have been refused before it was saved
+                    if let Err(e) = self.set_delta(t.to_device(dev)) {
+                        tracing::error!("checkpointed perturbation not restored: {e}");
+                    }
+                }
                 "ema" => self.ema = Some(t.to_device(dev)),
                 _ => {}
             }

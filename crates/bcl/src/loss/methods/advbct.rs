@@ -25,6 +25,7 @@ impl MethodSpec for Spec {
         Needs {
             prototypes: true,
             old_bank: true,
+            ..Needs::default()
         }
     }
     fn default_settings(&self) -> Option<toml::Table> {

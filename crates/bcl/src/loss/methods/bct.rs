@@ -19,6 +19,7 @@ impl MethodSpec for Spec {
         Needs {
             prototypes: true,
             old_bank: false,
+            ..Needs::default()
         }
     }
     fn config_view(&self, cfg: &CompatConfig) -> Result<serde_json::Value, String> {

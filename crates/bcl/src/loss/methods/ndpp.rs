@@ -2,7 +2,7 @@
 //! neighbour-driven perturbation of `perturb::Ndpp`), refreshed as `[compat.refresh]` says.
 
 use crate::loss::method::{check, defaults_table, section, BuildContext, Knob, MethodSpec, Needs};
-use crate::loss::{CompatConfig, CompatLoss, PerturbedBct};
+use crate::loss::{CompatConfig, CompatLoss, Perturbed};
 use crate::perturb::NdppConfig;
 
 /// The registry entry.
@@ -21,6 +21,7 @@ impl MethodSpec for Spec {
         Needs {
             prototypes: true,
             old_bank: false,
+            ..Needs::default()
         }
     }
     fn refreshes(&self) -> bool {
@@ -75,7 +76,7 @@ impl MethodSpec for Spec {
         ]
     }
     fn build(&self, cfg: &CompatConfig, ctx: BuildContext) -> Result<Box<dyn CompatLoss>, String> {
-        Ok(Box::new(PerturbedBct::new(
+        Ok(Box::new(Perturbed::bct(
             cfg.lambda,
             cfg.scale,
             ctx.prototypes(NAME)?,

@@ -2,7 +2,7 @@
 //! of `perturb::Odpp`: projected Adam on its objective over the old feature bank).
 
 use crate::loss::method::{check, defaults_table, section, BuildContext, Knob, MethodSpec, Needs};
-use crate::loss::{CompatConfig, CompatLoss, PerturbedBct};
+use crate::loss::{CompatConfig, CompatLoss, Perturbed};
 use crate::perturb::OdppConfig;
 
 /// The registry entry.
@@ -28,6 +28,7 @@ impl MethodSpec for Spec {
         Needs {
             prototypes: true,
             old_bank: true,
+            ..Needs::default()
         }
     }
     fn refreshes(&self) -> bool {
@@ -79,7 +80,7 @@ impl MethodSpec for Spec {
         let p = ctx.prototypes(NAME)?;
         let (c, d) = p.size2().map_err(|e| format!("old prototypes: {e}"))?;
         let (bank, labels) = ctx.old_bank(NAME)?;
-        Ok(Box::new(PerturbedBct::new(
+        Ok(Box::new(Perturbed::bct(
             cfg.lambda,
             cfg.scale,
             p,

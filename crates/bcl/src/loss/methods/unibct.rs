@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::loss::method::{check, defaults_table, section, BuildContext, MethodSpec, Needs};
-use crate::loss::{CompatConfig, CompatLoss, PerturbedBct};
+use crate::loss::{CompatConfig, CompatLoss, Perturbed};
 use crate::model::l2_normalize;
 use crate::perturb::{Perturbation, RefreshInputs};
 
@@ -25,6 +25,7 @@ impl MethodSpec for Spec {
         Needs {
             prototypes: true,
             old_bank: false,
+            ..Needs::default()
         }
     }
     fn refreshes(&self) -> bool {
@@ -54,7 +55,7 @@ impl MethodSpec for Spec {
         )
     }
     fn build(&self, cfg: &CompatConfig, ctx: BuildContext) -> Result<Box<dyn CompatLoss>, String> {
-        Ok(Box::new(PerturbedBct::new(
+        Ok(Box::new(Perturbed::bct(
             cfg.lambda,
             cfg.scale,
             ctx.prototypes(NAME)?,
