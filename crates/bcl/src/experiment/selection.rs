@@ -708,105 +708,108 @@ pub fn selection_markdown(
     );
     for &sc in &cfg.scenarios {
         s.push_str(&format!("\n## {sc}: choices on validation\n\n"));
-        let mut t = Table::new([
-            Column::text("method"),
-            Column::text("knob"),
-            Column::text("grid (mean validation self / cross, compatible seeds)"),
-            Column::text("best compatible"),
-            Column::text("matched cross-test"),
-            Column::text("oracle (best compatible on test)"),
-            Column::text("grid notes"),
-        ]);
-        for g in rep.grids.iter().filter(|g| g.scenario == sc) {
-            let grid: Vec<String> = g
-                .settings
-                .iter()
-                .map(|st| {
-                    let ok = st.validation.values().filter(|f| f.compatible()).count();
-                    format!(
-                        "{}: {:.4} / {:.4} ({ok}/{})",
-                        st.value,
-                        st.mean_self(),
-                        st.mean_cross(),
-                        st.validation.len()
-                    )
-                })
-                .collect();
-            let show = |v: Option<f64>| v.map_or("none qualified".to_string(), |v| v.to_string());
-            t.push(vec![
-                g.method.to_string(),
-                g.knob.clone(),
-                grid.join("; "),
-                show(g.chosen),
-                show(g.matched),
-                show(g.oracle),
-                if g.notes.is_empty() {
-                    "inside the grid".to_string()
-                } else {
-                    g.notes.join("; ")
-                },
-            ]);
-        }
-        s.push_str(&t.markdown());
+        s.push_str(&choices_table(rep, sc).markdown());
         for criterion in ["best compatible", "matched cross-test"] {
             s.push_str(&format!(
                 "\n## {sc}: {criterion}, test figures on the report seeds\n\n"
             ));
-            let mut t = Table::new([
-                Column::text("method"),
-                Column::text("setting"),
-                Column::text("self mAP [95% CI]"),
-                Column::text("cross mAP [95% CI]"),
-                Column::number("compatible"),
-                Column::text(format!("self − {} [Holm CI]", sel.reference)),
-                Column::text(format!("cross − {} [Holm CI]", sel.reference)),
-                Column::text("p (Holm): self, cross"),
-            ]);
-            for r in rep
-                .report
-                .iter()
-                .filter(|r| r.scenario == sc && r.criterion == criterion)
-            {
-                let reference = r.method == sel.reference;
-                let none = || Cell::from("–");
-                let figure = |i: &Interval| match r.test.is_empty() {
-                    true => none(),
-                    false => Cell::interval(i.mean, i.low, i.high, 4),
-                };
-                t.push(vec![
-                    Cell::from(r.method.to_string()),
-                    Cell::from(
-                        r.setting
-                            .as_ref()
-                            .map_or("none qualified".into(), |(k, v)| format!("{k} = {v}")),
-                    ),
-                    figure(&r.self_map),
-                    figure(&r.cross_map),
-                    Cell::from(format!("{}/{}", r.compatible, r.test.len())),
-                    if reference || r.test.is_empty() {
-                        none()
-                    } else {
-                        diff_cell(&r.self_diff, r.p_holm.0)
-                    },
-                    if reference || r.test.is_empty() {
-                        none()
-                    } else {
-                        diff_cell(&r.cross_diff, r.p_holm.1)
-                    },
-                    if reference || r.test.is_empty() {
-                        none()
-                    } else {
-                        Cell::from(format!(
-                            "{:.3} ({:.3}), {:.3} ({:.3})",
-                            r.p.0, r.p_holm.0, r.p.1, r.p_holm.1
-                        ))
-                    },
-                ]);
-            }
-            s.push_str(&t.markdown());
+            s.push_str(&report_table(rep, sel.reference, sc, criterion).markdown());
         }
     }
     s
+}
+
+/// Each grid of a scenario: its settings' validation figures, the choices and the notes.
+fn choices_table(rep: &SelectionReport, sc: Scenario) -> Table {
+    let mut t = Table::new([
+        Column::text("method"),
+        Column::text("knob"),
+        Column::text("grid (mean validation self / cross, compatible seeds)"),
+        Column::text("best compatible"),
+        Column::text("matched cross-test"),
+        Column::text("oracle (best compatible on test)"),
+        Column::text("grid notes"),
+    ]);
+    for g in rep.grids.iter().filter(|g| g.scenario == sc) {
+        let grid: Vec<String> = g
+            .settings
+            .iter()
+            .map(|st| {
+                let ok = st.validation.values().filter(|f| f.compatible()).count();
+                format!(
+                    "{}: {:.4} / {:.4} ({ok}/{})",
+                    st.value,
+                    st.mean_self(),
+                    st.mean_cross(),
+                    st.validation.len()
+                )
+            })
+            .collect();
+        let show = |v: Option<f64>| v.map_or("none qualified".to_string(), |v| v.to_string());
+        t.push(vec![
+            g.method.to_string(),
+            g.knob.clone(),
+            grid.join("; "),
+            show(g.chosen),
+            show(g.matched),
+            show(g.oracle),
+            if g.notes.is_empty() {
+                "inside the grid".to_string()
+            } else {
+                g.notes.join("; ")
+            },
+        ]);
+    }
+    t
+}
+
+/// One criterion's chosen settings of a scenario on the report seeds, against the reference's.
+fn report_table(rep: &SelectionReport, reference: Method, sc: Scenario, criterion: &str) -> Table {
+    let mut t = Table::new([
+        Column::text("method"),
+        Column::text("setting"),
+        Column::text("self mAP [95% CI]"),
+        Column::text("cross mAP [95% CI]"),
+        Column::number("compatible"),
+        Column::text(format!("self − {reference} [Holm CI]")),
+        Column::text(format!("cross − {reference} [Holm CI]")),
+        Column::text("p (Holm): self, cross"),
+    ]);
+    let rows = rep
+        .report
+        .iter()
+        .filter(|r| r.scenario == sc && r.criterion == criterion);
+    for r in rows {
+        let none = || Cell::from("–");
+        let compared = r.method != reference && !r.test.is_empty();
+        let figure = |i: &Interval| match r.test.is_empty() {
+            true => none(),
+            false => Cell::interval(i.mean, i.low, i.high, 4),
+        };
+        let setting = r
+            .setting
+            .as_ref()
+            .map_or("none qualified".into(), |(k, v)| format!("{k} = {v}"));
+        let mut row = vec![
+            Cell::from(r.method.to_string()),
+            Cell::from(setting),
+            figure(&r.self_map),
+            figure(&r.cross_map),
+            Cell::from(format!("{}/{}", r.compatible, r.test.len())),
+        ];
+        if compared {
+            row.push(diff_cell(&r.self_diff, r.p_holm.0));
+            row.push(diff_cell(&r.cross_diff, r.p_holm.1));
+            row.push(Cell::from(format!(
+                "{:.3} ({:.3}), {:.3} ({:.3})",
+                r.p.0, r.p_holm.0, r.p.1, r.p_holm.1
+            )));
+        } else {
+            row.extend([none(), none(), none()]);
+        }
+        t.push(row);
+    }
+    t
 }
 
 #[cfg(test)]
