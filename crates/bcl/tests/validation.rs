@@ -19,11 +19,21 @@ fn hold_out_by_hand() {
     let (tr, va) = hold_out(&labels, 2, None, 2).unwrap();
     assert_eq!(tr, vec![0, 1, 2, 3, 4]);
     assert_eq!(va, vec![5, 6, 7, 8]);
-    // too few images in a class for its parts: an error naming the class
-    let e = hold_out(&labels, 2, Some(3), 2).unwrap_err().to_string();
-    assert!(e.contains("class 1 has 4 training images"), "{e}");
-    let e = hold_out(&labels, 2, None, 4).unwrap_err().to_string();
-    assert!(e.contains("class 1"), "{e}");
+    // a class with too few images gives what it has: class 1 (4 images) trains on 3 and
+    // validates on 1; class 0 (5) on 3 and 2
+    let (tr, va) = hold_out(&labels, 2, Some(3), 2).unwrap();
+    assert_eq!(tr, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(va, vec![6, 7, 8]);
+    // without a training limit a class with no more images than the part keeps them all for
+    // training (as GLDv2's test hold-out does); class 0 (5 > 4) gives its last 4
+    let (tr, va) = hold_out(&labels, 2, None, 4).unwrap();
+    assert_eq!(tr, vec![0, 1, 3, 5, 7]);
+    assert_eq!(va, vec![2, 4, 6, 8]);
+    // nothing left to validate on anywhere: an error naming the setting
+    let e = hold_out(&labels, 2, Some(5), 2).unwrap_err().to_string();
+    assert!(e.contains("validation_per_class"), "{e}");
+    let e = hold_out(&labels, 2, None, 5).unwrap_err().to_string();
+    assert!(e.contains("no class has images left"), "{e}");
 }
 
 #[test]

@@ -1,18 +1,20 @@
 //! The validation part (`[data] validation_per_class`): per class, images of the training file
 //! that no model trains on, chosen deterministically in file order: the N after the first
 //! `train_per_class` (the images a limited run leaves unused), or without that limit the last N
-//! of each class, taken out of training. Disjoint from the test set, which comes from its own
-//! file or list; fingerprinted by the ids and labels it holds.
+//! of each class, taken out of training (a class with N images or fewer keeps them for
+//! training). Disjoint from the test set, which comes from its own file or list; fingerprinted
+//! by the ids and labels it holds.
 
 use sha2::{Digest, Sha256};
 
 use super::{hex, DataError};
 
 /// Which positions of a training file (labels in file order, `classes` classes) train and which
-/// validate: `train` (the first `train_per_class` of each class, or all but the last
-/// `validation` of each class) and `validation` (the next `validation` of each class). A class
-/// with too few items for a validation part and at least one training item is an error naming
-/// it.
+/// validate: with `train_per_class` T, the first T of each class train and the next (up to)
+/// `validation` validate; without it, the last `validation` of each class validate and the rest
+/// train, except that a class with `validation` images or fewer keeps them all for training (as
+/// GLDv2's test hold-out does: long-tailed lists have such classes). A class left with fewer
+/// validation images than asked is logged; no validation image at all is an error.
 pub fn hold_out(
     labels: &[usize],
     classes: usize,
@@ -23,27 +25,38 @@ pub fn hold_out(
     for &l in labels {
         total[l] += 1;
     }
-    for (c, &n) in total.iter().enumerate() {
-        let train = train_per_class
-            .unwrap_or(n.saturating_sub(validation))
-            .min(n);
-        if n < train + validation || train == 0 {
-            return Err(DataError::Config(format!(
-                "class {c} has {n} training images: too few for {} training and \
-                 {validation} validation images (data.validation_per_class)",
-                train_per_class.map_or("at least one".to_string(), |t| t.to_string())
-            )));
-        }
+    // per class: (training items, validation items)
+    let parts: Vec<(usize, usize)> = total
+        .iter()
+        .map(|&n| match train_per_class {
+            Some(t) => (t.min(n), validation.min(n - t.min(n))),
+            None if n > validation => (n - validation, validation),
+            None => (n, 0),
+        })
+        .collect();
+    let short = parts.iter().filter(|p| p.1 < validation).count();
+    if short > 0 {
+        tracing::warn!(
+            "{short} of {classes} classes have fewer than {validation} images left for the \
+             validation part (data.validation_per_class); they give what they have"
+        );
+    }
+    if parts.iter().all(|p| p.1 == 0) {
+        return Err(DataError::Config(format!(
+            "no class has images left for a validation part of {validation} per class after \
+             {} training images (data.validation_per_class, data.train_per_class)",
+            train_per_class.map_or("all but the validation".to_string(), |t| t.to_string())
+        )));
     }
     let mut seen = vec![0usize; classes];
     let (mut tr, mut va) = (Vec::new(), Vec::new());
     for (i, &l) in labels.iter().enumerate() {
         let k = seen[l];
         seen[l] += 1;
-        let train = train_per_class.unwrap_or(total[l] - validation);
+        let (train, val) = parts[l];
         if k < train {
             tr.push(i);
-        } else if k < train + validation {
+        } else if k < train + val {
             va.push(i);
         }
     }
