@@ -80,13 +80,19 @@ pub fn t_test_p(xs: &[f64]) -> f64 {
     (2.0 * (1.0 - dist.cdf(t.abs()))).min(1.0)
 }
 
+/// The positions of the p-values that are not NaN, by ascending p (Holm's order).
+fn testable_ascending(p: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    order
+}
+
 /// Holm's step-down adjustment of `p` (family-wise error control over the hypotheses): sorted
 /// ascending, the i-th smallest (1-based) is multiplied by `m − i + 1`, made non-decreasing and
 /// capped at 1; returned in the input's order. NaN values (untestable) stay NaN and do not
 /// count in `m`.
 pub fn holm(p: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
-    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let order = testable_ascending(p);
     let m = order.len();
     let mut out = vec![f64::NAN; p.len()];
     let mut running: f64 = 0.0;
@@ -100,8 +106,7 @@ pub fn holm(p: &[f64]) -> Vec<f64> {
 /// The Holm step of each hypothesis: its 1-based rank by ascending p-value (NaN: none), the
 /// level `0.05 / (m − rank + 1)` its adjusted interval is drawn at.
 pub fn holm_levels(p: &[f64]) -> Vec<f64> {
-    let mut order: Vec<usize> = (0..p.len()).filter(|&i| !p[i].is_nan()).collect();
-    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let order = testable_ascending(p);
     let m = order.len();
     let mut out = vec![f64::NAN; p.len()];
     for (rank, &i) in order.iter().enumerate() {
@@ -203,6 +208,11 @@ pub(crate) fn cell(i: &Interval) -> Cell {
     } else {
         "within the seed spread"
     };
+    difference_cell(i, verdict)
+}
+
+/// A signed difference with its interval (four decimals) and `verdict` after it.
+pub(crate) fn difference_cell(i: &Interval, verdict: &str) -> Cell {
     Cell::Interval {
         estimate: i.mean,
         low: i.low,

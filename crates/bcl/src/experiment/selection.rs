@@ -162,38 +162,16 @@ pub struct Setting {
 impl Setting {
     /// Mean validation self-test over the selection seeds.
     pub fn mean_self(&self) -> f64 {
-        mean_std(
-            &self
-                .validation
-                .values()
-                .map(|f| f.self_map)
-                .collect::<Vec<_>>(),
-        )
-        .0
+        self.validation_mean(|f| f.self_map)
     }
 
     /// Mean validation cross-test over the selection seeds.
     pub fn mean_cross(&self) -> f64 {
-        mean_std(
-            &self
-                .validation
-                .values()
-                .map(|f| f.cross_map)
-                .collect::<Vec<_>>(),
-        )
-        .0
+        self.validation_mean(|f| f.cross_map)
     }
 
-    /// Mean validation old→old over the selection seeds.
-    pub fn mean_old_old(&self) -> f64 {
-        mean_std(
-            &self
-                .validation
-                .values()
-                .map(|f| f.old_old_map)
-                .collect::<Vec<_>>(),
-        )
-        .0
+    fn validation_mean(&self, figure: fn(&Figures) -> f64) -> f64 {
+        mean_std(&self.validation.values().map(figure).collect::<Vec<_>>()).0
     }
 
     /// Whether it meets the criterion on every selection seed.
@@ -669,14 +647,7 @@ fn verdict(i: &Interval, p_holm: f64) -> &'static str {
 }
 
 fn diff_cell(i: &Interval, p_holm: f64) -> Cell {
-    Cell::Interval {
-        estimate: i.mean,
-        low: i.low,
-        high: i.high,
-        digits: 4,
-        signed: true,
-        note: Some(verdict(i, p_holm).into()),
-    }
+    super::paired::difference_cell(i, verdict(i, p_holm))
 }
 
 /// The protocol's report as Markdown: the choices on validation, then each criterion's test
