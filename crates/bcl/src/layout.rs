@@ -252,6 +252,16 @@ impl ExperimentDir {
         self.0.join(format!("frontier-{scenario}.svg"))
     }
 
+    /// `selection-<scenario>.svg`: the protocol's chosen settings on the report seeds.
+    pub fn selection_plot(&self, scenario: &str) -> PathBuf {
+        self.0.join(format!("selection-{scenario}.svg"))
+    }
+
+    /// `selection-grids-<scenario>.svg`: the grids' validation figures on the selection seeds.
+    pub fn selection_grids_plot(&self, scenario: &str) -> PathBuf {
+        self.0.join(format!("selection-grids-{scenario}.svg"))
+    }
+
     /// `backfill-<scenario>.svg`: a scenario's backfill curves.
     pub fn backfill_plot(&self, scenario: &str) -> PathBuf {
         self.0.join(format!("backfill-{scenario}.svg"))

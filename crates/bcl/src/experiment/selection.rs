@@ -22,6 +22,7 @@ use crate::eval::leave_one_out;
 use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
 use crate::model::Embedder;
+use crate::report::{plot_frontier, plot_xy, Bar, FrontierSeries, Reference};
 use crate::run::{train_new, train_old, RunConfig, RunError, StepOptions};
 use crate::table::{Cell, Column, Table};
 
@@ -303,6 +304,36 @@ pub struct ReportRow {
     pub cross_diff: Interval,
 }
 
+impl ReportRow {
+    /// A row of test figures with their intervals and compatible count; the comparison with
+    /// the reference is left empty for [`compare_with_reference`].
+    pub fn new(
+        scenario: Scenario,
+        criterion: &str,
+        method: Method,
+        setting: Option<(String, f64)>,
+        test: BTreeMap<u64, Figures>,
+    ) -> Self {
+        let col = |f: fn(&Figures) -> f64| test.values().map(f).collect::<Vec<f64>>();
+        Self {
+            scenario,
+            criterion: criterion.to_string(),
+            method,
+            setting,
+            self_map: interval(&col(|f| f.self_map)),
+            cross_map: interval(&col(|f| f.cross_map)),
+            compatible: test.values().filter(|f| f.compatible()).count(),
+            test,
+            self_diffs: Vec::new(),
+            cross_diffs: Vec::new(),
+            p: (f64::NAN, f64::NAN),
+            p_holm: (f64::NAN, f64::NAN),
+            self_diff: interval(&[]),
+            cross_diff: interval(&[]),
+        }
+    }
+}
+
 /// Everything the protocol produced.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SelectionReport {
@@ -528,23 +559,13 @@ fn report(
                 test.insert(seed, figures(&rc, &dir, &old, Part::Test, opts)?);
             }
         }
-        let col = |f: fn(&Figures) -> f64| test.values().map(f).collect::<Vec<f64>>();
-        rows.push(ReportRow {
-            scenario: o.scenario,
-            criterion: criterion.to_string(),
-            method: o.method,
-            setting: pick(o).map(|v| (o.knob.clone(), v)),
-            self_map: interval(&col(|f| f.self_map)),
-            cross_map: interval(&col(|f| f.cross_map)),
-            compatible: test.values().filter(|f| f.compatible()).count(),
+        rows.push(ReportRow::new(
+            o.scenario,
+            criterion,
+            o.method,
+            pick(o).map(|v| (o.knob.clone(), v)),
             test,
-            self_diffs: Vec::new(),
-            cross_diffs: Vec::new(),
-            p: (f64::NAN, f64::NAN),
-            p_holm: (f64::NAN, f64::NAN),
-            self_diff: interval(&[]),
-            cross_diff: interval(&[]),
-        });
+        ));
     }
     compare_with_reference(&mut rows, sel.reference);
     Ok(rows)
@@ -633,7 +654,109 @@ pub fn run_and_write(
         selection_markdown(&rep, sel, cfg).as_bytes(),
     )?;
     crate::files::write_json(&exp.file(ExperimentFile::SelectionJson), &rep)?;
+    for &sc in &cfg.scenarios {
+        let name = sc.to_string();
+        let (series, old_old) = report_series(&rep, sc);
+        plot_frontier(
+            &series,
+            old_old,
+            &format!("{sc}: chosen settings on the report seeds (test mean, 95% interval)"),
+            &exp.selection_plot(&name),
+        )?;
+        let (series, old_old) = grid_series(&rep, sc);
+        plot_xy(
+            &series,
+            ("validation cross-test mAP", "validation self-test mAP"),
+            Reference::Vertical(old_old, format!("old→old = {old_old:.3}")),
+            &format!("{sc}: the grids on validation (mean over the selection seeds)"),
+            &exp.selection_grids_plot(&name),
+        )?;
+    }
     Ok(rep)
+}
+
+/// The short name of a criterion in a plot's labels.
+fn criterion_label(criterion: &str) -> &'static str {
+    if criterion == "best compatible" {
+        "bc"
+    } else {
+        "mc"
+    }
+}
+
+/// The report seeds' chosen settings of a scenario, one series per method with a point per
+/// distinct chosen setting (labelled by the criteria that chose it, "bc" best compatible, "mc"
+/// matched cross-test, and its value) and each axis's 95% interval; and the mean old→old test
+/// mAP over the report seeds.
+pub fn report_series(rep: &SelectionReport, sc: Scenario) -> (Vec<FrontierSeries>, f64) {
+    let rows: Vec<&ReportRow> = rep
+        .report
+        .iter()
+        .filter(|r| r.scenario == sc && r.setting.is_some())
+        .collect();
+    let mut methods: Vec<Method> = Vec::new();
+    for r in &rows {
+        if !methods.contains(&r.method) {
+            methods.push(r.method);
+        }
+    }
+    let series = methods
+        .into_iter()
+        .map(|m| {
+            let mut s = FrontierSeries {
+                name: m.to_string(),
+                points: Vec::new(),
+                bars: Vec::new(),
+            };
+            let mut seen: Vec<(f64, usize)> = Vec::new();
+            for r in rows.iter().filter(|r| r.method == m) {
+                let (_, v) = r.setting.clone().expect("filtered on a setting");
+                let short = criterion_label(&r.criterion);
+                if let Some(&(_, i)) = seen.iter().find(|(w, _)| *w == v) {
+                    s.points[i].2 = format!("bc+mc {v}");
+                    continue;
+                }
+                seen.push((v, s.points.len()));
+                s.points
+                    .push((r.cross_map.mean, r.self_map.mean, format!("{short} {v}")));
+                s.bars.push(Bar {
+                    x: (r.cross_map.low, r.cross_map.high),
+                    y: (r.self_map.low, r.self_map.high),
+                });
+            }
+            s
+        })
+        .collect();
+    let old_old: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| r.test.values().map(|f| f.old_old_map))
+        .collect();
+    (series, mean_std(&old_old).0)
+}
+
+/// Each grid of a scenario on validation: a series per method through its settings' mean
+/// validation (cross-test, self-test), labelled by value, without bars (the selection seeds
+/// are too few for an interval); and the mean validation old→old mAP.
+pub fn grid_series(rep: &SelectionReport, sc: Scenario) -> (Vec<FrontierSeries>, f64) {
+    let grids: Vec<&GridOutcome> = rep.grids.iter().filter(|g| g.scenario == sc).collect();
+    let series = grids
+        .iter()
+        .map(|g| FrontierSeries {
+            name: g.method.to_string(),
+            points: g
+                .settings
+                .iter()
+                .map(|st| (st.mean_cross(), st.mean_self(), format!("{}", st.value)))
+                .collect(),
+            bars: Vec::new(),
+        })
+        .collect();
+    let old_old: Vec<f64> = grids
+        .iter()
+        .flat_map(|g| &g.settings)
+        .flat_map(|st| st.validation.values().map(|f| f.old_old_map))
+        .collect();
+    (series, mean_std(&old_old).0)
 }
 
 fn verdict(i: &Interval, p_holm: f64) -> &'static str {
@@ -923,6 +1046,69 @@ mod tests {
             assert!((i.low - (2.0 - half)).abs() < 1e-6, "{i:?}");
             assert!((i.high - (2.0 + half)).abs() < 1e-6, "{i:?}");
         }
+    }
+
+    fn row(criterion: &str, method: Method, v: f64, test: &[(f64, f64, f64)]) -> ReportRow {
+        let setting = Some(("lambda".to_string(), v));
+        ReportRow::new(
+            Scenario::ExtendedClass,
+            criterion,
+            method,
+            setting,
+            by_seed(test),
+        )
+    }
+
+    /// The report plot: one series per method, one point per distinct chosen setting (a
+    /// setting both criteria chose is one point, labelled so), at the test means with their
+    /// intervals; old→old is the mean over the report seeds' figures.
+    #[test]
+    fn the_report_plot_has_a_point_per_chosen_setting() {
+        let rep = SelectionReport {
+            grids: Vec::new(),
+            report: vec![
+                row(
+                    "best compatible",
+                    Method::BCT,
+                    0.3,
+                    &[(0.70, 0.60, 0.50), (0.72, 0.62, 0.52)],
+                ),
+                row(
+                    "best compatible",
+                    Method::L2,
+                    1.0,
+                    &[(0.60, 0.58, 0.50), (0.64, 0.60, 0.52)],
+                ),
+                row(
+                    "matched cross-test",
+                    Method::BCT,
+                    0.3,
+                    &[(0.70, 0.60, 0.50), (0.72, 0.62, 0.52)],
+                ),
+                row(
+                    "matched cross-test",
+                    Method::L2,
+                    0.1,
+                    &[(0.66, 0.50, 0.50), (0.68, 0.52, 0.52)],
+                ),
+            ],
+        };
+        let (series, old_old) = report_series(&rep, Scenario::ExtendedClass);
+        assert!((old_old - 0.51).abs() < 1e-12);
+        assert_eq!(series.len(), 2);
+        assert_eq!(series[0].name, "bct");
+        assert_eq!(series[0].points.len(), 1, "one setting, both criteria");
+        let (x, y, label) = &series[0].points[0];
+        assert!((x - 0.61).abs() < 1e-12 && (y - 0.71).abs() < 1e-12);
+        assert_eq!(label, "bc+mc 0.3");
+        let labels: Vec<&str> = series[1].points.iter().map(|p| p.2.as_str()).collect();
+        assert_eq!(labels, ["bc 1", "mc 0.1"]);
+        assert_eq!(series[1].bars.len(), 2);
+        // the bar is the per-method 95% interval: mean ± t(0.975, 1)·sd/√2
+        let b = series[1].bars[0];
+        let half = 12.706 * (0.02f64 * 2f64.sqrt()) / 2f64.sqrt();
+        assert!((b.y.1 - (0.62 + half)).abs() < 1e-3, "{b:?}");
+        assert!(report_series(&rep, Scenario::ExtendedData).0.is_empty());
     }
 
     #[test]
