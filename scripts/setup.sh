@@ -54,6 +54,20 @@ if ! .venv/bin/python -c "import milvus_lite, pymilvus" 2>/dev/null; then
   echo "setup: installing milvus-lite into .venv (Milvus gallery backend tests)"
   .venv/bin/pip install --quiet --disable-pip-version-check "milvus-lite==3.2.2" "pymilvus==3.0.2"
 fi
+# Pillow and CairoSVG: scripts/emoji-data.py (the emoji retrieval set: PNG and SVG designs drawn
+# to small PNGs) and its tests; CairoSVG draws through the system's libcairo.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcairo\.so\.2'; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing libcairo2 (CairoSVG's renderer)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libcairo2 >/dev/null
+  fi
+fi
+if ! .venv/bin/python -c "import PIL, cairosvg" 2>/dev/null; then
+  echo "setup: installing pillow and cairosvg into .venv (the emoji data set's script)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "pillow==13.0.0" "cairosvg==2.9.1"
+fi
 TORCH_DIR=$(.venv/bin/python -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$TORCH_DIR" .venv/torch
 

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The Milvus backend's feature is on: its store suite runs against milvus-lite.
 cargo test --release --workspace --features bcl/milvus
-# The Python package's tests (built into .venv by setup).
-.venv/bin/python -m pytest -q crates/bcl-py/tests
+# The Python package's tests (built into .venv by setup) and the scripts' (scripts/tests).
+.venv/bin/python -m pytest -q crates/bcl-py/tests scripts/tests
