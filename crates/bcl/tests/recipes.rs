@@ -55,14 +55,33 @@ fn every_committed_experiment_parses_and_the_frontier_shares_the_tax_regime() {
         (&tax.scenarios, &tax.methods, &tax.seeds)
     );
     assert!(frontier.sweeps.len() >= 6 && frontier.sweep_seeds.as_ref().unwrap().len() >= 3);
-    // the protocol's run of the regime trains exactly as tax-d8 (its validation images are
-    // ones tax-d8 never used), chooses on selection seeds apart from its five report seeds,
-    // and gives every method a grid of the same size
+    // the protocol's run of the regime trains as tax-d8 on its first 1,000 images per class
+    // (its validation images, the next 500, are ones tax-d8 never trained on), chooses on
+    // selection seeds apart from its five report seeds, and gives every method a grid of the
+    // same size
     let protocol = ExperimentConfig::from_toml_file(&recipe("tax-d8-protocol.toml")).unwrap();
     let mut base = protocol.base.clone();
     assert_eq!(base.data.validation_per_class, Some(500));
+    assert_eq!(base.data.train_per_class, Some(1000));
     base.data.validation_per_class = None;
+    base.data.train_per_class = tax.base.data.train_per_class;
     assert_eq!(base, tax.base);
+    // the dose-response over the dimension and the extended-data control change one thing each
+    for (file, dim, scenario) in [
+        ("tax-d16-protocol.toml", 16, "extended-class"),
+        ("tax-d32-protocol.toml", 32, "extended-class"),
+        ("tax-d8-data-protocol.toml", 8, "extended-data"),
+    ] {
+        let mut e = ExperimentConfig::from_toml_file(&recipe(file)).unwrap();
+        assert_eq!(e.base.model.dim, dim, "{file}");
+        assert_eq!(e.scenarios, [scenario.parse().unwrap()], "{file}");
+        e.base.model.dim = protocol.base.model.dim;
+        e.scenarios = protocol.scenarios.clone();
+        assert_eq!(
+            e, protocol,
+            "{file} differs from tax-d8-protocol.toml in one thing"
+        );
+    }
     let sel = protocol.selection.as_ref().unwrap();
     assert_eq!(sel.report_seeds(&protocol.seeds), &[1, 2, 3, 4, 5]);
     assert!(sel.seeds.iter().all(|s| !protocol.seeds.contains(s)));
