@@ -161,13 +161,21 @@ def sources(cache):
     return {d: {k: v for k, v in f.items() if is_base(k)} for d, f in found.items()}, group
 
 
+# OpenMoji's source SVGs carry the design template's guides (a grey frame, blue circles) in a
+# layer `<g id="grid">`, hidden in its exports; drawn here, it would frame every OpenMoji image.
+GUIDES = re.compile(rb'<g id="grid">.*?</g>', re.DOTALL)
+
+
 def render(tar, member, size):
-    """The image on white, RGB, `size` × `size` (SVGs drawn at 4× then reduced)."""
+    """The image on white, RGB, `size` × `size` (SVGs drawn at 4× then reduced, without
+    OpenMoji's guide layer)."""
     from PIL import Image
 
     data = tar.extractfile(member).read()
     if member.name.endswith(".svg"):
         import cairosvg
+
+        data = GUIDES.sub(b"", data)
 
         data = cairosvg.svg2png(bytestring=data, output_width=4 * size, output_height=4 * size)
     im = Image.open(io.BytesIO(data)).convert("RGBA")

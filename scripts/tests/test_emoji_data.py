@@ -55,9 +55,11 @@ def png(color):
 
 
 def svg(color):
+    # a centred square, with OpenMoji's guide layer (a black frame) that must not be drawn
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72">'
-        f'<rect x="0" y="0" width="72" height="72" fill="{color}"/></svg>'
+        '<g id="grid"><path fill="#000000" d="M68,4V68H4V4H68m4-4H0V72H72V0Z"/></g>'
+        f'<g id="color"><rect x="18" y="18" width="36" height="36" fill="{color}"/></g></svg>'
     ).encode()
 
 
@@ -160,6 +162,9 @@ def test_a_whole_run_on_generated_packages(tmp_path, packages):
         assert im.size == (16, 16) and im.mode == "RGB"
     heart = Image.open(out / "images-16" / "2764" / "google.png").getpixel((8, 8))
     assert heart[0] > 200 and heart[1] < 60, heart
+    drawn = Image.open(out / "images-16" / "2764" / "openmoji.png")
+    assert drawn.getpixel((8, 8))[1] > 100, "orange in the middle"
+    assert drawn.getpixel((0, 0)) == (255, 255, 255), "no guide frame, white around"
     # a second run writes the same lists
     before = [(out / f).read_bytes() for f in ["Ebay_train.txt", "Ebay_test.txt"]]
     run(out, packages)
