@@ -684,16 +684,13 @@ fn criterion_label(criterion: &str) -> &'static str {
     }
 }
 
-/// The report seeds' chosen settings of a scenario, one series per method with a point per
-/// distinct chosen setting (labelled by the criteria that chose it, "bc" best compatible, "mc"
-/// matched cross-test, and its value) and each axis's 95% interval; and the mean old→old test
-/// mAP over the report seeds.
+/// The report seeds' chosen settings of a scenario, one series per method in the grids' order
+/// (so that a method has the same colour as in the grids' plot) with a point per distinct
+/// chosen setting (labelled by the criteria that chose it, "bc" best compatible, "mc" matched
+/// cross-test, and its value) and each axis's 95% interval, a method no setting of which
+/// qualified an empty series saying so; and the mean old→old test mAP over the report seeds.
 pub fn report_series(rep: &SelectionReport, sc: Scenario) -> (Vec<FrontierSeries>, f64) {
-    let rows: Vec<&ReportRow> = rep
-        .report
-        .iter()
-        .filter(|r| r.scenario == sc && r.setting.is_some())
-        .collect();
+    let rows: Vec<&ReportRow> = rep.report.iter().filter(|r| r.scenario == sc).collect();
     let mut methods: Vec<Method> = Vec::new();
     for r in &rows {
         if !methods.contains(&r.method) {
@@ -710,7 +707,9 @@ pub fn report_series(rep: &SelectionReport, sc: Scenario) -> (Vec<FrontierSeries
             };
             let mut seen: Vec<(f64, usize)> = Vec::new();
             for r in rows.iter().filter(|r| r.method == m) {
-                let (_, v) = r.setting.clone().expect("filtered on a setting");
+                let Some((_, v)) = r.setting.clone() else {
+                    continue;
+                };
                 let short = criterion_label(&r.criterion);
                 if let Some(&(_, i)) = seen.iter().find(|(w, _)| *w == v) {
                     s.points[i].2 = format!("bc+mc {v}");
@@ -723,6 +722,9 @@ pub fn report_series(rep: &SelectionReport, sc: Scenario) -> (Vec<FrontierSeries
                     x: (r.cross_map.low, r.cross_map.high),
                     y: (r.self_map.low, r.self_map.high),
                 });
+            }
+            if s.points.is_empty() {
+                s.name = format!("{m} (none qualified)");
             }
             s
         })
@@ -1093,9 +1095,21 @@ mod tests {
                 ),
             ],
         };
+        let mut rep = rep;
+        let none = ReportRow::new(
+            Scenario::ExtendedClass,
+            "best compatible",
+            Method::LCE,
+            None,
+            BTreeMap::new(),
+        );
+        rep.report.insert(1, none);
         let (series, old_old) = report_series(&rep, Scenario::ExtendedClass);
         assert!((old_old - 0.51).abs() < 1e-12);
-        assert_eq!(series.len(), 2);
+        assert_eq!(series.len(), 3);
+        assert_eq!(series[1].name, "lce (none qualified)");
+        assert!(series[1].points.is_empty() && series[1].bars.is_empty());
+        let series = [series[0].clone(), series[2].clone()];
         assert_eq!(series[0].name, "bct");
         assert_eq!(series[0].points.len(), 1, "one setting, both criteria");
         let (x, y, label) = &series[0].points[0];
