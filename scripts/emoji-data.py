@@ -161,9 +161,20 @@ def sources(cache):
     return {d: {k: v for k, v in f.items() if is_base(k)} for d, f in found.items()}, group
 
 
-# OpenMoji's source SVGs carry the design template's guides (a grey frame, blue circles) in a
-# layer `<g id="grid">`, hidden in its exports; drawn here, it would frame every OpenMoji image.
-GUIDES = re.compile(rb'<g id="grid">.*?</g>', re.DOTALL)
+def strip_guides(data):
+    """The SVG without its `id="grid"` elements: OpenMoji's source SVGs carry the design
+    template's guides (a grey frame, blue circles) in such a layer, sometimes with groups
+    inside it, hidden in its exports; drawn here, it would frame every OpenMoji image."""
+    import xml.etree.ElementTree as ET
+
+    ET.register_namespace("", "http://www.w3.org/2000/svg")
+    ET.register_namespace("xlink", "http://www.w3.org/1999/xlink")
+    root = ET.fromstring(data)
+    for parent in root.iter():
+        for child in list(parent):
+            if child.get("id") == "grid":
+                parent.remove(child)
+    return ET.tostring(root)
 
 
 def render(tar, member, size):
@@ -172,13 +183,16 @@ def render(tar, member, size):
     from PIL import Image
 
     data = tar.extractfile(member).read()
-    if member.name.endswith(".svg"):
-        import cairosvg
+    try:
+        if member.name.endswith(".svg"):
+            import cairosvg
 
-        data = GUIDES.sub(b"", data)
-
-        data = cairosvg.svg2png(bytestring=data, output_width=4 * size, output_height=4 * size)
-    im = Image.open(io.BytesIO(data)).convert("RGBA")
+            data = cairosvg.svg2png(
+                bytestring=strip_guides(data), output_width=4 * size, output_height=4 * size
+            )
+        im = Image.open(io.BytesIO(data)).convert("RGBA")
+    except Exception as e:  # a file of the package that does not draw: say which
+        raise SystemExit(f"{tar.name}: {member.name}: cannot draw it: {e}") from e
     white = Image.new("RGBA", im.size, (255, 255, 255, 255))
     white.alpha_composite(im)
     return white.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)

@@ -55,10 +55,12 @@ def png(color):
 
 
 def svg(color):
-    # a centred square, with OpenMoji's guide layer (a black frame) that must not be drawn
+    # a centred square, with OpenMoji's guide layer (a black frame, in a group inside it as
+    # some of its files have) that must not be drawn
     return (
         '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72">'
-        '<g id="grid"><path fill="#000000" d="M68,4V68H4V4H68m4-4H0V72H72V0Z"/></g>'
+        '<g id="grid"><g id="inner"><path fill="#000000" d="M68,4V68H4V4H68m4-4H0V72H72V0Z"/>'
+        '</g></g>'
         f'<g id="color"><rect x="18" y="18" width="36" height="36" fill="{color}"/></g></svg>'
     ).encode()
 
@@ -176,6 +178,19 @@ def test_a_tarball_that_is_not_the_published_one_is_refused(tmp_path, packages):
     with open(packages / f"{name}-{version}.tgz", "ab") as f:
         f.write(b"tampered")
     with pytest.raises(SystemExit, match="is not the published"):
+        run(tmp_path / "emoji", packages)
+
+
+def test_a_file_that_does_not_draw_is_named(tmp_path, packages, monkeypatch):
+    name, version, _ = emoji_data.PACKAGES["openmoji"]
+    with tarfile.open(packages / f"{name}-{version}.tgz") as t:
+        files = {m.name[len("package/"):]: t.extractfile(m).read() for m in t.getmembers()}
+    files["src/smileys-emotion/face-smiling/1F600.svg"] = b"<svg><g></svg>"
+    digest = tarball(packages / f"{name}-{version}.tgz", files)
+    pins = dict(emoji_data.PACKAGES)
+    pins["openmoji"] = (name, version, digest)
+    monkeypatch.setattr(emoji_data, "PACKAGES", pins)
+    with pytest.raises(SystemExit, match="1F600.svg: cannot draw it"):
         run(tmp_path / "emoji", packages)
 
 
