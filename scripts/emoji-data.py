@@ -83,22 +83,29 @@ def slug(name):
     return re.sub(r"[^a-z0-9]+", "-", re.sub("[’'“”:.]", "", name.lower())).strip("-")
 
 
-def draw(k, n):
-    """A number in [0, n) drawn from the code point's key (SHA-256, deterministic)."""
-    return int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "big") % n
+def hash64(text):
+    """The first 8 bytes of the text's SHA-256 as an integer in [0, 2^64): deterministic draws."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
 def is_test(k, share):
-    """Whether a code point is a test class: the first 8 bytes of SHA-256 of 'split:' + key, as
-    a fraction of 2^64, below `share`."""
-    h = int.from_bytes(hashlib.sha256(("split:" + k).encode()).digest()[:8], "big")
-    return h < share * 2**64
+    """Whether a code point is a test class: hash64('split:' + key), as a fraction of 2^64,
+    below `share`."""
+    return hash64("split:" + k) < share * 2**64
 
 
 def design_order(k):
-    """The class's designs in a rotation drawn from its key."""
-    r = draw("order:" + k, len(DESIGNS))
+    """The class's designs in a rotation drawn from its key (hash64('order:' + key))."""
+    r = hash64("order:" + k) % len(DESIGNS)
     return DESIGNS[r:] + DESIGNS[:r]
+
+
+def write_atomic(path, write):
+    """Writes `path` through `write(binary file)` into a temporary file beside it, then renames
+    it over `path`: a stopped run leaves no half-written file under the final name."""
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path) or ".", delete=False) as f:
+        write(f)
+    os.replace(f.name, path)
 
 
 def fetch(name, version, integrity, cache):
@@ -109,10 +116,7 @@ def fetch(name, version, integrity, cache):
         print(f"downloading {url}", file=sys.stderr)
         with urllib.request.urlopen(url, timeout=300) as r:
             data = r.read()
-        tmp = path + ".part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: f.write(data))
     with open(path, "rb") as f:
         got = base64.b64encode(hashlib.sha512(f.read()).digest()).decode()
     if got != integrity:
@@ -200,12 +204,8 @@ def render(tar, member, size):
 
 def write_list(path, rows):
     """A SOP list, written atomically."""
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        f.write("image_id class_id super_class_id path\n")
-        for r in rows:
-            f.write(" ".join(str(x) for x in r) + "\n")
-    os.replace(tmp, path)
+    lines = ["image_id class_id super_class_id path"] + [" ".join(map(str, r)) for r in rows]
+    write_atomic(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def main():
@@ -237,9 +237,7 @@ def main():
             dest = os.path.join(a.out, rel)
             if not os.path.exists(dest):
                 img = render(*found[d][k], a.size)
-                with tempfile.NamedTemporaryFile(dir=os.path.dirname(dest), delete=False) as f:
-                    img.save(f, format="PNG")
-                os.replace(f.name, dest)
+                write_atomic(dest, lambda f: img.save(f, format="PNG"))
             image_id += 1
             part.append((image_id, i + 1, group, rel))
         if (i + 1) % 200 == 0:
