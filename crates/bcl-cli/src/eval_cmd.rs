@@ -70,6 +70,13 @@ pub(crate) struct ExactSearchArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Map the queries through this adapter first (`bcl adapt fit`): new-model queries
+    /// searched against a gallery of another model's vectors.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The old model's embeddings of the same queries (a slerp adapter reads both).
+    #[arg(long, requires = "adapter")]
+    old_query: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -313,7 +320,18 @@ pub(crate) fn cmd_search(a: ExactSearchArgs) -> Result<()> {
         query: a.query_block,
         gallery: a.gallery_block,
     };
-    let q = npy::read_features(&a.query)?.to_device(device);
+    let q = npy::read_features(&a.query)?;
+    let q = match &a.adapter {
+        Some(p) => {
+            let adapter = bcl::adapt::Adapter::load(p)?;
+            let old_query = a.old_query.as_deref().map(npy::read_features).transpose()?;
+            adapter
+                .apply(&q, old_query.as_ref())
+                .with_context(|| format!("{} through {}", a.query.display(), p.display()))?
+        }
+        None => q,
+    }
+    .to_device(device);
     let t0;
     let (r, ng, stored) = if device == tch::Device::Cpu {
         let g = MappedMatrix::open(&a.gallery)?;

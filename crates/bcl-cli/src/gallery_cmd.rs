@@ -54,16 +54,16 @@ pub struct RecoverArgs {
 pub struct DataArgs {
     /// TOML run configuration whose [data] section names the data (default: the model's own).
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Data directory (overrides the configuration's).
     #[arg(long)]
-    data: Option<PathBuf>,
+    pub(crate) data: Option<PathBuf>,
     /// test or train.
     #[arg(long, default_value = "test")]
-    split: bcl::data::Part,
+    pub(crate) split: bcl::data::Part,
     /// Use only the first N images of each class of the split.
     #[arg(long)]
-    per_class: Option<usize>,
+    pub(crate) per_class: Option<usize>,
 }
 
 /// Embedding options.
@@ -399,7 +399,7 @@ pub fn run_data_config(model_dir: &Path) -> Result<DataConfig> {
 }
 
 /// The data configuration: --config's, else the model's training run's, with flag overrides.
-fn data_config(a: &DataArgs, model_dir: Option<&Path>) -> Result<DataConfig> {
+pub(crate) fn data_config(a: &DataArgs, model_dir: Option<&Path>) -> Result<DataConfig> {
     let mut cfg = match (&a.config, model_dir) {
         (Some(p), _) => RunConfig::from_toml_file(p)?.data,
         (None, Some(m)) => run_data_config(m)?,
@@ -411,7 +411,7 @@ fn data_config(a: &DataArgs, model_dir: Option<&Path>) -> Result<DataConfig> {
     Ok(cfg)
 }
 
-fn load_split(a: &DataArgs, cfg: &DataConfig) -> Result<Dataset> {
+pub(crate) fn load_split(a: &DataArgs, cfg: &DataConfig) -> Result<Dataset> {
     let d = bcl::data::open_part(cfg, a.split)?;
     Ok(match a.per_class {
         Some(n) => d.take_per_class(n),

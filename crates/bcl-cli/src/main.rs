@@ -5,6 +5,7 @@ use anyhow::Result;
 use bcl::layout::ModelDir;
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod adapt_cmd;
 mod bench_cmd;
 mod dist;
 mod docs_cmd;
@@ -60,6 +61,9 @@ enum Command {
     Gallery(gallery_cmd::GalleryCommand),
     /// HTTP service over a gallery: POST /search (vectors or an image), GET /health, GET /stats.
     Serve(gallery_cmd::ServeArgs),
+    /// Adapters fitted after training between two models' spaces: fit, apply, show, kinds.
+    #[command(subcommand)]
+    Adapt(adapt_cmd::AdaptCommand),
     /// Score models on standard benchmarks (Revisited Oxford/Paris, GLDv2 retrieval, In-shop,
     /// SOP) from their published files: every (query model, gallery model) pair.
     Benchmark(BenchmarkArgs),
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Gallery(c) => gallery_cmd::run_gallery(c)?,
+        Command::Adapt(c) => adapt_cmd::run_adapt(c)?,
         Command::Serve(a) => gallery_cmd::run_serve(a)?,
         Command::Benchmark(a) => eval_cmd::cmd_benchmark(a)?,
         Command::TrainOld(a) => train_cmd::cmd_train_old(a)?,

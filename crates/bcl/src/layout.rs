@@ -1,10 +1,23 @@
 //! The layout of what `bcl` writes to disk: every file and directory name of a model directory
 //! ([`ModelDir`]), of a protocol run (old model, new models, evaluation: [`RunDir`], as `bcl
-//! demo` and each (scenario, seed) of an experiment write it) and of an experiment
-//! ([`ExperimentDir`]). Nothing else in the crate or the CLI spells one of these names; a reader
-//! and its writer go through the same method. Depends on nothing in the crate.
+//! demo` and each (scenario, seed) of an experiment write it), of an experiment
+//! ([`ExperimentDir`]) and of a fitted adapter ([`AdapterDir`]). Nothing else in the crate or
+//! the CLI spells one of these names; a reader and its writer go through the same method.
+//! Depends on nothing in the crate.
 
 use std::path::{Path, PathBuf};
+
+/// The directory holding `path` when it is a file (or names one of `files`), else `path`.
+fn dir_of(path: &Path, files: [&str; 2]) -> PathBuf {
+    let is_file = path.is_file()
+        || files
+            .iter()
+            .any(|f| path.file_name().is_some_and(|n| n == *f));
+    match (is_file, path.parent()) {
+        (true, Some(p)) => p.to_path_buf(),
+        _ => path.to_path_buf(),
+    }
+}
 
 /// One trained model's directory: its run configuration, split (old models), weights, card,
 /// training history, refresh diagnostics and checkpoint.
@@ -32,14 +45,7 @@ impl ModelDir {
     /// The directory of the model whose weights or card is `path`, or `path` itself when it is
     /// a directory (commands accept either).
     pub fn of(path: &Path) -> Self {
-        let is_file = path.is_file()
-            || [Self::WEIGHTS, Self::CARD]
-                .iter()
-                .any(|f| path.file_name().is_some_and(|n| n == *f));
-        match (is_file, path.parent()) {
-            (true, Some(p)) => Self::new(p),
-            _ => Self::new(path),
-        }
+        Self::new(dir_of(path, [Self::WEIGHTS, Self::CARD]))
     }
 
     /// `config.toml`: the resolved run configuration the model was trained with.
@@ -114,6 +120,43 @@ impl ModelDir {
 impl AsRef<Path> for ModelDir {
     fn as_ref(&self) -> &Path {
         &self.0
+    }
+}
+
+/// One fitted adapter's directory: its tensors and its card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterDir(PathBuf);
+
+impl AdapterDir {
+    /// The adapter tensors' file name (`adapter.safetensors`).
+    pub const WEIGHTS: &'static str = "adapter.safetensors";
+    /// The adapter card's file name (`adapter.json`).
+    pub const CARD: &'static str = "adapter.json";
+
+    /// The adapter directory at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    /// The directory of the adapter whose tensors or card is `path`, or `path` itself when it
+    /// is a directory (commands accept either).
+    pub fn of(path: &Path) -> Self {
+        Self::new(dir_of(path, [Self::WEIGHTS, Self::CARD]))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// `adapter.safetensors`: the map's tensors.
+    pub fn weights(&self) -> PathBuf {
+        self.0.join(Self::WEIGHTS)
+    }
+
+    /// `adapter.json`: the adapter card.
+    pub fn card(&self) -> PathBuf {
+        self.0.join(Self::CARD)
     }
 }
 

@@ -1,0 +1,210 @@
+//! `bcl adapt` end to end: fit on `.npy` pairs and on images embedded by two trained models,
+//! apply, show, search through an adapter, and the errors bad input gets.
+
+use std::path::Path;
+use std::process::Command;
+
+use tch::{Device, Kind, Tensor};
+
+fn bcl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bcl"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn unit(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, [1], true)
+}
+
+#[test]
+fn fit_apply_and_search_through_an_adapter_on_vector_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    tch::manual_seed(1);
+    let old = unit(&Tensor::randn([300, 8], (Kind::Float, Device::Cpu)));
+    let (q, _) = Tensor::linalg_qr(
+        &Tensor::randn([16, 16], (Kind::Double, Device::Cpu)),
+        "reduced",
+    );
+    // a wider new model (16 dimensions) whose vectors are the old ones padded and rotated
+    let new = old.constant_pad_nd([0, 8]).matmul(&q.to_kind(Kind::Float));
+    old.write_npy(p("old.npy")).unwrap();
+    new.write_npy(p("new.npy")).unwrap();
+    let out = run_ok(
+        bcl()
+            .args(["adapt", "fit", "--kind", "procrustes", "--device", "cpu"])
+            .arg("--old-vectors")
+            .arg(p("old.npy"))
+            .arg("--new-vectors")
+            .arg(p("new.npy"))
+            .arg("--out")
+            .arg(p("a")),
+    );
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (summary["from_dim"].as_u64(), summary["to_dim"].as_u64()),
+        (Some(16), Some(8))
+    );
+    assert!(summary["support_cosine"].as_f64().unwrap() > 0.99999);
+    run_ok(
+        bcl()
+            .args(["adapt", "apply", "--adapter"])
+            .arg(p("a"))
+            .arg("--input")
+            .arg(p("new.npy"))
+            .arg("--out")
+            .arg(p("mapped.npy")),
+    );
+    let mapped = Tensor::read_npy(p("mapped.npy")).unwrap();
+    let err = (&mapped - &old).abs().max().double_value(&[]);
+    assert!(
+        err < 1e-5,
+        "mapped vectors differ from the old ones by {err}"
+    );
+    // exact search of the mapped new queries in the old gallery finds each item itself
+    let out = run_ok(
+        bcl()
+            .args(["search", "--k", "1", "--adapter"])
+            .arg(p("a"))
+            .arg("--query")
+            .arg(p("new.npy"))
+            .arg("--gallery")
+            .arg(p("old.npy"))
+            .arg("--out-indices")
+            .arg(p("idx.npy")),
+    );
+    assert!(out.contains("\"dim\":8"), "{out}");
+    let idx = Tensor::read_npy(p("idx.npy")).unwrap().view([-1]);
+    assert!(idx.equal(&Tensor::arange(300, (Kind::Int64, Device::Cpu))));
+    let card = run_ok(bcl().args(["adapt", "show"]).arg(p("a")));
+    assert!(card.contains("\"kind\": \"procrustes\""), "{card}");
+    let kinds = run_ok(bcl().args(["adapt", "kinds"]));
+    for k in ["procrustes", "slerp", "affine", "forward"] {
+        assert!(kinds.contains(k), "{kinds}");
+    }
+
+    // bad input: counts that differ, a query of the wrong dimension, slerp without labels
+    old.narrow(0, 0, 299).write_npy(p("short.npy")).unwrap();
+    let e = run_err(
+        bcl()
+            .args(["adapt", "fit", "--kind", "procrustes", "--device", "cpu"])
+            .arg("--old-vectors")
+            .arg(p("short.npy"))
+            .arg("--new-vectors")
+            .arg(p("new.npy"))
+            .arg("--out")
+            .arg(p("b")),
+    );
+    assert!(
+        e.contains("299 old vectors but 300 new ones") && e.contains("short.npy"),
+        "{e}"
+    );
+    let e = run_err(
+        bcl()
+            .args(["adapt", "apply", "--adapter"])
+            .arg(p("a"))
+            .arg("--input")
+            .arg(p("old.npy"))
+            .arg("--out")
+            .arg(p("x.npy")),
+    );
+    assert!(e.contains("has dimension 8, the adapter expects 16"), "{e}");
+    assert!(!p("x.npy").exists());
+    let e = run_err(
+        bcl()
+            .args(["adapt", "fit", "--kind", "slerp", "--device", "cpu"])
+            .arg("--old-vectors")
+            .arg(p("old.npy"))
+            .arg("--new-vectors")
+            .arg(p("new.npy"))
+            .arg("--out")
+            .arg(p("c")),
+    );
+    assert!(e.contains("labelled support set"), "{e}");
+    let e = run_err(bcl().args(["adapt", "fit", "--kind", "procrustes", "--out", "z"]));
+    assert!(e.contains("--old-vectors"), "{e}");
+}
+
+#[test]
+fn fit_on_images_embedded_by_two_trained_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tr, te) = bcl::data::synthetic(4, 40, 10, 2);
+    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndir = {:?}\nclasses = 4\ntrain_per_class = 30\nvalidation_per_class = 10\n\
+             [model]\nwidth = 4\ndim = 16\n[old]\nepochs = 1\nbatch_size = 16\n\
+             [new]\nepochs = 1\nbatch_size = 16\n",
+            dir.path().join("d")
+        ),
+    )
+    .unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    run_ok(
+        bcl()
+            .args(["train-old", "--device", "cpu", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&old),
+    );
+    run_ok(
+        bcl()
+            .args([
+                "train-new",
+                "--device",
+                "cpu",
+                "--method",
+                "independent",
+                "--old",
+            ])
+            .arg(&old)
+            .arg("--out")
+            .arg(&new),
+    );
+    let a = dir.path().join("slerp");
+    let out = run_ok(
+        bcl()
+            .args([
+                "adapt", "fit", "--kind", "slerp", "--device", "cpu", "--old",
+            ])
+            .arg(&old)
+            .arg("--new")
+            .arg(&new)
+            .arg("--out")
+            .arg(&a),
+    );
+    assert!(out.contains("\"pairs\":40"), "{out}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("adapter.json")).unwrap()).unwrap();
+    let id = |m: &Path| -> serde_json::Value {
+        let c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(m.join("model.json")).unwrap()).unwrap();
+        c["id"].clone()
+    };
+    assert_eq!(card["from"]["id"], id(&new));
+    assert_eq!(card["to"]["id"], id(&old));
+    assert_eq!(card["direction"], "new-to-old");
+    assert!(card["support"]["labelled"].as_bool().unwrap());
+    assert!(card["support"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("validation part"));
+    assert_eq!(card["fit"]["recall_at_1"].as_array().unwrap().len(), 11);
+}
