@@ -256,12 +256,9 @@ impl std::fmt::Debug for Adapter {
     }
 }
 
-/// L2-normalised rows (float32).
+/// L2-normalised rows (float32), as the models' embeddings are normalised.
 pub(crate) fn normalize(x: &Tensor) -> Tensor {
-    let x = x.to_kind(Kind::Float);
-    &x / x
-        .norm_scalaropt_dim(2.0, [1], true)
-        .clamp_min(f64::from(f32::MIN_POSITIVE))
+    crate::model::l2_normalize(&x.to_kind(Kind::Float))
 }
 
 /// `x` `[N, d]` zero-padded to `[N, to]` columns (unchanged when `to <= d`).

@@ -83,35 +83,6 @@ fn interpolate(r: &Tensor, x: &Tensor, u: &Tensor, alpha: f64, to_dim: usize) ->
     slerp(&pad_to(u, width), &v, alpha).narrow(1, 0, to_dim as i64)
 }
 
-/// Leave-one-out Recall@1 of `queries` against `gallery` (the same items, same order): the
-/// share of queries whose nearest other item (inner product) has their label.
-pub(crate) fn recall_at_1(queries: &Tensor, gallery: &Tensor, labels: &[i64]) -> f64 {
-    let n = labels.len() as i64;
-    let labels_t = Tensor::from_slice(labels);
-    let mut hits = 0i64;
-    let block = 1024;
-    let mut start = 0;
-    while start < n {
-        let len = block.min(n - start);
-        let mut s = queries.narrow(0, start, len).matmul(&gallery.tr());
-        let own = Tensor::arange_start(start, start + len, (Kind::Int64, Device::Cpu));
-        let _ = s.index_put_(
-            &[
-                Some(Tensor::arange(len, (Kind::Int64, Device::Cpu))),
-                Some(own),
-            ],
-            &Tensor::from(f32::NEG_INFINITY),
-            false,
-        );
-        let best = s.argmax(1, false);
-        let found = labels_t.index_select(0, &best);
-        let want = labels_t.narrow(0, start, len);
-        hits += found.eq_tensor(&want).sum(Kind::Int64).int64_value(&[]);
-        start += len;
-    }
-    hits as f64 / n as f64
-}
-
 impl AdapterSpec for Spec {
     fn name(&self) -> &'static str {
         "slerp"
@@ -161,9 +132,13 @@ impl AdapterSpec for Spec {
                             a,
                             to_dim,
                         );
-                        (a, recall_at_1(&normalize(&q), gallery, labels))
+                        // bcl's leave-one-out Recall@1 (queries without another item of
+                        // their class are not counted, as in every `bcl eval` figure)
+                        crate::eval::retrieval_metrics(&q, labels, gallery, labels, true, &[1])
+                            .map(|m| (a, m.recall_at.get(&1).copied().unwrap_or(0.0)))
+                            .map_err(|e| input("support set", e))
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 // the best score, the smallest α on ties (as published)
                 let mut sorted = scores.clone();
                 sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
