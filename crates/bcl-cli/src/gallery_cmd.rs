@@ -584,7 +584,7 @@ fn gallery_search(a: SearchArgs) -> Result<()> {
                 data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
             }
             (
-                ops::embed_queries(e, &data, 256)?,
+                ops::embed_queries(e, &data, 256, store.manifest().dim)?,
                 data.ids.iter().map(|&i| i as u64).collect(),
             )
         }

@@ -104,6 +104,10 @@ pub(crate) struct TrainNewArgs {
     /// The new model's blocks per stage (small backbone; default: the old model's).
     #[arg(long)]
     blocks: Option<i64>,
+    /// The new model's embedding dimension (default: the old model's; another one adds a
+    /// projection head into the old space, trained by the compatibility loss).
+    #[arg(long)]
+    dim: Option<i64>,
     /// Output directory (default runs/new-METHOD).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -213,6 +217,9 @@ pub(crate) fn cmd_train_new(a: TrainNewArgs) -> Result<()> {
     }
     if let Some(b) = a.blocks {
         cfg.new_model.blocks = Some(b);
+    }
+    if let Some(d) = a.dim {
+        cfg.new_model.dim = Some(d);
     }
     if let Some(l) = a.lambda {
         if !(l >= 0.0 && l.is_finite()) {

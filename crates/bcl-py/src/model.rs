@@ -74,4 +74,24 @@ impl ModelCore {
         // share them while this one embeds.
         Ok(PyTensor(self.emb.embed_dataset(&data, batch.max(1))))
     }
+
+    /// The model's embeddings `[N, dim]` in the space of the model it is compatible with:
+    /// through its projection head where it embeds in another dimension, unchanged otherwise.
+    fn to_compat_space(&self, embeddings: PyTensor) -> PyResult<PyTensor> {
+        let t = &embeddings.0;
+        let d = self.emb.dim();
+        if t.dim() != 2 || t.size()[1] != d {
+            return Err(PyValueError::new_err(format!(
+                "embeddings: shape {:?}, expected [N, {d}] (this model's own embeddings)",
+                t.size()
+            )));
+        }
+        if !t.is_floating_point() {
+            return Err(PyValueError::new_err(format!(
+                "embeddings: dtype {:?}, expected a floating-point tensor",
+                t.kind()
+            )));
+        }
+        Ok(PyTensor(self.emb.to_compat_space(t)))
+    }
 }

@@ -63,3 +63,33 @@ def test_bad_model_input_raises(trained, tmp_path):
     (tmp_path / "broken" / "model.json").write_text("{not json")
     with pytest.raises(bcl.BclError, match="model.json"):
         bcl.Model(tmp_path / "broken")
+
+
+def test_a_wider_new_model_reaches_the_old_space_through_its_head(trained, bcl_cli, tmp_path):
+    out = tmp_path / "wide"
+    subprocess.run(
+        [bcl_cli, "train-new", "--old", trained, "--method", "bct", "--dim", "16",
+         "--epochs", "1", "--out", out, "--device", "cpu"],
+        check=True,
+        capture_output=True,
+    )
+    m = bcl.Model(out)
+    assert (m.dim, m.compat_dim) == (16, 8)
+    assert bcl.Model(trained).compat_dim is None
+    x = np.random.default_rng(1).integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+    f = m.embed(x)
+    assert f.shape == (6, 16)
+    # the head by hand: P f / |P f| with P the stored weight [8, 16], read from the
+    # safetensors file (an 8-byte header length, a JSON header, the raw little-endian data)
+    raw = (out / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8 : 8 + n])["net.compat_head.weight"]
+    assert meta["dtype"] == "F32" and meta["shape"] == [8, 16]
+    a, b = meta["data_offsets"]
+    p = torch.from_numpy(np.frombuffer(raw[8 + n + a : 8 + n + b], dtype="<f4").reshape(8, 16).copy())
+    want = torch.nn.functional.normalize(f @ p.T, dim=1)
+    assert torch.allclose(m.to_compat_space(f), want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[N, 16\]"):
+        m.to_compat_space(torch.zeros(2, 8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        m.to_compat_space(np.zeros((2, 16)))

@@ -237,16 +237,28 @@ impl CompatMatrix {
         labels: &[i64],
         want: impl Fn(usize, usize) -> bool,
     ) -> Result<Self, EvalError> {
-        let cells = features
-            .iter()
-            .enumerate()
-            .map(|(qi, q)| {
+        Self::compute_with(names, features, labels, |q, g| {
+            want(q, g).then(|| features[q].shallow_clone())
+        })
+    }
+
+    /// As [`CompatMatrix::compute_pairs`], the query side of each cell given by `queries(q,
+    /// g)`: model q's features in model g's space (through projection heads, for models of
+    /// different dimensions), or `None` for a cell not computed.
+    pub fn compute_with(
+        names: &[String],
+        features: &[Tensor],
+        labels: &[i64],
+        queries: impl Fn(usize, usize) -> Option<Tensor>,
+    ) -> Result<Self, EvalError> {
+        let cells = (0..features.len())
+            .map(|qi| {
                 features
                     .iter()
                     .enumerate()
                     .map(|(gi, g)| {
-                        want(qi, gi)
-                            .then(|| leave_one_out(q, g, labels))
+                        queries(qi, gi)
+                            .map(|q| leave_one_out(&q, g, labels))
                             .transpose()
                     })
                     .collect::<Result<Vec<_>, _>>()

@@ -396,7 +396,9 @@ fn evaluate_run(
             let oo = report.matrix.at(0, 0).map;
             let mut points = Vec::new();
             for s in swept {
-                let f = Embedder::load(&s.dir, opts.device)?.embed_dataset(&test, rc.eval_batch);
+                let m = Embedder::load(&s.dir, opts.device)?;
+                let f = m.embed_dataset(&test, rc.eval_batch);
+                let q = m.queries_for(&f, models[0].dim())?;
                 points.push(FrontierPoint {
                     scenario,
                     seed,
@@ -404,7 +406,7 @@ fn evaluate_run(
                     knob: Some(s.sweep.knob),
                     value: Some(s.value),
                     self_map: leave_one_out(&f, &f, &test.labels)?.map,
-                    cross_map: leave_one_out(&f, &old_feats, &test.labels)?.map,
+                    cross_map: leave_one_out(&q, &old_feats, &test.labels)?.map,
                     old_old_map: oo,
                 });
             }

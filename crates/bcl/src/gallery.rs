@@ -104,6 +104,11 @@ pub struct ModelInfo {
     pub compatible_with: Option<String>,
     /// Embedding dimension.
     pub dim: usize,
+    /// The dimension its projection head maps into (the model it is compatible with), for a
+    /// model embedding in another dimension than that model: in a gallery of that dimension
+    /// its queries and vectors go through the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compat_dim: Option<usize>,
 }
 
 impl ModelInfo {
@@ -115,7 +120,14 @@ impl ModelInfo {
             method: card.method.clone(),
             compatible_with: card.compatible_with.clone(),
             dim: card.arch.dim as usize,
+            compat_dim: card.arch.compat_dim.map(|c| c as usize),
         }
+    }
+
+    /// Whether the model's vectors can live in a gallery of dimension `dim`: its own, or the
+    /// one its projection head maps into.
+    pub fn reaches(&self, dim: usize) -> bool {
+        self.dim == dim || self.compat_dim == Some(dim)
     }
 
     /// Vectors computed outside `bcl`, named by the user; they have no declared lineage.
@@ -126,6 +138,7 @@ impl ModelInfo {
             method: "external".into(),
             compatible_with: None,
             dim,
+            compat_dim: None,
         }
     }
 }
@@ -371,10 +384,17 @@ pub fn check_lineage(
     query: &ModelInfo,
     force: bool,
 ) -> Result<Lineage> {
-    if query.dim != manifest.dim {
+    if !query.reaches(manifest.dim) {
         return Err(GalleryError::Invalid(format!(
-            "model {} ({}) embeds in dimension {}, the gallery holds dimension {}",
-            query.name, query.id, query.dim, manifest.dim
+            "model {} ({}) embeds in dimension {}{}, the gallery holds dimension {}",
+            query.name,
+            query.id,
+            query.dim,
+            match query.compat_dim {
+                Some(c) => format!(" and projects into {c}"),
+                None => String::new(),
+            },
+            manifest.dim
         )));
     }
     let mut verdict = Lineage::Same;

@@ -8,7 +8,9 @@ pub mod card;
 pub mod config;
 pub mod embedder;
 
-pub use backbone::{gem, l2_normalize, load_pretrained, EmbeddingNet, BACKBONE_PATH};
+pub use backbone::{
+    gem, l2_normalize, load_pretrained, EmbeddingNet, BACKBONE_PATH, COMPAT_HEAD_PATH,
+};
 pub use card::{file_id, ModelCard, Role};
 pub(crate) use config::is_default;
 pub use config::{Backbone, ModelConfig, ModelOverride, Pooling};

@@ -17,7 +17,7 @@ use crate::eval::EvalError;
 use crate::files::write_atomic;
 use crate::layout::{ModelDir, RunDir};
 use crate::loss::{BuildContext, ClassifierHead, CompatConfig, Method, OldPrototypes};
-use crate::model::{Embedder, ModelConfig, ModelError, ModelOverride, Role};
+use crate::model::{Embedder, ModelCard, ModelConfig, ModelError, ModelOverride, Role};
 use crate::perturb::{class_prototypes, PrototypeError};
 use crate::report::{write_eval_report, ReportError};
 use crate::train::{
@@ -148,6 +148,13 @@ impl RunConfig {
     /// Checks the settings whose meaning bounds them (the compatibility term's); the error
     /// names the setting.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(c) = self.model.compat_dim {
+            return Err(format!(
+                "model.compat_dim = {c}: the projection head's dimension is set by training \
+                 from the old model's card; to embed new models in another dimension, set \
+                 new_model.dim"
+            ));
+        }
         self.new_model.check_against(&self.model)?;
         if self.data.validation_per_class == Some(0) {
             return Err(
@@ -351,11 +358,14 @@ pub fn train_successor(
     cfg.validate().map_err(RunError::Invalid)?;
     let (_, saved_split) = old_run(old_dir)?;
     let note = successor_note(cfg, fraction)?;
+    let old_card = ModelCard::read(&ModelDir::new(old_dir).card())?;
+    // a new model of another dimension than its old model's learns a projection head into it
+    let arch = cfg.new_arch().successor_of(old_card.arch.dim);
     if opts.resume {
         refuse_other_settings(cfg, method, out)?;
         // A finished run of the same configuration is returned before anything is embedded.
         let key = job_config_string(
-            &cfg.new_arch(),
+            &arch,
             &cfg.new,
             method.as_str(),
             &note,
@@ -392,7 +402,7 @@ pub fn train_successor(
             saved_split.fingerprint
         )));
     }
-    let old = load_old(old_dir, &cfg.new_arch(), opts.device)?;
+    let old = load_old(old_dir, &arch, opts.device)?;
     // the frozen old model runs inside the new model's step: under the same settings
     let old = match cfg.new.exec.is_default() {
         true => old,
@@ -410,7 +420,7 @@ pub fn train_successor(
         role: Role::New,
         data: data.as_data(),
         classes,
-        model: cfg.new_arch(),
+        model: arch,
         train: cfg.new.clone(),
         method,
         compat: method.build(&cfg.compat, ctx).map_err(RunError::Invalid)?,
@@ -468,7 +478,8 @@ fn refuse_other_settings(cfg: &RunConfig, method: Method, out: &Path) -> Result<
 }
 
 /// The frozen model a new one must be compatible with: an old model (or a new one that
-/// declares compatibility itself) embedding the same images in the new model's dimension.
+/// declares compatibility itself) embedding the same images, in the new model's dimension or
+/// in the one its projection head maps into.
 fn load_old(old_dir: &Path, arch: &ModelConfig, device: Device) -> Result<Embedder, RunError> {
     let old = Embedder::load(old_dir, device)?;
     if old.card.role != Role::Old && old.card.compatible_with.is_none() {
@@ -477,17 +488,23 @@ fn load_old(old_dir: &Path, arch: &ModelConfig, device: Device) -> Result<Embedd
             old_dir.display()
         )));
     }
-    if old.card.arch.dim != arch.dim || old.card.arch.in_channels != arch.in_channels {
+    if old.card.arch.in_channels != arch.in_channels {
         return Err(RunError::Invalid(format!(
-            "{}: the old model embeds {}-channel images in dimension {}, the new model's \
-             architecture {} in {}: a new model must embed the same images in the old model's \
-             dimension (set new_model.dim, or model.dim, to {})",
+            "{}: the old model embeds {}-channel images, the new model's architecture {}: \
+             both must embed the same images (set new_model.in_channels, or model.in_channels, \
+             to {})",
             old_dir.display(),
             old.card.arch.in_channels,
-            old.card.arch.dim,
             arch.in_channels,
-            arch.dim,
-            old.card.arch.dim
+            old.card.arch.in_channels
+        )));
+    }
+    if arch.compat_dim.unwrap_or(arch.dim) != old.card.arch.dim {
+        return Err(RunError::Invalid(format!(
+            "{}: the old model embeds in dimension {}, the new model's architecture reaches {}",
+            old_dir.display(),
+            old.card.arch.dim,
+            arch.compat_dim.unwrap_or(arch.dim)
         )));
     }
     Ok(old)

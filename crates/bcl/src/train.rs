@@ -327,8 +327,9 @@ pub fn renormalize(x: &Tensor, from: Normalization, to: Normalization) -> Tensor
 /// Normalised embeddings `[len, dim]` (eval mode, no gradient) of the items `idx` of `data`,
 /// with their labels, by the embedding forward under `exec` (the forward a training step
 /// runs, so that a refresh bank holds the features the loss sees; the default settings are
-/// the plain float32 forward): each rank embeds its share, every rank gets the whole in `idx`
-/// order.
+/// the plain float32 forward), in the space the compatibility loss sees (through the
+/// projection head, where the network has one): each rank embeds its share, every rank gets
+/// the whole in `idx` order.
 fn embed_bank(
     net: &EmbeddingNet,
     data: TrainData,
@@ -339,11 +340,13 @@ fn embed_bank(
     exec: &ExecConfig,
 ) -> Result<(Tensor, Tensor), TrainError> {
     let [f, y] = bcl_dist::share_rows(dist, idx, |mine| -> Result<_, TrainError> {
-        let mut feats = vec![Tensor::zeros([0, net.dim()], (Kind::Float, device))];
+        let dim = net.compat_dim().unwrap_or(net.dim());
+        let mut feats = vec![Tensor::zeros([0, dim], (Kind::Float, device))];
         let mut labels = vec![Tensor::zeros([0], (Kind::Int64, device))];
         for b in data.batches(mine, 256, None, norm, device) {
             let (x, y) = b?;
-            feats.push(tch::no_grad(|| net.forward_exec(&x, false, exec))?);
+            let f = tch::no_grad(|| net.forward_exec(&x, false, exec))?;
+            feats.push(tch::no_grad(|| net.to_compat_space(&f)));
             labels.push(y);
         }
         Ok([Tensor::cat(&feats, 0), Tensor::cat(&labels, 0)])
@@ -781,7 +784,7 @@ fn step_on(
     };
     let mut observed = None;
     if let Some((x, y)) = batch {
-        let (f, losses) = forward_losses(job, m, x, y, norm, step, total)?;
+        let (f, fc, losses) = forward_losses(job, m, x, y, norm, step, total)?;
         fig.items = y.size()[0] as usize;
         fig.total = losses.total.double_value(&[]);
         if fig.total.is_finite() {
@@ -793,7 +796,7 @@ fn step_on(
                 .map(|c| c.double_value(&[]))
                 .unwrap_or(0.0);
         }
-        observed = Some((f.detach(), y.shallow_clone()));
+        observed = Some((f.detach(), fc.detach(), y.shallow_clone()));
     }
     let finite = fig.total.is_finite();
     let t0 = std::time::Instant::now();
@@ -807,7 +810,7 @@ fn step_on(
         }));
     };
     m.opt.step_with(lr, grads);
-    if let Some((f, y)) = &observed {
+    if let Some((f, _, y)) = &observed {
         // the head after the step, on the step's features
         fig.correct = tch::no_grad(|| {
             let pred = m.head.plain_logits(f).argmax(1, false);
@@ -815,7 +818,7 @@ fn step_on(
         });
     }
     let t0 = std::time::Instant::now();
-    observe(job, m, observed)?;
+    observe(job, m, observed.map(|(_, fc, y)| (fc, y)))?;
     if dist.world_size() > 1 {
         comm += t0.elapsed();
         fig.comm = comm.as_secs_f64();
@@ -830,7 +833,8 @@ struct Losses {
     total: Tensor,
 }
 
-/// The new model's features of `x` and the head's and the method's losses on them.
+/// The new model's features of `x` (its own and in the old model's space) and the head's and
+/// the method's losses on them.
 fn forward_losses(
     job: &TrainJob,
     m: &Model,
@@ -839,7 +843,7 @@ fn forward_losses(
     norm: Normalization,
     step: usize,
     total: usize,
-) -> Result<(Tensor, Losses), TrainError> {
+) -> Result<(Tensor, Tensor, Losses), TrainError> {
     let old_emb = match (m.compat.needs_old_embeddings(), job.old) {
         (true, Some(o)) => Some(o.embed_batch(&renormalize(x, norm, o.card.normalization))),
         _ => None,
@@ -850,11 +854,15 @@ fn forward_losses(
         .net
         .forward_exec(x, !job.train.freeze_batch_norm, &job.train.exec)?;
     let cls = m.head.loss(&f, y);
+    // the compatibility loss sees the model in the old model's space: through the projection
+    // head (features and classifier rows alike) where the new model embeds in another dimension
+    let fc = m.net.to_compat_space(&f);
+    let wc = m.net.to_compat_space(m.head.weight());
     let comp = m.compat.loss(&CompatInputs {
-        new: &f,
+        new: &fc,
         labels: y,
         old: old_emb.as_ref(),
-        classifier: Some(m.head.weight()),
+        classifier: Some(&wc),
         progress: step as f64 / total as f64,
     })?;
     let total_loss = match &comp {
@@ -863,6 +871,7 @@ fn forward_losses(
     };
     Ok((
         f,
+        fc,
         Losses {
             cls,
             comp,
@@ -871,8 +880,9 @@ fn forward_losses(
     ))
 }
 
-/// Shows the method the step's features (the whole batch, gathered from every rank, so that
-/// its running state is the same everywhere and equals the one-process run's).
+/// Shows the method the step's features in the space it sees (the whole batch, gathered from
+/// every rank, so that its running state is the same everywhere and equals the one-process
+/// run's).
 fn observe(
     job: &TrainJob,
     m: &mut Model,
@@ -888,7 +898,7 @@ fn observe(
         }
         return Ok(());
     }
-    let d = m.head.weight().size()[1];
+    let d = m.net.compat_dim().unwrap_or(m.net.dim());
     let (f, y) = mine.unwrap_or_else(|| {
         (
             Tensor::zeros([0, d], (Kind::Float, job.device)),
@@ -966,7 +976,7 @@ mod tests {
             mean: 0.5,
             std: 0.25,
         };
-        let (f, losses) = forward_losses(&job, &m, &x, &y, norm, 0, 1).unwrap();
+        let (f, _, losses) = forward_losses(&job, &m, &x, &y, norm, 0, 1).unwrap();
         assert_eq!(f.kind(), Kind::Float);
         assert!(losses.total.double_value(&[]).is_finite());
         let embedded = m.net.forward_exec(&x, false, &exec).unwrap();

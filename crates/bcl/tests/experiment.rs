@@ -280,10 +280,9 @@ fn bad_sequential_configs_are_rejected() {
 /// and backfilled by the new one, and a server over it.
 #[test]
 fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
-    use bcl::gallery::ops::{self, BackfillPlan, BackfillStrategy, DataOrigin, EmbedOptions};
+    use bcl::gallery::ops::{self, BackfillPlan, BackfillStrategy, EmbedOptions};
     use bcl::gallery::serve::{ServeConfig, ServeState};
-    use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
-    use bcl::gallery::{GalleryManifest, Lineage, ModelInfo};
+    use bcl::gallery::{Lineage, ModelInfo};
     use bcl::model::Embedder;
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_experiment(dir.path(), 5, 12, 9);
@@ -323,21 +322,10 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
     let old_e = Embedder::load(&out.join(run).join("old"), Device::Cpu).unwrap();
     let new_e = Embedder::load(&out.join(run).join("new-bct"), Device::Cpu).unwrap();
     let test = bcl::data::open_test(&cfg.base.data).unwrap();
-    let mut store = UsearchStore::create(
-        &dir.path().join("gallery"),
-        GalleryManifest::new(16),
-        UsearchConfig::default(),
-    )
-    .unwrap();
-    let origin = DataOrigin {
-        data: cfg.base.data.clone(),
-        split: bcl::data::Part::Test,
-        per_class: None,
-    };
+    let mut store = old_gallery(&dir.path().join("gallery"), &cfg, &old_e, &test);
     let eo = EmbedOptions::default();
-    ops::build(&mut store, &old_e, &test, &origin, &eo, &mut |_, _| {}).unwrap();
     let info = ModelInfo::from_card(&new_e.card);
-    let q = ops::embed_queries(&new_e, &test, 64).unwrap();
+    let q = ops::embed_queries(&new_e, &test, 64, 16).unwrap();
     let (l, hits) = ops::search(&store, Some(&info), &q, 3, true, false).unwrap();
     assert_eq!((l, hits.len()), (Some(Lineage::Successor), test.len()));
     let plan = BackfillPlan {
@@ -353,14 +341,204 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
         "the server takes the wider model over the mixed gallery"
     );
 
-    // a new model that embeds in another dimension is refused, naming the setting
+    // a new model that embeds other images is refused, naming the setting; a projection head
+    // is training's to set, not a configuration's
     let mut bad = cfg.base.clone();
-    bad.new_model.dim = Some(32);
+    bad.new_model.in_channels = Some(3);
+    let e = bad.validate().unwrap_err();
+    assert!(e.contains("new_model.in_channels = 3"), "{e}");
+    let mut bad = cfg.base.clone();
+    bad.model.compat_dim = Some(8);
     let e = bad.validate().unwrap_err();
     assert!(
-        e.contains("new_model.dim = 32") && e.contains("model.dim = 16"),
+        e.contains("model.compat_dim = 8") && e.contains("new_model.dim"),
         "{e}"
     );
+}
+
+/// An upgrade that changes the embedding dimension (old 32, new 64): each new model learns a
+/// projection head into the old space, the card records both dimensions, and every entry point
+/// takes the pair: the experiment table (its cross-test is the head's, computed here by hand
+/// from the stored weights), a sequential chain (the third model reaches the old space
+/// through the second's head), the backfill curve, a gallery of old vectors searched and
+/// backfilled by the new model through its head, and a server over the mixed gallery.
+#[test]
+fn a_new_model_of_another_dimension_reaches_the_old_space_through_its_head() {
+    use bcl::eval::leave_one_out;
+    use bcl::gallery::ops::{self, BackfillPlan, BackfillStrategy, EmbedOptions};
+    use bcl::gallery::serve::{ServeConfig, ServeState};
+    use bcl::gallery::{GalleryStore, Lineage, ModelInfo};
+    use bcl::model::{l2_normalize, Embedder};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_experiment(dir.path(), 5, 12, 21);
+    cfg.base.model.dim = 32;
+    cfg.base.new_model.dim = Some(64);
+    cfg.base.new_model.width = Some(8);
+    cfg.base.old.epochs = 4;
+    cfg.base.new.epochs = 15;
+    cfg.base.compat.refresh.bank_per_class = 10;
+    cfg.scenarios = vec![Scenario::ExtendedData];
+    cfg.seeds = vec![1];
+    cfg.methods = vec![
+        Method::INDEPENDENT,
+        Method::BCT,
+        Method::L2,
+        Method::NDPP,
+        Method::LCE,
+    ];
+    cfg.sequential = Some(SequentialConfig {
+        fractions: vec![0.3, 0.6, 1.0],
+        methods: vec![Method::BCT],
+        reference: ChainReference::Previous,
+        seeds: None,
+    });
+    cfg.backfill = Some(BackfillConfig {
+        fractions: vec![0.0, 0.5, 1.0],
+        methods: vec![Method::BCT],
+        seed: 0,
+    });
+    let out = dir.path().join("exp");
+    let report = run_experiment(&cfg, &out, &opts()).unwrap();
+    let run = out.join("extended-data/seed-1");
+    let card = |d: &std::path::Path| ModelCard::read(&d.join("model.json")).unwrap();
+    let old = card(&run.join("old"));
+    assert_eq!((old.arch.dim, old.arch.compat_dim), (32, None));
+    for m in &cfg.methods {
+        let c = card(&run.join(m.model_name()));
+        assert_eq!((c.arch.dim, c.arch.compat_dim), (64, Some(32)), "{m}");
+    }
+    assert_eq!(report.table.len(), cfg.methods.len());
+
+    // the table's cross-test is the head's: P f / |P f| against the old vectors
+    let test = bcl::data::open_test(&cfg.base.data).unwrap();
+    let old_e = Embedder::load(&run.join("old"), Device::Cpu).unwrap();
+    let bct_e = Embedder::load(&run.join("new-bct"), Device::Cpu).unwrap();
+    let ind_e = Embedder::load(&run.join("new-independent"), Device::Cpu).unwrap();
+    let g = old_e.embed_dataset(&test, 64);
+    let weights = tch::Tensor::read_safetensors(run.join("new-bct/model.safetensors")).unwrap();
+    let p = &weights
+        .iter()
+        .find(|(n, _)| n == "net.compat_head.weight")
+        .expect("the head is stored with the model")
+        .1;
+    assert_eq!(p.size(), [32, 64]);
+    let f = bct_e.embed_dataset(&test, 64);
+    assert_eq!(f.size()[1], 64);
+    let by_hand = l2_normalize(&f.matmul(&p.tr()));
+    let cross = leave_one_out(&by_hand, &g, &test.labels).unwrap().map;
+    let row = |m: Method| {
+        let r = report.table.iter().find(|r| r.method == m).unwrap();
+        (r.self_map.0, r.cross_map.0)
+    };
+    assert!(
+        (row(Method::BCT).1 - cross).abs() < 1e-6,
+        "{} vs {cross}",
+        row(Method::BCT).1
+    );
+    let own = leave_one_out(&f, &f, &test.labels).unwrap().map;
+    assert!(
+        (row(Method::BCT).0 - own).abs() < 1e-6,
+        "self-test in the 64-d space"
+    );
+    // the head is trained by the compatibility loss alone: the independent model's (same seed,
+    // no compatibility term) is still the initial one; BCT's queries, through its head, find
+    // the old gallery's classes better than the independent model's
+    let head_of = |m: &str| {
+        let w = tch::Tensor::read_safetensors(run.join(m).join("model.safetensors")).unwrap();
+        w.into_iter()
+            .find(|(n, _)| n == "net.compat_head.weight")
+            .unwrap()
+            .1
+    };
+    let p0 = head_of("new-independent");
+    assert!(
+        f64::try_from((&p0 - p).abs().max()).unwrap() > 1e-3,
+        "BCT's head moved"
+    );
+    assert!(
+        row(Method::BCT).1 > row(Method::INDEPENDENT).1 + 0.03,
+        "bct {:?} vs independent {:?} (self, cross)",
+        row(Method::BCT),
+        row(Method::INDEPENDENT)
+    );
+
+    // the chain: m2 (64-d, trained against m1, also 64-d) reaches the old space through m1's
+    // head; the old model's queries cannot reach a 64-d gallery
+    let chain = &report.sequential[0].matrix;
+    assert!(chain.cells[2][0].is_some() && chain.cells[1][0].is_some());
+    assert!(chain.cells[0][1].is_none() && chain.cells[0][2].is_none());
+    let m1 = card(&out.join("sequential/seed-1/bct/m1"));
+    let m2 = card(&out.join("sequential/seed-1/bct/m2"));
+    assert_eq!((m1.arch.compat_dim, m2.arch.compat_dim), (Some(32), None));
+    assert_eq!(m2.compatible_with.as_deref(), Some(m1.id.as_str()));
+    // (the chain's first model is the table's old model: the same run)
+    let link = |m: &str| Embedder::load(&out.join("sequential/seed-1/bct").join(m), Device::Cpu);
+    let (e1, e2) = (link("m1").unwrap(), link("m2").unwrap());
+    let through = e1.to_compat_space(&e2.embed_dataset(&test, 64));
+    let want = leave_one_out(&through, &g, &test.labels).unwrap();
+    let got = chain.cells[2][0].as_ref().unwrap().map;
+    assert!(
+        (got - want.map).abs() < 1e-6,
+        "m2 → m0 {got} vs by hand {}",
+        want.map
+    );
+    assert_eq!(report.backfill.len(), 1);
+
+    // the deployment: a gallery of the old model's 32-d vectors, searched and half backfilled
+    // by the 64-d model through its head; the old model is refused a 64-d gallery
+    let mut store = old_gallery(&dir.path().join("gallery"), &cfg, &old_e, &test);
+    let eo = EmbedOptions::default();
+    let info = ModelInfo::from_card(&bct_e.card);
+    assert_eq!((info.dim, info.compat_dim), (64, Some(32)));
+    let q = ops::embed_queries(&bct_e, &test, 64, 32).unwrap();
+    assert_eq!(q.len(), test.len() * 32);
+    let (l, hits) = ops::search(&store, Some(&info), &q, 3, true, false).unwrap();
+    assert_eq!((l, hits.len()), (Some(Lineage::Successor), test.len()));
+    let plan = BackfillPlan {
+        fraction: 0.5,
+        strategy: BackfillStrategy::Random,
+        seed: 1,
+    };
+    let r = ops::backfill(&mut store, &bct_e, &test, plan, &eo, &mut |_, _| {}).unwrap();
+    assert_eq!(r.by_new_model, test.len() / 2);
+    assert_eq!(
+        store.manifest().dim,
+        32,
+        "the mixed gallery stays in the old space"
+    );
+    let e = ops::embed_queries(&old_e, &test, 64, 64)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dimension 32") && e.contains("64"), "{e}");
+    let ind_info = ModelInfo::from_card(&ind_e.card);
+    assert!(ind_info.reaches(32) && !ModelInfo::from_card(&old_e.card).reaches(64));
+    let st = ServeState::new(Box::new(store), Some(bct_e), ServeConfig::default(), false);
+    assert!(
+        st.is_ok(),
+        "the server takes the 64-d model over the 32-d gallery"
+    );
+}
+
+/// A gallery in `path` of the test set embedded by the old model `old_e` (in its dimension).
+fn old_gallery(
+    path: &std::path::Path,
+    cfg: &ExperimentConfig,
+    old_e: &bcl::model::Embedder,
+    test: &bcl::data::Dataset,
+) -> bcl::gallery::usearch_store::UsearchStore {
+    use bcl::gallery::ops::{self, DataOrigin, EmbedOptions};
+    use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+    use bcl::gallery::GalleryManifest;
+    let manifest = GalleryManifest::new(old_e.dim() as usize);
+    let mut store = UsearchStore::create(path, manifest, UsearchConfig::default()).unwrap();
+    let origin = DataOrigin {
+        data: cfg.base.data.clone(),
+        split: bcl::data::Part::Test,
+        per_class: None,
+    };
+    let eo = EmbedOptions::default();
+    ops::build(&mut store, old_e, test, &origin, &eo, &mut |_, _| {}).unwrap();
+    store
 }
 
 #[test]
@@ -426,7 +604,7 @@ fn settings_are_chosen_on_validation_and_reported_on_fresh_seeds() {
     // a weak old model (one epoch on its 30%) and longer-trained new models, to give the
     // settings a chance to meet the criterion
     cfg.base.old.epochs = 1;
-    cfg.base.new.epochs = 4;
+    cfg.base.new.epochs = 15;
     cfg.scenarios = vec![Scenario::ExtendedData];
     cfg.seeds = vec![1, 2];
     cfg.methods = vec![Method::BCT];

@@ -111,17 +111,17 @@ fn build_search_backfill_and_serve_an_image() {
     assert_eq!(store.counts().unwrap()[&old.card.id], test.len());
 
     // the stored vectors are the old model's embeddings of the items
-    let e0 = ops::embed_items(&old, &test, &[0], 8).unwrap();
+    let e0 = ops::embed_items(&old, &test, &[0], 8, 16).unwrap();
     let s0 = store.vectors(&[test.ids[0] as u64]).unwrap();
     assert!(e0.iter().zip(&s0).all(|(a, b)| (a - b).abs() < 1e-5));
 
     // queries: the bct successor is admitted, the independent model is refused (or forced)
-    let q = ops::embed_queries(&bct, &test, 64).unwrap();
+    let q = ops::embed_queries(&bct, &test, 64, 16).unwrap();
     let bct_info = ModelInfo::from_card(&bct.card);
     let (l, hits) = ops::search(&store, Some(&bct_info), &q, 5, true, false).unwrap();
     assert_eq!((l, hits.len()), (Some(Lineage::Successor), test.len()));
     let ind_info = ModelInfo::from_card(&ind.card);
-    let qi = ops::embed_queries(&ind, &test, 64).unwrap();
+    let qi = ops::embed_queries(&ind, &test, 64, 16).unwrap();
     assert!(matches!(
         ops::search(&store, Some(&ind_info), &qi, 5, true, false),
         Err(GalleryError::Lineage(_))
@@ -153,12 +153,12 @@ fn build_search_backfill_and_serve_an_image() {
         assert_eq!(by_new, rank < k2, "position {p} at rank {rank}");
     }
     let p = order[0];
-    let want = ops::embed_items(&bct, &test, &[p], 8).unwrap();
+    let want = ops::embed_items(&bct, &test, &[p], 8, 16).unwrap();
     let got = store.vectors(&[test.ids[p] as u64]).unwrap();
     assert!(want.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-5));
     // the old model may no longer search the mixed gallery; the data set must be the same
     let old_info = ModelInfo::from_card(&old.card);
-    let qo = ops::embed_queries(&old, &test, 64).unwrap();
+    let qo = ops::embed_queries(&old, &test, 64, 16).unwrap();
     assert!(ops::search(&store, Some(&old_info), &qo, 5, true, false).is_err());
     let other = test.take_per_class(3);
     let e = ops::backfill(&mut store, &bct, &other, plan(1.0), &eo, &mut |_, _| {}).unwrap_err();
@@ -185,7 +185,7 @@ fn build_search_backfill_and_serve_an_image() {
     let want = ops::search(
         &store,
         Some(&bct_info),
-        &ops::embed_items(&bct, &test, &[item], 1).unwrap(),
+        &ops::embed_items(&bct, &test, &[item], 1, 16).unwrap(),
         4,
         true,
         false,

@@ -597,6 +597,7 @@ fn info(id: &str, compatible_with: Option<&str>) -> ModelInfo {
         method: "bct".into(),
         compatible_with: compatible_with.map(String::from),
         dim: 4,
+        compat_dim: None,
     }
 }
 

@@ -81,6 +81,44 @@ pub fn evaluate_models(
     evaluate_models_with(models, test, batch, MatrixCells::All)
 }
 
+/// The model model `i` is compatible with: the one its card names, else (for a new model) the
+/// only old model of the set.
+fn parent(models: &[Embedder], i: usize) -> Option<usize> {
+    match &models[i].card.compatible_with {
+        Some(id) => models.iter().position(|o| &o.card.id == id),
+        None if models[i].card.role == Role::New => {
+            let olds: Vec<usize> = (0..models.len())
+                .filter(|&j| models[j].card.role == Role::Old)
+                .collect();
+            (olds.len() == 1).then(|| olds[0])
+        }
+        None => None,
+    }
+}
+
+/// Model `q`'s features `feats[q]` in model `g`'s space: where `g` is on `q`'s lineage, mapped
+/// along it (each model through its projection head into the model it is compatible with,
+/// where their dimensions differ); otherwise as they are when both embed in one dimension
+/// (the matrix's cell between unrelated models), and `None` when they do not.
+pub fn in_space_of(models: &[Embedder], feats: &[Tensor], q: usize, g: usize) -> Option<Tensor> {
+    let mut at = q;
+    let mut f = feats[q].shallow_clone();
+    for _ in 0..models.len() {
+        if at == g {
+            return Some(f);
+        }
+        let Some(p) = parent(models, at) else { break };
+        if models[at].dim() != models[p].dim() {
+            if models[at].compat_dim() != Some(models[p].dim()) {
+                break;
+            }
+            f = models[at].to_compat_space(&f);
+        }
+        at = p;
+    }
+    (models[q].dim() == models[g].dim()).then(|| feats[q].shallow_clone())
+}
+
 /// Which cells of the compatibility matrix an evaluation computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatrixCells {
@@ -134,8 +172,9 @@ pub fn evaluate_models_on(
         .iter()
         .map(|m| m.embed_dataset_on(test, batch, dist))
         .collect::<Result<_, _>>()?;
-    let matrix = CompatMatrix::compute_pairs(&names, &feats, &test.labels, |q, g| {
-        cells == MatrixCells::All || q == g || models[g].card.role == Role::Old
+    let matrix = CompatMatrix::compute_with(&names, &feats, &test.labels, |q, g| {
+        let wanted = cells == MatrixCells::All || q == g || models[g].card.role == Role::Old;
+        wanted.then(|| in_space_of(models, &feats, q, g)).flatten()
     })?;
     let indep = models
         .iter()
@@ -145,19 +184,17 @@ pub fn evaluate_models_on(
         if m.card.role != Role::New {
             continue;
         }
-        // The old model: the one this model claims compatibility with, else the only old one.
-        let old = match &m.card.compatible_with {
-            Some(id) => models.iter().position(|o| &o.card.id == id),
-            None => {
-                let olds: Vec<usize> = (0..models.len())
-                    .filter(|&j| models[j].card.role == Role::Old)
-                    .collect();
-                (olds.len() == 1).then(|| olds[0])
-            }
-        };
-        let Some(o) = old else { continue };
+        let Some(o) = parent(models, i) else { continue };
         let oo = matrix.at(o, o);
-        let cross = matrix.at(i, o);
+        let Some(cross) = matrix.cells[i][o].as_ref() else {
+            return Err(EvalError::Mismatch(format!(
+                "{}: the model embeds in dimension {} and has no projection head into its old \
+                 model's dimension {}",
+                m.dir.display(),
+                m.dim(),
+                models[o].dim()
+            )));
+        };
         let selft = matrix.at(i, i);
         let gain = indep.and_then(|k| update_gain(cross.map, oo.map, matrix.at(k, k).map));
         rows.push(ResultRow {

@@ -94,12 +94,18 @@ pub fn deploy_run(
     let key = (super::model_ids(&dirs)?, bf.clone());
     super::cached(&run.backfill_cache(), &key, || {
         let test = crate::data::open_test(&rc.data)?;
-        let old = Embedder::load(&dirs[0], opts.device)?.embed_dataset(&test, rc.eval_batch);
+        let old_model = Embedder::load(&dirs[0], opts.device)?;
+        let old = old_model.embed_dataset(&test, rc.eval_batch);
         let old_top1 = top1_labels(&old, &old, &test.labels)?;
         let oo = old_old_map;
         let mut out = Vec::new();
         for (m, d) in bf.methods.iter().zip(&dirs[1..]) {
-            let new = Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch);
+            let model = Embedder::load(d, opts.device)?;
+            let own = model.embed_dataset(&test, rc.eval_batch);
+            // a gallery part-way through its backfill holds both models' vectors in one space,
+            // the old model's: a new model of another dimension fills it through its
+            // projection head (its own space is the self-test's, once every item is re-embedded)
+            let new = model.queries_for(&own, old_model.dim())?;
             let curve = backfill_curve(&old, &new, &test.labels, &bf.fractions, bf.seed)?;
             out.push(DeployRun {
                 scenario,
@@ -114,7 +120,7 @@ pub fn deploy_run(
                 )?,
                 flips_self: flips(
                     &old_top1,
-                    &top1_labels(&new, &new, &test.labels)?,
+                    &top1_labels(&own, &own, &test.labels)?,
                     &test.labels,
                 )?,
             });

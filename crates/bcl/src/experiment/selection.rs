@@ -388,11 +388,14 @@ fn figures(
     let cache = crate::layout::ModelDir::new(model).figures_cache(&part.to_string());
     cached(&cache, &key, || {
         let data = crate::data::open_part(&rc.data, part)?;
-        let o = Embedder::load(old, opts.device)?.embed_dataset(&data, rc.eval_batch);
-        let f = Embedder::load(model, opts.device)?.embed_dataset(&data, rc.eval_batch);
+        let old = Embedder::load(old, opts.device)?;
+        let o = old.embed_dataset(&data, rc.eval_batch);
+        let m = Embedder::load(model, opts.device)?;
+        let f = m.embed_dataset(&data, rc.eval_batch);
+        let q = m.queries_for(&f, old.dim())?;
         Ok(Figures {
             self_map: leave_one_out(&f, &f, &data.labels)?.map,
-            cross_map: leave_one_out(&f, &o, &data.labels)?.map,
+            cross_map: leave_one_out(&q, &o, &data.labels)?.map,
             old_old_map: leave_one_out(&o, &o, &data.labels)?.map,
         })
     })

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{mean_std, ExperimentConfig};
 use crate::data::Scenario;
+use crate::eval::models::in_space_of;
 use crate::eval::{is_compatible, CompatMatrix};
 use crate::files::write_atomic;
 use crate::layout::{ExperimentDir, ExperimentFile, ModelDir, SequentialDir};
@@ -93,7 +94,11 @@ pub fn pairs_meeting_criterion(m: &CompatMatrix) -> (usize, usize) {
     for i in 0..n {
         for j in 0..i {
             total += 1;
-            if is_compatible(m.at(i, j).map, m.at(j, j).map) {
+            let met_ij = match &m.cells[i][j] {
+                Some(c) => is_compatible(c.map, m.at(j, j).map),
+                None => false,
+            };
+            if met_ij {
                 met += 1;
             }
         }
@@ -125,8 +130,9 @@ pub struct ChainSummary {
     pub seeds: usize,
     /// The shares of the chain's models.
     pub fractions: Vec<f64>,
-    /// (mean, std) of mAP per cell `[query][gallery]`.
-    pub cells: Vec<Vec<(f64, f64)>>,
+    /// (mean, std) of mAP per cell `[query][gallery]`; `None` where no map reaches the
+    /// gallery model's space (an older model's queries against a model of another dimension).
+    pub cells: Vec<Vec<Option<(f64, f64)>>>,
     /// Pairs meeting the criterion, over all seeds.
     pub pairs_met: usize,
     /// Pairs in all, over all seeds.
@@ -211,11 +217,22 @@ fn evaluate_chain(
         Some((_, r)) => r,
         None => {
             let test = crate::data::open_test(&rc.data)?;
-            let feats = dirs
+            let models = dirs
                 .iter()
-                .map(|d| Ok(Embedder::load(d, opts.device)?.embed_dataset(&test, rc.eval_batch)))
-                .collect::<Result<Vec<_>, RunError>>()?;
-            let matrix = CompatMatrix::compute(&model_names(&seq.fractions), &feats, &test.labels)?;
+                .map(|d| Embedder::load(d, opts.device))
+                .collect::<Result<Vec<_>, _>>()?;
+            let feats: Vec<_> = models
+                .iter()
+                .map(|m| m.embed_dataset(&test, rc.eval_batch))
+                .collect();
+            // a later model reaches an earlier one's space along the chain (through the
+            // projection heads where dimensions change); cells no map reaches stay empty
+            let matrix = CompatMatrix::compute_with(
+                &model_names(&seq.fractions),
+                &feats,
+                &test.labels,
+                |q, g| in_space_of(&models, &feats, q, g),
+            )?;
             let (met, total) = pairs_meeting_criterion(&matrix);
             let run = ChainRun {
                 method,
@@ -256,8 +273,11 @@ pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
                 .map(|q| {
                     (0..n)
                         .map(|g| {
-                            let v: Vec<f64> = rs.iter().map(|r| r.matrix.at(q, g).map).collect();
-                            mean_std(&v)
+                            let v: Option<Vec<f64>> = rs
+                                .iter()
+                                .map(|r| r.matrix.cells[q][g].as_ref().map(|c| c.map))
+                                .collect();
+                            v.map(|v| mean_std(&v))
                         })
                         .collect()
                 })
@@ -327,12 +347,9 @@ pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> 
         for (q, row) in r.cells.iter().enumerate() {
             let mut cells = vec![Cell::Text(names[q].clone())];
             // only pairs with the query model no older than the gallery model matter
-            cells.extend(row.iter().enumerate().map(|(g, &(m, sd))| {
-                if g <= q {
-                    Cell::mean_std(m, sd, 4)
-                } else {
-                    Cell::from("–")
-                }
+            cells.extend(row.iter().enumerate().map(|(g, c)| match c {
+                Some((m, sd)) if g <= q => Cell::mean_std(*m, *sd, 4),
+                _ => Cell::from("–"),
             }));
             t.push(cells);
         }

@@ -65,14 +65,30 @@ fn bar(n: usize, show: bool, what: &str) -> ProgressBar {
     pb
 }
 
-/// Normalised embeddings (row-major f32) of the items at `positions`.
+/// Normalised embeddings (row-major f32) of the items at `positions` in a gallery of
+/// dimension `dim`: the model's own, or (for a model embedding in another dimension than the
+/// model it is compatible with) through its projection head into that model's space.
 pub fn embed_items(
     embedder: &Embedder,
     data: &Dataset,
     positions: &[usize],
     batch: usize,
+    dim: usize,
 ) -> Result<Vec<f32>> {
-    host_vectors(&embedder.embed_positions(data, positions, batch))
+    in_gallery_space(
+        embedder,
+        &embedder.embed_positions(data, positions, batch),
+        dim,
+    )
+}
+
+/// A model's embeddings as row-major vectors of a gallery of dimension `dim` (see
+/// [`embed_items`]).
+fn in_gallery_space(embedder: &Embedder, own: &Tensor, dim: usize) -> Result<Vec<f32>> {
+    let v = embedder
+        .queries_for(own, dim as i64)
+        .map_err(|e| GalleryError::Invalid(e.to_string()))?;
+    host_vectors(&v)
 }
 
 /// Embeddings `[n, d]` as row-major float32 values in host memory.
@@ -150,14 +166,23 @@ fn embed_checked(
     register_model(store, &model)?;
     let pb = bar(positions.len(), opts.progress, &embedder.card.name);
     let mut done = 0;
-    embed_shared(embedder, data, positions, opts, dist, &mut |chunk, v| {
-        let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i] as u64).collect();
-        store.add(&model.id, &ids, v)?;
-        done += chunk.len();
-        pb.inc(chunk.len() as u64);
-        on_commit(done, positions.len());
-        Ok(())
-    })?;
+    let dim = store.manifest().dim;
+    embed_shared(
+        embedder,
+        data,
+        positions,
+        dim,
+        opts,
+        dist,
+        &mut |chunk, v| {
+            let ids: Vec<u64> = chunk.iter().map(|&i| data.ids[i] as u64).collect();
+            store.add(&model.id, &ids, v)?;
+            done += chunk.len();
+            pb.inc(chunk.len() as u64);
+            on_commit(done, positions.len());
+            Ok(())
+        },
+    )?;
     pb.finish_and_clear();
     Ok(())
 }
@@ -165,19 +190,21 @@ fn embed_checked(
 /// Where rank 0 puts each commit's positions and vectors (row-major).
 type CommitSink<'a> = dyn FnMut(&[usize], &[f32]) -> Result<()> + 'a;
 
-/// Embeds `positions` of `data` commit by commit (`opts.commit` items each), the ranks of
-/// `dist` sharing each commit's items; rank 0's `sink` receives each commit's positions and
-/// vectors (row-major), in order.
+/// Embeds `positions` of `data` commit by commit (`opts.commit` items each) as vectors of a
+/// gallery of dimension `dim`, the ranks of `dist` sharing each commit's items; rank 0's
+/// `sink` receives each commit's positions and vectors (row-major), in order.
 fn embed_shared(
     embedder: &Embedder,
     data: &Dataset,
     positions: &[usize],
+    dim: usize,
     opts: &EmbedOptions,
     dist: &dyn Collective,
     sink: &mut CommitSink,
 ) -> Result<()> {
     for chunk in positions.chunks(opts.commit.max(1)) {
-        let v = host_vectors(&embedder.embed_positions_on(data, chunk, opts.batch, dist)?)?;
+        let own = embedder.embed_positions_on(data, chunk, opts.batch, dist)?;
+        let v = in_gallery_space(embedder, &own, dim)?;
         if dist.is_primary() {
             sink(chunk, &v)?;
         }
@@ -337,7 +364,8 @@ pub fn follow_build(
 ) -> Result<()> {
     bcl_dist::agree(dist, check_input_shape(embedder, data), peer_failed)?;
     let all: Vec<usize> = (0..data.len()).collect();
-    embed_shared(embedder, data, &all, opts, dist, &mut |_, _| Ok(()))
+    let dim = embedder.dim() as usize;
+    embed_shared(embedder, data, &all, dim, opts, dist, &mut |_, _| Ok(()))
 }
 
 /// Loads the data set a gallery was built from (its recorded configuration, split and
@@ -542,11 +570,17 @@ pub fn search(
     Ok((lineage, hits))
 }
 
-/// Embeds the items of `data` with `embedder` as query vectors.
-pub fn embed_queries(embedder: &Embedder, data: &Dataset, batch: usize) -> Result<Vec<f32>> {
+/// Embeds the items of `data` with `embedder` as query vectors of a gallery of dimension
+/// `dim` (through the model's projection head where `dim` is the one it maps into).
+pub fn embed_queries(
+    embedder: &Embedder,
+    data: &Dataset,
+    batch: usize,
+    dim: usize,
+) -> Result<Vec<f32>> {
     check_input_shape(embedder, data)?;
     let all: Vec<usize> = (0..data.len()).collect();
-    embed_items(embedder, data, &all, batch)
+    embed_items(embedder, data, &all, batch, dim)
 }
 
 /// One model's line of a gallery's status.

@@ -271,7 +271,9 @@ impl ServeState {
                     if st.stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let v = super::ops::embed_items(&job.embedder, &job.data, chunk, job.batch)?;
+                    let dim = st.store().manifest().dim;
+                    let v =
+                        super::ops::embed_items(&job.embedder, &job.data, chunk, job.batch, dim)?;
                     let ids: Vec<u64> = chunk.iter().map(|&p| job.data.ids[p] as u64).collect();
                     st.store
                         .write()

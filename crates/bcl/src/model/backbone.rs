@@ -154,13 +154,18 @@ enum Body {
 }
 
 /// The embedding network: backbone, global pooling (average or GeM), a linear projection to
-/// `d`, L2 normalisation.
+/// `d`, L2 normalisation; and, for a model embedding in another dimension than the model it
+/// must be compatible with, the projection head into that model's space.
 #[derive(Debug)]
 pub struct EmbeddingNet {
     body: Body,
     gem_p: Option<Tensor>,
     head: nn::Linear,
+    compat: Option<nn::Linear>,
 }
+
+/// Variable-store path (under the network's) of the projection head into the old space.
+pub const COMPAT_HEAD_PATH: &str = "compat_head";
 
 /// Variable-store path of the torchvision backbones (their `state_dict` names follow it).
 pub const BACKBONE_PATH: &str = "backbone";
@@ -231,7 +236,34 @@ impl EmbeddingNet {
         let gem_p =
             (cfg.pooling == Pooling::Gem).then(|| p.var("gem_p", &[1], nn::Init::Const(cfg.gem_p)));
         let head = nn::linear(p / "head", width, cfg.dim, Default::default());
-        Self { body, gem_p, head }
+        let compat = cfg.compat_dim.map(|c| {
+            let no_bias = nn::LinearConfig {
+                bias: false,
+                ..Default::default()
+            };
+            nn::linear(p / COMPAT_HEAD_PATH, cfg.dim, c, no_bias)
+        });
+        Self {
+            body,
+            gem_p,
+            head,
+            compat,
+        }
+    }
+
+    /// The dimension of the space the projection head maps into, when the network has one.
+    pub fn compat_dim(&self) -> Option<i64> {
+        self.compat.as_ref().map(|l| l.ws.size()[0])
+    }
+
+    /// The normalised embeddings `f` `[N, d]` mapped into the old model's space by the
+    /// projection head and normalised again, `P f / ‖P f‖`; `f` itself when the network has
+    /// no head (it embeds in the old model's dimension).
+    pub fn to_compat_space(&self, f: &Tensor) -> Tensor {
+        match &self.compat {
+            None => f.shallow_clone(),
+            Some(l) => l2_normalize(&f.apply(l)),
+        }
     }
 
     /// The last feature map of the backbone.

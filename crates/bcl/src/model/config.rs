@@ -85,6 +85,13 @@ pub struct ModelConfig {
     pub dim: i64,
     /// Input channels (1 for grey-scale, 3 for colour).
     pub in_channels: i64,
+    /// The dimension of the model this one must be searchable against, when it differs from
+    /// `dim`: a projection head (`dim` → `compat_dim`, no bias) maps the normalised embedding
+    /// into that space for the compatibility losses and for cross-model queries, while the
+    /// model's own gallery uses its full embedding. Set by training from the old model's card,
+    /// never by hand; absent (and not written) when both dimensions are equal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compat_dim: Option<i64>,
 }
 
 impl Default for ModelConfig {
@@ -98,6 +105,7 @@ impl Default for ModelConfig {
             blocks: 1,
             dim: 128,
             in_channels: 1,
+            compat_dim: None,
         }
     }
 }
@@ -105,7 +113,8 @@ impl Default for ModelConfig {
 /// The new model's architecture where it differs from the old model's: the `[new_model]`
 /// section of a run configuration. Each field left unset is the old model's (`[model]`), so an
 /// upgrade to a wider or deeper net is `[new_model] width = 32, blocks = 2`. The embedding
-/// dimension must stay the old model's: a new query is searched against old vectors.
+/// dimension may differ from the old model's (`[new_model] dim = 64` over `[model] dim = 32`):
+/// the new model then learns a projection head into the old space (`ModelConfig::compat_dim`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelOverride {
@@ -127,7 +136,7 @@ pub struct ModelOverride {
     /// Basic blocks per stage of the small backbone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocks: Option<i64>,
-    /// Embedding dimension (must equal the old model's).
+    /// Embedding dimension (the old model's when unset; another one adds a projection head).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dim: Option<i64>,
     /// Input channels (must equal the old model's: both embed the same images).
@@ -171,16 +180,9 @@ impl ModelOverride {
         m
     }
 
-    /// Checks that the new model can search the old model's vectors: the same embedding
-    /// dimension and input channels.
+    /// Checks that the new model can search the old model's vectors: the same input channels
+    /// (an embedding dimension of its own is bridged by a projection head).
     pub fn check_against(&self, old: &ModelConfig) -> Result<(), String> {
-        if let Some(d) = self.dim.filter(|&d| d != old.dim) {
-            return Err(format!(
-                "new_model.dim = {d}: the new model must embed in the old model's dimension \
-                 (model.dim = {}), or its queries cannot be searched against the old gallery",
-                old.dim
-            ));
-        }
         if let Some(c) = self.in_channels.filter(|&c| c != old.in_channels) {
             return Err(format!(
                 "new_model.in_channels = {c}: both models embed the same images (model.in_channels = {})",
@@ -192,12 +194,30 @@ impl ModelOverride {
 }
 
 impl ModelConfig {
+    /// This architecture as the successor of a model embedding in `old_dim`: with a projection
+    /// head into `old_dim` where its own dimension differs, without one where it is equal.
+    pub fn successor_of(&self, old_dim: i64) -> ModelConfig {
+        ModelConfig {
+            compat_dim: (self.dim != old_dim).then_some(old_dim),
+            ..self.clone()
+        }
+    }
+
     /// Checks the configuration is usable.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.width < 1 || self.blocks < 1 || self.dim < 2 || self.in_channels < 1 {
             return Err(ModelError::Config(format!(
                 "width, blocks and in_channels must be >= 1 and dim >= 2, got {self:?}"
             )));
+        }
+        if let Some(c) = self.compat_dim {
+            if c < 2 || c == self.dim {
+                return Err(ModelError::Config(format!(
+                    "compat_dim = {c}: a projection head maps dim = {} into another dimension \
+                     >= 2 (training sets it from the old model; leave it out of a configuration)",
+                    self.dim
+                )));
+            }
         }
         if !(self.gem_p >= 1.0 && self.gem_p.is_finite()) {
             return Err(ModelError::Config(format!(

@@ -104,6 +104,53 @@ impl Embedder {
         self.vs.device()
     }
 
+    /// The dimension of its own embeddings (its own gallery's).
+    pub fn dim(&self) -> i64 {
+        self.card.arch.dim
+    }
+
+    /// The dimension its projection head maps into (the model it is compatible with), when it
+    /// embeds in another dimension than that model.
+    pub fn compat_dim(&self) -> Option<i64> {
+        self.net.compat_dim()
+    }
+
+    /// Its normalised embeddings `own` `[N, dim]` (on any device) in the space of the model it
+    /// is compatible with: through the projection head where it has one, unchanged where it
+    /// embeds in that model's dimension. CPU, f32, like the embedding passes.
+    pub fn to_compat_space(&self, own: &Tensor) -> Tensor {
+        if self.net.compat_dim().is_none() {
+            return own.shallow_clone();
+        }
+        tch::no_grad(|| {
+            self.net
+                .to_compat_space(&own.to_device(self.device()).to_kind(Kind::Float))
+                .to_device(Device::Cpu)
+        })
+    }
+
+    /// Its embeddings `own` where they can be searched against a gallery of `dim`-dimensional
+    /// vectors embedded by a model it is compatible with: unchanged when `dim` is its own,
+    /// through its projection head when `dim` is the head's, otherwise an error saying so.
+    pub fn queries_for(&self, own: &Tensor, dim: i64) -> Result<Tensor, ModelError> {
+        if dim == self.dim() {
+            return Ok(own.shallow_clone());
+        }
+        match self.compat_dim() {
+            Some(c) if c == dim => Ok(self.to_compat_space(own)),
+            c => Err(ModelError::Config(format!(
+                "{}: the model embeds in dimension {}{}, the gallery holds {dim}-dimensional \
+                 vectors: it cannot query them (an adapter fitted between the two models can)",
+                self.dir.display(),
+                self.dim(),
+                match c {
+                    Some(c) => format!(" and projects into {c}"),
+                    None => String::new(),
+                }
+            ))),
+        }
+    }
+
     /// Normalised embeddings of a prepared batch (no gradient).
     pub fn embed_batch(&self, x: &Tensor) -> Tensor {
         let plain = || tch::no_grad(|| self.net.forward_t(x, false));

@@ -234,7 +234,8 @@ pub(super) fn image_query(st: &ServeState, body: &[u8]) -> Result<Vec<f32>, Refu
         cols: shape[2],
         classes: 1,
     };
+    let dim = st.store().manifest().dim;
     let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
-    crate::gallery::ops::embed_items(&emb, &one, &[0], 1)
+    crate::gallery::ops::embed_items(&emb, &one, &[0], 1, dim)
         .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
