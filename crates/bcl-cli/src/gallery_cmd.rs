@@ -240,6 +240,15 @@ pub struct SearchArgs {
     /// Only the first N queries.
     #[arg(long)]
     limit: Option<usize>,
+    /// Map the query model's embeddings into the gallery's space with this adapter (`bcl adapt
+    /// fit` between the query model and the gallery's model): needs --model; the lineage
+    /// check then asks that the adapter was fitted for this pair.
+    #[arg(long, requires = "model", conflicts_with_all = ["vectors", "name"])]
+    adapter: Option<PathBuf>,
+    /// The gallery's model, to embed the queries a second time for an adapter that reads
+    /// both embeddings (slerp).
+    #[arg(long, requires = "adapter")]
+    old_model: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -571,6 +580,9 @@ fn gallery_search(a: SearchArgs) -> Result<()> {
         Some(m) => Some(load_model(m, &a.device)?),
         None => None,
     };
+    if let (Some(path), Some(e)) = (&a.adapter, &emb) {
+        return gallery_search_adapted(&a, store.as_ref(), e, path);
+    }
     let (mut queries, ids): (Vec<f32>, Vec<u64>) = match (&a.vectors, &emb) {
         (Some(vp), _) => {
             let (v, dim) = read_vectors(vp)?;
@@ -615,6 +627,64 @@ fn gallery_search(a: SearchArgs) -> Result<()> {
         print_lineage(l);
     }
     for (q, h) in ids.iter().zip(&hits) {
+        println!("{}", serde_json::json!({ "query": q, "hits": h }));
+    }
+    Ok(())
+}
+
+/// `bcl gallery search --adapter`: the query model embeds the images in its own space (and
+/// the gallery's model a second time for slerp), the adapter maps them into the gallery's space,
+/// the lineage check asks that the adapter joins this pair.
+fn gallery_search_adapted(
+    a: &SearchArgs,
+    store: &dyn bcl::gallery::GalleryStore,
+    emb: &Embedder,
+    path: &Path,
+) -> Result<()> {
+    let adapter = bcl::adapt::Adapter::load(path)?;
+    let dcfg = data_config(&a.data, Some(&emb.dir))?;
+    let mut data = load_split(&a.data, &dcfg)?;
+    if let Some(l) = a.limit {
+        data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
+    }
+    let embed = |e: &Embedder| -> Result<tch::Tensor> {
+        let v = ops::embed_queries(e, &data, 256, e.dim() as usize)?;
+        Ok(tch::Tensor::from_slice(&v).view([data.len() as i64, e.dim()]))
+    };
+    let companion = match (adapter.spec().companion(), &a.old_model) {
+        (bcl::adapt::Companion::OldQuery, None) => bail!(
+            "{}: a {} adapter interpolates between the old and the new model's embedding of \
+             each query: give the gallery's model with --old-model",
+            path.display(),
+            adapter.card.kind
+        ),
+        (bcl::adapt::Companion::OldQuery, Some(o)) => {
+            let old = load_model(o, &a.device)?;
+            if adapter.card.to.id.as_deref() != Some(old.card.id.as_str()) {
+                bail!(
+                    "--old-model {}: model {} is not the one the adapter maps into ({})",
+                    o.display(),
+                    old.card.id,
+                    adapter.card.to.id.as_deref().unwrap_or("unnamed vectors")
+                );
+            }
+            Some(embed(&old)?)
+        }
+        (_, Some(_)) => bail!(
+            "--old-model: a {} adapter reads only the query model's embeddings",
+            adapter.card.kind
+        ),
+        (_, None) => None,
+    };
+    let mapped = adapter.apply(&embed(emb)?, companion.as_ref())?;
+    let queries = Vec::<f32>::try_from(mapped.contiguous().view([-1]))
+        .context("adapted queries to host memory")?;
+    let info = ModelInfo::from_card(&emb.card);
+    let link = bcl::gallery::AdapterLink::from_card(&adapter.card);
+    let (lineage, hits) =
+        ops::search_adapted(store, &info, &link, &queries, a.k, a.exact, a.force)?;
+    print_lineage(&lineage);
+    for (q, h) in data.ids.iter().zip(&hits) {
         println!("{}", serde_json::json!({ "query": q, "hits": h }));
     }
     Ok(())

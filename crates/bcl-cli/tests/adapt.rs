@@ -207,4 +207,57 @@ fn fit_on_images_embedded_by_two_trained_models() {
         .unwrap()
         .contains("validation part"));
     assert_eq!(card["fit"]["recall_at_1"].as_array().unwrap().len(), 11);
+
+    // a gallery of the old model's test vectors answers the new model's queries through the
+    // adapter (slerp embeds each query with both models); the test set's 40 images, 5 asked
+    let store = dir.path().join("g");
+    run_ok(
+        bcl()
+            .args(["gallery", "build", "--device", "cpu", "--store"])
+            .arg(&store)
+            .arg("--model")
+            .arg(&old),
+    );
+    let search = |adapter: &Path| {
+        let mut c = bcl();
+        c.args([
+            "gallery", "search", "--device", "cpu", "--k", "3", "--limit", "5",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .arg("--model")
+        .arg(&new)
+        .arg("--adapter")
+        .arg(adapter);
+        c
+    };
+    let hits = run_ok(search(&a).arg("--old-model").arg(&old));
+    let lines: Vec<serde_json::Value> = hits
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{hits}");
+    assert!(lines
+        .iter()
+        .all(|l| l["hits"].as_array().unwrap().len() == 3));
+    let e = run_err(&mut search(&a));
+    assert!(e.contains("--old-model"), "{e}");
+    // an adapter fitted the other way round (the old model's queries into the new space) is
+    // refused for the new model's queries, naming the pair
+    let back = dir.path().join("back");
+    run_ok(
+        bcl()
+            .args(["adapt", "fit", "--kind", "procrustes", "--device", "cpu"])
+            .arg("--old")
+            .arg(&new)
+            .arg("--new")
+            .arg(&old)
+            .arg("--out")
+            .arg(&back),
+    );
+    let e = run_err(&mut search(&back));
+    assert!(
+        e.contains("fitted for the queries of") && e.contains("lineage"),
+        "{e}"
+    );
 }

@@ -369,8 +369,115 @@ pub enum Lineage {
     Same,
     /// The query model declares itself compatible with every other model in the gallery.
     Successor,
+    /// The query model's vectors reach the gallery's model through an adapter fitted for the
+    /// pair (its card names both models).
+    Adapted {
+        /// The adapter's content id.
+        id: String,
+        /// Its kind.
+        kind: String,
+    },
     /// The check failed and `force` overrode it; the text says what was overridden.
     Forced(String),
+}
+
+/// An adapter as a gallery's lineage sees it (read from its card): which model's queries it
+/// maps, into which model's space, and in which dimension they arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterLink {
+    /// The adapter's content id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whether it maps queries (new → old) rather than a gallery's vectors (old → new).
+    pub maps_queries: bool,
+    /// The id of the model whose vectors it maps, when it was fitted on a model's embeddings.
+    pub from: Option<String>,
+    /// The id of the model into whose space it maps them.
+    pub to: Option<String>,
+    /// The dimension of the vectors it gives.
+    pub dim: usize,
+}
+
+impl AdapterLink {
+    /// The link an adapter card describes.
+    pub fn from_card(card: &crate::adapt::AdapterCard) -> Self {
+        Self {
+            id: card.id.clone(),
+            kind: card.kind.clone(),
+            maps_queries: card.direction == crate::adapt::Direction::NewToOld,
+            from: card.from.id.clone(),
+            to: card.to.id.clone(),
+            dim: card.to.dim,
+        }
+    }
+}
+
+/// Whether `query`'s vectors mapped by `adapter` may search a gallery whose items come from the
+/// models in `counts`: the adapter must map queries (not a gallery's vectors), give vectors of
+/// the gallery's dimension (never overridable), have been fitted for `query`'s embeddings, and
+/// every model with vectors in the gallery must be the one it maps into. `force` turns the
+/// last two refusals into [`Lineage::Forced`].
+pub fn check_adapted(
+    manifest: &GalleryManifest,
+    counts: &BTreeMap<String, usize>,
+    query: &ModelInfo,
+    adapter: &AdapterLink,
+    force: bool,
+) -> Result<Lineage> {
+    if !adapter.maps_queries {
+        return Err(GalleryError::Invalid(format!(
+            "adapter {} ({}) maps the old model's vectors into the new space, not queries into \
+             the gallery's: it upgrades stored vectors, it does not search them",
+            adapter.id, adapter.kind
+        )));
+    }
+    if adapter.dim != manifest.dim {
+        return Err(GalleryError::Invalid(format!(
+            "adapter {} ({}) gives {}-dimensional vectors, the gallery holds dimension {}",
+            adapter.id, adapter.kind, adapter.dim, manifest.dim
+        )));
+    }
+    let mut refused = Vec::new();
+    if adapter.from.as_deref() != Some(query.id.as_str()) {
+        refused.push(format!(
+            "it was fitted for the queries of {}, not of model {} ({})",
+            adapter.from.as_deref().unwrap_or("unnamed vectors"),
+            query.name,
+            query.id
+        ));
+    }
+    for (id, &n) in counts {
+        if n == 0 || adapter.to.as_deref() == Some(id.as_str()) {
+            continue;
+        }
+        let name = manifest.model(id).map(|m| m.name.as_str()).unwrap_or("?");
+        refused.push(format!(
+            "the gallery holds {n} vectors of model {name} ({id}), and it maps into the space of {}",
+            adapter.to.as_deref().unwrap_or("unnamed vectors")
+        ));
+    }
+    if refused.is_empty() {
+        return Ok(Lineage::Adapted {
+            id: adapter.id.clone(),
+            kind: adapter.kind.clone(),
+        });
+    }
+    let text = format!(
+        "adapter {} ({}) does not join model {} to this gallery: {}",
+        adapter.id,
+        adapter.kind,
+        query.name,
+        refused.join("; ")
+    );
+    if force {
+        Ok(Lineage::Forced(text))
+    } else {
+        Err(GalleryError::Lineage(format!(
+            "{text}. Fit an adapter between the query model and the gallery's model (bcl adapt \
+             fit), or force the search past the lineage check"
+        )))
+    }
 }
 
 /// Whether `query` may search (or write into) a gallery whose items come from the models in

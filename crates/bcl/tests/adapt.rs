@@ -371,3 +371,112 @@ fn bad_inputs_are_refused_with_the_reason() {
     let e = Adapter::load(dir.path()).unwrap_err();
     assert!(e.to_string().contains("not an adapter card"), "{e}");
 }
+
+/// A gallery of old vectors answers the new model's queries through an adapter fitted for the
+/// pair: the hits are exact search of the mapped queries; an adapter for other models, a
+/// gallery holding a third model's vectors, an adapter of the other direction and one of
+/// another output dimension are refused (the first two overridable by `force`, the others
+/// never).
+#[test]
+fn a_gallery_is_searched_through_an_adapter_fitted_for_its_pair() {
+    use bcl::gallery::ops::{self, EmbedOptions};
+    use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+    use bcl::gallery::{AdapterLink, GalleryManifest, GalleryStore, Lineage, ModelInfo};
+    let (d, n) = (8, 64);
+    let r = orthogonal(d, 3);
+    let new = vectors(n, d, 4);
+    let old = unit(&new.matmul(&r));
+    let support = SupportSet::new(&old, &new).unwrap();
+    let adapter = fit("procrustes", &support, &FitConfig::default());
+    let m = models(d as usize, d as usize);
+    let (old_id, new_id) = (m.old.id.clone().unwrap(), m.new.id.clone().unwrap());
+    let info = |id: &str, dim: usize| ModelInfo {
+        compatible_with: None,
+        ..ModelInfo::external(id, dim)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = UsearchStore::create(
+        &dir.path().join("g"),
+        GalleryManifest::new(d as usize),
+        UsearchConfig::default(),
+    )
+    .unwrap();
+    let flat = |t: &Tensor| Vec::<f32>::try_from(t.contiguous().view([-1])).unwrap();
+    let eo = EmbedOptions::default();
+    ops::add_vectors(
+        &mut store,
+        &info(&old_id, 8),
+        None,
+        &flat(&old),
+        &eo,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let link = AdapterLink::from_card(&adapter.card);
+    assert_eq!(
+        (link.from.as_deref(), link.to.as_deref()),
+        (Some(new_id.as_str()), Some(old_id.as_str()))
+    );
+    let queries = flat(&adapter.apply(&new.narrow(0, 0, 5), None).unwrap());
+    let query = info(&new_id, 8);
+    let (l, hits) = ops::search_adapted(&store, &query, &link, &queries, 1, true, false).unwrap();
+    assert!(
+        matches!(&l, Lineage::Adapted { kind, .. } if kind == "procrustes"),
+        "{l:?}"
+    );
+    // the rotation is recovered: each new vector finds its own old vector first
+    let first: Vec<u64> = hits.iter().map(|h| h[0].id).collect();
+    assert_eq!(first, vec![0, 1, 2, 3, 4]);
+    assert_eq!(hits, store.search_exact(&queries, 1).unwrap());
+
+    // another query model: refused, naming both; force overrides and says so
+    let other = info("0th3r0th3r0th3r0", 8);
+    let e = ops::search_adapted(&store, &other, &link, &queries, 1, true, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("fitted for the queries of new0new0new0new0") && e.contains("0th3r"),
+        "{e}"
+    );
+    let (l, _) = ops::search_adapted(&store, &other, &link, &queries, 1, true, true).unwrap();
+    assert!(matches!(l, Lineage::Forced(_)), "{l:?}");
+    // a gallery that also holds a third model's vectors
+    let third = info("thirdthirdthird0", 8);
+    let forced = EmbedOptions {
+        force: true,
+        ..EmbedOptions::default()
+    };
+    ops::add_vectors(
+        &mut store,
+        &third,
+        None,
+        &flat(&new.narrow(0, 0, 2)),
+        &forced,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let e = ops::search_adapted(&store, &query, &link, &queries, 1, true, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2 vectors of model thirdthirdthird0"), "{e}");
+    // never overridable: the other direction, another dimension
+    let back = AdapterLink {
+        maps_queries: false,
+        ..link.clone()
+    };
+    let e = ops::search_adapted(&store, &query, &back, &queries, 1, true, true)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not queries"), "{e}");
+    let wide = AdapterLink {
+        dim: 16,
+        ..link.clone()
+    };
+    let e = ops::search_adapted(&store, &query, &wide, &queries, 1, true, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("16-dimensional") && e.contains("dimension 8"),
+        "{e}"
+    );
+}

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
 use super::{
-    check_lineage, DataSource, GalleryError, GalleryStore, Hit, Lineage, ModelInfo, Result,
+    check_adapted, check_lineage, AdapterLink, DataSource, GalleryError, GalleryStore, Hit,
+    Lineage, ModelInfo, Result,
 };
 use crate::data::{hex, Dataset};
 use crate::model::Embedder;
@@ -544,8 +545,29 @@ pub fn lineage_text(l: &Lineage) -> String {
     match l {
         Lineage::Same => "same model".into(),
         Lineage::Successor => "declared compatible successor".into(),
+        Lineage::Adapted { id, kind } => format!("through {kind} adapter {id}"),
         Lineage::Forced(t) => format!("FORCED past a failed lineage check: {t}"),
     }
+}
+
+/// Searches the gallery with query vectors of `model` mapped by `adapter` into the gallery's
+/// space (the adapter checked against the pair and the gallery's lineage: [`check_adapted`]).
+pub fn search_adapted(
+    store: &dyn GalleryStore,
+    model: &ModelInfo,
+    adapter: &AdapterLink,
+    queries: &[f32],
+    k: usize,
+    exact: bool,
+    force: bool,
+) -> Result<(Lineage, Vec<Vec<Hit>>)> {
+    let lineage = check_adapted(store.manifest(), &store.counts()?, model, adapter, force)?;
+    let hits = if exact {
+        store.search_exact(queries, k)?
+    } else {
+        store.search_approx(queries, k)?
+    };
+    Ok((lineage, hits))
 }
 
 /// Searches the gallery with query vectors said to come from `model` (checked against the
