@@ -8,6 +8,7 @@ use numpy::{PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use pyo3_tch::PyTensor;
 
 use bcl::gallery::ops::{self, EmbedOptions};
 use bcl::gallery::usearch_store::{Quantization, UsearchConfig};
@@ -54,6 +55,28 @@ fn rows(name: &str, a: &PyReadonlyArray2<f32>) -> PyResult<(Vec<f32>, usize)> {
         .to_vec()
         .map_err(|_| PyValueError::new_err(format!("{name}: expected a contiguous array")))?;
     Ok((v, shape[1]))
+}
+
+/// Search results as arrays `[Q, k]` of ids and scores, rows shorter than `k` padded with id
+/// 2^64-1 and score -inf.
+#[allow(clippy::type_complexity)]
+fn hit_arrays<'py>(
+    py: Python<'py>,
+    hits: &[Vec<bcl::gallery::Hit>],
+    k: usize,
+) -> PyResult<(Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>)> {
+    let n = hits.len();
+    let mut ids = vec![u64::MAX; n * k];
+    let mut scores = vec![f32::NEG_INFINITY; n * k];
+    for (i, row) in hits.iter().enumerate() {
+        for (j, h) in row.iter().take(k).enumerate() {
+            ids[i * k + j] = h.id;
+            scores[i * k + j] = h.score;
+        }
+    }
+    let ids = numpy::PyArray1::from_vec(py, ids).reshape([n, k])?;
+    let scores = numpy::PyArray1::from_vec(py, scores).reshape([n, k])?;
+    Ok((ids, scores))
 }
 
 /// An open gallery.
@@ -199,18 +222,50 @@ impl GalleryCore {
         let (lineage, hits) = py
             .allow_threads(|| ops::search(store.as_ref(), info.as_ref(), &q, k, exact, force))
             .map_err(gallery_err)?;
-        let n = hits.len();
-        let mut ids = vec![u64::MAX; n * k];
-        let mut scores = vec![f32::NEG_INFINITY; n * k];
-        for (i, row) in hits.iter().enumerate() {
-            for (j, h) in row.iter().take(k).enumerate() {
-                ids[i * k + j] = h.id;
-                scores[i * k + j] = h.score;
-            }
-        }
-        let ids = numpy::PyArray1::from_vec(py, ids).reshape([n, k])?;
-        let scores = numpy::PyArray1::from_vec(py, scores).reshape([n, k])?;
+        let (ids, scores) = hit_arrays(py, &hits, k)?;
         Ok((ids, scores, lineage.as_ref().map(ops::lineage_text)))
+    }
+
+    /// As `search`, the query rows being the query model's own embeddings, mapped into the
+    /// gallery's space by `adapter` first (`companion`: the gallery's model's embeddings of
+    /// the same queries, for slerp); the lineage check asks that the adapter was fitted for
+    /// this query model and the gallery's model.
+    #[pyo3(signature = (queries, adapter, k=10, model=None, card=None, companion=None, exact=true, force=false))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn search_adapted<'py>(
+        &self,
+        py: Python<'py>,
+        queries: PyTensor,
+        adapter: PyRef<'py, crate::adapters::AdapterCore>,
+        k: usize,
+        model: Option<&str>,
+        card: Option<&str>,
+        companion: Option<PyTensor>,
+        exact: bool,
+        force: bool,
+    ) -> PyResult<(Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<f32>>, String)> {
+        let dim = queries.0.size().last().copied().unwrap_or(0).max(0) as usize;
+        let Some(info) = identity(model, card, dim)? else {
+            return Err(PyValueError::new_err(
+                "model: searching through an adapter needs the query model (a bcl.Model or a name)",
+            ));
+        };
+        let c = companion.map(|c| c.0);
+        let mapped = adapter
+            .adapter
+            .apply(&queries.0, c.as_ref())
+            .map_err(crate::adapters::adapt_err)?;
+        let q = Vec::<f32>::try_from(mapped.contiguous().view([-1]))
+            .map_err(|e| PyValueError::new_err(format!("queries: {e}")))?;
+        let link = gal::AdapterLink::from_card(&adapter.adapter.card);
+        let store = &self.store;
+        let (lineage, hits) = py
+            .allow_threads(|| {
+                ops::search_adapted(store.as_ref(), &info, &link, &q, k, exact, force)
+            })
+            .map_err(gallery_err)?;
+        let (ids, scores) = hit_arrays(py, &hits, k)?;
+        Ok((ids, scores, ops::lineage_text(&lineage)))
     }
 
     /// A summary: backend, dimension, items, items per model name.

@@ -5,6 +5,7 @@
 //! directly), copies the arrays into tensors, releases the GIL for the computation and turns the
 //! library's typed errors into `bcl.BclError` (or `ValueError` for inputs that do not fit).
 
+mod adapters;
 mod gallery;
 mod losses;
 mod model;
@@ -379,5 +380,7 @@ fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<losses::CompatLossCore>()?;
     m.add_class::<model::ModelCore>()?;
     m.add_class::<gallery::GalleryCore>()?;
+    m.add_class::<adapters::AdapterCore>()?;
+    m.add_function(wrap_pyfunction!(adapters::adapter_kinds, m)?)?;
     Ok(())
 }

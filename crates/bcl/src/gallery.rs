@@ -470,12 +470,21 @@ pub fn check_adapted(
         query.name,
         refused.join("; ")
     );
+    refuse(
+        text,
+        force,
+        "Fit an adapter between the query model and the gallery's model (bcl adapt fit)",
+    )
+}
+
+/// A failed lineage check: [`Lineage::Forced`] where `force` overrides it, otherwise the error
+/// with what to do instead.
+fn refuse(text: String, force: bool, instead: &str) -> Result<Lineage> {
     if force {
         Ok(Lineage::Forced(text))
     } else {
         Err(GalleryError::Lineage(format!(
-            "{text}. Fit an adapter between the query model and the gallery's model (bcl adapt \
-             fit), or force the search past the lineage check"
+            "{text}. {instead}, or force the search past the lineage check"
         )))
     }
 }
@@ -532,14 +541,11 @@ pub fn check_lineage(
         query.id,
         refused.join(", ")
     );
-    if force {
-        Ok(Lineage::Forced(text))
-    } else {
-        Err(GalleryError::Lineage(format!(
-            "{text}. Use a model trained against the gallery's model, or force the search past \
-             the lineage check"
-        )))
-    }
+    refuse(
+        text,
+        force,
+        "Use a model trained against the gallery's model",
+    )
 }
 
 /// Validates an add (model registered, ids unique, vectors well-formed) and returns the

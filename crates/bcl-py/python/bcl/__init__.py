@@ -4,7 +4,8 @@
 embeddings (class-level retrieval, the Revisited Oxford/Paris protocol) exactly as ``bcl
 metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits; ``bcl.methods()`` and ``bcl.method_facts()`` read the method registry; ``bcl.Model`` loads a
 trained ``bcl`` model and embeds images with it; ``bcl.Gallery`` opens or creates a gallery
-(usearch or Milvus) with the CLI's lineage rules. Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
+(usearch or Milvus) with the CLI's lineage rules; ``bcl.adapters`` fits, applies, saves and
+loads adapters between two models' spaces (``bcl adapt``). Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
 ``FileNotFoundError`` for a missing file, ``bcl.BclError`` for everything else the library
 refuses, each with the reason.
 """
@@ -12,9 +13,19 @@ refuses, each with the reason.
 # torch first: the extension links libtorch, which torch's import loads into the process.
 import torch  # noqa: F401
 
-from . import losses, metrics, splits
+from . import adapters, losses, metrics, splits
 from ._bcl import BclError, method_facts, methods
 from .model import Model
 from .gallery import Gallery
 
-__all__ = ["BclError", "Gallery", "Model", "losses", "method_facts", "methods", "metrics", "splits"]
+__all__ = [
+    "BclError",
+    "Gallery",
+    "Model",
+    "adapters",
+    "losses",
+    "method_facts",
+    "methods",
+    "metrics",
+    "splits",
+]

@@ -95,7 +95,42 @@ class GalleryCore:
         exact: bool = ...,
         force: bool = ...,
     ) -> tuple[np.ndarray, np.ndarray, Optional[str]]: ...
+    def search_adapted(
+        self,
+        queries: torch.Tensor,
+        adapter: "AdapterCore",
+        k: int = ...,
+        model: Optional[str] = ...,
+        card: Optional[str] = ...,
+        companion: Optional[torch.Tensor] = ...,
+        exact: bool = ...,
+        force: bool = ...,
+    ) -> tuple[np.ndarray, np.ndarray, str]: ...
     def status(self) -> dict: ...
+
+class AdapterCore:
+    @staticmethod
+    def fit(
+        kind: str,
+        old: torch.Tensor,
+        new: torch.Tensor,
+        labels: Optional[list[int]] = ...,
+        side_info: Optional[torch.Tensor] = ...,
+        settings: Optional[str] = ...,
+        seed: Optional[int] = ...,
+        alpha: Optional[float] = ...,
+        old_card: Optional[str] = ...,
+        old_name: Optional[str] = ...,
+        new_card: Optional[str] = ...,
+        new_name: Optional[str] = ...,
+    ) -> "AdapterCore": ...
+    @staticmethod
+    def load(path: str) -> "AdapterCore": ...
+    def save(self, path: str) -> None: ...
+    def card(self) -> str: ...
+    def apply(self, x: torch.Tensor, companion: Optional[torch.Tensor] = ...) -> torch.Tensor: ...
+
+def adapter_kinds() -> list[tuple[str, str, str]]: ...
 
 def compatibility_matrix(names: list[str], features: list[np.ndarray], labels: np.ndarray) -> dict: ...
 def backfill_curve(

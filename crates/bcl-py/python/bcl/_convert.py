@@ -20,6 +20,16 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def vectors(name: str, x: Any) -> np.ndarray:
+    """A ``[n, dim]`` matrix of floating-point vectors as contiguous float32."""
+    a = to_numpy(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d [n, dim] array, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{name}: expected floating-point vectors, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def features(name: str, x: Any) -> np.ndarray:
     """A ``[n, d]`` matrix of floats as contiguous float64."""
     a = to_numpy(x)

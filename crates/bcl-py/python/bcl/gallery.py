@@ -6,22 +6,16 @@ import json
 import os
 from typing import Any, Optional, Union
 
-import numpy as np
+import torch
 
 from ._bcl import GalleryCore
-from ._convert import to_numpy
+from ._convert import vectors
 from .model import Model
 
 ModelRef = Union[Model, str, None]
 
 
-def _vectors(name: str, x: Any) -> np.ndarray:
-    a = to_numpy(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-d [n, dim] array, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"{name}: expected floating-point vectors, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+_vectors = vectors
 
 
 def _identity(model: ModelRef) -> dict:
@@ -90,12 +84,39 @@ class Gallery:
         )
         return range(first, end), verdict
 
-    def search(self, queries: Any, k: int = 10, model: ModelRef = None, exact: bool = True, force: bool = False):
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        model: ModelRef = None,
+        exact: bool = True,
+        force: bool = False,
+        adapter: Any = None,
+        old_queries: Any = None,
+    ):
         """The ``k`` nearest items of each query row: ``(ids [Q, k] uint64, scores [Q, k]
         float32, verdict)``; ``model`` (the queries' model) is checked against the gallery's
-        lineage, ``exact=False`` uses the approximate index."""
-        return self._core.search(
-            _vectors("queries", queries), int(k), exact=exact, force=force, **_identity(model)
+        lineage, ``exact=False`` uses the approximate index. With ``adapter`` (a
+        :class:`bcl.adapters.Adapter` fitted between ``model`` and the gallery's model), the
+        rows are ``model``'s own embeddings, mapped into the gallery's space first
+        (``old_queries``: the gallery's model's embeddings of the same queries, for slerp), and
+        the lineage check asks that the adapter joins the two."""
+        if adapter is None:
+            if old_queries is not None:
+                raise ValueError("old_queries: only an adapter (slerp) reads them")
+            return self._core.search(
+                _vectors("queries", queries), int(k), exact=exact, force=force, **_identity(model)
+            )
+        from .adapters import Adapter
+
+        if not isinstance(adapter, Adapter):
+            raise ValueError(f"adapter: expected a bcl.adapters.Adapter, got {type(adapter).__name__}")
+        if model is None:
+            raise ValueError("model: searching through an adapter needs the query model (a bcl.Model or a name)")
+        q = torch.from_numpy(_vectors("queries", queries))
+        c = None if old_queries is None else torch.from_numpy(_vectors("old_queries", old_queries))
+        return self._core.search_adapted(
+            q, adapter._core, int(k), companion=c, exact=exact, force=force, **_identity(model)
         )
 
     def set_search_expansion(self, ef: int) -> None:
