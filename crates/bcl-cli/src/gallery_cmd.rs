@@ -355,6 +355,13 @@ pub struct ServeArgs {
     /// Serve even if the query model fails the lineage check (/stats says so).
     #[arg(long)]
     force: bool,
+    /// Map the query model's embeddings (images, and JSON vectors) into the gallery's space
+    /// with this adapter (`bcl adapt fit` between --model and the gallery's model).
+    #[arg(long, requires = "model", conflicts_with = "backfill_fraction")]
+    adapter: Option<PathBuf>,
+    /// The gallery's model, which a slerp adapter needs to embed each image query again.
+    #[arg(long, requires = "adapter")]
+    old_model: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -789,7 +796,18 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
     };
     let limits = cfg.conn_limits();
     let source = store.manifest().source.clone();
-    let state = Arc::new(ServeState::new(store, emb, cfg, a.force)?);
+    let state = Arc::new(match (&a.adapter, emb) {
+        (Some(p), Some(e)) => {
+            let adapter = bcl::adapt::Adapter::load(p)?;
+            let old = a
+                .old_model
+                .as_deref()
+                .map(|o| load_model(o, &a.device))
+                .transpose()?;
+            ServeState::with_adapter(store, e, adapter, old, cfg, a.force)?
+        }
+        (_, emb) => ServeState::new(store, emb, cfg, a.force)?,
+    });
     let backfill = match a.backfill_fraction {
         Some(fraction) => {
             let Some(src) = source else {

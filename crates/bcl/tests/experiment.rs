@@ -13,6 +13,8 @@ use bcl::perturb::OdppConfig;
 use bcl::run::StepOptions;
 use tch::Device;
 
+mod common;
+
 /// An experiment over generated IDX files in `dir/data` (`classes` classes of 60 training and
 /// `test_per_class` test images, drawn with `seed`): a 4-wide, 16-d model, two epochs of
 /// batches of 32 at learning rate 0.05 for old and new models.
@@ -517,6 +519,90 @@ fn a_new_model_of_another_dimension_reaches_the_old_space_through_its_head() {
         st.is_ok(),
         "the server takes the 64-d model over the 32-d gallery"
     );
+
+    // the independent 64-d model, which no training made compatible, serves a gallery of old
+    // vectors through a Procrustes adapter fitted on both models' test embeddings: a JSON
+    // query of its own 64-d embedding gets the hits of the mapped query; the lineage refuses
+    // the adapter for another query model, and a slerp adapter without the gallery's model
+    use bcl::adapt::{Adapter, FitConfig, ModelRef, Models, SupportSet};
+    let fi = ind_e.embed_dataset(&test, 64);
+    let side = |e: &Embedder| ModelRef {
+        id: Some(e.card.id.clone()),
+        name: Some(e.card.name.clone()),
+        dim: e.dim() as usize,
+    };
+    let models = Models {
+        old: side(&old_e),
+        new: side(&ind_e),
+    };
+    let fit = |kind: &str| {
+        let support = SupportSet::new(&g, &fi).unwrap();
+        let support = match kind {
+            "slerp" => support.with_labels(test.labels.clone()).unwrap(),
+            _ => support,
+        };
+        Adapter::fit(kind, &support, &FitConfig::default(), &models, Device::Cpu).unwrap()
+    };
+    let refusal = |model: &str, kind: &str, gallery: &str| {
+        ServeState::with_adapter(
+            Box::new(old_gallery(&dir.path().join(gallery), &cfg, &old_e, &test)),
+            Embedder::load(&run.join(model), Device::Cpu).unwrap(),
+            fit(kind),
+            None,
+            ServeConfig::default(),
+            false,
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    let e = refusal("new-bct", "procrustes", "g3");
+    assert!(e.contains("fitted for the queries of"), "{e}");
+    let e = refusal("new-independent", "slerp", "g4");
+    assert!(e.contains("serve the gallery's model beside it"), "{e}");
+    let procrustes = fit("procrustes");
+    let store = old_gallery(&dir.path().join("g2"), &cfg, &old_e, &test);
+    let mapped = procrustes.apply(&fi.narrow(0, 0, 1), None).unwrap();
+    let mapped: Vec<f32> = Vec::try_from(mapped.view([-1])).unwrap();
+    let want: Vec<u64> = store.search_exact(&mapped, 3).unwrap()[0]
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    let cfg_s = ServeConfig::default();
+    let limits = cfg_s.conn_limits();
+    let st =
+        ServeState::with_adapter(Box::new(store), ind_e, procrustes, None, cfg_s, false).unwrap();
+    let (addr, stop, server) = common::start_server(st, limits);
+    let post = |body: String| {
+        common::http_request(
+            addr,
+            "POST",
+            "/search",
+            Some("application/json"),
+            body.as_bytes(),
+        )
+    };
+    let own: Vec<f32> = Vec::try_from(fi.narrow(0, 0, 1).contiguous().view([-1])).unwrap();
+    let (code, text) =
+        post(serde_json::json!({ "vector": own, "k": 3, "exact": true }).to_string());
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let got: Vec<u64> = v["results"][0]
+        .as_array()
+        .unwrap_or_else(|| panic!("{text}"))
+        .iter()
+        .map(|h| h["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, want, "{text}");
+    let (code, text) = post(serde_json::json!({ "vector": vec![0.1f32; 32] }).to_string());
+    assert!(code == 422 && text.contains("query model"), "{code} {text}");
+    let (_, stats) = common::http_request(addr, "GET", "/stats", None, b"");
+    assert!(
+        stats.contains("\"kind\":\"procrustes\"") && stats.contains("through procrustes adapter"),
+        "{stats}"
+    );
+    stop.send(()).unwrap();
+    server.join().unwrap().unwrap();
 }
 
 /// A gallery in `path` of the test set embedded by the old model `old_e` (in its dimension).

@@ -3,9 +3,8 @@
 //! shutdown that lets the server future finish.
 
 use std::net::TcpStream;
-use std::sync::Arc;
 
-use bcl::gallery::serve::{router, serve, ServeConfig, ServeState};
+use bcl::gallery::serve::{ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
 use bcl::gallery::{GalleryManifest, GalleryStore, ModelInfo};
 use rand::{Rng, SeedableRng};
@@ -29,25 +28,8 @@ fn start(
     std::thread::JoinHandle<std::io::Result<()>>,
 ) {
     let limits = cfg.conn_limits();
-    let state = Arc::new(ServeState::new(Box::new(store), None, cfg, false).unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (atx, arx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            atx.send(l.local_addr().unwrap()).unwrap();
-            serve(l, router(state), limits, async {
-                let _ = rx.await;
-            })
-            .await
-        })
-    });
-    (arx.recv().unwrap(), tx, server)
+    let state = ServeState::new(Box::new(store), None, cfg, false).unwrap();
+    common::start_server(state, limits)
 }
 
 /// A store in `dir` holding `vectors` (ids 0, 1, ...) of one external model, "ext".

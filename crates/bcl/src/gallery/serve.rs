@@ -25,7 +25,9 @@ mod request;
 use request::{parse_request, SearchParams};
 
 use super::ops::lineage_text;
-use super::{check_lineage, GalleryError, GalleryStore, Hit, Lineage, ModelInfo};
+use super::{
+    check_adapted, check_lineage, AdapterLink, GalleryError, GalleryStore, Hit, Lineage, ModelInfo,
+};
 use crate::data::Dataset;
 use crate::model::Embedder;
 
@@ -135,6 +137,9 @@ pub struct ServeState {
     /// The query model's input shape (read without its lock).
     input_shape: Option<[usize; 3]>,
     query_model: Option<ModelInfo>,
+    /// The adapter the query model's embeddings go through, when it searches the gallery
+    /// through one ([`ServeState::with_adapter`]).
+    adapter: Option<QueryAdapter>,
     lineage: Option<Lineage>,
     cfg: ServeConfig,
     requests: AtomicU64,
@@ -144,6 +149,15 @@ pub struct ServeState {
     search_micros: AtomicU64,
     backfill: Mutex<Option<BackfillStatus>>,
     stop: AtomicBool,
+}
+
+/// An adapter between the server's query model and the gallery's model: its map (locked for
+/// one application), its lineage identity, and the gallery's model for a kind that embeds each
+/// query twice (slerp).
+pub(super) struct QueryAdapter {
+    pub(super) adapter: Mutex<crate::adapt::Adapter>,
+    pub(super) link: AdapterLink,
+    pub(super) old: Option<Mutex<Embedder>>,
 }
 
 /// Progress of a backfill the server runs beside its searches (shown in /stats).
@@ -189,17 +203,36 @@ impl ServeState {
         cfg: ServeConfig,
         force: bool,
     ) -> Result<Self, GalleryError> {
-        cfg.validate()?;
-        let query_model = embedder.as_ref().map(|e| ModelInfo::from_card(&e.card));
-        let lineage = match &query_model {
-            Some(m) => Some(check_lineage(store.manifest(), &store.counts()?, m, force)?),
+        let lineage = match &embedder {
+            Some(e) => {
+                let m = ModelInfo::from_card(&e.card);
+                Some(check_lineage(
+                    store.manifest(),
+                    &store.counts()?,
+                    &m,
+                    force,
+                )?)
+            }
             None => None,
         };
+        Self::assemble(store, embedder, cfg, lineage)
+    }
+
+    /// The service over `store` with the query model and the verdict its lineage check gave.
+    fn assemble(
+        store: Box<dyn GalleryStore>,
+        embedder: Option<Embedder>,
+        cfg: ServeConfig,
+        lineage: Option<Lineage>,
+    ) -> Result<Self, GalleryError> {
+        cfg.validate()?;
+        let query_model = embedder.as_ref().map(|e| ModelInfo::from_card(&e.card));
         Ok(Self {
             store: RwLock::new(store),
             input_shape: embedder.as_ref().map(|e| e.card.input_shape),
             embedder: embedder.map(Mutex::new),
             query_model,
+            adapter: None,
             lineage,
             cfg,
             requests: AtomicU64::new(0),
@@ -210,6 +243,56 @@ impl ServeState {
             backfill: Mutex::new(None),
             stop: AtomicBool::new(false),
         })
+    }
+
+    /// A service whose query model searches the gallery through `adapter` (fitted between the
+    /// query model and the gallery's model; `old` is the gallery's model, which a slerp adapter
+    /// needs to embed each image query a second time): the lineage is checked through the
+    /// adapter ([`check_adapted`]; `force` overrides a refusal). JSON vectors are then the
+    /// query model's own embeddings, mapped before the search.
+    pub fn with_adapter(
+        store: Box<dyn GalleryStore>,
+        embedder: Embedder,
+        adapter: crate::adapt::Adapter,
+        old: Option<Embedder>,
+        cfg: ServeConfig,
+        force: bool,
+    ) -> Result<Self, GalleryError> {
+        let link = AdapterLink::from_card(&adapter.card);
+        let wants_old = adapter.spec().companion() == crate::adapt::Companion::OldQuery;
+        match (&old, wants_old) {
+            (None, true) => {
+                return Err(GalleryError::Invalid(format!(
+                    "a {} adapter interpolates between the old and the new model's embedding of \
+                     each query: serve the gallery's model beside it",
+                    link.kind
+                )))
+            }
+            (Some(_), false) => {
+                return Err(GalleryError::Invalid(format!(
+                    "a {} adapter reads only the query model's embeddings: no second model",
+                    link.kind
+                )))
+            }
+            (Some(o), true) if link.to.as_deref() != Some(o.card.id.as_str()) => {
+                return Err(GalleryError::Invalid(format!(
+                    "model {} ({}) is not the one the adapter maps into ({})",
+                    o.card.name,
+                    o.card.id,
+                    link.to.as_deref().unwrap_or("unnamed vectors")
+                )))
+            }
+            _ => {}
+        }
+        let query = ModelInfo::from_card(&embedder.card);
+        let lineage = check_adapted(store.manifest(), &store.counts()?, &query, &link, force)?;
+        let mut st = Self::assemble(store, Some(embedder), cfg, Some(lineage))?;
+        st.adapter = Some(QueryAdapter {
+            adapter: Mutex::new(adapter),
+            link,
+            old: old.map(Mutex::new),
+        });
+        Ok(st)
     }
 
     fn store(&self) -> RwLockReadGuard<'_, Box<dyn GalleryStore>> {
@@ -235,6 +318,13 @@ impl ServeState {
         GalleryError,
     > {
         let model = ModelInfo::from_card(&job.embedder.card);
+        if let Some(a) = &self.adapter {
+            return Err(GalleryError::Invalid(format!(
+                "the server searches through adapter {} ({}): a backfill would mix the new \
+                 model's own vectors with the old ones its adapted queries are meant for",
+                a.link.id, a.link.kind
+            )));
+        }
         if let Some(q) = &self.query_model {
             if q.id != model.id {
                 return Err(GalleryError::Invalid(format!(
@@ -398,13 +488,16 @@ fn stats_now(st: &ServeState) -> Response {
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     // the verdict for the gallery as it is now (a backfill changes the mix)
-    let lineage =
-        st.query_model.as_ref().map(
-            |m| match check_lineage(store.manifest(), &counts, m, true) {
-                Ok(l) => lineage_text(&l),
-                Err(e) => e.to_string(),
-            },
-        );
+    let lineage = st.query_model.as_ref().map(|m| {
+        let now = match &st.adapter {
+            Some(a) => check_adapted(store.manifest(), &counts, m, &a.link, true),
+            None => check_lineage(store.manifest(), &counts, m, true),
+        };
+        match now {
+            Ok(l) => lineage_text(&l),
+            Err(e) => e.to_string(),
+        }
+    });
     let backfill = st
         .backfill
         .lock()
@@ -418,6 +511,7 @@ fn stats_now(st: &ServeState) -> Response {
         "items": store.len(),
         "items_per_model": counts,
         "query_model": st.query_model,
+        "adapter": st.adapter.as_ref().map(|a| json!({ "id": a.link.id, "kind": a.link.kind })),
         "lineage_at_start": st.lineage.as_ref().map(lineage_text),
         "lineage": lineage,
         "backfill": backfill,

@@ -80,6 +80,38 @@ pub fn tiny_rgb_config(data: &Path, classes: usize, prep: ImagePrep) -> RunConfi
     cfg
 }
 
+/// A server of `state` with connection limits `limits` on a free loopback port, on a thread of
+/// its own: the address, the sender that stops it, and the thread with serve's result.
+pub fn start_server(
+    state: bcl::gallery::serve::ServeState,
+    limits: bcl::gallery::serve::ConnLimits,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<std::io::Result<()>>,
+) {
+    use bcl::gallery::serve::{router, serve};
+    let state = std::sync::Arc::new(state);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (atx, arx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            atx.send(l.local_addr().unwrap()).unwrap();
+            serve(l, router(state), limits, async {
+                let _ = rx.await;
+            })
+            .await
+        })
+    });
+    (arx.recv().unwrap(), tx, server)
+}
+
 /// One HTTP/1.1 request on a fresh connection; returns the status and the body.
 pub fn http_request(
     addr: std::net::SocketAddr,

@@ -161,7 +161,24 @@ pub(super) fn json_queries(
     params: &SearchParams,
     body: &[u8],
 ) -> Result<(Vec<f32>, usize, bool), Refusal> {
-    let dim = st.store().manifest().dim;
+    // through an adapter, vectors are the query model's own embeddings
+    let dim = match &st.adapter {
+        Some(a) => {
+            if a.old.is_some() {
+                return Err(bad(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "this server searches through a {} adapter, which needs both models' \
+                         embedding of each query: send images",
+                        a.link.kind
+                    ),
+                ));
+            }
+            let a = a.adapter.lock().unwrap_or_else(|p| p.into_inner());
+            a.card.from.dim
+        }
+        None => st.store().manifest().dim,
+    };
     let max = st.cfg.max_queries;
     let over = std::cell::Cell::new(false);
     let seed = BodySeed {
@@ -201,13 +218,23 @@ pub(super) fn json_queries(
         return Err(bad(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
-                "query vector {i} has {} values; the gallery's dimension is {dim}",
-                r.len()
+                "query vector {i} has {} values; {} {dim}",
+                r.len(),
+                match st.adapter {
+                    Some(_) => "the query model (whose embeddings the adapter maps) embeds in",
+                    None => "the gallery's dimension is",
+                }
             ),
         ));
     }
+    let n = rows.len();
+    let mut queries = rows.concat();
+    if st.adapter.is_some() {
+        let own = tch::Tensor::from_slice(&queries).view([n as i64, dim as i64]);
+        queries = adapted(st, &own, None)?;
+    }
     Ok((
-        rows.concat(),
+        queries,
         b.k.or(params.k).unwrap_or(st.cfg.default_k),
         b.exact.or(params.exact).unwrap_or(st.cfg.exact),
     ))
@@ -234,8 +261,41 @@ pub(super) fn image_query(st: &ServeState, body: &[u8]) -> Result<Vec<f32>, Refu
         cols: shape[2],
         classes: 1,
     };
-    let dim = st.store().manifest().dim;
-    let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
-    crate::gallery::ops::embed_items(&emb, &one, &[0], 1, dim)
+    let Some(a) = &st.adapter else {
+        let dim = st.store().manifest().dim;
+        let emb = emb.lock().unwrap_or_else(|p| p.into_inner());
+        return crate::gallery::ops::embed_items(&emb, &one, &[0], 1, dim)
+            .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+    };
+    // through an adapter: the query model's own embedding, and the gallery model's for slerp
+    let own = emb
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .embed_dataset(&one, 1);
+    let old = a.old.as_ref().map(|o| {
+        o.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .embed_dataset(&one, 1)
+    });
+    adapted(st, &own, old.as_ref())
+}
+
+/// Query rows `own` of the server's query model mapped into the gallery's space by its
+/// adapter (`old`: the gallery model's embeddings of the same queries, for slerp).
+fn adapted(
+    st: &ServeState,
+    own: &tch::Tensor,
+    old: Option<&tch::Tensor>,
+) -> Result<Vec<f32>, Refusal> {
+    let Some(a) = &st.adapter else {
+        return Err(bad(StatusCode::INTERNAL_SERVER_ERROR, "no adapter"));
+    };
+    let mapped = a
+        .adapter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .apply(own, old)
+        .map_err(|e| bad(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    Vec::<f32>::try_from(mapped.contiguous().view([-1]))
         .map_err(|e| bad(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
