@@ -37,28 +37,20 @@ pub(crate) fn ckpt_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     }
 }
 
-/// Saves named tensors as safetensors atomically (temp file in the same directory, then rename).
+/// Saves named tensors as safetensors atomically (`files::write_atomic_with`: a temporary file
+/// in the same directory, synced, renamed over `path`, the directory synced).
 pub fn save_safetensors_atomic(
     path: &Path,
     tensors: &[(String, Tensor)],
 ) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp.safetensors",
-        path.file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("weights"),
-        std::process::id()
-    ));
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu).contiguous()))
         .collect();
-    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| ckpt_err(&tmp, e))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| ckpt_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ckpt_err(path, e))?;
+    // a FileError names the file itself
+    crate::files::write_atomic_with(path, |tmp| {
+        Tensor::write_safetensors(&cpu, tmp).map_err(|e| e.to_string())
+    })?;
     Ok(())
 }
 
