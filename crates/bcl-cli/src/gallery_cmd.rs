@@ -597,11 +597,7 @@ fn gallery_search(a: SearchArgs) -> Result<()> {
             (v, (0..n as u64).collect())
         }
         (None, Some(e)) => {
-            let dcfg = data_config(&a.data, Some(&e.dir))?;
-            let mut data = load_split(&a.data, &dcfg)?;
-            if let Some(l) = a.limit {
-                data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
-            }
+            let data = query_images(&a, e)?;
             (
                 ops::embed_queries(e, &data, 256, store.manifest().dim)?,
                 data.ids.iter().map(|&i| i as u64).collect(),
@@ -639,6 +635,17 @@ fn gallery_search(a: SearchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The query images of `bcl gallery search --model`: the data part the flags name (by default
+/// the model's run's), its first `--limit` items.
+fn query_images(a: &SearchArgs, emb: &Embedder) -> Result<Dataset> {
+    let dcfg = data_config(&a.data, Some(&emb.dir))?;
+    let data = load_split(&a.data, &dcfg)?;
+    Ok(match a.limit {
+        Some(l) => data.subset(&(0..l.min(data.len())).collect::<Vec<_>>()),
+        None => data,
+    })
+}
+
 /// `bcl gallery search --adapter`: the query model embeds the images in its own space (and
 /// the gallery's model a second time for slerp), the adapter maps them into the gallery's space,
 /// the lineage check asks that the adapter joins this pair.
@@ -649,11 +656,7 @@ fn gallery_search_adapted(
     path: &Path,
 ) -> Result<()> {
     let adapter = bcl::adapt::Adapter::load(path)?;
-    let dcfg = data_config(&a.data, Some(&emb.dir))?;
-    let mut data = load_split(&a.data, &dcfg)?;
-    if let Some(l) = a.limit {
-        data = data.subset(&(0..l.min(data.len())).collect::<Vec<_>>());
-    }
+    let data = query_images(a, emb)?;
     let embed = |e: &Embedder| -> Result<tch::Tensor> {
         let v = ops::embed_queries(e, &data, 256, e.dim() as usize)?;
         Ok(tch::Tensor::from_slice(&v).view([data.len() as i64, e.dim()]))
