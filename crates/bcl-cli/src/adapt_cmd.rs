@@ -144,15 +144,6 @@ pub(crate) fn run_adapt(c: AdaptCommand) -> Result<()> {
     }
 }
 
-/// A model's card as one side of an adapter.
-fn model_ref(e: &Embedder) -> ModelRef {
-    ModelRef {
-        id: Some(e.card.id.clone()),
-        name: Some(e.card.name.clone()),
-        dim: e.card.arch.dim as usize,
-    }
-}
-
 fn load_model(p: &Path, device: tch::Device) -> Result<Embedder> {
     Embedder::load(p, device).with_context(|| format!("{}: cannot load the model", p.display()))
 }
@@ -187,8 +178,8 @@ fn cmd_fit(a: FitArgs) -> Result<()> {
         .map(|p| load_model(p, device))
         .transpose()?;
     let models = Models {
-        old: old.as_ref().map(model_ref).unwrap_or_default(),
-        new: new.as_ref().map(model_ref).unwrap_or_default(),
+        old: old.as_ref().map(ModelRef::of).unwrap_or_default(),
+        new: new.as_ref().map(ModelRef::of).unwrap_or_default(),
     };
     let support = match (&a.old_vectors, &a.new_vectors) {
         (Some(o), Some(n)) => {

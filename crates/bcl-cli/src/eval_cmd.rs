@@ -101,6 +101,10 @@ pub(crate) struct EvalArgs {
     /// Write results.md/.csv, metrics.json and plots here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// An adapter fitted after training (`bcl adapt fit`; repeat): one more row, a new model
+    /// of --model through it against its old model (named model+kind@pairs).
+    #[arg(long = "adapter")]
+    adapters: Vec<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -247,18 +251,28 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     if a.test_per_class.is_some() {
         data_cfg.test_per_class = a.test_per_class;
     }
+    let adapters = a
+        .adapters
+        .iter()
+        .map(|p| bcl::adapt::Adapter::load(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (p, ad) in a.adapters.iter().zip(&adapters) {
+        bcl::adapt::rows::adapted_model(&models, ad)
+            .with_context(|| format!("--adapter {}", p.display()))?;
+    }
     let test = bcl::data::open_part(&data_cfg, a.part)?;
-    let report = bcl::eval::models::evaluate_models_on(
+    let feats = bcl::eval::models::embed_models(&models, &test, 512, &*world)?;
+    let mut report = bcl::eval::models::score_models(
         &models,
-        &test,
-        512,
+        &feats,
+        &test.labels,
         bcl::eval::models::MatrixCells::All,
-        &*world,
     )?;
+    bcl::adapt::rows::add_adapted_rows(&mut report, &models, &feats, &test.labels, &adapters)?;
     if !world.is_primary() {
         return Ok(());
     }
-    println!("{}", rows_markdown(&report.rows));
+    println!("{}", rows_markdown(&report.all_rows()));
     println!("compatibility matrix (mAP), rows query model, columns gallery model:");
     print!("{}", bcl::report::matrix_csv(&report.matrix));
     if let Some(out) = a.out {

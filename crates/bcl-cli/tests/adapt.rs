@@ -260,4 +260,39 @@ fn fit_on_images_embedded_by_two_trained_models() {
         e.contains("fitted for the queries of") && e.contains("lineage"),
         "{e}"
     );
+
+    // `bcl eval --adapter`: the independent model through the adapter is one more row (its
+    // self-test the model's own) and one more row of the matrix; the reversed adapter is
+    // refused, naming it
+    let eval = |adapter: &Path| {
+        let mut c = bcl();
+        c.args(["eval", "--device", "cpu", "--model"])
+            .arg(&old)
+            .arg("--model")
+            .arg(&new)
+            .arg("--adapter")
+            .arg(adapter);
+        c
+    };
+    let report = dir.path().join("report");
+    let out = run_ok(eval(&a).arg("--out").arg(&report));
+    assert!(out.contains("| independent+slerp@40 |"), "{out}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
+            .unwrap();
+    let (rows, adapted) = (&metrics["rows"], &metrics["adapted"]);
+    assert_eq!(adapted[0]["adapter"]["kind"], "slerp");
+    assert_eq!(adapted[0]["self_map"], rows[0]["self_map"]);
+    assert_eq!(
+        metrics["matrix"]["models"].as_array().unwrap().len(),
+        3,
+        "old, new and the adapted row"
+    );
+    let csv = std::fs::read_to_string(report.join("results.csv")).unwrap();
+    assert!(csv.contains("independent+slerp@40,"), "{csv}");
+    let e = run_err(&mut eval(&back));
+    assert!(
+        e.contains(&back.display().to_string()) && e.contains("no old model"),
+        "{e}"
+    );
 }

@@ -10,6 +10,7 @@ mod affine;
 mod card;
 mod forward;
 mod procrustes;
+pub mod rows;
 mod slerp;
 mod support;
 

@@ -270,6 +270,25 @@ impl CompatMatrix {
         })
     }
 
+    /// Appends a query row named `name` (and its column): `cells` are its metrics against the
+    /// existing columns (`None` where not computed; missing entries count as `None`), `own`
+    /// its diagonal; the existing rows get nothing in the new column. An adapted model's row:
+    /// it queries the old models' galleries, and nothing queries it but itself.
+    pub fn push_row(
+        &mut self,
+        name: &str,
+        mut cells: Vec<Option<RetrievalMetrics>>,
+        own: Option<RetrievalMetrics>,
+    ) {
+        for row in &mut self.cells {
+            row.push(None);
+        }
+        cells.resize(self.models.len(), None);
+        cells.push(own);
+        self.models.push(name.to_string());
+        self.cells.push(cells);
+    }
+
     /// The cell of two named models (`None` when unknown or not computed).
     pub fn get(&self, query: &str, gallery: &str) -> Option<&RetrievalMetrics> {
         let q = self.models.iter().position(|m| m == query)?;

@@ -7,6 +7,7 @@
 //! validation over selection seeds, reported on fresh seeds with Holm-adjusted paired
 //! intervals). Run directories are named through [`run_dir`] (their files: [`crate::layout`]).
 
+pub mod adapters;
 pub mod backfill;
 pub mod benchmarks;
 pub mod diagnostics;
@@ -62,6 +63,8 @@ pub struct ExperimentConfig {
     /// The selection-then-report protocol (none by default): settings chosen on validation
     /// data over selection seeds, retrained and reported on report seeds.
     pub selection: Option<selection::SelectionConfig>,
+    /// Adapters fitted after training and scored as rows beside the methods (none by default).
+    pub adapters: Option<adapters::AdaptersConfig>,
 }
 
 impl Default for ExperimentConfig {
@@ -78,6 +81,7 @@ impl Default for ExperimentConfig {
             backfill: None,
             benchmark: Vec::new(),
             selection: None,
+            adapters: None,
         }
     }
 }
@@ -106,6 +110,9 @@ impl ExperimentConfig {
         }
         if let Some(sel) = &cfg.selection {
             sel.validate(&cfg.base, &cfg.seeds).map_err(&invalid)?;
+        }
+        if let Some(ad) = &cfg.adapters {
+            ad.validate(&cfg.methods).map_err(&invalid)?;
         }
         if let Some(seq) = &cfg.sequential {
             seq.validate().map_err(|reason| RunError::Config {
@@ -265,7 +272,7 @@ pub fn run_experiment(
             frontier.extend(r.points);
             deploy.extend(r.deploy);
             bench_runs.extend(r.benchmarks);
-            table_in.push((scenario, seed, r.report.rows.clone()));
+            table_in.push((scenario, seed, r.report.all_rows()));
             runs.insert(run_key(scenario, seed), r.report);
         }
     }
@@ -328,7 +335,11 @@ fn run_one(
     } else {
         Vec::new()
     };
-    let (report, sweep_points) = evaluate_run(&rc, &dirs, &swept, scenario, seed, &dir, opts)?;
+    let (mut report, sweep_points) = evaluate_run(&rc, &dirs, &swept, scenario, seed, &dir, opts)?;
+    if let Some(ad) = &cfg.adapters {
+        let rows = adapters::adapted_rows(ad, &rc, &cfg.methods, &dirs, &report, seed, &dir, opts)?;
+        adapters::add_to_report(&mut report, &cfg.methods, &rows);
+    }
     if seed == cfg.seeds[0] {
         diagnostics::plot_run(&report, &dir, scenario, seed)?;
     }

@@ -196,6 +196,16 @@ impl RunDir {
         self.0.join("eval.json")
     }
 
+    /// `adapters/<name>/`: an adapter an experiment run fitted (`new-independent-procrustes-100`).
+    pub fn adapter(&self, name: &str) -> PathBuf {
+        self.0.join("adapters").join(name)
+    }
+
+    /// `adapters.json`: an experiment run's cached adapted rows.
+    pub fn adapters_cache(&self) -> PathBuf {
+        self.0.join("adapters.json")
+    }
+
     /// `backfill.json`: an experiment run's cached backfill curves.
     pub fn backfill_cache(&self) -> PathBuf {
         self.0.join("backfill.json")

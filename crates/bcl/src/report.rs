@@ -38,7 +38,7 @@ pub fn rows_markdown(rows: &[ResultRow]) -> String {
             .chain([Column::flag("compatible"), Column::number("gain")]),
     );
     for r in rows {
-        let mut row = vec![r.method.to_string()];
+        let mut row = vec![r.label()];
         row.extend(r.figures().map(|v| format!("{v:.4}")));
         row.push(if r.compatible { "yes" } else { "no" }.into());
         row.push(
@@ -60,7 +60,7 @@ pub fn rows_csv(rows: &[ResultRow]) -> String {
             .map(Column::text),
     );
     for r in rows {
-        let mut row = vec![r.method.to_string()];
+        let mut row = vec![r.label()];
         row.extend(r.figures().map(|v| format!("{v:.6}")));
         row.push(r.compatible.to_string());
         row.push(r.gain.map(|g| format!("{g:.6}")).unwrap_or_default());
@@ -531,8 +531,9 @@ pub fn write_eval_report(
     report: &EvalReport,
     curves: &[(String, Vec<EpochStats>)],
 ) -> Result<(), ReportError> {
-    write_atomic(&dir.results_md(), rows_markdown(&report.rows).as_bytes())?;
-    write_atomic(&dir.results_csv(), rows_csv(&report.rows).as_bytes())?;
+    let rows = report.all_rows();
+    write_atomic(&dir.results_md(), rows_markdown(&rows).as_bytes())?;
+    write_atomic(&dir.results_csv(), rows_csv(&rows).as_bytes())?;
     write_atomic(&dir.matrix_csv(), matrix_csv(&report.matrix).as_bytes())?;
     crate::files::write_json(&dir.metrics(), report)?;
     plot_matrix(&report.matrix, &dir.matrix_plot())?;

@@ -42,6 +42,9 @@ pub enum RunError {
     /// Evaluation.
     #[error(transparent)]
     Eval(#[from] EvalError),
+    /// Fitting or applying an adapter (an experiment's `[adapters]`).
+    #[error(transparent)]
+    Adapt(#[from] crate::adapt::AdaptError),
     /// Reports.
     #[error(transparent)]
     Report(#[from] ReportError),

@@ -207,6 +207,7 @@ fn a_small_experiment_runs_and_resumes() {
 fn aggregation_by_hand() {
     let row = |m: &str, cross: f64, gain: Option<f64>| ResultRow {
         method: Method::named(m).unwrap(),
+        adapter: None,
         old_old_map: 0.5,
         self_map: 0.7,
         cross_map: cross,
@@ -632,6 +633,7 @@ fn paired_differences_by_hand() {
     use bcl::experiment::paired::{interval, paired, t_975};
     let row = |method: &str, self_map: f64, cross_map: f64| ResultRow {
         method: Method::named(method).unwrap(),
+        adapter: None,
         old_old_map: 0.5,
         self_map,
         cross_map,
@@ -671,6 +673,150 @@ fn paired_differences_by_hand() {
         md.contains("within the seed spread") && md.contains("result"),
         "{md}"
     );
+}
+
+/// `[adapters]`: every kind fitted after training on the independent model at two support
+/// sizes, each a row beside the methods whose cross-test equals the stored adapter applied by
+/// hand, whose self-test is the model's own, in the main table, the paired comparisons and the
+/// run's matrix; a second call fits nothing.
+#[test]
+fn adapters_are_rows_beside_the_methods() {
+    use bcl::adapt::Adapter;
+    use bcl::experiment::adapters::AdaptersConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_experiment(dir.path(), 6, 15, 9);
+    cfg.scenarios = vec![Scenario::ExtendedClass];
+    cfg.seeds = vec![1, 2];
+    cfg.methods = vec![Method::INDEPENDENT, Method::BCT];
+    let mut ad = AdaptersConfig {
+        support_per_class: vec![5, 30],
+        ..AdaptersConfig::default()
+    };
+    ad.fit.forward.inner_dim = 32;
+    ad.fit.forward.epochs = 20;
+    ad.fit.forward.batch = 64;
+    ad.fit.affine.epochs = 20;
+    cfg.adapters = Some(ad);
+    let out = dir.path().join("exp");
+    let report = run_experiment(&cfg, &out, &opts()).unwrap();
+    let kinds = ["procrustes", "slerp", "affine", "forward"];
+    // 6 classes: 30 and 180 pairs
+    let labels: Vec<String> = [30, 180]
+        .iter()
+        .flat_map(|n| kinds.map(|k| format!("independent+{k}@{n}")))
+        .collect();
+    for (key, run) in &report.runs {
+        let got: Vec<String> = run.adapted.iter().map(|r| r.label()).collect();
+        assert_eq!(got, labels, "{key}");
+        assert_eq!(run.matrix.models.len(), 3 + 8);
+    }
+    // by hand on seed 1: the stored adapter applied to the test embeddings
+    let run = bcl::experiment::run_dir(&out, Scenario::ExtendedClass, 1);
+    let old = bcl::model::Embedder::load(run.old().path(), Device::Cpu).unwrap();
+    let new = bcl::model::Embedder::load(run.model("new-independent").path(), Device::Cpu).unwrap();
+    let test = bcl::data::open_test(&cfg.run_config(Scenario::ExtendedClass, 1).data).unwrap();
+    let (u, v) = (old.embed_dataset(&test, 64), new.embed_dataset(&test, 64));
+    let r1 = &report.runs["extended-class/seed-1"];
+    let indep = r1
+        .rows
+        .iter()
+        .find(|r| r.method == Method::INDEPENDENT)
+        .unwrap();
+    for row in &r1.adapted {
+        let t = row.adapter.as_ref().unwrap();
+        let a = Adapter::load(
+            &run.path()
+                .join("adapters")
+                .join(format!("new-independent-{}-{}", t.kind, t.support)),
+        )
+        .unwrap();
+        let (q, g) = match t.kind.as_str() {
+            "slerp" => (a.apply(&v, Some(&u)).unwrap(), u.shallow_clone()),
+            "forward" => (v.shallow_clone(), a.apply(&u, None).unwrap()),
+            _ => (a.apply(&v, None).unwrap(), u.shallow_clone()),
+        };
+        let cross = bcl::eval::leave_one_out(&q, &g, &test.labels).unwrap().map;
+        assert!(
+            (row.cross_map - cross).abs() < 1e-9,
+            "{t}: {} vs {cross}",
+            row.cross_map
+        );
+        assert_eq!(row.self_map, indep.self_map);
+        assert_eq!(row.old_old_map, indep.old_old_map);
+        assert_eq!(row.compatible, cross > row.old_old_map);
+        let name = format!("new-independent+{t}");
+        assert_eq!(r1.matrix.get(&name, "old").unwrap().map, row.cross_map);
+        assert_eq!(r1.matrix.get(&name, &name).unwrap().map, row.self_map);
+    }
+    // Procrustes was fitted on the first 30 training images of each class, embedded by both
+    // models: on them its rotation agrees with the old vectors at least as well as no rotation
+    // (the identity is one of the maps it maximises over)
+    let support = bcl::data::open_part(
+        &cfg.run_config(Scenario::ExtendedClass, 1).data,
+        bcl::data::Part::Train,
+    )
+    .unwrap()
+    .take_per_class(30);
+    let (su, sv) = (
+        old.embed_dataset(&support, 64),
+        new.embed_dataset(&support, 64),
+    );
+    let raw_cos = (&su * &sv).sum(tch::Kind::Float).double_value(&[]) / su.size()[0] as f64;
+    let p = Adapter::load(&run.path().join("adapters/new-independent-procrustes-180")).unwrap();
+    assert_eq!(p.card.support.pairs, 180);
+    assert!(
+        p.card.support_cosine >= raw_cos - 1e-6,
+        "{} < {raw_cos}",
+        p.card.support_cosine
+    );
+    // the main table and the paired comparisons carry them
+    assert_eq!(report.table.len(), 2 + 8);
+    assert!(report.table.iter().all(|r| r.seeds == 2));
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("independent+forward@180"), "{md}");
+    let p = report
+        .paired
+        .iter()
+        .find(|p| p.label() == "independent+affine@30" && p.reference == Method::INDEPENDENT)
+        .unwrap();
+    assert_eq!(
+        p.self_diffs,
+        vec![0.0, 0.0],
+        "an adapter leaves the self-test"
+    );
+    assert!(report
+        .paired
+        .iter()
+        .any(|p| p.label() == "independent+affine@30" && p.reference == Method::BCT));
+    // resumed: nothing refitted
+    let card = run
+        .path()
+        .join("adapters/new-independent-affine-30/adapter.json");
+    let before = std::fs::metadata(&card).unwrap().modified().unwrap();
+    let again = run_experiment(&cfg, &out, &opts()).unwrap();
+    assert_eq!(again.table, report.table);
+    assert_eq!(
+        std::fs::metadata(&card).unwrap().modified().unwrap(),
+        before
+    );
+
+    // bad sections are refused with the reason
+    let path = dir.path().join("bad.toml");
+    for (section, why) in [
+        ("kinds = [\"rotation\"]", "no adapter kind 'rotation'"),
+        ("methods = [\"ndpp\"]", "not among the experiment's methods"),
+        ("support_per_class = [0]", "at least 1"),
+    ] {
+        std::fs::write(
+            &path,
+            format!("methods = [\"independent\", \"bct\"]\n[adapters]\n{section}\n"),
+        )
+        .unwrap();
+        let e = ExperimentConfig::from_toml_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{section}: {e}");
+    }
 }
 
 /// The selection-then-report protocol end to end on generated data: grids run on the selection

@@ -18,6 +18,17 @@ pub struct ModelRef {
     pub dim: usize,
 }
 
+impl ModelRef {
+    /// A loaded model as one side of an adapter: its card's id, name and dimension.
+    pub fn of(e: &crate::model::Embedder) -> Self {
+        Self {
+            id: Some(e.card.id.clone()),
+            name: Some(e.card.name.clone()),
+            dim: e.card.arch.dim as usize,
+        }
+    }
+}
+
 /// The support set an adapter was fitted on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -5,16 +5,46 @@
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::{is_compatible, update_gain, CompatMatrix, EvalError};
+use super::{is_compatible, update_gain, CompatMatrix, EvalError, RetrievalMetrics};
 use crate::data::Dataset;
 use crate::loss::Method;
 use crate::model::{Embedder, Role};
 
-/// One row of the results table: a new model evaluated against the old gallery.
+/// What an adapted row adds to its new model: the adapter's kind and the number of support
+/// pairs it was fitted on (written `kind@pairs`, e.g. `procrustes@1000`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AdapterTag {
+    /// The adapter's kind (`bcl adapt kinds`).
+    pub kind: String,
+    /// Support pairs it was fitted on.
+    pub support: usize,
+}
+
+impl std::fmt::Display for AdapterTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.kind, self.support)
+    }
+}
+
+/// A row's name in tables: `method`, then `+kind@pairs` where an adapter is given.
+pub fn row_label(method: Method, adapter: Option<&AdapterTag>) -> String {
+    match adapter {
+        None => method.to_string(),
+        Some(t) => format!("{method}+{t}"),
+    }
+}
+
+/// One row of the results table: a new model evaluated against the old gallery, as trained or
+/// through an adapter fitted after training.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResultRow {
     /// The method the new model was trained with.
     pub method: Method,
+    /// The adapter its cross-test goes through (`None`: the model as trained). A new → old
+    /// adapter maps the queries; an old → new one (`forward`) maps the old gallery's vectors,
+    /// searched by the new model's queries. The self-test is the model's own either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterTag>,
     /// mAP of the old model against itself (the baseline).
     pub old_old_map: f64,
     /// Self-test mAP `M(new→new)`.
@@ -49,6 +79,36 @@ impl ResultRow {
         "cross_r1",
     ];
 
+    /// The row of a model trained with `method` (through `adapter` where given) from its cells:
+    /// the old model against itself `old_old`, the model against itself `own`, and its queries
+    /// against the old gallery `cross`; the gain needs the independent model's self-test mAP.
+    pub fn from_cells(
+        method: Method,
+        adapter: Option<AdapterTag>,
+        old_old: &RetrievalMetrics,
+        own: &RetrievalMetrics,
+        cross: &RetrievalMetrics,
+        indep_self: Option<f64>,
+    ) -> Self {
+        let r1 = |m: &RetrievalMetrics| m.recall_at.get(&1).copied().unwrap_or(f64::NAN);
+        Self {
+            method,
+            adapter,
+            old_old_map: old_old.map,
+            self_map: own.map,
+            cross_map: cross.map,
+            self_r1: r1(own),
+            cross_r1: r1(cross),
+            compatible: is_compatible(cross.map, old_old.map),
+            gain: indep_self.and_then(|i| update_gain(cross.map, old_old.map, i)),
+        }
+    }
+
+    /// The row's name in tables: the method, then `+kind@pairs` for an adapted row.
+    pub fn label(&self) -> String {
+        row_label(self.method, self.adapter.as_ref())
+    }
+
     /// The row's figures in table order: old→old mAP, self mAP, cross mAP, self R@1, cross R@1.
     pub fn figures(&self) -> [f64; 5] {
         [
@@ -70,6 +130,17 @@ pub struct EvalReport {
     pub matrix: CompatMatrix,
     /// One row per new model: self-test, cross-test against its old model, criterion and gain.
     pub rows: Vec<ResultRow>,
+    /// One row per adapter evaluated beside the models (`adapt::rows`), after `rows` in
+    /// tables; their cross-test cells are the matrix's rows after the models'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapted: Vec<ResultRow>,
+}
+
+impl EvalReport {
+    /// The models' rows, then the adapted rows.
+    pub fn all_rows(&self) -> Vec<ResultRow> {
+        self.rows.iter().chain(&self.adapted).cloned().collect()
+    }
 }
 
 /// Embeds `test` with every model and computes the full matrix and the per-method rows.
@@ -83,7 +154,7 @@ pub fn evaluate_models(
 
 /// The model model `i` is compatible with: the one its card names, else (for a new model) the
 /// only old model of the set.
-fn parent(models: &[Embedder], i: usize) -> Option<usize> {
+pub fn parent(models: &[Embedder], i: usize) -> Option<usize> {
     match &models[i].card.compatible_with {
         Some(id) => models.iter().position(|o| &o.card.id == id),
         None if models[i].card.role == Role::New => {
@@ -148,10 +219,23 @@ pub fn evaluate_models_on(
     cells: MatrixCells,
     dist: &dyn bcl_dist::Collective,
 ) -> Result<EvalReport, EvalError> {
+    let feats = embed_models(models, test, batch, dist)?;
+    score_models(models, &feats, &test.labels, cells)
+}
+
+/// Every model's embedding of `test` (the ranks of `dist` sharing each pass), after checking
+/// that the models can be evaluated together: at least one, distinct names, each taking the
+/// test set's image shape.
+pub fn embed_models(
+    models: &[Embedder],
+    test: &Dataset,
+    batch: usize,
+    dist: &dyn bcl_dist::Collective,
+) -> Result<Vec<Tensor>, EvalError> {
     if models.is_empty() {
         return Err(EvalError::Mismatch("no model to evaluate".into()));
     }
-    let names: Vec<String> = models.iter().map(|m| m.card.name.clone()).collect();
+    let names: Vec<&String> = models.iter().map(|m| &m.card.name).collect();
     for (i, n) in names.iter().enumerate() {
         if names[..i].contains(n) {
             return Err(EvalError::Mismatch(format!("two models are named '{n}'")));
@@ -168,13 +252,31 @@ pub fn evaluate_models_on(
             )));
         }
     }
-    let feats: Vec<Tensor> = models
+    Ok(models
         .iter()
         .map(|m| m.embed_dataset_on(test, batch, dist))
-        .collect::<Result<_, _>>()?;
-    let matrix = CompatMatrix::compute_with(&names, &feats, &test.labels, |q, g| {
+        .collect::<Result<_, _>>()?)
+}
+
+/// The matrix (the cells `cells` asks for) and the rows of `models` from their embeddings
+/// `feats` of one labelled set (leave-one-out).
+pub fn score_models(
+    models: &[Embedder],
+    feats: &[Tensor],
+    labels: &[i64],
+    cells: MatrixCells,
+) -> Result<EvalReport, EvalError> {
+    if feats.len() != models.len() || models.is_empty() {
+        return Err(EvalError::Mismatch(format!(
+            "{} models but {} embeddings",
+            models.len(),
+            feats.len()
+        )));
+    }
+    let names: Vec<String> = models.iter().map(|m| m.card.name.clone()).collect();
+    let matrix = CompatMatrix::compute_with(&names, feats, labels, |q, g| {
         let wanted = cells == MatrixCells::All || q == g || models[g].card.role == Role::Old;
-        wanted.then(|| in_space_of(models, &feats, q, g)).flatten()
+        wanted.then(|| in_space_of(models, feats, q, g)).flatten()
     })?;
     let indep = models
         .iter()
@@ -195,27 +297,26 @@ pub fn evaluate_models_on(
                 models[o].dim()
             )));
         };
-        let selft = matrix.at(i, i);
-        let gain = indep.and_then(|k| update_gain(cross.map, oo.map, matrix.at(k, k).map));
-        rows.push(ResultRow {
-            method: Method::named(&m.card.method).map_err(|e| {
-                EvalError::Mismatch(format!(
-                    "{}: {e}",
-                    crate::layout::ModelDir::new(&m.dir).card().display()
-                ))
-            })?,
-            old_old_map: oo.map,
-            self_map: selft.map,
-            cross_map: cross.map,
-            self_r1: selft.recall_at[&1],
-            cross_r1: cross.recall_at[&1],
-            compatible: is_compatible(cross.map, oo.map),
-            gain,
-        });
+        let method = Method::named(&m.card.method).map_err(|e| {
+            EvalError::Mismatch(format!(
+                "{}: {e}",
+                crate::layout::ModelDir::new(&m.dir).card().display()
+            ))
+        })?;
+        let indep_self = indep.map(|k| matrix.at(k, k).map);
+        rows.push(ResultRow::from_cells(
+            method,
+            None,
+            oo,
+            matrix.at(i, i),
+            cross,
+            indep_self,
+        ));
     }
     Ok(EvalReport {
-        test_items: test.len(),
+        test_items: labels.len(),
         matrix,
         rows,
+        adapted: Vec::new(),
     })
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{mean_std, paired};
 use crate::data::Scenario;
-use crate::eval::models::ResultRow;
+use crate::eval::models::{AdapterTag, ResultRow};
 use crate::files::write_atomic;
 use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
@@ -23,6 +23,9 @@ pub struct AggregateRow {
     pub scenario: Scenario,
     /// Method.
     pub method: Method,
+    /// The adapter of an adapted row (`None`: the model as trained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterTag>,
     /// Seeds aggregated.
     pub seeds: usize,
     /// (mean, std) of old→old mAP.
@@ -42,6 +45,11 @@ pub struct AggregateRow {
 }
 
 impl AggregateRow {
+    /// The row's name in tables: the method, then `+kind@pairs` for an adapted row.
+    pub fn label(&self) -> String {
+        crate::eval::models::row_label(self.method, self.adapter.as_ref())
+    }
+
     /// (mean, std) of each of [`ResultRow::figures`], in that order.
     pub fn figures(&self) -> [(f64, f64); 5] {
         [
@@ -54,15 +62,19 @@ impl AggregateRow {
     }
 }
 
-/// Aggregates per-run rows into mean ± std (sample standard deviation) per scenario and method.
+/// A row's key: scenario, method and adapter.
+type RowKey = (Scenario, Method, Option<AdapterTag>);
+
+/// Aggregates per-run rows into mean ± std (sample standard deviation) per scenario and row
+/// (method, and adapter for an adapted row).
 pub fn aggregate(runs: &[(Scenario, u64, Vec<ResultRow>)]) -> Vec<AggregateRow> {
-    let mut groups: BTreeMap<(Scenario, Method), Vec<&ResultRow>> = BTreeMap::new();
-    let mut order: Vec<(Scenario, Method)> = Vec::new();
+    let mut groups: BTreeMap<RowKey, Vec<&ResultRow>> = BTreeMap::new();
+    let mut order: Vec<RowKey> = Vec::new();
     for (sc, _, rows) in runs {
         for r in rows {
-            let key = (*sc, r.method);
+            let key = (*sc, r.method, r.adapter.clone());
             if !groups.contains_key(&key) {
-                order.push(key);
+                order.push(key.clone());
             }
             groups.entry(key).or_default().push(r);
         }
@@ -78,6 +90,7 @@ pub fn aggregate(runs: &[(Scenario, u64, Vec<ResultRow>)]) -> Vec<AggregateRow> 
             AggregateRow {
                 scenario: key.0,
                 method: key.1,
+                adapter: key.2.clone(),
                 seeds: rs.len(),
                 old_old_map: col(&|r| r.old_old_map),
                 self_map: col(&|r| r.self_map),
@@ -110,7 +123,7 @@ pub fn aggregate_markdown(rows: &[AggregateRow]) -> String {
     for r in rows {
         let mut row: Vec<Cell> = vec![
             r.scenario.to_string().into(),
-            r.method.to_string().into(),
+            r.label().into(),
             r.seeds.to_string().into(),
         ];
         row.extend(r.figures().map(pm));
@@ -134,11 +147,7 @@ pub fn aggregate_csv(rows: &[AggregateRow]) -> String {
     headers.extend(["compatible".into(), "gain".into(), "gain_std".into()]);
     let mut t = Table::new(headers.into_iter().map(Column::text));
     for r in rows {
-        let mut row = vec![
-            r.scenario.to_string(),
-            r.method.to_string(),
-            r.seeds.to_string(),
-        ];
+        let mut row = vec![r.scenario.to_string(), r.label(), r.seeds.to_string()];
         for (m, s) in r.figures() {
             row.extend([format!("{m:.6}"), format!("{s:.6}")]);
         }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::Scenario;
-use crate::eval::models::ResultRow;
+use crate::eval::models::{AdapterTag, ResultRow};
 use crate::loss::Method;
 use crate::table::{Cell, Column, Table};
 
@@ -144,7 +144,10 @@ pub struct PairedRow {
     pub scenario: Scenario,
     /// The method.
     pub method: Method,
-    /// The method it is compared with.
+    /// The adapter of an adapted row (`None`: the model as trained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterTag>,
+    /// The method it is compared with (as trained).
     pub reference: Method,
     /// Seeds where both ran.
     pub seeds: Vec<u64>,
@@ -158,24 +161,33 @@ pub struct PairedRow {
     pub cross_diff: Interval,
 }
 
-/// Every method against `reference`, per scenario, over the seeds where both ran.
+impl PairedRow {
+    /// The row's name in tables: the method, then `+kind@pairs` for an adapted row.
+    pub fn label(&self) -> String {
+        crate::eval::models::row_label(self.method, self.adapter.as_ref())
+    }
+}
+
+/// Every row (method, or method through an adapter) against `reference` as trained, per
+/// scenario, over the seeds where both ran.
 pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Vec<PairedRow> {
     let mut out: Vec<PairedRow> = Vec::new();
+    let is_reference = |r: &ResultRow| r.method == reference && r.adapter.is_none();
     for (sc, seed, rows) in runs {
-        let Some(r) = rows.iter().find(|r| r.method == reference) else {
+        let Some(r) = rows.iter().find(|r| is_reference(r)) else {
             continue;
         };
-        for m in rows.iter().filter(|m| m.method != reference) {
+        for m in rows.iter().filter(|m| !is_reference(m)) {
             let scenario = *sc;
-            let i = match out
-                .iter()
-                .position(|p| p.scenario == scenario && p.method == m.method)
-            {
+            let i = match out.iter().position(|p| {
+                p.scenario == scenario && p.method == m.method && p.adapter == m.adapter
+            }) {
                 Some(i) => i,
                 None => {
                     out.push(PairedRow {
                         scenario,
                         method: m.method,
+                        adapter: m.adapter.clone(),
                         reference,
                         seeds: Vec::new(),
                         self_diffs: Vec::new(),
@@ -236,7 +248,7 @@ pub fn paired_markdown(rows: &[PairedRow]) -> String {
     for r in rows {
         t.push(vec![
             r.scenario.to_string().into(),
-            r.method.to_string().into(),
+            r.label().into(),
             r.reference.to_string().into(),
             r.seeds.len().to_string().into(),
             cell(&r.self_diff),

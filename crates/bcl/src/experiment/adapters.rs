@@ -1,0 +1,190 @@
+//! Adapters as rows of an experiment (`[adapters]`): in every (scenario, seed) run, each kind
+//! is fitted after training between each listed method's new model and the old model, on the
+//! first N training images of each class (N a knob: one row per support size), and scored on
+//! the test set like the models; the rows join the main table and its paired comparisons, and
+//! the run's compatibility matrix. Fitted adapters are kept under the run directory
+//! (`adapters/<name>/`), the rows cached in `adapters.json` while models and settings are
+//! unchanged.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{cached, model_ids};
+use crate::adapt::rows::{adapted_cross, tag};
+use crate::adapt::{Adapter, FitConfig, ModelRef, Models, SupportSet};
+use crate::data::Part;
+use crate::eval::models::{EvalReport, ResultRow};
+use crate::eval::RetrievalMetrics;
+use crate::layout::RunDir;
+use crate::loss::Method;
+use crate::model::Embedder;
+use crate::run::{RunConfig, RunError, StepOptions};
+
+/// `[adapters]`: which adapters an experiment fits and scores beside its methods.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptersConfig {
+    /// Kinds fitted (`bcl adapt kinds`).
+    pub kinds: Vec<String>,
+    /// Methods of the main table whose new models get them (default: independent, the
+    /// post-hoc baseline: a model trained on its own, made compatible afterwards).
+    pub methods: Vec<Method>,
+    /// Support sizes: the first N training images of each class, embedded by both models
+    /// (one row per size).
+    pub support_per_class: Vec<usize>,
+    /// The kinds' settings; the seed of the kinds that train is the run's, 3000 + seed (as the
+    /// old model's is 1000 + seed), whatever `fit.seed` says.
+    pub fit: FitConfig,
+}
+
+impl Default for AdaptersConfig {
+    fn default() -> Self {
+        Self {
+            kinds: crate::adapt::kind_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            methods: vec![Method::INDEPENDENT],
+            support_per_class: vec![100],
+            fit: FitConfig::default(),
+        }
+    }
+}
+
+impl AdaptersConfig {
+    /// Checks the kinds exist, the methods are the experiment's, the sizes are positive and
+    /// the settings in range.
+    pub fn validate(&self, methods: &[Method]) -> Result<(), String> {
+        if self.kinds.is_empty() || self.methods.is_empty() || self.support_per_class.is_empty() {
+            return Err(
+                "[adapters]: kinds, methods and support_per_class each need one entry".into(),
+            );
+        }
+        for k in &self.kinds {
+            crate::adapt::kind(k).map_err(|e| format!("[adapters] kinds: {e}"))?;
+        }
+        for m in &self.methods {
+            if !methods.contains(m) {
+                return Err(format!(
+                    "[adapters] methods: '{m}' is not among the experiment's methods (its new \
+                     model is what the adapter maps)"
+                ));
+            }
+        }
+        if self.support_per_class.contains(&0) {
+            return Err("[adapters] support_per_class: every size must be at least 1".into());
+        }
+        self.fit
+            .validate()
+            .map_err(|e| format!("[adapters] fit: {e}"))
+    }
+}
+
+/// An adapted row and its cross-test cell (the matrix's new row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdaptedRun {
+    /// The row.
+    pub row: ResultRow,
+    /// Its cross-test against the old model.
+    pub cross: RetrievalMetrics,
+}
+
+/// The name of a fitted adapter's directory: `new-<method>-<kind>-<pairs>`.
+fn adapter_name(method: Method, kind: &str, pairs: usize) -> String {
+    format!("{}-{kind}-{pairs}", method.model_name())
+}
+
+/// Fits and scores one run's adapters (cached in the run's `adapters.json`): `dirs` are the
+/// run's model directories (the old model first, then `methods`' in order) and `report` its
+/// evaluation.
+#[allow(clippy::too_many_arguments)]
+pub fn adapted_rows(
+    cfg: &AdaptersConfig,
+    rc: &RunConfig,
+    methods: &[Method],
+    dirs: &[PathBuf],
+    report: &EvalReport,
+    seed: u64,
+    dir: &Path,
+    opts: &StepOptions,
+) -> Result<Vec<AdaptedRun>, RunError> {
+    let run = RunDir::new(dir);
+    cached(
+        &run.adapters_cache(),
+        &(model_ids(dirs)?, cfg.clone()),
+        || {
+            let old = Embedder::load(&dirs[0], opts.device)?;
+            let train = crate::data::open_part(&rc.data, Part::Train)?;
+            let test = crate::data::open_test(&rc.data)?;
+            let old_test = old.embed_dataset(&test, rc.eval_batch);
+            let indep_self = report
+                .rows
+                .iter()
+                .find(|r| r.method == Method::INDEPENDENT)
+                .map(|r| r.self_map);
+            let fit = FitConfig {
+                seed: 3000 + seed,
+                ..cfg.fit.clone()
+            };
+            let mut out = Vec::new();
+            for &m in &cfg.methods {
+                let k = methods
+                    .iter()
+                    .position(|x| *x == m)
+                    .expect("validated: the experiment's method");
+                let new = Embedder::load(&dirs[k + 1], opts.device)?;
+                let base = report
+                    .rows
+                    .iter()
+                    .find(|r| r.method == m)
+                    .ok_or_else(|| RunError::Invalid(format!("the run has no row for {m}")))?;
+                let new_test = new.embed_dataset(&test, rc.eval_batch);
+                let own = report.matrix.at(k + 1, k + 1);
+                let oo = report.matrix.at(0, 0);
+                for &n in &cfg.support_per_class {
+                    let support = train.take_per_class(n);
+                    let pairs = SupportSet::new(
+                        &old.embed_dataset(&support, rc.eval_batch),
+                        &new.embed_dataset(&support, rc.eval_batch),
+                    )?
+                    .with_labels(support.labels.clone())?
+                    .with_source(format!(
+                        "the first {n} training images of each class of {}",
+                        rc.data.dir.display()
+                    ));
+                    let models = Models {
+                        old: ModelRef::of(&old),
+                        new: ModelRef::of(&new),
+                    };
+                    for kind in &cfg.kinds {
+                        tracing::info!(method = %m, kind, per_class = n, "fitting an adapter");
+                        let mut a = Adapter::fit(kind, &pairs, &fit, &models, opts.device)?;
+                        a.save(&run.adapter(&adapter_name(m, kind, support.len())))?;
+                        let cross = adapted_cross(&a, &new_test, &old_test, &test.labels)?;
+                        let row =
+                            ResultRow::from_cells(m, Some(tag(&a)), oo, own, &cross, indep_self);
+                        debug_assert_eq!(row.self_map, base.self_map);
+                        out.push(AdaptedRun { row, cross });
+                    }
+                }
+            }
+            Ok(out)
+        },
+    )
+}
+
+/// Puts `adapted` into `report`: the rows after the models', and each one's query row in the
+/// matrix (its cross-test against the old model, its model's self-test on the diagonal).
+pub fn add_to_report(report: &mut EvalReport, methods: &[Method], adapted: &[AdaptedRun]) {
+    for a in adapted {
+        let Some(t) = &a.row.adapter else { continue };
+        let k = methods.iter().position(|x| *x == a.row.method);
+        let own = k.and_then(|k| report.matrix.cells[k + 1][k + 1].clone());
+        let name = format!("{}+{t}", a.row.method.model_name());
+        report
+            .matrix
+            .push_row(&name, vec![Some(a.cross.clone())], own);
+        report.adapted.push(a.row.clone());
+    }
+}
