@@ -34,11 +34,62 @@ pub enum GalleryCommand {
     Search(SearchArgs),
     /// Re-embed items with a new model until a share of the gallery is its (resumable).
     Backfill(BackfillArgs),
-    /// Items per model, lineage and data source, as JSON.
+    /// Items per model, the lineage graph (declared successions, adapters, measured
+    /// cross-tests) and data source, as JSON.
     Status(StatusArgs),
+    /// Record an adapter on the gallery's lineage, and/or measure a model's cross-test on the
+    /// gallery's own items (through the adapter) and record it.
+    Link(LinkArgs),
+    /// Upgrade the stored vectors of the old model into the new model's space through a
+    /// forward adapter, without re-embedding images (resumable; items tagged with the adapter).
+    Upgrade(UpgradeArgs),
     /// Open a gallery whose log is damaged: keep every intact record, report what was lost,
     /// and set the damaged log aside (usearch backend).
     Recover(RecoverArgs),
+}
+
+/// `bcl gallery link`.
+#[derive(Args)]
+pub struct LinkArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// The adapter to record (`bcl adapt fit`): new → old for queries, or forward.
+    #[arg(long, required_unless_present = "model")]
+    adapter: Option<PathBuf>,
+    /// Measure this model's cross-test on the gallery's own items (its data source's images
+    /// as queries, through --adapter if given, against the stored vectors) and record it.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The gallery's model, which a slerp adapter reads beside the query model.
+    #[arg(long, requires = "model")]
+    old_model: Option<PathBuf>,
+    /// Record or measure even if the lineage check fails (recorded as such).
+    #[arg(long)]
+    force: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+}
+
+/// `bcl gallery upgrade`.
+#[derive(Args)]
+pub struct UpgradeArgs {
+    /// Gallery directory.
+    #[arg(long)]
+    store: PathBuf,
+    /// A forward (old → new) adapter fitted for the gallery's model and the new model.
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Items per durable commit.
+    #[arg(long, default_value_t = 4096)]
+    commit: usize,
+    /// Print one line per durable commit ("committed N/M").
+    #[arg(long)]
+    print_commits: bool,
 }
 
 /// `bcl gallery recover`.
@@ -481,6 +532,8 @@ pub fn run_gallery(cmd: GalleryCommand) -> Result<()> {
         GalleryCommand::Search(a) => gallery_search(a),
         GalleryCommand::Backfill(a) => gallery_backfill(a),
         GalleryCommand::Status(a) => gallery_status(a),
+        GalleryCommand::Link(a) => gallery_link(a),
+        GalleryCommand::Upgrade(a) => gallery_upgrade(a),
         GalleryCommand::Recover(a) => gallery_recover(a),
     }
 }
@@ -747,6 +800,81 @@ fn gallery_status(a: StatusArgs) -> Result<()> {
         });
     }
     println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+/// `bcl gallery link`: records the adapter (checked against the lineage), then measures the
+/// model's cross-test on the gallery's own items where --model is given.
+fn gallery_link(a: LinkArgs) -> Result<()> {
+    let mut store = gal::open(&a.store)?;
+    let adapter = a
+        .adapter
+        .as_deref()
+        .map(|p| bcl::adapt::Adapter::load(p).with_context(|| format!("--adapter {}", p.display())))
+        .transpose()?;
+    let mut out = serde_json::Map::new();
+    if let Some(ad) = &adapter {
+        let (lineage, edge) = gal::lineage::link(store.as_mut(), ad, a.force)?;
+        print_lineage(&lineage);
+        out.insert("edge".into(), serde_json::to_value(edge)?);
+    }
+    if let Some(m) = &a.model {
+        if let (Some(ad), None) = (&adapter, &a.old_model) {
+            if ad.spec().companion() == bcl::adapt::Companion::OldQuery {
+                bail!(
+                    "a {} adapter interpolates between the old and the new model's embedding \
+                     of each query: give the gallery's model with --old-model",
+                    ad.card.kind
+                );
+            }
+        }
+        let emb = load_model(m, &a.device)?;
+        let old = a
+            .old_model
+            .as_deref()
+            .map(|o| load_model(o, &a.device))
+            .transpose()?;
+        let Some(src) = store.manifest().source.clone() else {
+            bail!(
+                "{}: this gallery was filled with vectors, not from a data set: there are no \
+                 images to measure a cross-test on",
+                a.store.display()
+            );
+        };
+        let data = ops::load_source(&src)?;
+        let t = gal::lineage::measure(
+            store.as_mut(),
+            &emb,
+            adapter.as_ref().map(|ad| (ad, old.as_ref())),
+            &data,
+            a.batch,
+            a.force,
+        )
+        .with_context(|| match &a.old_model {
+            Some(o) => format!("--model {} --old-model {}", m.display(), o.display()),
+            None => format!("--model {}", m.display()),
+        })?;
+        out.insert("measured".into(), serde_json::to_value(t)?);
+    }
+    println!("{}", serde_json::Value::Object(out));
+    Ok(())
+}
+
+/// `bcl gallery upgrade`.
+fn gallery_upgrade(a: UpgradeArgs) -> Result<()> {
+    if a.commit == 0 {
+        bail!("--commit must be at least 1");
+    }
+    let adapter = bcl::adapt::Adapter::load(&a.adapter)?;
+    let mut store = gal::open(&a.store)?;
+    let r = gal::lineage::forward_upgrade(
+        store.as_mut(),
+        &adapter,
+        a.commit,
+        &mut committer(a.print_commits),
+    )
+    .with_context(|| format!("{}: upgrading {}", a.adapter.display(), a.store.display()))?;
+    println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 

@@ -295,4 +295,121 @@ fn fit_on_images_embedded_by_two_trained_models() {
         e.contains(&back.display().to_string()) && e.contains("no old model"),
         "{e}"
     );
+
+    // `bcl gallery link`: the adapter recorded on the gallery's lineage and the new model's
+    // cross-test through it measured on the gallery's own items (the old model's test
+    // vectors): the same leave-one-out figure as eval's adapted row
+    let json = |s: &str| -> serde_json::Value { serde_json::from_str(s.trim()).unwrap() };
+    let link = |extra: &[&std::ffi::OsStr]| {
+        let mut c = bcl();
+        c.args(["gallery", "link", "--device", "cpu", "--store"])
+            .arg(&store)
+            .args(extra);
+        c
+    };
+    let e = run_err(&mut link(&[
+        "--adapter".as_ref(),
+        a.as_os_str(),
+        "--model".as_ref(),
+        new.as_os_str(),
+    ]));
+    assert!(e.contains("--old-model"), "{e}");
+    let linked = json(&run_ok(&mut link(&[
+        "--adapter".as_ref(),
+        a.as_os_str(),
+        "--model".as_ref(),
+        new.as_os_str(),
+        "--old-model".as_ref(),
+        old.as_os_str(),
+    ])));
+    assert_eq!(linked["edge"]["kind"], "slerp");
+    let measured = linked["measured"]["map"].as_f64().unwrap();
+    let eval_cross = adapted[0]["cross_map"].as_f64().unwrap();
+    assert!(
+        (measured - eval_cross).abs() < 1e-4,
+        "{measured} vs {eval_cross}"
+    );
+    assert_eq!(linked["measured"]["items"], 40);
+
+    // `bcl gallery upgrade`: a forward adapter maps the stored vectors into the new space
+    // (commits printed); the new model then searches the gallery as its own, its measured
+    // cross-test equals eval's forward row, and the status graph shows both edges measured
+    let settings = dir.path().join("forward.toml");
+    std::fs::write(
+        &settings,
+        "[forward]\ninner_dim = 32\nepochs = 10\nwarmup_epochs = 1\nbatch = 16\n",
+    )
+    .unwrap();
+    let fwd = dir.path().join("fwd");
+    run_ok(
+        bcl()
+            .args([
+                "adapt", "fit", "--kind", "forward", "--device", "cpu", "--old",
+            ])
+            .arg(&old)
+            .arg("--new")
+            .arg(&new)
+            .arg("--settings")
+            .arg(&settings)
+            .arg("--out")
+            .arg(&fwd),
+    );
+    let up = run_ok(
+        bcl()
+            .args([
+                "gallery",
+                "upgrade",
+                "--commit",
+                "16",
+                "--print-commits",
+                "--store",
+            ])
+            .arg(&store)
+            .arg("--adapter")
+            .arg(&fwd),
+    );
+    let lines: Vec<&str> = up.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        ["committed 16/40", "committed 32/40", "committed 40/40"]
+    );
+    let r = json(lines[3]);
+    assert_eq!(
+        (r["mapped"].as_u64(), r["already"].as_u64()),
+        (Some(40), Some(0))
+    );
+    let hits = run_ok(
+        bcl()
+            .args([
+                "gallery", "search", "--device", "cpu", "--k", "3", "--limit", "2", "--store",
+            ])
+            .arg(&store)
+            .arg("--model")
+            .arg(&new),
+    );
+    assert_eq!(hits.lines().count(), 2, "{hits}");
+    let measured = json(&run_ok(&mut link(&["--model".as_ref(), new.as_os_str()])))["measured"]
+        ["map"]
+        .as_f64()
+        .unwrap();
+    let out = dir.path().join("report-fwd");
+    run_ok(eval(&fwd).arg("--out").arg(&out));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let eval_cross = m["adapted"][0]["cross_map"].as_f64().unwrap();
+    assert!(
+        (measured - eval_cross).abs() < 1e-4,
+        "{measured} vs {eval_cross}"
+    );
+    let status = json(&run_ok(
+        bcl().args(["gallery", "status", "--store"]).arg(&store),
+    ));
+    let edges = status["lineage"].as_array().unwrap();
+    let kinds: Vec<&str> = edges.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["adapter", "forward"], "{status}");
+    assert!(
+        edges.iter().all(|e| e["measured"]["map"].is_f64()),
+        "{status}"
+    );
+    assert_eq!(edges[1]["adapter"][0], "forward");
 }

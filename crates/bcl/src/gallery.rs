@@ -8,6 +8,7 @@
 
 pub mod durable;
 pub mod index;
+pub mod lineage;
 #[cfg(feature = "milvus")]
 pub mod milvus_store;
 pub mod ops;
@@ -109,6 +110,11 @@ pub struct ModelInfo {
     /// its queries and vectors go through the head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compat_dim: Option<usize>,
+    /// For vectors made by a forward adapter from another model's stored vectors (no model
+    /// embedded them): the id of the model into whose space the adapter mapped them. The
+    /// lineage treats them as that model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space_of: Option<String>,
 }
 
 impl ModelInfo {
@@ -121,6 +127,7 @@ impl ModelInfo {
             compatible_with: card.compatible_with.clone(),
             dim: card.arch.dim as usize,
             compat_dim: card.arch.compat_dim.map(|c| c as usize),
+            space_of: None,
         }
     }
 
@@ -139,8 +146,68 @@ impl ModelInfo {
             compatible_with: None,
             dim,
             compat_dim: None,
+            space_of: None,
         }
     }
+
+    /// The pseudo-model a forward adapter's vectors are tagged with: id `adapter:<id>`, named
+    /// after the adapter and both models, in the space of the adapter's new model.
+    pub fn forwarded(link: &AdapterLink, from_name: &str, to_name: &str) -> Self {
+        Self {
+            id: format!("adapter:{}", link.id),
+            name: format!("{} {from_name} → {to_name}", link.kind),
+            method: "adapter".into(),
+            compatible_with: None,
+            dim: link.dim,
+            compat_dim: None,
+            space_of: link.to.clone(),
+        }
+    }
+
+    /// The model whose space this model's vectors are in: the one a forward adapter mapped
+    /// them into, else itself.
+    pub fn space(&self) -> &str {
+        self.space_of.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// An adapter recorded on a gallery's lineage (`bcl gallery link`, or used by a forward
+/// upgrade of its vectors): an edge between two models' spaces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdapterEdge {
+    /// The adapter's content id.
+    pub id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whether it maps queries (new → old) rather than stored vectors (old → new).
+    pub maps_queries: bool,
+    /// The id of the model whose vectors it maps.
+    pub from: String,
+    /// The id of the model into whose space it maps them.
+    pub to: String,
+    /// The names of both models, as the adapter's card gives them.
+    pub names: (String, String),
+}
+
+/// A cross-test measured on a gallery's own items (`bcl gallery link --model`): the items of
+/// its data source embedded by a query model (through an adapter, if any) searched against the
+/// vectors the gallery held, leave-one-out, relevant items those of the query's class.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CrossTest {
+    /// The query model's id.
+    pub query: String,
+    /// The adapter its queries went through, if any.
+    pub adapter: Option<String>,
+    /// mAP.
+    pub map: f64,
+    /// Recall@1.
+    pub recall_at_1: f64,
+    /// Items searched.
+    pub items: usize,
+    /// The gallery's items per model id when it was measured.
+    pub gallery: BTreeMap<String, usize>,
+    /// When (seconds since the Unix epoch).
+    pub unix_s: u64,
 }
 
 /// Where a gallery's items come from, so a backfill can re-embed the same images.
@@ -170,6 +237,12 @@ pub struct GalleryManifest {
     pub models: Vec<ModelInfo>,
     /// The data set the items were embedded from, when built from one.
     pub source: Option<DataSource>,
+    /// Adapters recorded on the lineage, in order of arrival.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterEdge>,
+    /// Cross-tests measured on the gallery's items, in order of measurement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<CrossTest>,
 }
 
 impl GalleryManifest {
@@ -180,7 +253,14 @@ impl GalleryManifest {
             dim,
             models: Vec::new(),
             source: None,
+            adapters: Vec::new(),
+            measured: Vec::new(),
         }
+    }
+
+    /// The model whose space the vectors of model `id` are in (see [`ModelInfo::space`]).
+    pub fn space_of<'a>(&'a self, id: &'a str) -> &'a str {
+        self.model(id).map_or(id, ModelInfo::space)
     }
 
     /// The recorded model with this id.
@@ -448,7 +528,7 @@ pub fn check_adapted(
         ));
     }
     for (id, &n) in counts {
-        if n == 0 || adapter.to.as_deref() == Some(id.as_str()) {
+        if n == 0 || adapter.to.as_deref() == Some(manifest.space_of(id)) {
             continue;
         }
         let name = manifest.model(id).map(|m| m.name.as_str()).unwrap_or("?");
@@ -516,10 +596,10 @@ pub fn check_lineage(
     let mut verdict = Lineage::Same;
     let mut refused = Vec::new();
     for (id, &n) in counts {
-        if n == 0 || *id == query.id {
+        if n == 0 || manifest.space_of(id) == query.id {
             continue;
         }
-        if query.compatible_with.as_deref() == Some(id.as_str()) {
+        if query.compatible_with.as_deref() == Some(manifest.space_of(id)) {
             verdict = Lineage::Successor;
         } else {
             let name = manifest.model(id).map(|m| m.name.as_str()).unwrap_or("?");
@@ -603,6 +683,11 @@ pub fn check_manifest_change(old: &GalleryManifest, new: &GalleryManifest) -> Re
     if new.models.len() < old.models.len() || new.models[..old.models.len()] != old.models[..] {
         return Err(GalleryError::Invalid(
             "models can only be appended to a gallery's manifest".into(),
+        ));
+    }
+    if !new.adapters.starts_with(&old.adapters) || !new.measured.starts_with(&old.measured) {
+        return Err(GalleryError::Invalid(
+            "adapters and measurements can only be appended to a gallery's manifest".into(),
         ));
     }
     Ok(())

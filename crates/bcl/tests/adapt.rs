@@ -480,3 +480,178 @@ fn a_gallery_is_searched_through_an_adapter_fitted_for_its_pair() {
         "{e}"
     );
 }
+
+/// A forward adapter upgrades a gallery's stored vectors into the new space without images:
+/// each stored vector becomes the adapter's map of it (by hand), the items are tagged with the
+/// adapter and the new model's queries pass the lineage while the old model's no longer do, a
+/// second call maps only what is new, the upgrade survives reopening, the lineage graph shows
+/// the forward edge, and adapters that cannot upgrade this gallery are refused.
+#[test]
+fn a_forward_adapter_upgrades_a_gallery_without_images() {
+    use bcl::gallery::lineage::{forward_upgrade, graph, link};
+    use bcl::gallery::ops::{self, EmbedOptions};
+    use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
+    use bcl::gallery::{check_lineage, GalleryManifest, GalleryStore, Lineage, ModelInfo};
+
+    let d = 8i64;
+    let old = vectors(300, d, 21);
+    let new = unit(&old.matmul(&orthogonal(d, 22)));
+    let mut cfg = FitConfig::default();
+    cfg.forward.inner_dim = 32;
+    cfg.forward.epochs = 6;
+    cfg.forward.warmup_epochs = 1;
+    cfg.forward.batch = 64;
+    let forward = fit("forward", &SupportSet::new(&old, &new).unwrap(), &cfg);
+    let m = models(d as usize, d as usize);
+    let (old_id, new_id) = (m.old.id.clone().unwrap(), m.new.id.clone().unwrap());
+    let info = |id: &str, compatible_with: Option<&str>| ModelInfo {
+        compatible_with: compatible_with.map(String::from),
+        ..ModelInfo::external(id, d as usize)
+    };
+    let flat = |t: &Tensor| Vec::<f32>::try_from(t.contiguous().view([-1])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g");
+    let mut store = UsearchStore::create(
+        &path,
+        GalleryManifest::new(d as usize),
+        UsearchConfig::default(),
+    )
+    .unwrap();
+    let eo = EmbedOptions::default();
+    let gallery = old.narrow(0, 0, 200);
+    ops::add_vectors(
+        &mut store,
+        &info(&old_id, None),
+        Some(0),
+        &flat(&gallery),
+        &eo,
+        &mut |_, _| {},
+    )
+    .unwrap();
+
+    let mut commits = Vec::new();
+    let r = forward_upgrade(&mut store, &forward, 64, &mut |done, total| {
+        commits.push((done, total))
+    })
+    .unwrap();
+    assert_eq!((r.mapped, r.already, r.others), (200, 0, 0));
+    assert_eq!(commits, vec![(64, 200), (128, 200), (192, 200), (200, 200)]);
+    let tag = format!("adapter:{}", forward.card.id);
+    assert_eq!(r.tag, tag);
+    let ids: Vec<u64> = (0..200).collect();
+    let stored = Tensor::from_slice(&store.vectors(&ids).unwrap()).view([200, d]);
+    let by_hand = forward.apply(&gallery, None).unwrap();
+    assert!(
+        max_abs(&stored, &by_hand) < 1e-5,
+        "{}",
+        max_abs(&stored, &by_hand)
+    );
+    assert!(store.item_models().unwrap().values().all(|m| *m == tag));
+    // the new model's queries are at home; the old model's are not; a successor of the new
+    // model is a successor
+    let counts = store.counts().unwrap();
+    let man = store.manifest();
+    assert_eq!(
+        check_lineage(man, &counts, &info(&new_id, None), false).unwrap(),
+        Lineage::Same
+    );
+    let e = check_lineage(man, &counts, &info(&old_id, None), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&tag), "{e}");
+    assert_eq!(
+        check_lineage(
+            man,
+            &counts,
+            &info("v3v3v3v3v3v3v3v3", Some(&new_id)),
+            false
+        )
+        .unwrap(),
+        Lineage::Successor
+    );
+    // more old vectors arrive (forced past the lineage): only they are mapped next time
+    let forced = EmbedOptions {
+        force: true,
+        ..EmbedOptions::default()
+    };
+    ops::add_vectors(
+        &mut store,
+        &info(&old_id, None),
+        Some(200),
+        &flat(&old.narrow(0, 200, 50)),
+        &forced,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let r = forward_upgrade(&mut store, &forward, 64, &mut |_, _| {}).unwrap();
+    assert_eq!((r.mapped, r.already), (50, 200));
+    // the graph: one forward edge between the two models, recorded once
+    let edges = graph(store.manifest());
+    assert_eq!(edges.len(), 1);
+    assert_eq!(edges[0].kind, "forward");
+    assert_eq!(
+        (edges[0].from.as_str(), edges[0].to.as_str()),
+        (old_id.as_str(), new_id.as_str())
+    );
+    assert_eq!(
+        (edges[0].from_name.as_str(), edges[0].to_name.as_str()),
+        ("old", "new-independent")
+    );
+    drop(store);
+    let store = UsearchStore::open(&path).unwrap();
+    assert_eq!(store.manifest().adapters.len(), 1);
+    assert_eq!(store.counts().unwrap().get(&tag), Some(&250));
+    let mut store = store;
+
+    // refused: a new → old adapter, a gallery without the old model, another dimension, an
+    // adapter fitted on bare vectors
+    let procrustes = fit(
+        "procrustes",
+        &SupportSet::new(&old, &new).unwrap(),
+        &FitConfig::default(),
+    );
+    let e = forward_upgrade(&mut store, &procrustes, 64, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs an old → new adapter"), "{e}");
+    let mut other = UsearchStore::create(
+        &dir.path().join("h"),
+        GalleryManifest::new(d as usize),
+        UsearchConfig::default(),
+    )
+    .unwrap();
+    ops::add_vectors(
+        &mut other,
+        &info("someone-else", None),
+        None,
+        &flat(&gallery),
+        &eo,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let e = forward_upgrade(&mut other, &forward, 64, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("never held"), "{e}");
+    let wide_new = unit(&Tensor::cat(&[&new, &new], 1));
+    let wide = fit("forward", &SupportSet::new(&old, &wide_new).unwrap(), &cfg);
+    let e = forward_upgrade(&mut store, &wide, 64, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dimension is fixed"), "{e}");
+    let bare = Adapter::fit(
+        "forward",
+        &SupportSet::new(&old, &new).unwrap(),
+        &cfg,
+        &Models::default(),
+        Device::Cpu,
+    )
+    .unwrap();
+    let e = link(&mut store, &bare, false).unwrap_err().to_string();
+    assert!(e.contains("names no model"), "{e}");
+    assert_eq!(
+        store.manifest().adapters.len(),
+        1,
+        "nothing recorded by a refusal"
+    );
+}

@@ -598,6 +598,7 @@ fn info(id: &str, compatible_with: Option<&str>) -> ModelInfo {
         compatible_with: compatible_with.map(String::from),
         dim: 4,
         compat_dim: None,
+        space_of: None,
     }
 }
 

@@ -627,6 +627,9 @@ pub struct Status {
     pub models: Vec<ModelCount>,
     /// The data source, when built from a data set.
     pub source: Option<DataSource>,
+    /// The lineage graph: declared successions and recorded adapters, each with its latest
+    /// measured cross-test.
+    pub lineage: Vec<super::lineage::Edge>,
 }
 
 /// The status of a store.
@@ -646,6 +649,7 @@ pub fn status(store: &dyn GalleryStore) -> Result<Status> {
             })
             .collect(),
         source: m.source.clone(),
+        lineage: super::lineage::graph(m),
     })
 }
 
