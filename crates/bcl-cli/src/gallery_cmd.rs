@@ -710,36 +710,20 @@ fn gallery_search_adapted(
 ) -> Result<()> {
     let adapter = bcl::adapt::Adapter::load(path)?;
     let data = query_images(a, emb)?;
-    let embed = |e: &Embedder| -> Result<tch::Tensor> {
-        let v = ops::embed_queries(e, &data, 256, e.dim() as usize)?;
-        Ok(tch::Tensor::from_slice(&v).view([data.len() as i64, e.dim()]))
-    };
-    let companion = match (adapter.spec().companion(), &a.old_model) {
-        (bcl::adapt::Companion::OldQuery, None) => bail!(
-            "{}: a {} adapter interpolates between the old and the new model's embedding of \
-             each query: give the gallery's model with --old-model",
-            path.display(),
-            adapter.card.kind
-        ),
-        (bcl::adapt::Companion::OldQuery, Some(o)) => {
-            let old = load_model(o, &a.device)?;
-            if adapter.card.to.id.as_deref() != Some(old.card.id.as_str()) {
-                bail!(
-                    "--old-model {}: model {} is not the one the adapter maps into ({})",
-                    o.display(),
-                    old.card.id,
-                    adapter.card.to.id.as_deref().unwrap_or("unnamed vectors")
-                );
-            }
-            Some(embed(&old)?)
-        }
-        (_, Some(_)) => bail!(
-            "--old-model: a {} adapter reads only the query model's embeddings",
-            adapter.card.kind
-        ),
-        (_, None) => None,
-    };
-    let mapped = adapter.apply(&embed(emb)?, companion.as_ref())?;
+    let old = a
+        .old_model
+        .as_deref()
+        .map(|o| load_model(o, &a.device))
+        .transpose()?;
+    let mapped = gal::lineage::adapted_queries(
+        &adapter,
+        emb,
+        old.as_ref(),
+        &data,
+        256,
+        "give the gallery's model with --old-model",
+    )
+    .with_context(|| path.display().to_string())?;
     let queries = Vec::<f32>::try_from(mapped.contiguous().view([-1]))
         .context("adapted queries to host memory")?;
     let info = ModelInfo::from_card(&emb.card);
@@ -819,21 +803,19 @@ fn gallery_link(a: LinkArgs) -> Result<()> {
         out.insert("edge".into(), serde_json::to_value(edge)?);
     }
     if let Some(m) = &a.model {
-        if let (Some(ad), None) = (&adapter, &a.old_model) {
-            if ad.spec().companion() == bcl::adapt::Companion::OldQuery {
-                bail!(
-                    "a {} adapter interpolates between the old and the new model's embedding \
-                     of each query: give the gallery's model with --old-model",
-                    ad.card.kind
-                );
-            }
-        }
         let emb = load_model(m, &a.device)?;
         let old = a
             .old_model
             .as_deref()
             .map(|o| load_model(o, &a.device))
             .transpose()?;
+        if let Some(ad) = &adapter {
+            gal::lineage::check_companion(
+                ad,
+                old.as_ref().map(|o| &o.card),
+                "give the gallery's model with --old-model",
+            )?;
+        }
         let Some(src) = store.manifest().source.clone() else {
             bail!(
                 "{}: this gallery was filled with vectors, not from a data set: there are no \

@@ -685,9 +685,9 @@ pub fn check_manifest_change(old: &GalleryManifest, new: &GalleryManifest) -> Re
             "models can only be appended to a gallery's manifest".into(),
         ));
     }
-    if !new.adapters.starts_with(&old.adapters) || !new.measured.starts_with(&old.measured) {
+    if !new.adapters.starts_with(&old.adapters) {
         return Err(GalleryError::Invalid(
-            "adapters and measurements can only be appended to a gallery's manifest".into(),
+            "adapters can only be appended to a gallery's lineage".into(),
         ));
     }
     Ok(())

@@ -16,7 +16,14 @@ use super::{
 };
 use crate::adapt::{Adapter, Companion, Direction};
 use crate::data::Dataset;
-use crate::model::Embedder;
+use crate::model::{Embedder, ModelCard};
+
+/// Adapters a gallery's lineage records at most (each is a deliberate `link`; the bound keeps
+/// the manifest within a Milvus metadata row).
+pub const MAX_ADAPTERS: usize = 64;
+
+/// Measurements kept per (query model, adapter) pair: the latest, older ones dropped.
+pub const MEASUREMENTS_PER_PAIR: usize = 8;
 
 fn invalid(text: String) -> GalleryError {
     GalleryError::Invalid(text)
@@ -114,6 +121,11 @@ pub fn link(
         }
     };
     if !manifest.adapters.iter().any(|e| e.id == edge.id) {
+        if manifest.adapters.len() >= MAX_ADAPTERS {
+            return Err(invalid(format!(
+                "the gallery's lineage records {MAX_ADAPTERS} adapters already, its limit"
+            )));
+        }
         let mut next = manifest.clone();
         next.adapters.push(edge.clone());
         store.set_manifest(next)?;
@@ -197,45 +209,53 @@ pub fn forward_upgrade(
     })
 }
 
+/// Checks the second model a new → old adapter reads beside the query model: SLERP needs
+/// `old`, the model it maps into (the gallery's), to embed each query too; the other kinds
+/// read none. `missing` tells the caller's user how to give the old model.
+pub fn check_companion(adapter: &Adapter, old: Option<&ModelCard>, missing: &str) -> Result<()> {
+    let kind = &adapter.card.kind;
+    match (adapter.spec().companion() == Companion::OldQuery, old) {
+        (true, None) => Err(invalid(format!(
+            "a {kind} adapter interpolates between the old and the new model's embedding of \
+             each query: {missing}"
+        ))),
+        (true, Some(o)) if adapter.card.to.id.as_deref() != Some(o.id.as_str()) => {
+            Err(invalid(format!(
+                "model {} ({}) is not the one the adapter maps into ({})",
+                o.name,
+                o.id,
+                adapter.card.to.id.as_deref().unwrap_or("unnamed vectors")
+            )))
+        }
+        (false, Some(o)) => Err(invalid(format!(
+            "a {kind} adapter reads only the query model's embeddings: no second model ({} \
+             was given)",
+            o.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The embeddings of `data` by `model` through `adapter` (new → old), as rows of the
 /// adapter's output space: SLERP also reads `old`'s embedding of each item (it must be the
-/// model the adapter maps into); the other kinds read none.
+/// model the adapter maps into); the other kinds read none ([`check_companion`], `missing`
+/// its hint).
 pub fn adapted_queries(
     adapter: &Adapter,
     model: &Embedder,
     old: Option<&Embedder>,
     data: &Dataset,
     batch: usize,
+    missing: &str,
 ) -> Result<Tensor> {
     let embed = |e: &Embedder| -> Result<Tensor> {
         let v = embed_queries(e, data, batch, e.dim() as usize)?;
         Ok(Tensor::from_slice(&v).view([data.len() as i64, e.dim()]))
     };
-    let companion = match (adapter.spec().companion(), old) {
-        (Companion::OldQuery, None) => {
-            return Err(invalid(format!(
-                "a {} adapter interpolates between the old and the new model's embedding of \
-                 each query: the old model must embed them too",
-                adapter.card.kind
-            )))
-        }
-        (Companion::OldQuery, Some(o)) => {
-            if adapter.card.to.id.as_deref() != Some(o.card.id.as_str()) {
-                return Err(invalid(format!(
-                    "model {} is not the one the adapter maps into ({})",
-                    o.card.id,
-                    adapter.card.to.id.as_deref().unwrap_or("unnamed vectors")
-                )));
-            }
-            Some(embed(o)?)
-        }
-        (_, Some(o)) => {
-            return Err(invalid(format!(
-                "a {} adapter reads only the query model's embeddings, not model {}'s",
-                adapter.card.kind, o.card.name
-            )))
-        }
-        (_, None) => None,
+    check_companion(adapter, old.map(|o| &o.card), missing)?;
+    let companion = match old {
+        Some(o) => Some(embed(o)?),
+        None => None,
     };
     adapter
         .apply(&embed(model)?, companion.as_ref())
@@ -268,7 +288,14 @@ pub fn measure(
                 &AdapterLink::from_card(&a.card),
                 force,
             )?;
-            adapted_queries(a, model, old, data, batch)?
+            adapted_queries(
+                a,
+                model,
+                old,
+                data,
+                batch,
+                "the old model must embed them too",
+            )?
         }
         None => {
             check_lineage(store.manifest(), &counts, &info, force)?;
@@ -293,9 +320,24 @@ pub fn measure(
             .map_or(0, |d| d.as_secs()),
     };
     let mut next = store.manifest().clone();
-    next.measured.push(t.clone());
+    record(&mut next.measured, t.clone());
     store.set_manifest(next)?;
     Ok(t)
+}
+
+/// Appends `t` to `measured`, dropping the oldest measurements of the same (query model,
+/// adapter) pair beyond [`MEASUREMENTS_PER_PAIR`].
+fn record(measured: &mut Vec<CrossTest>, t: CrossTest) {
+    let same = |m: &CrossTest| m.query == t.query && m.adapter == t.adapter;
+    let mut left = measured.iter().filter(|m| same(m)).count();
+    measured.retain(|m| {
+        if !same(m) {
+            return true;
+        }
+        left -= 1;
+        left + 1 < MEASUREMENTS_PER_PAIR
+    });
+    measured.push(t);
 }
 
 /// One edge of a gallery's lineage graph.
@@ -366,4 +408,33 @@ pub fn graph(manifest: &GalleryManifest) -> Vec<Edge> {
         });
     }
     edges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(query: &str, map: f64) -> CrossTest {
+        CrossTest {
+            query: query.into(),
+            adapter: None,
+            map,
+            recall_at_1: map,
+            items: 1,
+            gallery: Default::default(),
+            unix_s: 0,
+        }
+    }
+
+    #[test]
+    fn measurements_keep_the_latest_per_pair() {
+        let mut m = Vec::new();
+        record(&mut m, t("other", 0.5));
+        for i in 0..12 {
+            record(&mut m, t("q", i as f64));
+        }
+        let kept: Vec<f64> = m.iter().filter(|x| x.query == "q").map(|x| x.map).collect();
+        assert_eq!(kept, (4..12).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(m[0].query, "other", "other pairs untouched");
+    }
 }

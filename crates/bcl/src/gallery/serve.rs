@@ -259,31 +259,11 @@ impl ServeState {
         force: bool,
     ) -> Result<Self, GalleryError> {
         let link = AdapterLink::from_card(&adapter.card);
-        let wants_old = adapter.spec().companion() == crate::adapt::Companion::OldQuery;
-        match (&old, wants_old) {
-            (None, true) => {
-                return Err(GalleryError::Invalid(format!(
-                    "a {} adapter interpolates between the old and the new model's embedding of \
-                     each query: serve the gallery's model beside it",
-                    link.kind
-                )))
-            }
-            (Some(_), false) => {
-                return Err(GalleryError::Invalid(format!(
-                    "a {} adapter reads only the query model's embeddings: no second model",
-                    link.kind
-                )))
-            }
-            (Some(o), true) if link.to.as_deref() != Some(o.card.id.as_str()) => {
-                return Err(GalleryError::Invalid(format!(
-                    "model {} ({}) is not the one the adapter maps into ({})",
-                    o.card.name,
-                    o.card.id,
-                    link.to.as_deref().unwrap_or("unnamed vectors")
-                )))
-            }
-            _ => {}
-        }
+        super::lineage::check_companion(
+            &adapter,
+            old.as_ref().map(|o| &o.card),
+            "serve the gallery's model beside it",
+        )?;
         let query = ModelInfo::from_card(&embedder.card);
         let lineage = check_adapted(store.manifest(), &store.counts()?, &query, &link, force)?;
         let mut st = Self::assemble(store, Some(embedder), cfg, Some(lineage))?;
