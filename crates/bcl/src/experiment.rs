@@ -336,8 +336,10 @@ fn run_one(
         Vec::new()
     };
     let (mut report, sweep_points) = evaluate_run(&rc, &dirs, &swept, scenario, seed, &dir, opts)?;
+    let mut forward = Vec::new();
     if let Some(ad) = &cfg.adapters {
         let rows = adapters::adapted_rows(ad, &rc, &cfg.methods, &dirs, &report, seed, &dir, opts)?;
+        forward = adapters::forward_adapters(&run, &rows);
         adapters::add_to_report(&mut report, &cfg.methods, &rows);
     }
     if seed == cfg.seeds[0] {
@@ -360,7 +362,7 @@ fn run_one(
     }
     let oo = report.matrix.at(0, 0).map;
     let deploy = match &cfg.backfill {
-        Some(bf) => backfill::deploy_run(&rc, oo, bf, scenario, seed, &dir, opts)?,
+        Some(bf) => backfill::deploy_run(&rc, oo, bf, &forward, scenario, seed, &dir, opts)?,
         None => Vec::new(),
     };
     let benchmarks = if cfg.benchmark.is_empty() {

@@ -697,6 +697,11 @@ fn adapters_are_rows_beside_the_methods() {
     ad.fit.forward.batch = 64;
     ad.fit.affine.epochs = 20;
     cfg.adapters = Some(ad);
+    cfg.backfill = Some(BackfillConfig {
+        fractions: vec![0.0, 0.5, 1.0],
+        methods: vec![Method::BCT],
+        seed: 0,
+    });
     let out = dir.path().join("exp");
     let report = run_experiment(&cfg, &out, &opts()).unwrap();
     let kinds = ["procrustes", "slerp", "affine", "forward"];
@@ -768,6 +773,42 @@ fn adapters_are_rows_beside_the_methods() {
         p.card.support_cosine >= raw_cos - 1e-6,
         "{} < {raw_cos}",
         p.card.support_cosine
+    );
+    // the backfill curve of a gallery upgraded through each forward adapter: before any item
+    // is re-embedded it is the forward row's cross-test, after all of them the self-test
+    for run in &report.backfill {
+        let Some(t) = &run.adapter else { continue };
+        assert_eq!(t.kind, "forward");
+        let row = report.runs[&format!("extended-class/seed-{}", run.seed)]
+            .adapted
+            .iter()
+            .find(|r| r.adapter.as_ref() == Some(t))
+            .unwrap();
+        assert!(
+            (run.curve[0].1 - row.cross_map).abs() < 1e-6,
+            "{t}: {:?} vs {}",
+            run.curve,
+            row.cross_map
+        );
+        assert!(
+            (run.curve[2].1 - row.self_map).abs() < 1e-6,
+            "{t}: {:?} vs {}",
+            run.curve,
+            row.self_map
+        );
+    }
+    assert_eq!(
+        report
+            .backfill
+            .iter()
+            .filter(|r| r.adapter.is_some())
+            .count(),
+        2 * 2
+    );
+    let md = std::fs::read_to_string(out.join("backfill.md")).unwrap();
+    assert!(
+        md.contains("independent+forward@180") && md.contains("| bct |"),
+        "{md}"
     );
     // the main table and the paired comparisons carry them
     assert_eq!(report.table.len(), 2 + 8);

@@ -174,6 +174,26 @@ pub fn adapted_rows(
     )
 }
 
+/// The run's old → new adapters (`forward`), for the backfill curve of a gallery upgraded
+/// through each.
+pub fn forward_adapters(
+    run: &RunDir,
+    adapted: &[AdaptedRun],
+) -> Vec<super::backfill::ForwardAdapter> {
+    adapted
+        .iter()
+        .filter_map(|a| {
+            let t = a.row.adapter.as_ref()?;
+            let old_to_new = crate::adapt::kind(&t.kind)
+                .is_ok_and(|k| k.direction() == crate::adapt::Direction::OldToNew);
+            old_to_new.then(|| {
+                let dir = run.adapter(&adapter_name(a.row.method, &t.kind, t.support));
+                (a.row.method, t.clone(), dir)
+            })
+        })
+        .collect()
+}
+
 /// Puts `adapted` into `report`: the rows after the models', and each one's query row in the
 /// matrix (its cross-test against the old model, its model's self-test on the diagonal).
 pub fn add_to_report(report: &mut EvalReport, methods: &[Method], adapted: &[AdaptedRun]) {

@@ -1,15 +1,20 @@
 //! The deployment part of an experiment: for chosen methods, the partial-backfill curve
 //! (cross-test as 0, 25, 50, 75, 100% of the old gallery is re-embedded by the new model) and
-//! the negative flips against the old system, per run and as mean ± std over seeds.
+//! the negative flips against the old system, per run and as mean ± std over seeds. With
+//! forward adapters in the experiment (`[adapters]`), also the curve of a gallery first
+//! upgraded through each one (the old vectors mapped into the new space, no image
+//! re-embedded), then re-embedded share by share: its row is `method+forward@pairs`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::mean_std;
+use crate::adapt::Adapter;
 use crate::data::Scenario;
 use crate::eval::deploy::{backfill_curve, flips, top1_labels, Flips};
+use crate::eval::models::{row_label, AdapterTag};
 use crate::files::write_atomic;
 use crate::layout::{ExperimentDir, ExperimentFile, RunDir};
 use crate::loss::Method;
@@ -17,6 +22,7 @@ use crate::model::Embedder;
 use crate::report::{plot_xy, FrontierSeries, Reference};
 use crate::run::{RunConfig, RunError, StepOptions};
 use crate::table::{Cell, Column, Table};
+use tch::Tensor;
 
 /// Which methods get a deployment evaluation, and how.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +70,10 @@ pub struct DeployRun {
     pub seed: u64,
     /// Method.
     pub method: Method,
+    /// The forward adapter the gallery was upgraded through before the backfill (`None`: the
+    /// old vectors as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterTag>,
     /// (fraction, mAP) of new queries against the partly re-embedded gallery.
     pub curve: Vec<(f64, f64)>,
     /// old→old mAP of the run.
@@ -74,13 +84,19 @@ pub struct DeployRun {
     pub flips_self: Flips,
 }
 
+/// A forward adapter a run fitted: the method of the new model it maps into, its row's tag,
+/// and its directory.
+pub type ForwardAdapter = (Method, AdapterTag, PathBuf);
+
 /// Computes (or reads from `dir/backfill.json`) the deployment figures of one run;
-/// `old_old_map` comes from the run's evaluation (not recomputed).
+/// `old_old_map` comes from the run's evaluation (not recomputed); `forward` are the run's
+/// forward adapters, each giving one more curve.
 #[allow(clippy::too_many_arguments)]
 pub fn deploy_run(
     rc: &RunConfig,
     old_old_map: f64,
     bf: &BackfillConfig,
+    forward: &[ForwardAdapter],
     scenario: Scenario,
     seed: u64,
     dir: &Path,
@@ -91,13 +107,48 @@ pub fn deploy_run(
         .chain(bf.methods.iter().map(|m| run.model(&m.model_name())))
         .map(|d| d.path().to_path_buf())
         .collect();
-    let key = (super::model_ids(&dirs)?, bf.clone());
+    let adapters = forward
+        .iter()
+        .map(|(m, t, d)| {
+            let a = Adapter::load(d)?;
+            Ok((*m, t.clone(), a))
+        })
+        .collect::<Result<Vec<_>, RunError>>()?;
+    let adapter_ids: Vec<String> = adapters.iter().map(|(_, _, a)| a.card.id.clone()).collect();
+    let key = (super::model_ids(&dirs)?, bf.clone(), adapter_ids);
     super::cached(&run.backfill_cache(), &key, || {
         let test = crate::data::open_test(&rc.data)?;
         let old_model = Embedder::load(&dirs[0], opts.device)?;
         let old = old_model.embed_dataset(&test, rc.eval_batch);
         let old_top1 = top1_labels(&old, &old, &test.labels)?;
-        let oo = old_old_map;
+        // one curve: `start` the gallery before any re-embedding, `new` the new model's queries
+        // and re-embedded items in that gallery's space, `own` its own embeddings (self-test)
+        let deploy = |method: Method,
+                      adapter: Option<AdapterTag>,
+                      start: &Tensor,
+                      new: &Tensor,
+                      own: &Tensor|
+         -> Result<DeployRun, RunError> {
+            let curve = backfill_curve(start, new, &test.labels, &bf.fractions, bf.seed)?;
+            Ok(DeployRun {
+                scenario,
+                seed,
+                method,
+                adapter,
+                curve: curve.iter().map(|p| (p.fraction, p.metrics.map)).collect(),
+                old_old_map,
+                flips_cross: flips(
+                    &old_top1,
+                    &top1_labels(new, start, &test.labels)?,
+                    &test.labels,
+                )?,
+                flips_self: flips(
+                    &old_top1,
+                    &top1_labels(own, own, &test.labels)?,
+                    &test.labels,
+                )?,
+            })
+        };
         let mut out = Vec::new();
         for (m, d) in bf.methods.iter().zip(&dirs[1..]) {
             let model = Embedder::load(d, opts.device)?;
@@ -106,24 +157,15 @@ pub fn deploy_run(
             // the old model's: a new model of another dimension fills it through its
             // projection head (its own space is the self-test's, once every item is re-embedded)
             let new = model.queries_for(&own, old_model.dim())?;
-            let curve = backfill_curve(&old, &new, &test.labels, &bf.fractions, bf.seed)?;
-            out.push(DeployRun {
-                scenario,
-                seed,
-                method: *m,
-                curve: curve.iter().map(|p| (p.fraction, p.metrics.map)).collect(),
-                old_old_map: oo,
-                flips_cross: flips(
-                    &old_top1,
-                    &top1_labels(&new, &old, &test.labels)?,
-                    &test.labels,
-                )?,
-                flips_self: flips(
-                    &old_top1,
-                    &top1_labels(&own, &own, &test.labels)?,
-                    &test.labels,
-                )?,
-            });
+            out.push(deploy(*m, None, &old, &new, &own)?);
+        }
+        for (m, tag, a) in &adapters {
+            let model = Embedder::load(run.model(&m.model_name()).path(), opts.device)?;
+            let own = model.embed_dataset(&test, rc.eval_batch);
+            // the upgraded gallery is in the new model's own space: its queries are its own
+            // embeddings, the items not yet re-embedded the old vectors mapped forward
+            let upgraded = a.apply(&old, None)?;
+            out.push(deploy(*m, Some(tag.clone()), &upgraded, &own, &own)?);
         }
         Ok(out)
     })
@@ -158,16 +200,20 @@ fn summarise(rs: &[&DeployRun]) -> Summary {
 /// Mean ± std over seeds, as Markdown (one table per scenario) and CSV, plus one plot per
 /// scenario (`backfill-<scenario>.svg`) under `out`.
 pub fn write_backfill_reports(runs: &[DeployRun], out: &Path) -> Result<(), RunError> {
-    let mut groups: BTreeMap<(Scenario, Method), Vec<&DeployRun>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Scenario, Method, Option<AdapterTag>), Vec<&DeployRun>> =
+        BTreeMap::new();
     for r in runs {
-        groups.entry((r.scenario, r.method)).or_default().push(r);
+        groups
+            .entry((r.scenario, r.method, r.adapter.clone()))
+            .or_default()
+            .push(r);
     }
-    let mut by_scenario: BTreeMap<Scenario, Vec<(Method, Summary)>> = BTreeMap::new();
-    for ((sc, m), rs) in &groups {
+    let mut by_scenario: BTreeMap<Scenario, Vec<(String, Summary)>> = BTreeMap::new();
+    for ((sc, m, a), rs) in &groups {
         by_scenario
             .entry(*sc)
             .or_default()
-            .push((*m, summarise(rs)));
+            .push((row_label(*m, a.as_ref()), summarise(rs)));
     }
     let mut md = String::from(
         "Partial backfill: mAP of new queries against the gallery with a share re-embedded by the new model (seeded random order), mean ± std over seeds; flips are top-1 changes against the old system (old→old), with no backfill (new→old) and after a full one (new→new).\n",
@@ -209,7 +255,7 @@ pub fn write_backfill_reports(runs: &[DeployRun], out: &Path) -> Result<(), RunE
 }
 
 /// One scenario's Markdown table: each method's old→old, curve and negative flips.
-fn scenario_table(rows: &[(Method, Summary)]) -> Table {
+fn scenario_table(rows: &[(String, Summary)]) -> Table {
     let fractions: Vec<f64> = rows[0].1.curve.iter().map(|c| c.0).collect();
     let mut t = Table::new(
         [
@@ -244,7 +290,7 @@ fn scenario_table(rows: &[(Method, Summary)]) -> Table {
 }
 
 /// `backfill-<scenario>.svg`: each method's curve against the old system's mAP.
-fn plot_scenario(sc: Scenario, rows: &[(Method, Summary)], out: &Path) -> Result<(), RunError> {
+fn plot_scenario(sc: Scenario, rows: &[(String, Summary)], out: &Path) -> Result<(), RunError> {
     let oo = rows[0].1.old_old.0;
     let series: Vec<FrontierSeries> = rows
         .iter()
