@@ -403,6 +403,12 @@ impl SequentialDir {
         ModelDir::new(self.0.join(method).join(format!("m{i}")))
     }
 
+    /// `<method>/adapter-<kind>-m<i>/`: the adapter from the i-th model of `method`'s chain into
+    /// the space of the model it follows.
+    pub fn adapter(&self, method: &str, kind: &str, i: usize) -> PathBuf {
+        self.0.join(method).join(format!("adapter-{kind}-m{i}"))
+    }
+
     /// `eval-<method>.json`: the cached evaluation of `method`'s chain.
     pub fn eval_cache(&self, method: &str) -> PathBuf {
         self.0.join(format!("eval-{method}.json"))

@@ -11,7 +11,7 @@ use bcl::loss::Method;
 use bcl::model::ModelCard;
 use bcl::perturb::OdppConfig;
 use bcl::run::StepOptions;
-use tch::Device;
+use tch::{Device, Tensor};
 
 mod common;
 
@@ -65,6 +65,7 @@ fn a_small_experiment_runs_and_resumes() {
         methods: vec![Method::BCT],
         reference: ChainReference::Previous,
         seeds: Some(vec![1]),
+        ..SequentialConfig::default()
     });
     cfg.backfill = Some(BackfillConfig {
         fractions: vec![0.0, 0.5, 1.0],
@@ -299,6 +300,7 @@ fn a_wider_deeper_new_model_upgrades_a_narrow_old_one() {
         methods: vec![Method::BCT],
         reference: ChainReference::First,
         seeds: None,
+        ..SequentialConfig::default()
     });
     cfg.backfill = Some(BackfillConfig {
         fractions: vec![0.0, 0.5, 1.0],
@@ -394,6 +396,7 @@ fn a_new_model_of_another_dimension_reaches_the_old_space_through_its_head() {
         methods: vec![Method::BCT],
         reference: ChainReference::Previous,
         seeds: None,
+        ..SequentialConfig::default()
     });
     cfg.backfill = Some(BackfillConfig {
         fractions: vec![0.0, 0.5, 1.0],
@@ -702,6 +705,14 @@ fn adapters_are_rows_beside_the_methods() {
         methods: vec![Method::BCT],
         seed: 0,
     });
+    cfg.sequential = Some(SequentialConfig {
+        fractions: vec![0.3, 0.6, 1.0],
+        methods: vec![Method::INDEPENDENT],
+        reference: ChainReference::Previous,
+        seeds: Some(vec![1]),
+        adapters: vec!["procrustes".into(), "slerp".into()],
+        adapter_support_per_class: 20,
+    });
     let out = dir.path().join("exp");
     let report = run_experiment(&cfg, &out, &opts()).unwrap();
     let kinds = ["procrustes", "slerp", "affine", "forward"];
@@ -810,6 +821,88 @@ fn adapters_are_rows_beside_the_methods() {
         md.contains("independent+forward@180") && md.contains("| bct |"),
         "{md}"
     );
+    // a chain of independent models made compatible after training: m2 reaches m0's space
+    // through m2 → m1 → m0, the two stored adapters applied by hand (slerp reading each
+    // followed model's embedding of the same queries)
+    let chains: Vec<String> = report
+        .sequential
+        .iter()
+        .map(|c| {
+            format!(
+                "{}{}",
+                c.method,
+                c.adapter
+                    .as_deref()
+                    .map(|a| format!("+{a}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        ["independent", "independent+procrustes", "independent+slerp"]
+    );
+    let seq = bcl::layout::ExperimentDir::new(&out).sequential(1);
+    let test_seq = bcl::data::open_test(&cfg.run_config(Scenario::ExtendedData, 1).data).unwrap();
+    let chain: Vec<Tensor> = (0..3)
+        .map(|i| {
+            let d = if i == 0 {
+                seq.first().path().to_path_buf()
+            } else {
+                seq.step("independent", i).path().to_path_buf()
+            };
+            bcl::model::Embedder::load(&d, Device::Cpu)
+                .unwrap()
+                .embed_dataset(&test_seq, 64)
+        })
+        .collect();
+    for (c, kind) in report.sequential[1..].iter().zip(["procrustes", "slerp"]) {
+        let a = |i: usize| Adapter::load(&seq.adapter("independent", kind, i)).unwrap();
+        let companion = |i: usize| (kind == "slerp").then(|| &chain[i]);
+        let to1 = a(2).apply(&chain[2], companion(1)).unwrap();
+        let to0 = a(1).apply(&to1, companion(0)).unwrap();
+        let m20 = bcl::eval::leave_one_out(&to0, &chain[0], &test_seq.labels)
+            .unwrap()
+            .map;
+        assert!(
+            (c.matrix.at(2, 0).map - m20).abs() < 1e-9,
+            "{kind}: {} vs {m20}",
+            c.matrix.at(2, 0).map
+        );
+        assert_eq!(
+            c.matrix.at(1, 1),
+            report.sequential[0].matrix.at(1, 1),
+            "own spaces untouched"
+        );
+        assert!(
+            c.matrix.cells[0][1].is_none(),
+            "no map from an older model to a newer one"
+        );
+    }
+    let md = std::fs::read_to_string(out.join("sequential.md")).unwrap();
+    assert!(md.contains("**independent+slerp**"), "{md}");
+    for (bad, why) in [
+        (vec!["forward".to_string()], "not a new model's queries"),
+        (vec!["rotation".to_string()], "no adapter kind"),
+    ] {
+        let e = SequentialConfig {
+            adapters: bad,
+            methods: vec![Method::INDEPENDENT],
+            ..SequentialConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains(why), "{e}");
+    }
+    let e = SequentialConfig {
+        adapters: vec!["procrustes".into()],
+        methods: vec![Method::BCT],
+        ..SequentialConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert!(e.contains("add independent"), "{e}");
+
     // the main table and the paired comparisons carry them
     assert_eq!(report.table.len(), 2 + 8);
     assert!(report.table.iter().all(|r| r.seeds == 2));

@@ -1,7 +1,10 @@
 //! Sequential upgrades (METHOD.md section 6): a chain of models on growing shares of each
 //! class's images (e.g. 30% → 60% → 100%), each trained against the previous model or the
 //! first; every chain is evaluated as a full compatibility matrix, with the share of ordered
-//! pairs (later model as query, earlier model as gallery) that meet the criterion.
+//! pairs (later model as query, earlier model as gallery) that meet the criterion. An adapter
+//! chain (`adapters`) is the independent chain made compatible after training: each model gets
+//! an adapter into the space of the model it follows, and a later model reaches an earlier
+//! one's space by composing them along the chain (m2 → m1 → m0).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{mean_std, ExperimentConfig};
+use tch::Tensor;
+
+use crate::adapt::{Adapter, Companion, FitConfig, ModelRef, Models, SupportSet};
 use crate::data::Scenario;
 use crate::eval::models::in_space_of;
 use crate::eval::{is_compatible, CompatMatrix};
@@ -43,6 +49,12 @@ pub struct SequentialConfig {
     pub reference: ChainReference,
     /// Seeds (default: the experiment's seeds).
     pub seeds: Option<Vec<u64>>,
+    /// Adapter kinds (new → old) that make the independent chain compatible after training,
+    /// one chain each (default: none; needs `independent` among `methods`).
+    pub adapters: Vec<String>,
+    /// Each adapter's support set: the first N training images of each class (embedded by both
+    /// models of its link).
+    pub adapter_support_per_class: usize,
 }
 
 impl Default for SequentialConfig {
@@ -52,6 +64,8 @@ impl Default for SequentialConfig {
             methods: vec![Method::BCT, Method::NDPP, Method::ODPP],
             reference: ChainReference::Previous,
             seeds: None,
+            adapters: Vec::new(),
+            adapter_support_per_class: 100,
         }
     }
 }
@@ -82,6 +96,25 @@ impl SequentialConfig {
         if self.methods.is_empty() {
             return Err("sequential.methods must name at least one method".into());
         }
+        for k in &self.adapters {
+            let kind = crate::adapt::kind(k).map_err(|e| format!("sequential.adapters: {e}"))?;
+            if kind.direction() != crate::adapt::Direction::NewToOld {
+                return Err(format!(
+                    "sequential.adapters: {k} maps an old gallery's vectors, not a new model's \
+                     queries; a chain composes query maps (procrustes, slerp, affine)"
+                ));
+            }
+        }
+        if !self.adapters.is_empty() && !self.methods.contains(&Method::INDEPENDENT) {
+            return Err(
+                "sequential.adapters make the independent chain compatible: add independent \
+                 to sequential.methods"
+                    .into(),
+            );
+        }
+        if self.adapter_support_per_class == 0 {
+            return Err("sequential.adapter_support_per_class must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -111,6 +144,9 @@ pub fn pairs_meeting_criterion(m: &CompatMatrix) -> (usize, usize) {
 pub struct ChainRun {
     /// Method.
     pub method: Method,
+    /// The adapter kind composed along the chain (`None`: the models as trained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     /// Seed.
     pub seed: u64,
     /// The chain's compatibility matrix (model i trained on `fractions[i]`).
@@ -126,6 +162,9 @@ pub struct ChainRun {
 pub struct ChainSummary {
     /// Method.
     pub method: Method,
+    /// The adapter kind composed along the chain, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     /// Seeds aggregated.
     pub seeds: usize,
     /// The shares of the chain's models.
@@ -175,7 +214,11 @@ pub fn run_sequential(
         for &method in &seq.methods {
             let mut dirs = vec![first.clone()];
             for (i, &r) in seq.fractions.iter().enumerate().skip(1) {
+                // an independent model ignores its reference (no compatibility loss), and an
+                // independent model is no reference to train against: its links all start
+                // from the first model
                 let reference = match seq.reference {
+                    _ if method == Method::INDEPENDENT => first.clone(),
                     ChainReference::Previous => dirs[i - 1].clone(),
                     ChainReference::First => first.clone(),
                 };
@@ -188,27 +231,117 @@ pub fn run_sequential(
                 dirs.push(d);
             }
             runs.push(evaluate_chain(
-                &rc, seq, method, seed, &dirs, &seq_dir, opts,
+                &rc, seq, method, None, seed, &dirs, &seq_dir, opts,
             )?);
+            if method == Method::INDEPENDENT {
+                for kind in &seq.adapters {
+                    fit_chain_adapters(&rc, seq, kind, seed, &dirs, &seq_dir, opts)?;
+                    runs.push(evaluate_chain(
+                        &rc,
+                        seq,
+                        method,
+                        Some(kind),
+                        seed,
+                        &dirs,
+                        &seq_dir,
+                        opts,
+                    )?);
+                }
+            }
         }
     }
     Ok(runs)
 }
 
+/// The index of the model link `i` of a chain follows.
+fn reference_of(seq: &SequentialConfig, i: usize) -> usize {
+    match seq.reference {
+        ChainReference::Previous => i - 1,
+        ChainReference::First => 0,
+    }
+}
+
+/// Fits (or keeps) one adapter per link of the independent chain `dirs`: from model i into the
+/// space of the model it follows, on the first `adapter_support_per_class` training images of
+/// each class, seed 3000 + seed + i.
+fn fit_chain_adapters(
+    rc: &crate::run::RunConfig,
+    seq: &SequentialConfig,
+    kind: &str,
+    seed: u64,
+    dirs: &[PathBuf],
+    seq_dir: &SequentialDir,
+    opts: &StepOptions,
+) -> Result<(), RunError> {
+    let method = Method::INDEPENDENT.as_str();
+    let mut train: Option<crate::data::Dataset> = None;
+    for i in 1..dirs.len() {
+        let r = reference_of(seq, i);
+        let path = seq_dir.adapter(method, kind, i);
+        let (new, old) = (
+            Embedder::load(&dirs[i], opts.device)?,
+            Embedder::load(&dirs[r], opts.device)?,
+        );
+        if let Ok(a) = Adapter::load(&path) {
+            if a.check_models(&new.card.id, &old.card.id).is_ok() {
+                continue;
+            }
+        }
+        let train = match &train {
+            Some(t) => t,
+            None => train.insert(crate::data::open_part(&rc.data, crate::data::Part::Train)?),
+        };
+        let n = seq.adapter_support_per_class;
+        let support = train.take_per_class(n);
+        let pairs = SupportSet::new(
+            &old.embed_dataset(&support, rc.eval_batch),
+            &new.embed_dataset(&support, rc.eval_batch),
+        )?
+        .with_labels(support.labels.clone())?
+        .with_source(format!(
+            "the first {n} training images of each class of {}",
+            rc.data.dir.display()
+        ));
+        let fit = FitConfig {
+            seed: 3000 + seed + i as u64,
+            ..FitConfig::default()
+        };
+        let models = Models {
+            old: ModelRef::of(&old),
+            new: ModelRef::of(&new),
+        };
+        tracing::info!(seed, kind, link = i, "sequential chain: fitting an adapter");
+        Adapter::fit(kind, &pairs, &fit, &models, opts.device)?.save(&path)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn evaluate_chain(
     rc: &crate::run::RunConfig,
     seq: &SequentialConfig,
     method: Method,
+    adapter: Option<&str>,
     seed: u64,
     dirs: &[PathBuf],
     seq_dir: &SequentialDir,
     opts: &StepOptions,
 ) -> Result<ChainRun, RunError> {
-    let ids: Vec<String> = dirs
+    let mut ids: Vec<String> = dirs
         .iter()
         .map(|d| ModelCard::read(&ModelDir::new(d).card()).map(|c| c.id))
         .collect::<Result<_, _>>()?;
-    let cache = seq_dir.eval_cache(method.as_str());
+    // the chain's adapters, link by link (index 0: none), and their ids in the cache's key
+    let mut adapters: Vec<Option<Adapter>> = vec![None];
+    if let Some(kind) = adapter {
+        for i in 1..dirs.len() {
+            let a = Adapter::load(&seq_dir.adapter(method.as_str(), kind, i))?;
+            ids.push(a.card.id.clone());
+            adapters.push(Some(a));
+        }
+    }
+    let name = chain_name(method, adapter);
+    let cache = seq_dir.eval_cache(&name);
     let cached: Option<(Vec<String>, ChainRun)> = std::fs::read_to_string(&cache)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -226,16 +359,36 @@ fn evaluate_chain(
                 .map(|m| m.embed_dataset(&test, rc.eval_batch))
                 .collect();
             // a later model reaches an earlier one's space along the chain (through the
-            // projection heads where dimensions change); cells no map reaches stay empty
-            let matrix = CompatMatrix::compute_with(
-                &model_names(&seq.fractions),
-                &feats,
-                &test.labels,
-                |q, g| in_space_of(&models, &feats, q, g),
-            )?;
+            // projection heads where dimensions change, or composing the adapters of an
+            // adapter chain); cells no map reaches stay empty
+            let matrix = match adapter {
+                None => CompatMatrix::compute_with(
+                    &model_names(&seq.fractions),
+                    &feats,
+                    &test.labels,
+                    |q, g| in_space_of(&models, &feats, q, g),
+                )?,
+                Some(_) => {
+                    let mut mapped = BTreeMap::new();
+                    for q in 0..feats.len() {
+                        for g in 0..=q {
+                            if let Some(x) = along_adapters(seq, &adapters, &feats, q, g)? {
+                                mapped.insert((q, g), x);
+                            }
+                        }
+                    }
+                    CompatMatrix::compute_with(
+                        &model_names(&seq.fractions),
+                        &feats,
+                        &test.labels,
+                        |q, g| mapped.get(&(q, g)).map(Tensor::shallow_clone),
+                    )?
+                }
+            };
             let (met, total) = pairs_meeting_criterion(&matrix);
             let run = ChainRun {
                 method,
+                adapter: adapter.map(String::from),
                 seed,
                 matrix,
                 pairs_met: met,
@@ -250,24 +403,61 @@ fn evaluate_chain(
             run
         }
     };
-    plot_matrix(&run.matrix, &seq_dir.matrix_plot(method.as_str()))?;
+    plot_matrix(&run.matrix, &seq_dir.matrix_plot(&name))?;
     Ok(run)
+}
+
+/// A chain's name in tables and file names: the method, then `+kind` for an adapter chain.
+fn chain_name(method: Method, adapter: Option<&str>) -> String {
+    match adapter {
+        None => method.to_string(),
+        Some(k) => format!("{method}+{k}"),
+    }
+}
+
+/// Model `q`'s features in model `g`'s space through the adapters of the links between them
+/// (each adapter into the model its link follows; SLERP reads that model's embedding of the
+/// same items); `None` where the links do not lead from q to g (a chain against its first
+/// model reaches only the first) or g is q's own space (its own features).
+fn along_adapters(
+    seq: &SequentialConfig,
+    adapters: &[Option<Adapter>],
+    feats: &[Tensor],
+    q: usize,
+    g: usize,
+) -> Result<Option<Tensor>, RunError> {
+    let mut at = q;
+    let mut x = feats[q].shallow_clone();
+    while at > g {
+        let Some(a) = &adapters[at] else {
+            return Ok(None);
+        };
+        let to = reference_of(seq, at);
+        if to < g {
+            return Ok(None);
+        }
+        let companion = (a.spec().companion() == Companion::OldQuery).then(|| &feats[to]);
+        x = a.apply(&x, companion)?;
+        at = to;
+    }
+    Ok((at == g).then_some(x))
 }
 
 /// Mean ± std of each cell and the pooled pair share, per method.
 pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
-    let mut by: BTreeMap<Method, Vec<&ChainRun>> = BTreeMap::new();
+    let mut by: BTreeMap<(Method, Option<String>), Vec<&ChainRun>> = BTreeMap::new();
     let mut order = Vec::new();
     for r in runs {
-        if !by.contains_key(&r.method) {
-            order.push(r.method);
+        let key = (r.method, r.adapter.clone());
+        if !by.contains_key(&key) {
+            order.push(key.clone());
         }
-        by.entry(r.method).or_default().push(r);
+        by.entry(key).or_default().push(r);
     }
     order
         .into_iter()
-        .map(|m| {
-            let rs = &by[&m];
+        .map(|key| {
+            let rs = &by[&key];
             let n = fractions.len();
             let cells = (0..n)
                 .map(|q| {
@@ -283,7 +473,8 @@ pub fn summarise(runs: &[ChainRun], fractions: &[f64]) -> Vec<ChainSummary> {
                 })
                 .collect();
             ChainSummary {
-                method: m,
+                method: key.0,
+                adapter: key.1,
                 seeds: rs.len(),
                 fractions: fractions.to_vec(),
                 cells,
@@ -331,7 +522,7 @@ pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> 
     ]);
     for r in rows {
         t.push(vec![
-            r.method.to_string(),
+            chain_name(r.method, r.adapter.as_deref()),
             r.seeds.to_string(),
             format!("{}/{}", r.pairs_met, r.pairs_total),
             format!("{:.2}", r.pairs_met as f64 / r.pairs_total.max(1) as f64),
@@ -353,7 +544,11 @@ pub fn sequential_markdown(rows: &[ChainSummary], reference: ChainReference) -> 
             }));
             t.push(cells);
         }
-        s.push_str(&format!("\n**{}**\n\n{}", r.method, t.markdown()));
+        s.push_str(&format!(
+            "\n**{}**\n\n{}",
+            chain_name(r.method, r.adapter.as_deref()),
+            t.markdown()
+        ));
     }
     s
 }
@@ -366,7 +561,7 @@ pub fn sequential_csv(runs: &[ChainRun]) -> String {
             for (g, c) in row.iter().enumerate() {
                 let Some(c) = c else { continue };
                 t.push(vec![
-                    r.method.to_string(),
+                    chain_name(r.method, r.adapter.as_deref()),
                     r.seed.to_string(),
                     r.matrix.models[q].clone(),
                     r.matrix.models[g].clone(),
