@@ -223,16 +223,18 @@ fn cmd_fit(a: FitArgs) -> Result<()> {
                 data.len(),
                 a.data.split
             );
-            let u = old.embed_dataset(&data, a.batch);
-            let v = new.embed_dataset(&data, a.batch);
-            SupportSet::new(&u, &v)?
-                .with_labels(data.labels.clone())?
-                .with_source(format!(
+            SupportSet::embedded(
+                old,
+                new,
+                &data,
+                a.batch,
+                format!(
                     "{} images of the {} part of {}",
                     data.len(),
                     a.data.split,
                     cfg.dir.display()
-                ))
+                ),
+            )?
         }
     };
     let support = match &a.side {

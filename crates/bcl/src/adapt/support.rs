@@ -82,6 +82,23 @@ impl SupportSet {
         })
     }
 
+    /// The labelled images of `data` embedded by `old` and `new` (`batch` per forward pass), the
+    /// pairs' origin recorded as `source`.
+    pub fn embedded(
+        old: &crate::model::Embedder,
+        new: &crate::model::Embedder,
+        data: &crate::data::Dataset,
+        batch: usize,
+        source: impl Into<String>,
+    ) -> Result<Self, AdaptError> {
+        Ok(Self::new(
+            &old.embed_dataset(data, batch),
+            &new.embed_dataset(data, batch),
+        )?
+        .with_labels(data.labels.clone())?
+        .with_source(source))
+    }
+
     /// Adds class labels, one per pair.
     pub fn with_labels(mut self, labels: Vec<i64>) -> Result<Self, AdaptError> {
         if labels.len() != self.len() {

@@ -143,16 +143,7 @@ pub fn adapted_rows(
                 let own = report.matrix.at(k + 1, k + 1);
                 let oo = report.matrix.at(0, 0);
                 for &n in &cfg.support_per_class {
-                    let support = train.take_per_class(n);
-                    let pairs = SupportSet::new(
-                        &old.embed_dataset(&support, rc.eval_batch),
-                        &new.embed_dataset(&support, rc.eval_batch),
-                    )?
-                    .with_labels(support.labels.clone())?
-                    .with_source(format!(
-                        "the first {n} training images of each class of {}",
-                        rc.data.dir.display()
-                    ));
+                    let pairs = training_support(&old, &new, &train, n, rc)?;
                     let models = Models {
                         old: ModelRef::of(&old),
                         new: ModelRef::of(&new),
@@ -160,7 +151,7 @@ pub fn adapted_rows(
                     for kind in &cfg.kinds {
                         tracing::info!(method = %m, kind, per_class = n, "fitting an adapter");
                         let mut a = Adapter::fit(kind, &pairs, &fit, &models, opts.device)?;
-                        a.save(&run.adapter(&adapter_name(m, kind, support.len())))?;
+                        a.save(&run.adapter(&adapter_name(m, kind, pairs.len())))?;
                         let cross = adapted_cross(&a, &new_test, &old_test, &test.labels)?;
                         let row =
                             ResultRow::from_cells(m, Some(tag(&a)), oo, own, &cross, indep_self);
@@ -192,6 +183,27 @@ pub fn forward_adapters(
             })
         })
         .collect()
+}
+
+/// The support set of an adapter an experiment fits: the first `per_class` images of each
+/// class of the training part `train`, embedded by both models.
+pub(crate) fn training_support(
+    old: &Embedder,
+    new: &Embedder,
+    train: &crate::data::Dataset,
+    per_class: usize,
+    rc: &RunConfig,
+) -> Result<SupportSet, RunError> {
+    Ok(SupportSet::embedded(
+        old,
+        new,
+        &train.take_per_class(per_class),
+        rc.eval_batch,
+        format!(
+            "the first {per_class} training images of each class of {}",
+            rc.data.dir.display()
+        ),
+    )?)
 }
 
 /// Puts `adapted` into `report`: the rows after the models', and each one's query row in the

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{mean_std, ExperimentConfig};
 use tch::Tensor;
 
-use crate::adapt::{Adapter, Companion, FitConfig, ModelRef, Models, SupportSet};
+use crate::adapt::{Adapter, Companion, FitConfig, ModelRef, Models};
 use crate::data::Scenario;
 use crate::eval::models::in_space_of;
 use crate::eval::{is_compatible, CompatMatrix};
@@ -291,17 +291,13 @@ fn fit_chain_adapters(
             Some(t) => t,
             None => train.insert(crate::data::open_part(&rc.data, crate::data::Part::Train)?),
         };
-        let n = seq.adapter_support_per_class;
-        let support = train.take_per_class(n);
-        let pairs = SupportSet::new(
-            &old.embed_dataset(&support, rc.eval_batch),
-            &new.embed_dataset(&support, rc.eval_batch),
-        )?
-        .with_labels(support.labels.clone())?
-        .with_source(format!(
-            "the first {n} training images of each class of {}",
-            rc.data.dir.display()
-        ));
+        let pairs = super::adapters::training_support(
+            &old,
+            &new,
+            train,
+            seq.adapter_support_per_class,
+            rc,
+        )?;
         let fit = FitConfig {
             seed: 3000 + seed + i as u64,
             ..FitConfig::default()
