@@ -348,10 +348,11 @@ fn run_one(
     let mut points = Vec::new();
     if in_sweeps {
         // the main runs give each method its default point
-        points.extend(report.rows.iter().map(|r| FrontierPoint {
+        points.extend(report.all_rows().iter().map(|r| FrontierPoint {
             scenario,
             seed,
             method: r.method,
+            adapter: r.adapter.clone(),
             knob: None,
             value: None,
             self_map: r.self_map,
@@ -416,6 +417,7 @@ fn evaluate_run(
                     scenario,
                     seed,
                     method: s.sweep.method,
+                    adapter: None,
                     knob: Some(s.sweep.knob),
                     value: Some(s.value),
                     self_map: leave_one_out(&f, &f, &test.labels)?.map,

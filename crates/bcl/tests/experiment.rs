@@ -934,6 +934,33 @@ fn adapters_are_rows_beside_the_methods() {
         before
     );
 
+    // the frontier (first seed): each kind a family over its support sizes
+    assert_eq!(
+        report
+            .frontier
+            .iter()
+            .filter(|p| p.adapter.is_some())
+            .count(),
+        8
+    );
+    assert!(report
+        .best_compatible
+        .iter()
+        .any(|r| r.method == Method::INDEPENDENT && r.adapter.as_deref() == Some("forward")));
+    assert!(std::fs::read_to_string(out.join("frontier.md"))
+        .unwrap()
+        .contains("independent+slerp"));
+
+    // two sizes that give the same support set (each class has 60 training images) are
+    // refused: their rows would be one
+    let mut dup = cfg.clone();
+    dup.adapters.as_mut().unwrap().support_per_class = vec![60, 100];
+    let e = run_experiment(&dup, &out, &opts()).unwrap_err().to_string();
+    assert!(
+        e.contains("same 360 pairs") && e.contains("more than 60"),
+        "{e}"
+    );
+
     // bad sections are refused with the reason
     let path = dir.path().join("bad.toml");
     for (section, why) in [

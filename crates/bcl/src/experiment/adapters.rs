@@ -142,8 +142,19 @@ pub fn adapted_rows(
                 let new_test = new.embed_dataset(&test, rc.eval_batch);
                 let own = report.matrix.at(k + 1, k + 1);
                 let oo = report.matrix.at(0, 0);
+                let mut sizes: Vec<(usize, usize)> = Vec::new();
                 for &n in &cfg.support_per_class {
                     let pairs = training_support(&old, &new, &train, n, rc)?;
+                    if let Some((m0, _)) = sizes.iter().find(|(_, p)| *p == pairs.len()) {
+                        return Err(RunError::Invalid(format!(
+                            "[adapters] support_per_class: {n} and {m0} images per class give \
+                             the same {} pairs (no class has more than {} training images): \
+                             keep one of them",
+                            pairs.len(),
+                            n.min(*m0)
+                        )));
+                    }
+                    sizes.push((n, pairs.len()));
                     let models = Models {
                         old: ModelRef::of(&old),
                         new: ModelRef::of(&new),

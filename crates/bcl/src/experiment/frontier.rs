@@ -16,6 +16,7 @@ use super::paired::{cell, interval, Interval};
 use super::Knob;
 use crate::data::Scenario;
 use crate::eval::is_compatible;
+use crate::eval::models::AdapterTag;
 use crate::files::write_atomic;
 use crate::layout::{ExperimentDir, ExperimentFile};
 use crate::loss::Method;
@@ -32,6 +33,10 @@ pub struct FrontierPoint {
     pub seed: u64,
     /// Method.
     pub method: Method,
+    /// The adapter its cross-test went through (`None`: the model as trained); an adapter
+    /// kind is a family of its own, its support size the setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterTag>,
     /// The swept knob; `None` at the method's default settings (a main run).
     pub knob: Option<Knob>,
     /// The knob's value; `None` at the default settings.
@@ -50,22 +55,40 @@ impl FrontierPoint {
         is_compatible(self.cross_map, self.old_old_map)
     }
 
-    /// "default" or "knob = value".
+    /// "default", "knob = value", or an adapter's "N pairs".
     pub fn setting(&self) -> String {
-        setting_name(self.knob, self.value)
+        setting_name(self.knob, self.value, self.adapter.as_ref())
+    }
+
+    /// The family the point belongs to: its method, and the adapter kind of an adapted row.
+    pub fn family(&self) -> Family {
+        (self.method, self.adapter.as_ref().map(|t| t.kind.clone()))
     }
 
     fn same_setting(&self, o: &FrontierPoint) -> bool {
         self.scenario == o.scenario
             && self.method == o.method
+            && self.adapter == o.adapter
             && self.knob == o.knob
             && self.value == o.value
     }
 }
 
-fn setting_name(knob: Option<Knob>, value: Option<f64>) -> String {
-    match (knob, value) {
-        (Some(k), Some(v)) => format!("{} = {v}", k.as_str()),
+/// A frontier family: a method, or a method through one adapter kind.
+pub type Family = (Method, Option<String>);
+
+/// A family's name in tables and plots: `method` or `method+kind`.
+fn family_name(f: &Family) -> String {
+    match &f.1 {
+        None => f.0.to_string(),
+        Some(k) => format!("{}+{k}", f.0),
+    }
+}
+
+fn setting_name(knob: Option<Knob>, value: Option<f64>, adapter: Option<&AdapterTag>) -> String {
+    match (knob, value, adapter) {
+        (_, _, Some(t)) => format!("{} pairs", t.support),
+        (Some(k), Some(v), None) => format!("{} = {v}", k.as_str()),
         _ => "default".into(),
     }
 }
@@ -81,11 +104,12 @@ fn distinct<T: PartialEq>(names: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
-/// Sorts points by scenario, method, setting (default first, then knob and value) and seed.
+/// Sorts points by scenario, method, adapter (trained models first), setting (default first,
+/// then knob and value) and seed.
 pub fn sort_points(points: &mut [FrontierPoint]) {
     points.sort_by(|a, b| {
-        (a.scenario, a.method, a.knob)
-            .cmp(&(b.scenario, b.method, b.knob))
+        (a.scenario, a.method, &a.adapter, a.knob)
+            .cmp(&(b.scenario, b.method, &b.adapter, b.knob))
             .then(
                 a.value
                     .unwrap_or(f64::NEG_INFINITY)
@@ -102,6 +126,9 @@ pub struct SettingSummary {
     pub scenario: Scenario,
     /// Method.
     pub method: Method,
+    /// The adapter of an adapted family's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterTag>,
     /// The swept knob (`None`: default settings).
     pub knob: Option<Knob>,
     /// Its value.
@@ -134,6 +161,7 @@ pub fn summarise(points: &[FrontierPoint]) -> Vec<SettingSummary> {
             SettingSummary {
                 scenario: g[0].scenario,
                 method: g[0].method,
+                adapter: g[0].adapter.clone(),
                 knob: g[0].knob,
                 value: g[0].value,
                 seeds: g.len(),
@@ -153,6 +181,9 @@ pub struct BestCompatibleRow {
     pub scenario: Scenario,
     /// The method.
     pub method: Method,
+    /// The adapter kind of an adapted family (its settings are support sizes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     /// The method it is compared with.
     pub reference: Method,
     /// The scenario's seeds.
@@ -173,16 +204,16 @@ pub struct BestCompatibleRow {
     pub cross_diff: Interval,
 }
 
-/// The highest self-test among the compatible points of one method on one run.
-fn best(
-    points: &[FrontierPoint],
+/// The highest self-test among the compatible points of one family on one run.
+fn best<'a>(
+    points: &'a [FrontierPoint],
     scenario: Scenario,
     seed: u64,
-    method: Method,
-) -> Option<&FrontierPoint> {
+    family: &Family,
+) -> Option<&'a FrontierPoint> {
     points
         .iter()
-        .filter(|p| p.scenario == scenario && p.seed == seed && p.method == method)
+        .filter(|p| p.scenario == scenario && p.seed == seed && p.family() == *family)
         .filter(|p| p.compatible())
         .fold(None, |b: Option<&FrontierPoint>, p| match b {
             Some(b) if b.self_map >= p.self_map => Some(b),
@@ -190,7 +221,8 @@ fn best(
         })
 }
 
-/// Every method's best compatible setting against `reference`'s, per scenario, paired by seed.
+/// Every family's best compatible setting (a method's, or an adapter kind's over its support
+/// sizes) against `reference`'s, per scenario, paired by seed.
 pub fn best_compatible(points: &[FrontierPoint], reference: Method) -> Vec<BestCompatibleRow> {
     let scenarios = distinct(points.iter().map(|p| p.scenario));
     let mut out = Vec::new();
@@ -202,14 +234,16 @@ pub fn best_compatible(points: &[FrontierPoint], reference: Method) -> Vec<BestC
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let methods = distinct(here.map(|p| p.method));
-        if !methods.contains(&reference) {
+        let families = distinct(here.map(FrontierPoint::family));
+        let reference_family: Family = (reference, None);
+        if !families.contains(&reference_family) {
             continue;
         }
-        for m in methods.into_iter().filter(|m| *m != reference) {
+        for f in families.into_iter().filter(|f| *f != reference_family) {
             let mut row = BestCompatibleRow {
                 scenario: sc,
-                method: m,
+                method: f.0,
+                adapter: f.1.clone(),
                 reference,
                 seeds: seeds.clone(),
                 chosen: Vec::new(),
@@ -221,8 +255,8 @@ pub fn best_compatible(points: &[FrontierPoint], reference: Method) -> Vec<BestC
                 cross_diff: interval(&[]),
             };
             for &seed in &seeds {
-                let a = best(points, sc, seed, m);
-                let r = best(points, sc, seed, reference);
+                let a = best(points, sc, seed, &f);
+                let r = best(points, sc, seed, &reference_family);
                 row.chosen.push(a.map(FrontierPoint::setting));
                 row.reference_chosen.push(r.map(FrontierPoint::setting));
                 if let (Some(a), Some(r)) = (a, r) {
@@ -267,8 +301,8 @@ pub fn frontier_markdown(summary: &[SettingSummary], best: &[BestCompatibleRow])
     for r in summary {
         t.push(vec![
             r.scenario.to_string().into(),
-            r.method.to_string().into(),
-            setting_name(r.knob, r.value).into(),
+            family_name(&(r.method, r.adapter.as_ref().map(|t| t.kind.clone()))).into(),
+            setting_name(r.knob, r.value, r.adapter.as_ref()).into(),
             r.seeds.to_string().into(),
             mean_ci(&r.self_map),
             mean_ci(&r.cross_map),
@@ -302,7 +336,7 @@ pub fn frontier_markdown(summary: &[SettingSummary], best: &[BestCompatibleRow])
         };
         t.push(vec![
             r.scenario.to_string().into(),
-            r.method.to_string().into(),
+            family_name(&(r.method, r.adapter.clone())).into(),
             per_seed(&r.seeds, &r.chosen).into(),
             per_seed(&r.seeds, &r.reference_chosen).into(),
             format!("{}/{}", r.paired_seeds.len(), r.seeds.len()).into(),
@@ -338,12 +372,19 @@ pub fn frontier_csv(points: &[FrontierPoint]) -> String {
         .map(Column::text),
     );
     for p in points {
+        let (knob, value) = match &p.adapter {
+            Some(t) => ("support".to_string(), t.support.to_string()),
+            None => (
+                p.knob.map_or("default", |k| k.as_str()).to_string(),
+                p.value.map(|v| v.to_string()).unwrap_or_default(),
+            ),
+        };
         t.push(vec![
             p.scenario.to_string(),
             p.seed.to_string(),
-            p.method.to_string(),
-            p.knob.map_or("default", |k| k.as_str()).to_string(),
-            p.value.map(|v| v.to_string()).unwrap_or_default(),
+            family_name(&p.family()),
+            knob,
+            value,
             format!("{:.6}", p.self_map),
             format!("{:.6}", p.cross_map),
             format!("{:.6}", p.old_old_map),
@@ -370,6 +411,31 @@ pub fn series(
         )
     };
     let mut out = Vec::new();
+    // an adapter kind: one curve over its support sizes
+    let kinds = distinct(
+        here.iter()
+            .filter_map(|r| r.adapter.as_ref().map(|t| (r.method, t.kind.clone()))),
+    );
+    for (m, kind) in kinds {
+        let (points, bars) = here
+            .iter()
+            .filter(|r| r.method == m && r.adapter.as_ref().is_some_and(|t| t.kind == kind))
+            .map(|r| {
+                point(
+                    r,
+                    r.adapter
+                        .as_ref()
+                        .map_or(String::new(), |t| t.support.to_string()),
+                )
+            })
+            .unzip();
+        out.push(FrontierSeries {
+            name: format!("{m}+{kind} (support pairs)"),
+            points,
+            bars,
+        });
+    }
+    let here: Vec<&SettingSummary> = here.into_iter().filter(|r| r.adapter.is_none()).collect();
     let methods = distinct(here.iter().map(|r| r.method));
     for m in methods {
         let of_m: Vec<&&SettingSummary> = here.iter().filter(|r| r.method == m).collect();
@@ -456,6 +522,7 @@ mod tests {
             scenario: Scenario::ExtendedClass,
             seed,
             method: Method::named(method).unwrap(),
+            adapter: None,
             knob,
             value,
             self_map: s,
@@ -510,6 +577,64 @@ mod tests {
         let md = frontier_markdown(&summarise(&points), &rows);
         assert!(md.contains("| extended-class | independent | 1: none; 2: none |"));
         assert!(md.contains("no compatible setting"));
+    }
+
+    #[test]
+    fn an_adapter_kind_is_a_family_whose_settings_are_support_sizes() {
+        let tagged = |seed: u64, support: usize, c: f64| FrontierPoint {
+            adapter: Some(AdapterTag {
+                kind: "procrustes".into(),
+                support,
+            }),
+            ..pt(seed, "independent", None, None, 0.9, c)
+        };
+        let points = vec![
+            pt(1, "bct", None, None, 0.70, 0.55),
+            pt(1, "independent", None, None, 0.90, 0.10),
+            tagged(1, 100, 0.45),
+            tagged(1, 1000, 0.52),
+        ];
+        let rows = best_compatible(&points, Method::BCT);
+        assert_eq!(
+            rows.len(),
+            2,
+            "independent, and independent through procrustes"
+        );
+        let a = rows.iter().find(|r| r.adapter.is_some()).unwrap();
+        assert_eq!(
+            (a.method, a.adapter.as_deref()),
+            (Method::INDEPENDENT, Some("procrustes"))
+        );
+        assert_eq!(a.chosen, vec![Some("1000 pairs".into())]);
+        assert!((a.self_diffs[0] - 0.20).abs() < 1e-12 && (a.cross_diffs[0] + 0.03).abs() < 1e-12);
+        let plain = rows.iter().find(|r| r.adapter.is_none()).unwrap();
+        assert_eq!(
+            plain.chosen,
+            vec![None],
+            "the adapted points are not the model's"
+        );
+        let summary = summarise(&points);
+        assert_eq!(summary.len(), 4);
+        let curves = series(&summary, Scenario::ExtendedClass, &RunConfig::default());
+        let c = curves
+            .iter()
+            .find(|c| c.name == "independent+procrustes (support pairs)")
+            .unwrap();
+        let labels: Vec<&str> = c.points.iter().map(|p| p.2.as_str()).collect();
+        assert_eq!(labels, ["100", "1000"]);
+        assert!(curves
+            .iter()
+            .all(|c| c.name != "independent" || c.points.len() == 1));
+        let csv = frontier_csv(&points);
+        assert!(
+            csv.contains("independent+procrustes,support,1000,"),
+            "{csv}"
+        );
+        let md = frontier_markdown(&summary, &rows);
+        assert!(
+            md.contains("| extended-class | independent+procrustes | 1000 pairs |"),
+            "{md}"
+        );
     }
 
     #[test]
