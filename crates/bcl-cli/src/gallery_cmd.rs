@@ -64,7 +64,7 @@ pub struct LinkArgs {
     /// The gallery's model, which a slerp adapter reads beside the query model.
     #[arg(long, requires = "model")]
     old_model: Option<PathBuf>,
-    /// Record or measure even if the lineage check fails (recorded as such).
+    /// Record or measure even if the lineage check fails (a warning says what was overridden).
     #[arg(long)]
     force: bool,
     /// cpu, cuda, cuda:N or auto.
@@ -824,7 +824,7 @@ fn gallery_link(a: LinkArgs) -> Result<()> {
             );
         };
         let data = ops::load_source(&src)?;
-        let t = gal::lineage::measure(
+        let (lineage, t) = gal::lineage::measure(
             store.as_mut(),
             &emb,
             adapter.as_ref().map(|ad| (ad, old.as_ref())),
@@ -836,6 +836,7 @@ fn gallery_link(a: LinkArgs) -> Result<()> {
             Some(o) => format!("--model {} --old-model {}", m.display(), o.display()),
             None => format!("--model {}", m.display()),
         })?;
+        print_lineage(&lineage);
         out.insert("measured".into(), serde_json::to_value(t)?);
     }
     println!("{}", serde_json::Value::Object(out));

@@ -266,7 +266,7 @@ pub fn adapted_queries(
 /// SLERP) on the gallery's own items: the images of its data source `data` embedded as queries
 /// against the vectors the gallery holds for them, leave-one-out (an item does not find
 /// itself), relevant the items of its class. The lineage check comes first (`force` overrides
-/// it); the result is recorded in the manifest and returned.
+/// it; its verdict is returned); the result is recorded in the manifest and returned.
 pub fn measure(
     store: &mut dyn GalleryStore,
     model: &Embedder,
@@ -274,33 +274,28 @@ pub fn measure(
     data: &Dataset,
     batch: usize,
     force: bool,
-) -> Result<CrossTest> {
+) -> Result<(Lineage, CrossTest)> {
     check_source(&*store, data)?;
     let info = ModelInfo::from_card(&model.card);
     let counts = store.counts()?;
     let dim = store.manifest().dim;
-    let queries = match adapter {
+    let (lineage, queries) = match adapter {
         Some((a, old)) => {
-            check_adapted(
+            let lineage = check_adapted(
                 store.manifest(),
                 &counts,
                 &info,
                 &AdapterLink::from_card(&a.card),
                 force,
             )?;
-            adapted_queries(
-                a,
-                model,
-                old,
-                data,
-                batch,
-                "the old model must embed them too",
-            )?
+            let hint = "the old model must embed them too";
+            (lineage, adapted_queries(a, model, old, data, batch, hint)?)
         }
         None => {
-            check_lineage(store.manifest(), &counts, &info, force)?;
+            let lineage = check_lineage(store.manifest(), &counts, &info, force)?;
             let v = embed_queries(model, data, batch, dim)?;
-            Tensor::from_slice(&v).view([data.len() as i64, dim as i64])
+            let q = Tensor::from_slice(&v).view([data.len() as i64, dim as i64]);
+            (lineage, q)
         }
     };
     let ids: Vec<u64> = data.ids.iter().map(|&i| i as u64).collect();
@@ -322,7 +317,7 @@ pub fn measure(
     let mut next = store.manifest().clone();
     record(&mut next.measured, t.clone());
     store.set_manifest(next)?;
-    Ok(t)
+    Ok((lineage, t))
 }
 
 /// Appends `t` to `measured`, dropping the oldest measurements of the same (query model,
