@@ -951,6 +951,19 @@ fn adapters_are_rows_beside_the_methods() {
         .unwrap()
         .contains("independent+slerp"));
 
+    // a chain adapter is refitted when its support set changes (here 20 → 10 images per
+    // class: 120 → 60 pairs), not reused because its models are the same
+    let card = |i: usize| {
+        Adapter::load(&seq.adapter("independent", "procrustes", i))
+            .unwrap()
+            .card
+    };
+    assert_eq!(card(2).support.pairs, 120);
+    let mut fewer = cfg.clone();
+    fewer.sequential.as_mut().unwrap().adapter_support_per_class = 10;
+    run_experiment(&fewer, &out, &opts()).unwrap();
+    assert_eq!((card(1).support.pairs, card(2).support.pairs), (60, 60));
+
     // two sizes that give the same support set (each class has 60 training images) are
     // refused: their rows would be one
     let mut dup = cfg.clone();

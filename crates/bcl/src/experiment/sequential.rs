@@ -261,9 +261,10 @@ fn reference_of(seq: &SequentialConfig, i: usize) -> usize {
     }
 }
 
-/// Fits (or keeps) one adapter per link of the independent chain `dirs`: from model i into the
-/// space of the model it follows, on the first `adapter_support_per_class` training images of
-/// each class, seed 3000 + seed + i.
+/// Fits (or keeps, when fitted for the same two models on the same support set) one adapter
+/// per link of the independent chain `dirs`: from model i into the space of the model it
+/// follows, on the first `adapter_support_per_class` training images of each class, seed
+/// 3000 + seed + i.
 fn fit_chain_adapters(
     rc: &crate::run::RunConfig,
     seq: &SequentialConfig,
@@ -282,11 +283,6 @@ fn fit_chain_adapters(
             Embedder::load(&dirs[i], opts.device)?,
             Embedder::load(&dirs[r], opts.device)?,
         );
-        if let Ok(a) = Adapter::load(&path) {
-            if a.check_models(&new.card.id, &old.card.id).is_ok() {
-                continue;
-            }
-        }
         let train = match &train {
             Some(t) => t,
             None => train.insert(crate::data::open_part(&rc.data, crate::data::Part::Train)?),
@@ -298,6 +294,13 @@ fn fit_chain_adapters(
             seq.adapter_support_per_class,
             rc,
         )?;
+        // an adapter already fitted for these two models on this very support set is kept
+        if let Ok(a) = Adapter::load(&path) {
+            let same_support = a.card.support.fingerprint == pairs.info().fingerprint;
+            if same_support && a.check_models(&new.card.id, &old.card.id).is_ok() {
+                continue;
+            }
+        }
         let fit = FitConfig {
             seed: 3000 + seed + i as u64,
             ..FitConfig::default()
