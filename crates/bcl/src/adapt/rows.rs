@@ -105,11 +105,7 @@ pub fn add_adapted_rows(
     labels: &[i64],
     adapters: &[Adapter],
 ) -> Result<(), AdaptError> {
-    let indep_self = report
-        .rows
-        .iter()
-        .find(|r| r.method == Method::INDEPENDENT && r.adapter.is_none())
-        .map(|r| r.self_map);
+    let indep_self = report.independent_self();
     for a in adapters {
         let i = adapted_model(models, a)?;
         let o = parent(models, i).expect("adapted_model checked the old model");
@@ -134,10 +130,7 @@ pub fn add_adapted_rows(
             ));
         }
         let row = ResultRow::from_cells(method, Some(t), &oo, &own, &cross, indep_self);
-        let mut cells = vec![None; models.len()];
-        cells[o] = Some(cross);
-        report.matrix.push_row(&name, cells, Some(own));
-        report.adapted.push(row);
+        report.push_adapted(&name, row, o, cross, Some(own));
     }
     Ok(())
 }

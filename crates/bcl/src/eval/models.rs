@@ -141,6 +141,30 @@ impl EvalReport {
     pub fn all_rows(&self) -> Vec<ResultRow> {
         self.rows.iter().chain(&self.adapted).cloned().collect()
     }
+
+    /// The independent model's self-test mAP (the update gain's reference), where it ran.
+    pub fn independent_self(&self) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.method == Method::INDEPENDENT && r.adapter.is_none())
+            .map(|r| r.self_map)
+    }
+
+    /// Adds an adapted row and its query row `name` in the matrix: its cross-test `cross`
+    /// against the old model in column `old`, the model's own self-test `own` on the diagonal.
+    pub fn push_adapted(
+        &mut self,
+        name: &str,
+        row: ResultRow,
+        old: usize,
+        cross: RetrievalMetrics,
+        own: Option<RetrievalMetrics>,
+    ) {
+        let mut cells = vec![None; old + 1];
+        cells[old] = Some(cross);
+        self.matrix.push_row(name, cells, own);
+        self.adapted.push(row);
+    }
 }
 
 /// Embeds `test` with every model and computes the full matrix and the per-method rows.

@@ -118,11 +118,7 @@ pub fn adapted_rows(
             let train = crate::data::open_part(&rc.data, Part::Train)?;
             let test = crate::data::open_test(&rc.data)?;
             let old_test = old.embed_dataset(&test, rc.eval_batch);
-            let indep_self = report
-                .rows
-                .iter()
-                .find(|r| r.method == Method::INDEPENDENT)
-                .map(|r| r.self_map);
+            let indep_self = report.independent_self();
             let fit = FitConfig {
                 seed: 3000 + seed,
                 ..cfg.fit.clone()
@@ -134,11 +130,6 @@ pub fn adapted_rows(
                     .position(|x| *x == m)
                     .expect("validated: the experiment's method");
                 let new = Embedder::load(&dirs[k + 1], opts.device)?;
-                let base = report
-                    .rows
-                    .iter()
-                    .find(|r| r.method == m)
-                    .ok_or_else(|| RunError::Invalid(format!("the run has no row for {m}")))?;
                 let new_test = new.embed_dataset(&test, rc.eval_batch);
                 let own = report.matrix.at(k + 1, k + 1);
                 let oo = report.matrix.at(0, 0);
@@ -166,7 +157,6 @@ pub fn adapted_rows(
                         let cross = adapted_cross(&a, &new_test, &old_test, &test.labels)?;
                         let row =
                             ResultRow::from_cells(m, Some(tag(&a)), oo, own, &cross, indep_self);
-                        debug_assert_eq!(row.self_map, base.self_map);
                         out.push(AdaptedRun { row, cross });
                     }
                 }
@@ -225,9 +215,6 @@ pub fn add_to_report(report: &mut EvalReport, methods: &[Method], adapted: &[Ada
         let k = methods.iter().position(|x| *x == a.row.method);
         let own = k.and_then(|k| report.matrix.cells[k + 1][k + 1].clone());
         let name = format!("{}+{t}", a.row.method.model_name());
-        report
-            .matrix
-            .push_row(&name, vec![Some(a.cross.clone())], own);
-        report.adapted.push(a.row.clone());
+        report.push_adapted(&name, a.row.clone(), 0, a.cross.clone(), own);
     }
 }
