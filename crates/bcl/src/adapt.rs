@@ -259,7 +259,14 @@ impl std::fmt::Debug for Adapter {
 
 /// L2-normalised rows (float32), as the models' embeddings are normalised.
 pub(crate) fn normalize(x: &Tensor) -> Tensor {
-    crate::model::l2_normalize(&x.to_kind(Kind::Float))
+    let x = x.to_kind(Kind::Float);
+    // rows already of unit length (within float rounding) are kept bit for bit, so that a
+    // vector passed through unchanged (SLERP at α = 0) scores exactly as it did
+    let norms = x.norm_scalaropt_dim(2, [-1i64].as_slice(), false);
+    if x.numel() > 0 && (norms - 1.0).abs().max().double_value(&[]) <= 1e-6 {
+        return x;
+    }
+    crate::model::l2_normalize(&x)
 }
 
 /// `x` `[N, d]` zero-padded to `[N, to]` columns (unchanged when `to <= d`).

@@ -112,13 +112,15 @@ impl ExperimentConfig {
             sel.validate(&cfg.base, &cfg.seeds).map_err(&invalid)?;
         }
         if let Some(ad) = &cfg.adapters {
-            ad.validate(&cfg.methods).map_err(&invalid)?;
+            ad.validate(&cfg.methods, &cfg.base.data)
+                .map_err(&invalid)?;
         }
         if let Some(seq) = &cfg.sequential {
-            seq.validate().map_err(|reason| RunError::Config {
-                path: path.to_path_buf(),
-                reason,
-            })?;
+            seq.validate(&cfg.base.data)
+                .map_err(|reason| RunError::Config {
+                    path: path.to_path_buf(),
+                    reason,
+                })?;
         }
         Ok(cfg)
     }

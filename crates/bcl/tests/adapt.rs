@@ -122,6 +122,17 @@ fn slerp_ends_are_the_old_query_and_the_rotated_new_one() {
             max_abs(&q, want)
         );
     }
+    // α = 0 is the old query bit for bit, so its cross-test is old→old exactly (neither above
+    // nor below it on rounding: the strict criterion says "not compatible")
+    let mut at0 = FitConfig::default();
+    at0.slerp.alpha = Some(0.0);
+    let q = fit("slerp", &support, &at0)
+        .apply(&new, Some(&old))
+        .unwrap();
+    assert!(q.equal(&old), "off by {}", max_abs(&q, &old));
+    let labels: Vec<i64> = (0..300).map(|i| i % 10).collect();
+    let map = |q: &Tensor| bcl::eval::leave_one_out(q, &old, &labels).unwrap().map;
+    assert_eq!(map(&q), map(&old));
     // halfway lies on the great circle: equal angles to both ends
     let mid = slerp(&old, &rotated, 0.5);
     let cos =

@@ -712,6 +712,7 @@ fn adapters_are_rows_beside_the_methods() {
         seeds: Some(vec![1]),
         adapters: vec!["procrustes".into(), "slerp".into()],
         adapter_support_per_class: 20,
+        adapter_support_part: bcl::data::Part::Train,
     });
     let out = dir.path().join("exp");
     let report = run_experiment(&cfg, &out, &opts()).unwrap();
@@ -890,7 +891,7 @@ fn adapters_are_rows_beside_the_methods() {
             methods: vec![Method::INDEPENDENT],
             ..SequentialConfig::default()
         }
-        .validate()
+        .validate(&bcl::data::DataConfig::default())
         .unwrap_err();
         assert!(e.contains(why), "{e}");
     }
@@ -899,7 +900,7 @@ fn adapters_are_rows_beside_the_methods() {
         methods: vec![Method::BCT],
         ..SequentialConfig::default()
     }
-    .validate()
+    .validate(&bcl::data::DataConfig::default())
     .unwrap_err();
     assert!(e.contains("add independent"), "{e}");
 
@@ -990,6 +991,113 @@ fn adapters_are_rows_beside_the_methods() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(why), "{section}: {e}");
+    }
+}
+
+/// `[adapters] part = "validation"`: the support set is the first N held-out validation images
+/// of each class (the card's fingerprint is theirs, not the training images'), sizes past the
+/// part's images per class are refused as duplicates; the test part, and a validation part the
+/// data does not hold out, are refused in a configuration file and in `[sequential]`.
+#[test]
+fn adapters_fit_on_the_validation_part_when_asked() {
+    use bcl::adapt::{Adapter, SupportSet};
+    use bcl::data::Part;
+    use bcl::experiment::adapters::AdaptersConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_experiment(dir.path(), 6, 15, 4);
+    cfg.base.data.validation_per_class = Some(10);
+    cfg.scenarios = vec![Scenario::ExtendedClass];
+    cfg.seeds = vec![1];
+    cfg.methods = vec![Method::INDEPENDENT];
+    cfg.adapters = Some(AdaptersConfig {
+        kinds: vec!["procrustes".into()],
+        support_per_class: vec![4, 10],
+        part: Part::Validation,
+        ..AdaptersConfig::default()
+    });
+    let out = dir.path().join("exp");
+    let report = run_experiment(&cfg, &out, &opts()).unwrap();
+    let labels: Vec<String> = report.runs["extended-class/seed-1"]
+        .adapted
+        .iter()
+        .map(|r| r.label())
+        .collect();
+    assert_eq!(
+        labels,
+        ["independent+procrustes@24", "independent+procrustes@60"]
+    );
+    let run = bcl::experiment::run_dir(&out, Scenario::ExtendedClass, 1);
+    let old = bcl::model::Embedder::load(run.old().path(), Device::Cpu).unwrap();
+    let new = bcl::model::Embedder::load(run.model("new-independent").path(), Device::Cpu).unwrap();
+    let rc = cfg.run_config(Scenario::ExtendedClass, 1);
+    let a = Adapter::load(&run.path().join("adapters/new-independent-procrustes-60")).unwrap();
+    let support = |part| {
+        let d = bcl::data::open_part(&rc.data, part)
+            .unwrap()
+            .take_per_class(10);
+        SupportSet::embedded(&old, &new, &d, 64, "by hand")
+            .unwrap()
+            .info()
+    };
+    assert_eq!(
+        a.card.support.fingerprint,
+        support(Part::Validation).fingerprint
+    );
+    assert_ne!(a.card.support.fingerprint, support(Part::Train).fingerprint);
+    assert!(
+        a.card.support.source.contains("validation images"),
+        "{}",
+        a.card.support.source
+    );
+
+    // 10 and 20 per class: the part holds 10 per class, so both give 60 pairs
+    let mut same = cfg.clone();
+    same.adapters.as_mut().unwrap().support_per_class = vec![10, 20];
+    let e = run_experiment(&same, &dir.path().join("same"), &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("same 60 pairs") && e.contains("10 validation images"),
+        "{e}"
+    );
+
+    // refused where the configuration is read
+    let data = cfg.base.data.dir.display().to_string();
+    for (held_out, part, why) in [
+        (
+            "validation_per_class = 10",
+            "test",
+            "never fitted on the test part",
+        ),
+        ("", "validation", "needs [data] validation_per_class"),
+    ] {
+        let toml = format!(
+            "methods = [\"independent\"]\n[base.data]\ndir = {data:?}\nclasses = 6\n{held_out}\n\
+             [adapters]\nkinds = [\"procrustes\"]\npart = \"{part}\"\n"
+        );
+        let path = dir.path().join(format!("{part}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let e = ExperimentConfig::from_toml_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(why) && e.contains("[adapters] part") && e.contains(&format!("{part}.toml")),
+            "{e}"
+        );
+    }
+    for (part, why) in [
+        (Part::Test, "never fitted on the test part"),
+        (Part::Validation, "needs [data] validation_per_class"),
+    ] {
+        let e = SequentialConfig {
+            adapters: vec!["procrustes".into()],
+            methods: vec![Method::INDEPENDENT],
+            adapter_support_part: part,
+            ..SequentialConfig::default()
+        }
+        .validate(&bcl::data::DataConfig::default())
+        .unwrap_err();
+        assert!(e.contains(why) && e.contains("adapter_support_part"), "{e}");
     }
 }
 

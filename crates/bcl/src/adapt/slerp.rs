@@ -76,8 +76,14 @@ pub fn slerp(u: &Tensor, v: &Tensor, alpha: f64) -> Tensor {
 }
 
 /// `q(α)` in the old space's first `to_dim` coordinates: the old query `u` zero-padded to the
-/// rotation's width, interpolated there with `x R`, then cut.
+/// rotation's width, interpolated there with `x R`, then cut. At α = 0 the query is the old
+/// model's own, bit for bit (`u` as given when its rows are unit vectors, else normalised):
+/// a query the new model never touches must score exactly as old→old, or the strict
+/// compatibility criterion would pass or fail on rounding.
 fn interpolate(r: &Tensor, x: &Tensor, u: &Tensor, alpha: f64, to_dim: usize) -> Tensor {
+    if alpha == 0.0 {
+        return normalize(u);
+    }
     let width = r.size()[1] as usize;
     let v = x.matmul(r);
     slerp(&pad_to(u, width), &v, alpha).narrow(1, 0, to_dim as i64)

@@ -1,7 +1,7 @@
 //! Adapters as rows of an experiment (`[adapters]`): in every (scenario, seed) run, each kind
 //! is fitted after training between each listed method's new model and the old model, on the
-//! first N training images of each class (N a knob: one row per support size), and scored on
-//! the test set like the models; the rows join the main table and its paired comparisons, and
+//! first N images of each class of the training or the validation part (N a knob: one row per
+//! support size; never the test part), and scored on the test set like the models; the rows join the main table and its paired comparisons, and
 //! the run's compatibility matrix. Fitted adapters are kept under the run directory
 //! (`adapters/<name>/`), the rows cached in `adapters.json` while models and settings are
 //! unchanged.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{cached, model_ids};
 use crate::adapt::rows::{adapted_cross, tag};
 use crate::adapt::{Adapter, FitConfig, ModelRef, Models, SupportSet};
-use crate::data::Part;
+use crate::data::{DataConfig, Part};
 use crate::eval::models::{EvalReport, ResultRow};
 use crate::eval::RetrievalMetrics;
 use crate::layout::RunDir;
@@ -30,9 +30,13 @@ pub struct AdaptersConfig {
     /// Methods of the main table whose new models get them (default: independent, the
     /// post-hoc baseline: a model trained on its own, made compatible afterwards).
     pub methods: Vec<Method>,
-    /// Support sizes: the first N training images of each class, embedded by both models
+    /// Support sizes: the first N images of each class of `part`, embedded by both models
     /// (one row per size).
     pub support_per_class: Vec<usize>,
+    /// The part the support set comes from: `train` (the images the models trained on, the
+    /// default) or `validation` (held-out images of the training classes that no model saw;
+    /// needs `[data] validation_per_class`). Never `test`: the rows are scored there.
+    pub part: Part,
     /// The kinds' settings; the seed of the kinds that train is the run's, 3000 + seed (as the
     /// old model's is 1000 + seed), whatever `fit.seed` says.
     pub fit: FitConfig,
@@ -47,15 +51,16 @@ impl Default for AdaptersConfig {
                 .collect(),
             methods: vec![Method::INDEPENDENT],
             support_per_class: vec![100],
+            part: Part::Train,
             fit: FitConfig::default(),
         }
     }
 }
 
 impl AdaptersConfig {
-    /// Checks the kinds exist, the methods are the experiment's, the sizes are positive and
-    /// the settings in range.
-    pub fn validate(&self, methods: &[Method]) -> Result<(), String> {
+    /// Checks the kinds exist, the methods are the experiment's, the sizes are positive, the
+    /// support part exists in `data` and is not the test part, and the settings are in range.
+    pub fn validate(&self, methods: &[Method], data: &DataConfig) -> Result<(), String> {
         if self.kinds.is_empty() || self.methods.is_empty() || self.support_per_class.is_empty() {
             return Err(
                 "[adapters]: kinds, methods and support_per_class each need one entry".into(),
@@ -75,6 +80,7 @@ impl AdaptersConfig {
         if self.support_per_class.contains(&0) {
             return Err("[adapters] support_per_class: every size must be at least 1".into());
         }
+        support_part_ok(self.part, data).map_err(|e| format!("[adapters] part: {e}"))?;
         self.fit
             .validate()
             .map_err(|e| format!("[adapters] fit: {e}"))
@@ -115,7 +121,7 @@ pub fn adapted_rows(
         &(model_ids(dirs)?, cfg.clone()),
         || {
             let old = Embedder::load(&dirs[0], opts.device)?;
-            let train = crate::data::open_part(&rc.data, Part::Train)?;
+            let support = crate::data::open_part(&rc.data, cfg.part)?;
             let test = crate::data::open_test(&rc.data)?;
             let old_test = old.embed_dataset(&test, rc.eval_batch);
             let indep_self = report.independent_self();
@@ -135,14 +141,15 @@ pub fn adapted_rows(
                 let oo = report.matrix.at(0, 0);
                 let mut sizes: Vec<(usize, usize)> = Vec::new();
                 for &n in &cfg.support_per_class {
-                    let pairs = training_support(&old, &new, &train, n, rc)?;
+                    let pairs = support_set(&old, &new, &support, cfg.part, n, rc)?;
                     if let Some((m0, _)) = sizes.iter().find(|(_, p)| *p == pairs.len()) {
                         return Err(RunError::Invalid(format!(
                             "[adapters] support_per_class: {n} and {m0} images per class give \
-                             the same {} pairs (no class has more than {} training images): \
-                             keep one of them",
+                             the same {} pairs (no class has more than {} {} images): keep one \
+                             of them",
                             pairs.len(),
-                            n.min(*m0)
+                            n.min(*m0),
+                            cfg.part
                         )));
                     }
                     sizes.push((n, pairs.len()));
@@ -186,22 +193,43 @@ pub fn forward_adapters(
         .collect()
 }
 
+/// Whether an adapter's support set may come from `part` of `data`: the training part, or the
+/// validation part where `data` holds one out; never the test part (the rows are scored
+/// there, and a map fitted on it would be chosen on the figures it reports).
+pub(crate) fn support_part_ok(part: Part, data: &DataConfig) -> Result<(), String> {
+    match part {
+        Part::Train => Ok(()),
+        Part::Validation if data.validation_per_class.is_some() => Ok(()),
+        Part::Validation => Err(
+            "the validation part needs [data] validation_per_class (images \
+                                 per class that no model trains on)"
+                .into(),
+        ),
+        Part::Test => Err(
+            "an adapter is never fitted on the test part, where its row is scored: \
+                           use train or validation"
+                .into(),
+        ),
+    }
+}
+
 /// The support set of an adapter an experiment fits: the first `per_class` images of each
-/// class of the training part `train`, embedded by both models.
-pub(crate) fn training_support(
+/// class of `data` (the run's `part`), embedded by both models.
+pub(crate) fn support_set(
     old: &Embedder,
     new: &Embedder,
-    train: &crate::data::Dataset,
+    data: &crate::data::Dataset,
+    part: Part,
     per_class: usize,
     rc: &RunConfig,
 ) -> Result<SupportSet, RunError> {
     Ok(SupportSet::embedded(
         old,
         new,
-        &train.take_per_class(per_class),
+        &data.take_per_class(per_class),
         rc.eval_batch,
         format!(
-            "the first {per_class} training images of each class of {}",
+            "the first {per_class} {part} images of each class of {}",
             rc.data.dir.display()
         ),
     )?)

@@ -52,9 +52,12 @@ pub struct SequentialConfig {
     /// Adapter kinds (new → old) that make the independent chain compatible after training,
     /// one chain each (default: none; needs `independent` among `methods`).
     pub adapters: Vec<String>,
-    /// Each adapter's support set: the first N training images of each class (embedded by both
-    /// models of its link).
+    /// Each adapter's support set: the first N images of each class of
+    /// `adapter_support_part` (embedded by both models of its link).
     pub adapter_support_per_class: usize,
+    /// The part the adapters' support sets come from: `train` (default) or `validation`
+    /// (held out of every link's training data; needs `[data] validation_per_class`).
+    pub adapter_support_part: crate::data::Part,
 }
 
 impl Default for SequentialConfig {
@@ -66,13 +69,15 @@ impl Default for SequentialConfig {
             seeds: None,
             adapters: Vec::new(),
             adapter_support_per_class: 100,
+            adapter_support_part: crate::data::Part::Train,
         }
     }
 }
 
 impl SequentialConfig {
-    /// Checks the fractions and methods; the reason is the user's to fix.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the fractions, methods and the adapters' support part (which must exist in
+    /// `data`); the reason is the user's to fix.
+    pub fn validate(&self, data: &crate::data::DataConfig) -> Result<(), String> {
         if self.fractions.len() < 2 {
             return Err(
                 "sequential.fractions needs at least two shares (a chain of two models)".into(),
@@ -115,6 +120,8 @@ impl SequentialConfig {
         if self.adapter_support_per_class == 0 {
             return Err("sequential.adapter_support_per_class must be at least 1".into());
         }
+        super::adapters::support_part_ok(self.adapter_support_part, data)
+            .map_err(|e| format!("sequential.adapter_support_part: {e}"))?;
         Ok(())
     }
 }
@@ -193,7 +200,7 @@ pub fn run_sequential(
     out: &Path,
     opts: &StepOptions,
 ) -> Result<Vec<ChainRun>, RunError> {
-    seq.validate().map_err(RunError::Invalid)?;
+    seq.validate(&cfg.base.data).map_err(RunError::Invalid)?;
     let seeds = seq.seeds.clone().unwrap_or_else(|| cfg.seeds.clone());
     let mut runs = Vec::new();
     for &seed in &seeds {
@@ -263,7 +270,8 @@ fn reference_of(seq: &SequentialConfig, i: usize) -> usize {
 
 /// Fits (or keeps, when fitted for the same two models on the same support set) one adapter
 /// per link of the independent chain `dirs`: from model i into the space of the model it
-/// follows, on the first `adapter_support_per_class` training images of each class, seed
+/// follows, on the first `adapter_support_per_class` images of each class of
+/// `adapter_support_part`, seed
 /// 3000 + seed + i.
 fn fit_chain_adapters(
     rc: &crate::run::RunConfig,
@@ -275,7 +283,7 @@ fn fit_chain_adapters(
     opts: &StepOptions,
 ) -> Result<(), RunError> {
     let method = Method::INDEPENDENT.as_str();
-    let mut train: Option<crate::data::Dataset> = None;
+    let mut support: Option<crate::data::Dataset> = None;
     for i in 1..dirs.len() {
         let r = reference_of(seq, i);
         let path = seq_dir.adapter(method, kind, i);
@@ -283,14 +291,15 @@ fn fit_chain_adapters(
             Embedder::load(&dirs[i], opts.device)?,
             Embedder::load(&dirs[r], opts.device)?,
         );
-        let train = match &train {
+        let data = match &support {
             Some(t) => t,
-            None => train.insert(crate::data::open_part(&rc.data, crate::data::Part::Train)?),
+            None => support.insert(crate::data::open_part(&rc.data, seq.adapter_support_part)?),
         };
-        let pairs = super::adapters::training_support(
+        let pairs = super::adapters::support_set(
             &old,
             &new,
-            train,
+            data,
+            seq.adapter_support_part,
             seq.adapter_support_per_class,
             rc,
         )?;
