@@ -82,6 +82,17 @@ fn every_committed_experiment_parses_and_the_frontier_shares_the_tax_regime() {
             "{file} differs from tax-d8-protocol.toml in one thing"
         );
     }
+    // the no-tax candidate: a wider new model (through its head), and the adapters' rows on
+    // held-out support
+    let mut wide = ExperimentConfig::from_toml_file(&recipe("tax-d8-wide-protocol.toml")).unwrap();
+    assert_eq!(wide.base.new_model.dim, Some(32));
+    let ad = wide.adapters.take().expect("the adapters' rows");
+    assert_eq!(ad.part, bcl::data::Part::Validation);
+    wide.base.new_model.dim = None;
+    assert_eq!(
+        wide, protocol,
+        "tax-d8-wide-protocol.toml differs from tax-d8-protocol.toml in the new model's dimension"
+    );
     let sel = protocol.selection.as_ref().unwrap();
     assert_eq!(sel.report_seeds(&protocol.seeds), &[1, 2, 3, 4, 5]);
     assert!(sel.seeds.iter().all(|s| !protocol.seeds.contains(s)));
