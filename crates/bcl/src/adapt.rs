@@ -24,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 pub use affine::AffineConfig;
 pub use card::{AdapterCard, ModelRef, SupportInfo};
 pub use forward::ForwardConfig;
-pub use slerp::{slerp, SlerpConfig};
+pub use slerp::{slerp, SlerpConfig, SlerpCriterion};
 pub use support::SupportSet;
 
 use crate::layout::AdapterDir;

@@ -190,6 +190,66 @@ fn slerp_chooses_alpha_by_leave_one_out_recall_by_hand() {
     assert_eq!(chosen, first_best, "the smallest α with the best recall");
 }
 
+/// `criterion = "map"`: the card's per-α support figures are the leave-one-out Recall@1 and
+/// mAP of the interpolated support queries against the old support vectors, computed here
+/// through fixed-α adapters; α is the best mAP (the smallest on ties), and the default still
+/// chooses by Recall@1 over the same figures.
+#[test]
+fn slerp_chooses_alpha_by_support_map_when_asked() {
+    use bcl::adapt::SlerpCriterion;
+    let old = vectors(300, 16, 11);
+    let new =
+        (&old.constant_pad_nd([0, 8]) + vectors(300, 24, 12) * 0.8).matmul(&orthogonal(24, 13));
+    let labels: Vec<i64> = (0..300).map(|i| i % 10).collect();
+    let support = SupportSet::new(&old, &new)
+        .unwrap()
+        .with_labels(labels.clone())
+        .unwrap();
+    let mut by_map = FitConfig::default();
+    by_map.slerp.criterion = SlerpCriterion::Map;
+    let m = fit("slerp", &support, &by_map);
+    let r = fit("slerp", &support, &FitConfig::default());
+    assert_eq!(
+        m.card.fit["criterion"],
+        "support mAP, leave-one-out, old-model gallery"
+    );
+    let figures = m.card.fit["recall_at_1"].as_array().unwrap();
+    assert_eq!(figures, r.card.fit["recall_at_1"].as_array().unwrap());
+    let mut by_hand = Vec::new();
+    for f in figures {
+        let alpha = f["alpha"].as_f64().unwrap();
+        let mut fixed = FitConfig::default();
+        fixed.slerp.alpha = Some(alpha);
+        let q = fit("slerp", &support, &fixed)
+            .apply(&new, Some(&old))
+            .unwrap();
+        let e = bcl::eval::leave_one_out(&q, &old, &labels).unwrap();
+        assert!(
+            (f["map"].as_f64().unwrap() - e.map).abs() < 1e-9,
+            "alpha {alpha}"
+        );
+        assert!(
+            (f["recall"].as_f64().unwrap() - e.recall_at[&1]).abs() < 1e-9,
+            "alpha {alpha}"
+        );
+        by_hand.push((alpha, e.recall_at[&1], e.map));
+    }
+    let best = |key: fn(&(f64, f64, f64)) -> f64| {
+        by_hand
+            .iter()
+            .fold(by_hand[0], |b, s| if key(s) > key(&b) { *s } else { b })
+            .0
+    };
+    assert_eq!(m.card.settings["alpha"], best(|s| s.2));
+    assert_eq!(r.card.settings["alpha"], best(|s| s.1));
+    // an unknown criterion is refused where settings are read
+    let e = toml::from_str::<FitConfig>("[slerp]\ncriterion = \"ndcg\"\n").unwrap_err();
+    assert!(
+        e.to_string().contains("recall@1") && e.to_string().contains("map"),
+        "{e}"
+    );
+}
+
 #[test]
 fn slerp_without_labels_or_alpha_is_refused() {
     let support = SupportSet::new(&vectors(50, 8, 9), &vectors(50, 8, 10)).unwrap();
