@@ -376,9 +376,18 @@ pub struct ServeArgs {
     /// Query model: lets clients send images, and is checked against the gallery's lineage.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on. Beyond loopback a token is required (or
+    /// --allow-unauthenticated).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// File holding the bearer token every request must send (`Authorization: Bearer
+    /// <token>`; at least 16 characters). Without it, the token is read from $BCL_SERVE_TOKEN
+    /// when that is set.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Serve beyond loopback without a token (something in front of the server guards it).
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = ServeConfig::default().max_body_bytes)]
     max_body_bytes: usize,
@@ -887,6 +896,26 @@ fn gallery_recover(a: RecoverArgs) -> Result<()> {
     Ok(())
 }
 
+/// The serve token: from `file` when given, else from $BCL_SERVE_TOKEN when set.
+fn serve_token(file: Option<&Path>) -> Result<Option<serve::auth::Token>> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("{}: cannot read the token file", f.display()))?,
+        None => match std::env::var(serve::auth::TOKEN_ENV) {
+            Ok(t) => t,
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Err(e) => bail!("${}: {e}", serve::auth::TOKEN_ENV),
+        },
+    };
+    let from = file.map_or_else(
+        || format!("${}", serve::auth::TOKEN_ENV),
+        |f| f.display().to_string(),
+    );
+    Ok(Some(
+        serve::auth::Token::new(&text).with_context(|| format!("{from}: not a usable token"))?,
+    ))
+}
+
 /// Runs `bcl serve` until Ctrl-C or SIGTERM.
 pub fn run_serve(a: ServeArgs) -> Result<()> {
     let mut store = gal::open(&a.store)?;
@@ -909,8 +938,9 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         shutdown_grace_s: a.shutdown_grace,
     };
     let limits = cfg.conn_limits();
+    let token = serve_token(a.token_file.as_deref())?;
     let source = store.manifest().source.clone();
-    let state = Arc::new(match (&a.adapter, emb) {
+    let state = match (&a.adapter, emb) {
         (Some(p), Some(e)) => {
             let adapter = bcl::adapt::Adapter::load(p)?;
             let old = a
@@ -921,6 +951,10 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
             ServeState::with_adapter(store, e, adapter, old, cfg, a.force)?
         }
         (_, emb) => ServeState::new(store, emb, cfg, a.force)?,
+    };
+    let state = Arc::new(match token {
+        Some(t) => state.require_token(t),
+        None => state,
     });
     let backfill = match a.backfill_fraction {
         Some(fraction) => {
@@ -957,10 +991,16 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&a.addr)
             .await
             .with_context(|| format!("cannot listen on {}", a.addr))?;
+        let at = listener.local_addr()?;
+        serve::auth::check_exposure(at, state.token(), a.allow_unauthenticated)?;
         eprintln!(
-            "serving {} on http://{} (POST /search, GET /health, GET /stats); Ctrl-C stops",
+            "serving {} on http://{at} (POST /search, GET /health, GET /stats; {}); Ctrl-C stops",
             a.store.display(),
-            listener.local_addr()?
+            if state.has_token() {
+                "every request needs the bearer token"
+            } else {
+                "no token"
+            }
         );
         // On the signal the backfill stops too (at its next commit), not after the last
         // connection closes.

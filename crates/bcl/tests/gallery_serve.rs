@@ -301,3 +301,104 @@ fn mutated_requests_never_bring_the_server_down() {
     tx.send(()).unwrap();
     server.join().unwrap().unwrap();
 }
+
+/// The token's own rules: too short or with spaces refused, a file's newline dropped, the
+/// `Bearer` scheme required (its case ignored), and exposure beyond loopback refused without a
+/// token unless allowed; and a server with a token answers 401 (with `WWW-Authenticate`) to
+/// every request without it and counts those as client errors.
+#[test]
+fn a_token_guards_every_endpoint() {
+    use bcl::gallery::serve::auth::{check_exposure, Token};
+    for bad in ["", "short", "0123456789 abcdef"] {
+        assert!(Token::new(bad).is_err(), "{bad:?}");
+    }
+    let t = Token::new("0123456789abcdef\n").unwrap();
+    assert!(
+        !format!("{t:?}").contains("0123"),
+        "Debug must not print the token"
+    );
+    assert!(t.admits(Some("Bearer 0123456789abcdef")));
+    assert!(t.admits(Some("bearer 0123456789abcdef")));
+    for h in [
+        None,
+        Some("0123456789abcdef"),
+        Some("Basic 0123456789abcdef"),
+        Some("Bearer 0123456789abcdeF"),
+        Some("Bearer 0123456789abcde"),
+    ] {
+        assert!(!t.admits(h), "{h:?}");
+    }
+    let public: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+    let e = check_exposure(public, None, false).unwrap_err().to_string();
+    assert!(
+        e.contains("0.0.0.0:8080") && e.contains("BCL_SERVE_TOKEN"),
+        "{e}"
+    );
+    assert!(check_exposure(public, Some(&t), false).is_ok());
+    assert!(check_exposure(public, None, true).is_ok());
+    for local in ["127.0.0.1:8080", "[::1]:8080"] {
+        assert!(
+            check_exposure(local.parse().unwrap(), None, false).is_ok(),
+            "{local}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = ext_store(dir.path(), 4, &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+    let cfg = ServeConfig::default();
+    let limits = cfg.conn_limits();
+    let state = ServeState::new(Box::new(store), None, cfg, false)
+        .unwrap()
+        .require_token(t);
+    let (addr, tx, server) = common::start_server(state, limits);
+    let body = serde_json::json!({ "vector": [1.0, 0.0, 0.0, 0.0], "k": 1 }).to_string();
+    let (st, b) = http_request(
+        addr,
+        "POST",
+        "/search",
+        Some("application/json"),
+        body.as_bytes(),
+    );
+    assert_eq!(st, 401, "{b}");
+    assert!(
+        json(&b)["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer"),
+        "{b}"
+    );
+    let auth = [("Authorization", "Bearer 0123456789abcdef")];
+    let (st, b) = common::http_request_with(
+        addr,
+        "POST",
+        "/search",
+        Some("application/json"),
+        &auth,
+        body.as_bytes(),
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(json(&b)["results"][0][0]["id"], 0);
+    let wrong = [("Authorization", "Bearer 0123456789abcdeX")];
+    let (st, b) = common::http_request_with(addr, "GET", "/health", None, &wrong, b"");
+    assert_eq!(st, 401);
+    assert!(b.contains("does not carry"), "{b}");
+    let (st, b) = common::http_request_with(addr, "GET", "/stats", None, &auth, b"");
+    assert_eq!(st, 200);
+    let s = json(&b);
+    assert_eq!(s["auth"], "bearer token");
+    assert_eq!(s["client_errors"], 2);
+    // the 401 carries the challenge
+    let mut c = TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    let _ = c.read_to_string(&mut raw);
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{raw}"
+    );
+    tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+}

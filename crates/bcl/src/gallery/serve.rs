@@ -1,6 +1,7 @@
 //! `bcl serve`: an HTTP service (axum) over a gallery. `POST /search` takes query vectors as
 //! JSON or one image (embedded by the server's query model), `GET /health` and `GET /stats`
-//! report liveness and counts. Bodies are bounded, bad input gets a 4xx with a JSON reason,
+//! report liveness and counts. With a token ([`auth`]) every request must carry it. Bodies
+//! are bounded, bad input gets a 4xx with a JSON reason,
 //! slow clients are cut off (a deadline for the request head, another for the whole request),
 //! open connections are bounded, and the server stops on its shutdown signal, letting in-flight
 //! requests finish up to a deadline.
@@ -20,6 +21,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub mod auth;
 mod request;
 
 use request::{parse_request, SearchParams};
@@ -149,6 +151,7 @@ pub struct ServeState {
     search_micros: AtomicU64,
     backfill: Mutex<Option<BackfillStatus>>,
     stop: AtomicBool,
+    token: Option<auth::Token>,
 }
 
 /// An adapter between the server's query model and the gallery's model: its map (locked for
@@ -242,7 +245,24 @@ impl ServeState {
             search_micros: AtomicU64::new(0),
             backfill: Mutex::new(None),
             stop: AtomicBool::new(false),
+            token: None,
         })
+    }
+
+    /// Requires `token` as `Authorization: Bearer <token>` on every request (401 without it).
+    pub fn require_token(mut self, token: auth::Token) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Whether every request must carry a token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The token every request must carry, if any.
+    pub fn token(&self) -> Option<&auth::Token> {
+        self.token.as_ref()
     }
 
     /// A service whose query model searches the gallery through `adapter` (fitted between the
@@ -409,7 +429,43 @@ pub fn router(state: Arc<ServeState>) -> Router {
             state.clone(),
             request_deadline,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bearer_token,
+        ))
         .with_state(state)
+}
+
+/// Answers 401 (with `WWW-Authenticate: Bearer`) to a request without the server's token, when
+/// it has one, before the request reaches any endpoint or its body is read.
+async fn bearer_token(
+    State(st): State<Arc<ServeState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &st.token else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if token.admits(header) {
+        return next.run(req).await;
+    }
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    st.client_errors.fetch_add(1, Ordering::Relaxed);
+    let reason = if header.is_some() {
+        "the Authorization header does not carry this server's token"
+    } else {
+        "this server needs a token: send `Authorization: Bearer <token>`"
+    };
+    let mut r = error(StatusCode::UNAUTHORIZED, reason);
+    r.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    r
 }
 
 /// Answers 408 to a request that has not completed (its body upload included) within the
@@ -500,6 +556,7 @@ fn stats_now(st: &ServeState) -> Response {
         "server_errors": st.server_errors.load(Ordering::Relaxed),
         "searches": searches,
         "mean_search_ms": if searches > 0 { micros as f64 / searches as f64 / 1000.0 } else { 0.0 },
+        "auth": if st.token.is_some() { "bearer token" } else { "none" },
         "limits": st.cfg,
     }))
     .into_response()

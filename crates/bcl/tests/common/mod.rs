@@ -120,10 +120,25 @@ pub fn http_request(
     ctype: Option<&str>,
     body: &[u8],
 ) -> (u16, String) {
+    http_request_with(addr, method, path, ctype, &[], body)
+}
+
+/// [`http_request`] with extra header lines.
+pub fn http_request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(c) = ctype {
         head.push_str(&format!("Content-Type: {c}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     s.write_all(head.as_bytes()).unwrap();
