@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); vector extensions: $(grep -o 'avx512[a-z_0-9]*\|avx2' /proc/cpuinfo | sort -u | xargs)" >&2
-cargo build --release --quiet -p bcl-cli
+./scripts/build-cli.sh
 B=./target/release/bcl
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 .venv/bin/python - "$WORK" "$NQ" "$NG" "$DIM" <<'PY'

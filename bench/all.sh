@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
-cargo build --release --quiet -p bcl-cli
+./scripts/build-cli.sh
 LOGS=bench/logs
 mkdir -p "$LOGS"
 rm -rf "$LOGS"/*.txt "$LOGS/fmnist-old"

@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 BCL=target/release/bcl
-[ -x "$BCL" ] || cargo build --release --quiet -p bcl-cli
+[ -x "$BCL" ] || ./scripts/build-cli.sh
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 CORES=$(nproc)

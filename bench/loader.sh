@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
-cargo build --release --quiet -p bcl-cli
+./scripts/build-cli.sh
 {
   ./target/release/bcl bench-loader --images 512 --batch 64
   ./target/release/bcl bench --config bench/resnet18.toml --size 224 --batch "$BATCH" --steps "$STEPS" --warmup 1 --device "$DEVICE"

@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2;;
   esac
 done
-cargo build --release --quiet -p bcl-cli
+./scripts/build-cli.sh
 # Alternate the implementations three times each so drift in machine load hits all. PyTorch runs
 # twice: as installed, and with the glibc malloc settings the bcl binary sets for itself
 # (bcl-cli's keep_freed_memory), so the table can tell the engine from the allocator.

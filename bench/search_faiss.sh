@@ -28,7 +28,7 @@ for lib in threadpoolctl.threadpool_info():
     print("  ", lib.get("internal_api"), lib.get("version"), lib.get("threading_layer", ""),
           "threads", lib.get("num_threads"), lib.get("architecture", ""), lib.get("filepath"))
 PY
-cargo build --release --quiet -p bcl-cli
+./scripts/build-cli.sh
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 .venv/bin/python - "$WORK" "$NQ" "$NG" "$DIM" <<'PY'
 import sys, numpy as np

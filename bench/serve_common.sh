@@ -8,7 +8,7 @@ if ! command -v wrk >/dev/null; then
 fi
 # BCL=path runs another build of bcl (say, the previous commit's, to compare in one run).
 if [ -z "${BCL:-}" ]; then
-  cargo build --release --quiet -p bcl-cli --features milvus
+  ./scripts/build-cli.sh
   BCL=target/release/bcl
 fi
 WORK=$(mktemp -d)

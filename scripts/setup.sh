@@ -72,7 +72,7 @@ TORCH_DIR=$(.venv/bin/python -c "import torch, os; print(os.path.dirname(torch._
 ln -sfn "$TORCH_DIR" .venv/torch
 
 echo "setup: building bcl (release, with the Milvus gallery backend)"
-cargo build --release --quiet -p bcl-cli --features milvus
+./scripts/build-cli.sh
 
 # The Python package (crates/bcl-py, its own Cargo workspace) built by maturin into .venv, in the
 # root target directory so that it reuses the compiled dependencies; pytest runs its tests.

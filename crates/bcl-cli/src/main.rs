@@ -27,34 +27,24 @@ struct Cli {
     command: Command,
 }
 
+/// The commands, in the order a user needs them (`bcl --help` lists them so): the demo,
+/// training, evaluation and experiments, then deployment (gallery, serve, adapters), then the
+/// feature-file tools, benchmarks and the generated docs.
 #[derive(Subcommand)]
 enum Command {
+    /// The whole extended-data protocol on Fashion-MNIST: old model, independent, l2 and bct.
+    Demo(DemoArgs),
     /// Train the old model (classification only) on the old part of the split.
     TrainOld(TrainOldArgs),
     /// Train a new model against a frozen old model with a compatibility method.
     TrainNew(TrainNewArgs),
     /// Evaluate models on the test set: every (query model, gallery model) pair, leave-one-out.
     Eval(EvalArgs),
-    /// Retrieval metrics from feature files (.npy), printed as JSON.
-    Metrics(MetricsArgs),
-    /// The whole extended-data protocol on Fashion-MNIST: old model, independent, l2 and bct.
-    Demo(DemoArgs),
-    /// Training throughput (images/s) of the configured model on random data, as JSON.
-    Bench(BenchArgs),
     /// Run (or resume) an experiment: scenarios x methods x seeds, plus knob sweeps, from one
     /// TOML file; writes results.md/.csv (mean ± std), frontier.csv and plots.
     Experiment(ExperimentArgs),
-    /// Time ODPP refreshes on synthetic prototypes and banks (JSON lines, one per class count).
-    BenchOdpp(BenchOdppArgs),
-    /// Bytes a data-parallel training step moves (gradients, buffers, features) for a model,
-    /// class count and batch, per rank count (JSON lines); see docs/distributed.md.
-    BenchDist(BenchDistArgs),
-    /// Decoding throughput of the image loader (JPEG files of a class-folder tree, or
-    /// generated ones), to compare with the training step's (`bcl bench --size`).
-    BenchLoader(BenchLoaderArgs),
-    /// Exact top-k search of query features in gallery features (.npy), blocked so that memory
-    /// stays bounded; prints timing JSON, writes the indices and scores as .npy.
-    Search(ExactSearchArgs),
+    /// The registered compatibility methods: what each does, needs, sweeps and its settings.
+    Methods,
     /// A gallery that outlives its model: build, add, search (lineage-checked), backfill,
     /// status.
     #[command(subcommand)]
@@ -64,11 +54,24 @@ enum Command {
     /// Adapters fitted after training between two models' spaces: fit, apply, show, kinds.
     #[command(subcommand)]
     Adapt(adapt_cmd::AdaptCommand),
+    /// Exact top-k search of query features in gallery features (.npy), blocked so that memory
+    /// stays bounded; prints timing JSON, writes the indices and scores as .npy.
+    Search(ExactSearchArgs),
+    /// Retrieval metrics from feature files (.npy), printed as JSON.
+    Metrics(MetricsArgs),
     /// Score models on standard benchmarks (Revisited Oxford/Paris, GLDv2 retrieval, In-shop,
     /// SOP) from their published files: every (query model, gallery model) pair.
     Benchmark(BenchmarkArgs),
-    /// The registered compatibility methods: what each does, needs, sweeps and its settings.
-    Methods,
+    /// Training throughput (images/s) of the configured model on random data, as JSON.
+    Bench(BenchArgs),
+    /// Time ODPP refreshes on synthetic prototypes and banks (JSON lines, one per class count).
+    BenchOdpp(BenchOdppArgs),
+    /// Bytes a data-parallel training step moves (gradients, buffers, features) for a model,
+    /// class count and batch, per rank count (JSON lines); see docs/distributed.md.
+    BenchDist(BenchDistArgs),
+    /// Decoding throughput of the image loader (JPEG files of a class-folder tree, or
+    /// generated ones), to compare with the training step's (`bcl bench --size`).
+    BenchLoader(BenchLoaderArgs),
     /// Shell completions (bash, zsh, fish, elvish, powershell), generated from these flags.
     Completions(docs_cmd::CompletionsArgs),
     /// The man page (or with --out, one page per command), generated from these flags.

@@ -487,3 +487,40 @@ fn search_maps_float32_and_float16_galleries() {
     let e = search("bad.npy", &[]);
     assert!(e.contains("bad.npy") && e.contains("row 9"), "{e}");
 }
+
+/// `bcl --help` lists the commands in the order a user needs them: the demo first, then
+/// training, evaluation and experiments, then the gallery and the server, benchmarks last.
+#[test]
+fn help_lists_commands_in_the_order_a_user_needs_them() {
+    let out = bcl().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let listed: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let at = |c: &str| {
+        listed
+            .iter()
+            .position(|x| *x == c)
+            .unwrap_or_else(|| panic!("{c} not in {listed:?}"))
+    };
+    let order = [
+        "demo",
+        "train-old",
+        "train-new",
+        "eval",
+        "experiment",
+        "gallery",
+        "serve",
+        "bench",
+    ];
+    for w in order.windows(2) {
+        assert!(at(w[0]) < at(w[1]), "{} after {}: {listed:?}", w[0], w[1]);
+    }
+    assert_eq!(listed[0], "demo");
+    assert!(at("benchmark") > at("serve") && at("bench-loader") > at("serve"));
+}
