@@ -255,6 +255,24 @@ pub(crate) fn cmd_demo(a: DemoArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     println!("{}", rows_markdown(&report.rows));
+    println!(
+        "compatible: the new model's queries on the old gallery (cross-test mAP) beat the old \
+         model on its own gallery (old→old mAP); margin = cross − old→old"
+    );
+    for r in &report.rows {
+        println!(
+            "  {:<12} cross {:.4}  old→old {:.4}  margin {:+.4}  {}",
+            r.method.as_str(),
+            r.cross_map,
+            r.old_old_map,
+            r.cross_map - r.old_old_map,
+            if r.compatible {
+                "compatible"
+            } else {
+                "not compatible"
+            }
+        );
+    }
     println!("run directory: {}", a.out.display());
     Ok(())
 }

@@ -524,3 +524,56 @@ fn help_lists_commands_in_the_order_a_user_needs_them() {
     assert_eq!(listed[0], "demo");
     assert!(at("benchmark") > at("serve") && at("bench-loader") > at("serve"));
 }
+
+/// `bcl demo` prints, after its table, the criterion in one line and each method's margin
+/// (cross − old→old, as in its results.csv) with the verdict the table gives.
+#[test]
+fn the_demo_prints_the_criterion_and_each_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tr, te) = bcl::data::synthetic(4, 30, 10, 3);
+    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndir = {:?}\nclasses = 4\n[model]\nwidth = 4\ndim = 8\n\
+             [old]\nepochs = 1\nbatch_size = 16\n[new]\nepochs = 1\nbatch_size = 16\n",
+            dir.path().join("d")
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = bcl()
+        .args(["demo", "--device", "cpu", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("compatible: the new model's queries on the old gallery (cross-test mAP) beat the old model on its own gallery (old→old mAP)"),
+        "{text}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for row in metrics["rows"].as_array().unwrap() {
+        let m = row["method"].as_str().unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(m))
+            .unwrap_or_else(|| panic!("no margin line for {m}: {text}"));
+        let margin: f64 = line
+            .split("margin ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        let want = row["cross_map"].as_f64().unwrap() - row["old_old_map"].as_f64().unwrap();
+        assert!((margin - want).abs() < 6e-5, "{m}: {margin} vs {want}");
+        let verdict = line.trim_end().ends_with(" compatible") && !line.contains("not compatible");
+        assert_eq!(verdict, row["compatible"].as_bool().unwrap(), "{line}");
+    }
+}
