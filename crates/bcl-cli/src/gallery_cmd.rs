@@ -918,6 +918,14 @@ fn serve_token(file: Option<&Path>) -> Result<Option<serve::auth::Token>> {
 
 /// Runs `bcl serve` until Ctrl-C or SIGTERM.
 pub fn run_serve(a: ServeArgs) -> Result<()> {
+    let token = serve_token(a.token_file.as_deref())?;
+    // refused before anything opens or starts (a live backfill included), on every address
+    // the name resolves to
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(a.addr.as_str())
+        .with_context(|| format!("--addr {}: not an address to listen on", a.addr))?;
+    for at in addrs {
+        serve::auth::check_exposure(at, token.as_ref(), a.allow_unauthenticated)?;
+    }
     let mut store = gal::open(&a.store)?;
     if let Some(e) = a.expansion_search {
         store.set_search_expansion(e)?;
@@ -938,7 +946,6 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         shutdown_grace_s: a.shutdown_grace,
     };
     let limits = cfg.conn_limits();
-    let token = serve_token(a.token_file.as_deref())?;
     let source = store.manifest().source.clone();
     let state = match (&a.adapter, emb) {
         (Some(p), Some(e)) => {
@@ -992,7 +999,6 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", a.addr))?;
         let at = listener.local_addr()?;
-        serve::auth::check_exposure(at, state.token(), a.allow_unauthenticated)?;
         eprintln!(
             "serving {} on http://{at} (POST /search, GET /health, GET /stats; {}); Ctrl-C stops",
             a.store.display(),

@@ -260,11 +260,6 @@ impl ServeState {
         self.token.is_some()
     }
 
-    /// The token every request must carry, if any.
-    pub fn token(&self) -> Option<&auth::Token> {
-        self.token.as_ref()
-    }
-
     /// A service whose query model searches the gallery through `adapter` (fitted between the
     /// query model and the gallery's model; `old` is the gallery's model, which a slerp adapter
     /// needs to embed each image query a second time): the lineage is checked through the
