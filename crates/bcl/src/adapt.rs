@@ -261,12 +261,13 @@ impl std::fmt::Debug for Adapter {
 pub(crate) fn normalize(x: &Tensor) -> Tensor {
     let x = x.to_kind(Kind::Float);
     // rows already of unit length (within float rounding) are kept bit for bit, so that a
-    // vector passed through unchanged (SLERP at α = 0) scores exactly as it did
-    let norms = x.norm_scalaropt_dim(2, [-1i64].as_slice(), false);
-    if x.numel() > 0 && (norms - 1.0).abs().max().double_value(&[]) <= 1e-6 {
+    // vector passed through unchanged (SLERP at α = 0) scores exactly as it did; the norms
+    // are computed once, for the check and the division (as `model::l2_normalize` divides)
+    let norms = x.norm_scalaropt_dim(2, [-1i64].as_slice(), true);
+    if x.numel() > 0 && (&norms - 1.0).abs().max().double_value(&[]) <= 1e-6 {
         return x;
     }
-    crate::model::l2_normalize(&x)
+    x / norms.clamp_min(1e-12)
 }
 
 /// `x` `[N, d]` zero-padded to `[N, to]` columns (unchanged when `to <= d`).

@@ -80,9 +80,14 @@ pub struct Spec;
 
 /// Spherical interpolation between the rows of `u` (α = 0) and `v` (α = 1), both `[N, d]`,
 /// as the published code computes it: both normalised, cos θ clamped to (−1 + 1e-7, 1 − 1e-7),
-/// the result normalised.
+/// the result normalised. At α = 0 the result is `u` normalised, bit for bit (`u` itself when
+/// its rows are unit vectors): a query the new model never touches must score exactly as
+/// old→old, or the strict compatibility criterion would pass or fail on rounding.
 pub fn slerp(u: &Tensor, v: &Tensor, alpha: f64) -> Tensor {
     const EPS: f64 = 1e-7;
+    if alpha == 0.0 {
+        return normalize(u);
+    }
     let (u, v) = (normalize(u), normalize(v));
     let cos = (&u * &v)
         .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
@@ -93,14 +98,9 @@ pub fn slerp(u: &Tensor, v: &Tensor, alpha: f64) -> Tensor {
 }
 
 /// `q(α)` in the old space's first `to_dim` coordinates: the old query `u` zero-padded to the
-/// rotation's width, interpolated there with `x R`, then cut. At α = 0 the query is the old
-/// model's own, bit for bit (`u` as given when its rows are unit vectors, else normalised):
-/// a query the new model never touches must score exactly as old→old, or the strict
-/// compatibility criterion would pass or fail on rounding.
+/// rotation's width, interpolated there with `x R`, then cut (at α = 0 the old query itself,
+/// as [`slerp`] returns it).
 fn interpolate(r: &Tensor, x: &Tensor, u: &Tensor, alpha: f64, to_dim: usize) -> Tensor {
-    if alpha == 0.0 {
-        return normalize(u);
-    }
     let width = r.size()[1] as usize;
     let v = x.matmul(r);
     slerp(&pad_to(u, width), &v, alpha).narrow(1, 0, to_dim as i64)

@@ -1,8 +1,8 @@
 //! Adapters as rows of an experiment (`[adapters]`): in every (scenario, seed) run, each kind
 //! is fitted after training between each listed method's new model and the old model, on the
 //! first N images of each class of the training or the validation part (N a knob: one row per
-//! support size; never the test part), and scored on the test set like the models; the rows join the main table and its paired comparisons, and
-//! the run's compatibility matrix. Fitted adapters are kept under the run directory
+//! support size; never the test part), and scored on the test set like the models; the rows
+//! join the main table and its paired comparisons, and the run's compatibility matrix. Fitted adapters are kept under the run directory
 //! (`adapters/<name>/`), the rows cached in `adapters.json` while models and settings are
 //! unchanged.
 
@@ -200,16 +200,16 @@ pub(crate) fn support_part_ok(part: Part, data: &DataConfig) -> Result<(), Strin
     match part {
         Part::Train => Ok(()),
         Part::Validation if data.validation_per_class.is_some() => Ok(()),
-        Part::Validation => Err(
-            "the validation part needs [data] validation_per_class (images \
-                                 per class that no model trains on)"
-                .into(),
-        ),
-        Part::Test => Err(
-            "an adapter is never fitted on the test part, where its row is scored: \
-                           use train or validation"
-                .into(),
-        ),
+        Part::Validation => Err(concat!(
+            "the validation part needs [data] validation_per_class ",
+            "(images per class that no model trains on)"
+        )
+        .into()),
+        Part::Test => Err(concat!(
+            "an adapter is never fitted on the test part, where its row is scored: ",
+            "use train or validation"
+        )
+        .into()),
     }
 }
 

@@ -271,8 +271,7 @@ fn reference_of(seq: &SequentialConfig, i: usize) -> usize {
 /// Fits (or keeps, when fitted for the same two models on the same support set) one adapter
 /// per link of the independent chain `dirs`: from model i into the space of the model it
 /// follows, on the first `adapter_support_per_class` images of each class of
-/// `adapter_support_part`, seed
-/// 3000 + seed + i.
+/// `adapter_support_part`, seed 3000 + seed + i.
 fn fit_chain_adapters(
     rc: &crate::run::RunConfig,
     seq: &SequentialConfig,
