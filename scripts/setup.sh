@@ -68,6 +68,18 @@ if ! .venv/bin/python -c "import PIL, cairosvg" 2>/dev/null; then
   echo "setup: installing pillow and cairosvg into .venv (the emoji data set's script)"
   .venv/bin/pip install --quiet --disable-pip-version-check "pillow==13.0.0" "cairosvg==2.9.1"
 fi
+# Chromium (headless): the browser tests of the HTML report (crates/bcl-cli/tests/report.rs),
+# which skip without it unless BCL_REQUIRE_BROWSER is set, as CI sets it.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${BCL_CHROMIUM:-}" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (Debian; the HTML report's browser tests)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: no apt-get; the browser tests skip without chromium (or set BCL_CHROMIUM)" >&2
+  fi
+fi
 TORCH_DIR=$(.venv/bin/python -c "import torch, os; print(os.path.dirname(torch.__file__))")
 ln -sfn "$TORCH_DIR" .venv/torch
 

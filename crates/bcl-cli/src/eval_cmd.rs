@@ -276,10 +276,46 @@ pub(crate) fn cmd_eval(a: EvalArgs) -> Result<()> {
     println!("compatibility matrix (mAP), rows query model, columns gallery model:");
     print!("{}", bcl::report::matrix_csv(&report.matrix));
     if let Some(out) = a.out {
+        bcl::report::record_command(&out, &command_line())?;
         bcl::report::write_eval_report(&bcl::layout::RunDir::new(&out), &report, &[])?;
-        println!("report written to {}", out.display());
+        println!(
+            "report written to {} (page: {})",
+            out.display(),
+            bcl::layout::RunDir::new(&out).html_report().display()
+        );
     }
     Ok(())
+}
+
+/// `bcl report`: the arguments.
+#[derive(clap::Args)]
+pub(crate) struct ReportArgs {
+    /// A run directory (`bcl demo --out`, `bcl eval --out`) or an experiment directory.
+    dir: PathBuf,
+}
+
+/// `bcl report`: (re)writes a run or experiment directory's report.html from its files.
+pub(crate) fn cmd_report(a: ReportArgs) -> Result<()> {
+    let path = bcl::report::write_html_report(&a.dir)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// This process's command line, quoted for a POSIX shell, with the program named `bcl`: what
+/// a run directory records as the command that reproduces it.
+pub(crate) fn command_line() -> String {
+    let args = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    let quoted = args
+        .iter()
+        .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
+        .collect::<Vec<String>>();
+    std::iter::once("bcl".to_string())
+        .chain(quoted)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `bcl metrics`: retrieval metrics of feature files.

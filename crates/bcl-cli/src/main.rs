@@ -43,6 +43,9 @@ enum Command {
     /// Run (or resume) an experiment: scenarios x methods x seeds, plus knob sweeps, from one
     /// TOML file; writes results.md/.csv (mean ± std), frontier.csv and plots.
     Experiment(ExperimentArgs),
+    /// Write report.html, the self-contained page of a run or experiment directory (tables,
+    /// compatibility matrix, plots, configuration, command), from the files it holds.
+    Report(eval_cmd::ReportArgs),
     /// The registered compatibility methods: what each does, needs, sweeps and its settings.
     Methods,
     /// A gallery that outlives its model: build, add, search (lineage-checked), backfill,
@@ -100,6 +103,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Metrics(a) => eval_cmd::cmd_metrics(a)?,
         Command::Demo(a) => train_cmd::cmd_demo(a)?,
         Command::Experiment(a) => train_cmd::cmd_experiment(a)?,
+        Command::Report(a) => eval_cmd::cmd_report(a)?,
         Command::BenchLoader(a) => bench_cmd::cmd_bench_loader(a)?,
         Command::Search(a) => eval_cmd::cmd_search(a)?,
         Command::BenchOdpp(a) => bench_cmd::cmd_bench_odpp(a)?,

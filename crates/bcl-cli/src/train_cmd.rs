@@ -247,6 +247,7 @@ pub(crate) fn cmd_demo(a: DemoArgs) -> Result<()> {
         cfg.new.epochs = e;
     }
     let t0 = std::time::Instant::now();
+    bcl::report::record_command(&a.out, &crate::eval_cmd::command_line())?;
     let report = run::demo(&cfg, &a.out, &options(&a.common)?)?;
     println!(
         "extended-data {:.0}% on {} test items, {:.0} s",
@@ -255,10 +256,7 @@ pub(crate) fn cmd_demo(a: DemoArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     println!("{}", rows_markdown(&report.rows));
-    println!(
-        "compatible: the new model's queries on the old gallery (cross-test mAP) beat the old \
-         model on its own gallery (old→old mAP); margin = cross − old→old"
-    );
+    println!("{}", bcl::eval::CRITERION);
     for r in &report.rows {
         println!(
             "  {:<12} cross {:.4}  old→old {:.4}  margin {:+.4}  {}",
@@ -273,7 +271,11 @@ pub(crate) fn cmd_demo(a: DemoArgs) -> Result<()> {
             }
         );
     }
-    println!("run directory: {}", a.out.display());
+    println!(
+        "run directory: {} (open {} in a browser)",
+        a.out.display(),
+        bcl::layout::RunDir::new(&a.out).html_report().display()
+    );
     Ok(())
 }
 
@@ -289,13 +291,15 @@ pub(crate) fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
         dist: Default::default(),
     };
     let t0 = std::time::Instant::now();
+    bcl::report::record_command(&a.out, &crate::eval_cmd::command_line())?;
     let report = bcl::experiment::run_experiment(&cfg, &a.out, &opts)?;
     println!("{}", bcl::experiment::aggregate_markdown(&report.table));
     println!(
-        "{} runs, {:.0} s; report in {}",
+        "{} runs, {:.0} s; report in {} (page: {})",
         report.runs.len(),
         t0.elapsed().as_secs_f64(),
-        a.out.display()
+        a.out.display(),
+        bcl::layout::RunDir::new(&a.out).html_report().display()
     );
     Ok(())
 }

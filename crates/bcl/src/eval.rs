@@ -304,6 +304,11 @@ impl CompatMatrix {
     }
 }
 
+/// The compatibility criterion in one line, as `bcl demo` and the HTML report state it.
+pub const CRITERION: &str =
+    "compatible: the new model's queries on the old gallery (cross-test mAP) \
+     beat the old model on its own gallery (old→old mAP); margin = cross − old→old";
+
 /// The compatibility criterion: cross-test beats the old model's own figure.
 pub fn is_compatible(cross: f64, old_old: f64) -> bool {
     cross > old_old

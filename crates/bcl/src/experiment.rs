@@ -313,6 +313,7 @@ pub fn run_experiment(
         selection,
     };
     crate::files::write_json(&exp.file(ExperimentFile::Report), &report)?;
+    crate::report::write_html_report(out)?;
     Ok(report)
 }
 

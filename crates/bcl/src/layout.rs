@@ -236,6 +236,16 @@ impl RunDir {
         self.0.join("metrics.json")
     }
 
+    /// `report.html`: the run's self-contained page (the name an experiment's page has too).
+    pub fn html_report(&self) -> PathBuf {
+        self.0.join(ExperimentFile::Html.name())
+    }
+
+    /// `command.txt`: the command line that wrote the run.
+    pub fn command(&self) -> PathBuf {
+        self.0.join(ExperimentFile::Command.name())
+    }
+
     /// `compat_matrix.svg`: the compatibility matrix's heat map.
     pub fn matrix_plot(&self) -> PathBuf {
         self.0.join("compat_matrix.svg")
@@ -271,6 +281,11 @@ impl ExperimentDir {
     /// `seed-<N>`: a seed's directory name.
     pub fn seed_name(seed: u64) -> String {
         format!("seed-{seed}")
+    }
+
+    /// The seed a directory named by [`ExperimentDir::seed_name`] holds (`None` for other names).
+    pub fn seed_of(name: &str) -> Option<u64> {
+        name.strip_prefix("seed-")?.parse().ok()
     }
 
     /// `<scenario>/seed-<N>`: a run's key in reports and its path under the experiment.
@@ -356,6 +371,10 @@ pub enum ExperimentFile {
     SelectionJson,
     /// `report.json`: everything above as one document.
     Report,
+    /// `report.html`: the self-contained page of a run or experiment directory.
+    Html,
+    /// `command.txt`: the command line that wrote a run or experiment directory.
+    Command,
 }
 
 impl ExperimentFile {
@@ -378,6 +397,8 @@ impl ExperimentFile {
             Self::SelectionMd => "selection.md",
             Self::SelectionJson => "selection.json",
             Self::Report => "report.json",
+            Self::Html => "report.html",
+            Self::Command => "command.txt",
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Report: the results table (Markdown, CSV, JSON, through [`crate::table`]) and SVG plots (compatibility matrix heat
 //! map, training curves). File writes go through [`crate::files`].
 
+pub mod html;
+
+pub use html::{html_report, record_command, write_html_report};
+
 use crate::files::write_atomic;
 use crate::layout::RunDir;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,14 @@ pub enum ReportError {
     /// A file could not be written.
     #[error(transparent)]
     File(#[from] crate::files::FileError),
+    /// A file a report reads could not be read, or is not what it should be.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A plot could not be drawn.
     #[error("{path}: cannot draw plot: {reason}")]
     Plot {
@@ -161,6 +173,15 @@ pub fn plot_matrix(m: &CompatMatrix, path: &Path) -> Result<(), ReportError> {
 
 /// Draws the training loss of each model per epoch as SVG line plots.
 pub fn plot_curves(curves: &[(String, Vec<EpochStats>)], path: &Path) -> Result<(), ReportError> {
+    let svg = curves_svg(curves, path)?;
+    Ok(write_atomic(path, svg.as_bytes())?)
+}
+
+/// The training curves' SVG document (`path` names the plot in errors).
+pub fn curves_svg(
+    curves: &[(String, Vec<EpochStats>)],
+    path: &Path,
+) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
@@ -214,7 +235,7 @@ pub fn plot_curves(curves: &[(String, Vec<EpochStats>)], path: &Path) -> Result<
             .map_err(|e| plot_err(path, e))?;
         root.present().map_err(|e| plot_err(path, e))?;
     }
-    Ok(write_atomic(path, svg.as_bytes())?)
+    Ok(svg)
 }
 
 /// One curve of a frontier plot: (cross-test mAP, self-test mAP, label) points.
@@ -525,7 +546,8 @@ pub fn plot_prototypes_pca(
 }
 
 /// Writes an evaluation's tables and plots into the run directory `dir`: results.md/.csv,
-/// metrics.json, matrix.csv, compat_matrix.svg and (when given) training_curves.svg.
+/// metrics.json, matrix.csv, compat_matrix.svg, (when given) training_curves.svg, and the page
+/// of them all, report.html.
 pub fn write_eval_report(
     dir: &RunDir,
     report: &EvalReport,
@@ -540,5 +562,6 @@ pub fn write_eval_report(
     if !curves.is_empty() {
         plot_curves(curves, &dir.curves_plot())?;
     }
+    write_html_report(dir.path())?;
     Ok(())
 }
