@@ -415,6 +415,9 @@ pub struct ServeArgs {
     /// Serve even if the query model fails the lineage check (/stats says so).
     #[arg(long)]
     force: bool,
+    /// No status page at / (an API-only deployment: /search, /health and /stats only).
+    #[arg(long)]
+    no_page: bool,
     /// Map the query model's embeddings (images, and JSON vectors) into the gallery's space
     /// with this adapter (`bcl adapt fit` between --model and the gallery's model).
     #[arg(long, requires = "model", conflicts_with = "backfill_fraction")]
@@ -944,6 +947,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         request_timeout_s: a.request_timeout,
         max_connections: a.max_connections,
         shutdown_grace_s: a.shutdown_grace,
+        page: !a.no_page,
     };
     let limits = cfg.conn_limits();
     let source = store.manifest().source.clone();
@@ -1008,6 +1012,16 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
                 "no token"
             }
         );
+        if !a.no_page {
+            eprintln!(
+                "status page: http://{at}/{}",
+                if state.has_token() {
+                    " (a browser signs in once at /?token=<the token>)"
+                } else {
+                    ""
+                }
+            );
+        }
         // On the signal the backfill stops too (at its next commit), not after the last
         // connection closes.
         let st = state.clone();

@@ -4,11 +4,15 @@
 //! window; `bcl report` regenerates the same page from the directory's files and refuses a
 //! directory that holds no run.
 //!
-//! Without Chromium these tests skip with a message, unless `BCL_REQUIRE_BROWSER` is set (CI
-//! sets it: scripts/setup.sh installs Chromium where apt-get exists).
+//! Without Chromium the browser checks skip with a message, unless `BCL_REQUIRE_BROWSER` is
+//! set (CI sets it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+#[path = "../../bcl/tests/common/browser.rs"]
+mod browser;
+use browser::{assert_not_blank, chromium, element_text, table_rows, url_of};
 
 fn bcl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bcl"))
@@ -23,154 +27,6 @@ fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout).unwrap()
-}
-
-/// The browser, or `None` (with a message) where it is not installed and not required.
-fn chromium() -> Option<PathBuf> {
-    let found = std::env::var_os("BCL_CHROMIUM")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            ["chromium", "chromium-browser", "google-chrome"]
-                .iter()
-                .flat_map(|n| {
-                    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                        .map(move |d| d.join(n))
-                        .collect::<Vec<_>>()
-                }),
-        )
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("BCL_REQUIRE_BROWSER").is_none(),
-            "BCL_REQUIRE_BROWSER is set and no Chromium was found (scripts/setup.sh installs \
-             Debian's chromium; BCL_CHROMIUM names another binary)"
-        );
-        eprintln!(
-            "skipping the browser checks: no chromium on PATH (scripts/setup.sh installs \
-             Debian's chromium; BCL_CHROMIUM names another binary)"
-        );
-    }
-    found
-}
-
-/// Runs headless Chromium on `url` with `args`; returns stdout and the console messages it
-/// logged.
-fn browse(browser: &Path, url: &str, args: &[&str]) -> (String, Vec<String>) {
-    let profile = tempfile::tempdir().unwrap();
-    let o = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--hide-scrollbars",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "chromium failed on {url}: {stderr}");
-    let console = stderr
-        .lines()
-        .filter(|l| l.contains(":CONSOLE"))
-        .map(str::to_string)
-        .collect();
-    (String::from_utf8_lossy(&o.stdout).into_owned(), console)
-}
-
-fn url_of(page: &Path) -> String {
-    format!("file://{}", page.canonicalize().unwrap().display())
-}
-
-/// The page's DOM after its script ran; fails on any console message.
-fn dom(browser: &Path, page: &Path, fragment: &str) -> String {
-    let (dom, console) = browse(
-        browser,
-        &format!("{}{fragment}", url_of(page)),
-        &["--dump-dom"],
-    );
-    assert!(console.is_empty(), "console messages: {console:#?}");
-    assert!(dom.contains("</html>"), "no DOM: {dom}");
-    dom
-}
-
-/// A screenshot of the page in a `w`-pixel-wide window: it must show more than a background.
-fn assert_not_blank(browser: &Path, page: &Path, w: u32) {
-    let dir = tempfile::tempdir().unwrap();
-    let shot = dir.path().join("shot.png");
-    browse(
-        browser,
-        &url_of(page),
-        &[
-            &format!("--screenshot={}", shot.display()),
-            &format!("--window-size={w},1400"),
-        ],
-    );
-    let img = image::open(&shot).unwrap().to_rgb8();
-    assert_eq!(img.width(), w);
-    let dark = img
-        .pixels()
-        .filter(|p| p.0.iter().all(|&c| c < 100))
-        .count();
-    let coloured = img
-        .pixels()
-        .filter(|p| p.0.iter().max().unwrap() - p.0.iter().min().unwrap() > 60)
-        .count();
-    let n = (img.width() * img.height()) as usize;
-    assert!(
-        dark > n / 200 && coloured > n / 500,
-        "a blank screenshot: {dark} dark and {coloured} coloured of {n} pixels"
-    );
-}
-
-/// The text of the element whose opening tag contains `open` (its first occurrence), tags
-/// dropped; `None` where there is none.
-fn element_text(dom: &str, open: &str, close: &str) -> Option<String> {
-    let start = dom.find(open)?;
-    let end = start + dom[start..].find(close)?;
-    Some(strip_tags(&dom[start..end]))
-}
-
-fn strip_tags(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' => {
-                in_tag = false;
-                out.push(' ');
-            }
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.replace("&amp;", "&")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-}
-
-/// The body rows of the first table after `open`, each as its cells' text.
-fn table_rows(dom: &str, open: &str) -> Vec<Vec<String>> {
-    let start = dom.find(open).unwrap();
-    let t = &dom[start..];
-    let t = &t[t.find("<tbody>").unwrap()..t.find("</tbody>").unwrap()];
-    t.split("<tr>")
-        .skip(1)
-        .map(|row| {
-            row.split("<td")
-                .skip(1)
-                .map(|c| strip_tags(&format!("<td{c}")).trim().to_string())
-                .collect()
-        })
-        .collect()
 }
 
 fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
@@ -246,7 +102,7 @@ fn a_demo_page_shows_its_numbers_in_a_browser() {
     );
 
     let Some(browser) = chromium() else { return };
-    let dom = dom(&browser, &page, "");
+    let dom = browser::dom(&browser, &url_of(&page));
     let results = csv_rows(&out.join("results.csv"));
     assert_eq!(results.len(), 3);
     let verdict = element_text(&dom, "<section id=\"verdict\"", "</section>").unwrap();
@@ -310,12 +166,12 @@ fn a_demo_page_shows_its_numbers_in_a_browser() {
     let ascending = dom_sorted(&browser, &page, "#sort=results:3:asc");
     assert_eq!(ascending.iter().rev().cloned().collect::<Vec<_>>(), sorted);
 
-    assert_not_blank(&browser, &page, 400);
-    assert_not_blank(&browser, &page, 1100);
+    assert_not_blank(&browser, &url_of(&page), 400);
+    assert_not_blank(&browser, &url_of(&page), 1100);
 }
 
 fn dom_sorted(browser: &Path, page: &Path, fragment: &str) -> Vec<Vec<String>> {
-    let d = dom(browser, page, fragment);
+    let d = browser::dom(browser, &format!("{}{fragment}", url_of(page)));
     let dir = if fragment.ends_with("desc") {
         "descending"
     } else {
@@ -360,7 +216,7 @@ fn an_experiment_page_shows_its_verdict_and_runs_in_a_browser() {
     assert_eq!(std::fs::read(&page).unwrap(), written);
 
     let Some(browser) = chromium() else { return };
-    let dom = dom(&browser, &page, "");
+    let dom = browser::dom(&browser, &url_of(&page));
     for id in [
         "selection",
         "results",
@@ -432,7 +288,7 @@ fn an_experiment_page_shows_its_verdict_and_runs_in_a_browser() {
         assert!(runs.contains(key), "{key} missing: {runs}");
     }
     assert!(dom.contains("bcl experiment --config"));
-    assert_not_blank(&browser, &page, 400);
+    assert_not_blank(&browser, &url_of(&page), 400);
 }
 
 #[test]

@@ -205,15 +205,7 @@ fn build_search_backfill_and_serve_an_image() {
     let state = Arc::new(
         ServeState::new(Box::new(store), Some(bct), ServeConfig::default(), false).unwrap(),
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let h = rt.spawn(serve(l, router(state), Default::default(), async {
-        let _ = rx.await;
-    }));
+    let (rt, addr, tx, h) = serve_on_loopback(state);
     let (status, resp) = common::http_request(
         addr,
         "POST",
@@ -292,15 +284,7 @@ fn a_server_backfills_while_it_serves() {
         )
         .unwrap(),
     );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let l = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let h = rt.spawn(serve(l, router(st.clone()), Default::default(), async {
-        let _ = rx.await;
-    }));
+    let (rt, addr, tx, h) = serve_on_loopback(st.clone());
     let worker = st
         .start_backfill(job(Embedder::load(&bct_dir, Device::Cpu).unwrap()))
         .unwrap();
@@ -342,4 +326,232 @@ fn a_server_backfills_while_it_serves() {
     // the re-embedded gallery survived: every item is the new model's after reopening
     let store = UsearchStore::open(&dir).unwrap();
     assert_eq!(store.counts().unwrap().len(), 1);
+}
+
+/// The status page of `bcl serve` (issue 26, item 3) over a gallery half backfilled from the
+/// old model to its BCT successor, behind a token: the page and every endpoint refuse a
+/// request without it; `/?token=` signs a browser in (an HttpOnly, same-site cookie and a
+/// redirect that drops the token from the address); /stats carries the models, the lineage
+/// graph and the backfill's rate and time left; and in headless Chromium the page shows the
+/// models, the declared edge, the finished backfill and the limits, and its search box (run
+/// from the address, `#vector=...`) returns the hits the JSON endpoint returns.
+#[test]
+fn the_status_page_shows_the_gallery_and_searches_in_a_browser() {
+    use bcl::gallery::serve::auth::Token;
+    use common::browser;
+    let root = tempfile::tempdir().unwrap();
+    let (cfg, old, bct, _ind) = models();
+    let test = bcl::data::open_test(&cfg.data).unwrap();
+    let dir = old_gallery(root.path(), &cfg, &old, &test);
+    let bct_dir = bct.dir.clone();
+    let token = "0123456789abcdef0123";
+    let st = Arc::new(
+        ServeState::new(
+            Box::new(UsearchStore::open(&dir).unwrap()),
+            Some(bct),
+            ServeConfig::default(),
+            false,
+        )
+        .unwrap()
+        .require_token(Token::new(token).unwrap()),
+    );
+    let (rt, addr, tx, h) = serve_on_loopback(st.clone());
+    let report = st
+        .start_backfill(LiveBackfill {
+            embedder: Embedder::load(&bct_dir, Device::Cpu).unwrap(),
+            data: test.clone(),
+            plan: plan(0.5),
+            commit: 4,
+            batch: 8,
+            force: false,
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+
+    // without a browser: the sign-in and its refusals
+    let (status, body) = common::http_request(addr, "GET", "/", None, b"");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("/?token="), "{body}");
+    let (status, body) =
+        common::http_request(addr, "GET", "/?token=0123456789abcdef0124", None, b"");
+    assert_eq!(status, 401);
+    assert!(body.contains("token in the address"), "{body}");
+    let raw = raw_get(addr, &format!("/?token={token}"));
+    let head = raw.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 303"), "{raw}");
+    assert!(head.contains("\r\nlocation: /\r\n"), "{raw}");
+    assert!(
+        head.contains(&format!(
+            "set-cookie: bcl_token={token}; path=/; httponly; samesite=strict"
+        )),
+        "{raw}"
+    );
+    let cookie = [("Cookie", &*format!("theme=dark; bcl_token={token}"))];
+    let (status, page) = common::http_request_with(addr, "GET", "/", None, &cookie, b"");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>bcl gallery</title>"));
+    let bad_cookie = [("Cookie", "bcl_token=0123456789abcdef0124")];
+    let (status, body) = common::http_request_with(addr, "GET", "/stats", None, &bad_cookie, b"");
+    assert_eq!(status, 401);
+    assert!(body.contains("sign-in cookie"), "{body}");
+    let (status, body) = common::http_request_with(addr, "GET", "/stats", None, &cookie, b"");
+    assert_eq!(status, 200, "{body}");
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let models = stats["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2, "{stats}");
+    let (old_name, new_name) = (
+        models[0]["name"].as_str().unwrap(),
+        models[1]["name"].as_str().unwrap(),
+    );
+    let edge = &stats["graph"][0];
+    assert_eq!(
+        (
+            edge["from"].as_str(),
+            edge["to"].as_str(),
+            edge["kind"].as_str()
+        ),
+        (
+            models[1]["id"].as_str(),
+            models[0]["id"].as_str(),
+            Some("declared")
+        ),
+        "{stats}"
+    );
+    let b = &stats["backfill"];
+    assert_eq!(b["done"].as_u64(), Some(report.reembedded as u64), "{b}");
+    assert_eq!(b["done"], b["todo"]);
+    let (elapsed, rate) = (
+        b["elapsed_s"].as_f64().unwrap(),
+        b["rate_per_s"].as_f64().unwrap(),
+    );
+    assert!(elapsed > 0.0 && rate > 0.0, "{b}");
+    assert!(
+        (rate * elapsed - report.reembedded as f64).abs() < 0.05 * report.reembedded as f64,
+        "{b}"
+    );
+    assert_eq!(b["eta_s"].as_f64(), Some(0.0));
+
+    let q: Vec<f32> = (0..16).map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0).collect();
+    let want = st_search(addr, token, &q);
+    let Some(chrome) = browser::chromium() else {
+        tx.send(()).unwrap();
+        rt.block_on(h).unwrap().unwrap();
+        return;
+    };
+    let vector = q
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let url = format!("http://{addr}/?token={token}#vector={vector}&k=5&exact=1");
+    let dom = browser::dom(&chrome, &url);
+    let summary = browser::element_text(&dom, "<p id=\"summary\"", "</p>").unwrap();
+    assert!(
+        summary.contains(&format!("{} items of dimension 16", test.len()))
+            && summary.contains(new_name)
+            && summary.contains("bearer token"),
+        "{summary}"
+    );
+    let shown = browser::table_rows(&dom, "<section id=\"models\"");
+    let half = report.by_new_model;
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0][0] == old_name && shown[0][4] == (test.len() - half).to_string(),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1][0].starts_with(new_name)
+            && shown[1][0].ends_with("(query model)")
+            && shown[1][4] == half.to_string(),
+        "{shown:?}"
+    );
+    let edges = browser::element_text(&dom, "<ul id=\"lineage-edges\"", "</ul>").unwrap();
+    assert!(
+        edges.contains(&format!("{new_name} → {old_name} (declared)")),
+        "{edges}"
+    );
+    assert!(dom.contains("aria-label=\"lineage graph\""));
+    let backfill = browser::element_text(&dom, "<p id=\"backfill-text\"", "</p>").unwrap();
+    assert!(
+        backfill.contains(&format!(
+            "finished: {} of {} items",
+            report.reembedded, report.reembedded
+        )) && backfill.contains("items/s"),
+        "{backfill}"
+    );
+    assert!(dom.contains("<progress"));
+    let server = browser::element_text(&dom, "<section id=\"server\"", "</section>").unwrap();
+    assert!(
+        server.contains("max_k") && server.contains("1000"),
+        "{server}"
+    );
+    let hits = browser::table_rows(&dom, "<section id=\"search\"");
+    let got: Vec<(String, String)> = hits.iter().map(|r| (r[1].clone(), r[2].clone())).collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(id, s)| (id.to_string(), format!("{s:.4}")))
+        .collect();
+    assert_eq!(got, want);
+    browser::assert_not_blank(&chrome, &url, 420);
+    tx.send(()).unwrap();
+    rt.block_on(h).unwrap().unwrap();
+}
+
+/// A server of `st` on a free loopback port: its runtime, address, stop sender and task.
+fn serve_on_loopback(
+    st: Arc<ServeState>,
+) -> (
+    tokio::runtime::Runtime,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let h = rt.spawn(serve(l, router(st), Default::default(), async {
+        let _ = rx.await;
+    }));
+    (rt, addr, tx, h)
+}
+
+/// A GET's raw answer (status line and headers included).
+fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = c.read_to_string(&mut raw);
+    raw
+}
+
+/// The exact top 5 of `q` through the JSON endpoint: (id, score).
+fn st_search(addr: std::net::SocketAddr, token: &str, q: &[f32]) -> Vec<(u64, f64)> {
+    let body = serde_json::json!({ "vector": q, "k": 5, "exact": true }).to_string();
+    let auth = [("Authorization", &*format!("Bearer {token}"))];
+    let (status, resp) = common::http_request_with(
+        addr,
+        "POST",
+        "/search",
+        Some("application/json"),
+        &auth,
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    v["results"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["id"].as_u64().unwrap(), h["score"].as_f64().unwrap()))
+        .collect()
 }

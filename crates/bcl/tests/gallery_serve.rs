@@ -402,3 +402,55 @@ fn a_token_guards_every_endpoint() {
     tx.send(()).unwrap();
     server.join().unwrap().unwrap();
 }
+
+/// The status page is served at `/` by default, with headers that keep it from loading
+/// anything from elsewhere, and not at all when turned off (an API-only deployment), where `/`
+/// is an unknown endpoint like any other.
+#[test]
+fn the_status_page_is_served_unless_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let (addr, tx, server) = start(
+        ext_store(&dir.path().join("a"), 4, &v),
+        ServeConfig::default(),
+    );
+    let mut c = TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    let _ = c.read_to_string(&mut raw);
+    let head = raw.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{raw}");
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{raw}"
+    );
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{raw}"
+    );
+    assert!(raw.contains("<title>bcl gallery</title>"), "{raw}");
+    assert!(
+        raw.contains("getJSON('/stats')"),
+        "the page reads the JSON endpoint"
+    );
+    tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+
+    let cfg = ServeConfig {
+        page: false,
+        ..Default::default()
+    };
+    let (addr, tx, server) = start(ext_store(&dir.path().join("b"), 4, &v), cfg);
+    let (status, body) = http_request(addr, "GET", "/", None, b"");
+    assert_eq!(status, 404, "{body}");
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("GET /stats"));
+    let (status, _) = http_request(addr, "GET", "/health", None, b"");
+    assert_eq!(status, 200);
+    tx.send(()).unwrap();
+    server.join().unwrap().unwrap();
+}

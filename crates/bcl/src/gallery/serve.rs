@@ -1,6 +1,8 @@
 //! `bcl serve`: an HTTP service (axum) over a gallery. `POST /search` takes query vectors as
 //! JSON or one image (embedded by the server's query model), `GET /health` and `GET /stats`
-//! report liveness and counts. With a token ([`auth`]) every request must carry it. Bodies
+//! report liveness, counts, lineage and backfill progress, `GET /` is a status page over them
+//! ([`page`]; off with [`ServeConfig::page`]). With a token ([`auth`]) every request must
+//! carry it (a browser, as a cookie set by the page's sign-in). Bodies
 //! are bounded, bad input gets a 4xx with a JSON reason,
 //! slow clients are cut off (a deadline for the request head, another for the whole request),
 //! open connections are bounded, and the server stops on its shutdown signal, letting in-flight
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 pub mod auth;
+pub mod page;
 mod request;
 
 use request::{parse_request, SearchParams};
@@ -57,6 +60,8 @@ pub struct ServeConfig {
     /// Seconds the server waits for in-flight requests after its shutdown signal before it
     /// closes their connections.
     pub shutdown_grace_s: f64,
+    /// Serve the status page at `/` (off for API-only deployments).
+    pub page: bool,
 }
 
 impl Default for ServeConfig {
@@ -71,6 +76,7 @@ impl Default for ServeConfig {
             request_timeout_s: 30.0,
             max_connections: 256,
             shutdown_grace_s: 10.0,
+            page: true,
         }
     }
 }
@@ -178,6 +184,25 @@ pub struct BackfillStatus {
     pub running: bool,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
+    /// Seconds from its start to its latest commit (or its end).
+    pub elapsed_s: f64,
+    /// Items re-embedded per second so far (`None` before the first commit).
+    pub rate_per_s: Option<f64>,
+    /// Seconds left at that rate (`None` before the first commit).
+    pub eta_s: Option<f64>,
+}
+
+impl BackfillStatus {
+    /// Records progress: `done` items after `elapsed_s` seconds, and the rate and time left.
+    fn progress(&mut self, done: usize, elapsed_s: f64) {
+        self.done = done;
+        self.elapsed_s = elapsed_s;
+        if done > 0 && elapsed_s > 0.0 {
+            let rate = done as f64 / elapsed_s;
+            self.rate_per_s = Some(rate);
+            self.eta_s = Some(self.todo.saturating_sub(done) as f64 / rate);
+        }
+    }
 }
 
 /// A backfill for the server to run while it keeps serving the mixed gallery.
@@ -347,9 +372,13 @@ impl ServeState {
             done: 0,
             running: true,
             error: None,
+            elapsed_s: 0.0,
+            rate_per_s: None,
+            eta_s: None,
         });
         let st = self.clone();
         Ok(std::thread::spawn(move || {
+            let t0 = Instant::now();
             let run = || -> Result<usize, GalleryError> {
                 let mut done = 0;
                 for chunk in todo.positions.chunks(job.commit) {
@@ -365,7 +394,7 @@ impl ServeState {
                         .unwrap_or_else(|p| p.into_inner())
                         .add(&model.id, &ids, &v)?;
                     done += chunk.len();
-                    st.set_backfill(|b| b.done = done);
+                    st.set_backfill(|b| b.progress(done, t0.elapsed().as_secs_f64()));
                 }
                 st.store
                     .write()
@@ -375,6 +404,8 @@ impl ServeState {
             };
             let r = run();
             st.set_backfill(|b| {
+                let done = b.done;
+                b.progress(done, t0.elapsed().as_secs_f64());
                 b.running = false;
                 b.error = r.as_ref().err().map(|e| e.to_string());
             });
@@ -409,14 +440,20 @@ fn error(status: StatusCode, reason: impl Into<String>) -> Response {
 /// Builds the service's routes over `state`.
 pub fn router(state: Arc<ServeState>) -> Router {
     let limit = state.cfg.max_body_bytes;
-    Router::new()
+    let routes = if state.cfg.page {
+        Router::new().route("/", get(status_page))
+    } else {
+        Router::new()
+    };
+    routes
         .route("/health", get(health))
         .route("/stats", get(stats))
         .route("/search", post(search))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint: POST /search, GET /health, GET /stats",
+                "no such endpoint: POST /search, GET /health, GET /stats (and GET /, the status \
+                 page, unless it is turned off)",
             )
         })
         .layer(DefaultBodyLimit::max(limit))
@@ -432,7 +469,9 @@ pub fn router(state: Arc<ServeState>) -> Router {
 }
 
 /// Answers 401 (with `WWW-Authenticate: Bearer`) to a request without the server's token, when
-/// it has one, before the request reaches any endpoint or its body is read.
+/// it has one, before the request reaches any endpoint or its body is read. The token comes in
+/// the `Authorization` header, or from a browser signed in to the status page, in its cookie;
+/// `GET /?token=T` with the right token is that sign-in ([`page::sign_in`]).
 async fn bearer_token(
     State(st): State<Arc<ServeState>>,
     req: axum::extract::Request,
@@ -441,19 +480,38 @@ async fn bearer_token(
     let Some(token) = &st.token else {
         return next.run(req).await;
     };
+    let in_address = if st.cfg.page {
+        page::query_token(req.uri())
+    } else {
+        None
+    };
+    if let Some(given) = &in_address {
+        if let Some(r) = page::sign_in(token, given) {
+            st.requests.fetch_add(1, Ordering::Relaxed);
+            return r;
+        }
+    }
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if token.admits(header) {
+    let cookie = page::cookie_token(req.headers());
+    if in_address.is_none()
+        && (token.admits(header) || cookie.is_some_and(|c| token.admits_value(c)))
+    {
         return next.run(req).await;
     }
     st.requests.fetch_add(1, Ordering::Relaxed);
     st.client_errors.fetch_add(1, Ordering::Relaxed);
-    let reason = if header.is_some() {
+    let reason = if in_address.is_some() {
+        "the token in the address is not this server's"
+    } else if header.is_some() {
         "the Authorization header does not carry this server's token"
+    } else if cookie.is_some() {
+        "the sign-in cookie does not carry this server's token: open /?token=<token> again"
     } else {
-        "this server needs a token: send `Authorization: Bearer <token>`"
+        "this server needs a token: send `Authorization: Bearer <token>` (a browser: open \
+         /?token=<token> once)"
     };
     let mut r = error(StatusCode::UNAUTHORIZED, reason);
     r.headers_mut().insert(
@@ -497,6 +555,11 @@ async fn blocking(
         .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+async fn status_page(State(st): State<Arc<ServeState>>) -> Response {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    page::page()
+}
+
 async fn health(State(st): State<Arc<ServeState>>) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
     blocking(st, |st| {
@@ -536,11 +599,15 @@ fn stats_now(st: &ServeState) -> Response {
         .clone();
     let searches = st.searches.load(Ordering::Relaxed);
     let micros = st.search_micros.load(Ordering::Relaxed);
+    let manifest = store.manifest();
     Json(json!({
         "backend": store.backend(),
-        "dim": store.manifest().dim,
+        "dim": manifest.dim,
         "items": store.len(),
         "items_per_model": counts,
+        "models": manifest.models,
+        "graph": super::lineage::graph(manifest),
+        "last_measurement": manifest.measured.last(),
         "query_model": st.query_model,
         "adapter": st.adapter.as_ref().map(|a| json!({ "id": a.link.id, "kind": a.link.kind })),
         "lineage_at_start": st.lineage.as_ref().map(lineage_text),

@@ -53,8 +53,13 @@ impl Token {
         let Some((scheme, given)) = header.and_then(|h| h.trim().split_once(' ')) else {
             return false;
         };
-        scheme.eq_ignore_ascii_case("bearer")
-            && bool::from(given.trim().as_bytes().ct_eq(self.0.as_bytes()))
+        scheme.eq_ignore_ascii_case("bearer") && self.admits_value(given)
+    }
+
+    /// Whether `given` (surrounding whitespace dropped) is this token, compared in constant
+    /// time.
+    pub fn admits_value(&self, given: &str) -> bool {
+        bool::from(given.trim().as_bytes().ct_eq(self.0.as_bytes()))
     }
 }
 
