@@ -1,6 +1,6 @@
 """Train a new model in plain PyTorch against an old `bcl` model with NDPP, and score it.
 
-    ./scripts/setup.sh
+    ./scripts/setup.sh --python
     .venv/bin/python examples/ndpp_pytorch.py            # trains the old model with the CLI first
     .venv/bin/python examples/ndpp_pytorch.py --old runs/old
 

@@ -38,3 +38,20 @@ def test_a_damaged_ground_truth_file_is_a_bcl_error(tmp_path):
     p.write_bytes(b"\x80\x02not a pickle")
     with pytest.raises(bcl.BclError, match="gnd.pkl"):
         bcl.metrics.revisited(F, F, p)
+
+
+def test_another_torch_release_is_refused_at_import():
+    """The extension links one torch release's libtorch: with another torch (here a stand-in
+    module reporting 2.0.0, put in place before bcl is imported) the import fails saying which
+    release it needs, before the extension is loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, types; fake = types.ModuleType('torch'); fake.__version__ = '2.0.0+cpu'; "
+        "sys.modules['torch'] = fake; import bcl"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "ImportError" in r.stderr and f"torch=={bcl.TORCH_VERSION}" in r.stderr, r.stderr
+    assert "torch 2.0.0+cpu is installed" in r.stderr, r.stderr

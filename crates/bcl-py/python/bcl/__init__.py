@@ -13,12 +13,23 @@ refuses, each with the reason.
 # torch first: the extension links libtorch, which torch's import loads into the process.
 import torch  # noqa: F401
 
+#: The torch release whose libtorch the extension is linked against (the wheel's metadata pins
+#: it too); another release's libtorch has other symbols and another ABI.
+TORCH_VERSION = "2.13.0"
+if torch.__version__.split("+")[0] != TORCH_VERSION:
+    raise ImportError(
+        f"bcl was built against torch=={TORCH_VERSION} (its extension links that release's "
+        f"libtorch), but torch {torch.__version__} is installed: "
+        f"pip install torch=={TORCH_VERSION}, or build bcl against your torch"
+    )
+
 from . import adapters, losses, metrics, splits
 from ._bcl import BclError, method_facts, methods
 from .model import Model
 from .gallery import Gallery
 
 __all__ = [
+    "TORCH_VERSION",
     "BclError",
     "Gallery",
     "Model",
