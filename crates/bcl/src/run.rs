@@ -379,6 +379,9 @@ pub fn train_successor(
             &saved_split.fingerprint,
         );
         if let Some(done) = finished_run(out, &key, cfg.new.epochs)? {
+            if opts.dist.is_primary() {
+                crate::train::overall::model_finished(&out.display().to_string(), None);
+            }
             return Ok(done);
         }
     }

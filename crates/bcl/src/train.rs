@@ -8,6 +8,7 @@ mod checkpoint;
 mod dist;
 mod export;
 mod meter;
+pub mod overall;
 mod sgd;
 
 pub use checkpoint::{finished_run, job_config_string, save_safetensors_atomic, COMPAT_VARS};
@@ -450,6 +451,7 @@ struct Progress {
 
 /// Trains a model as `job` says and writes `model.safetensors`, `model.json` and `history.json`.
 pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
+    let t0 = std::time::Instant::now();
     let dist = job.dist;
     check_job(&job)?;
     let out = job.out_dir.clone();
@@ -468,6 +470,9 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
         "whether the run has finished",
     )?;
     if let Some(done) = found.done {
+        if dist.is_primary() {
+            overall::model_finished(&out.display().to_string(), None);
+        }
         return Ok(done);
     }
     let loaded = found.loaded;
@@ -523,7 +528,11 @@ pub fn train(mut job: TrainJob) -> Result<TrainOutcome, TrainError> {
         };
         dist::agree(dist, saved)?;
     }
-    finish(&job, &m, norm, p)
+    let done = finish(&job, &m, norm, p)?;
+    if dist.is_primary() {
+        overall::model_finished(&out.display().to_string(), Some(t0.elapsed().as_secs_f64()));
+    }
+    Ok(done)
 }
 
 /// What the output directory holds for this job: a finished run of the same configuration, or

@@ -1222,3 +1222,62 @@ fn opts() -> StepOptions {
         dist: Default::default(),
     }
 }
+
+/// The plan an experiment announces, counted by hand: main runs (an old model and one per
+/// method), the sweeps on their seed, the selection grids (each with the default setting added
+/// where the grid lacks it, and an old model per selection seed), one chosen setting per grid
+/// on each report seed, and the sequential chains (a first model, then each method's links).
+#[test]
+fn the_plan_counts_every_stage_by_hand() {
+    use bcl::experiment::selection::SelectionConfig;
+    let cfg = ExperimentConfig {
+        scenarios: vec![Scenario::ExtendedClass],
+        seeds: vec![1, 2],
+        methods: vec![Method::INDEPENDENT, Method::BCT],
+        sweeps: vec![Sweep {
+            method: Method::BCT,
+            knob: Knob::LAMBDA,
+            values: vec![4.0],
+        }],
+        selection: Some(SelectionConfig {
+            seeds: vec![11, 12],
+            report_seeds: Some(vec![1, 2, 3]),
+            reference: Method::BCT,
+            grids: vec![
+                Sweep {
+                    method: Method::BCT,
+                    knob: Knob::LAMBDA,
+                    values: vec![0.5, 2.0],
+                },
+                Sweep {
+                    method: Method::NDPP,
+                    knob: Knob::named("ndpp-eps").unwrap(),
+                    values: vec![0.123],
+                },
+            ],
+            ..SelectionConfig::default()
+        }),
+        sequential: Some(SequentialConfig {
+            fractions: vec![0.3, 0.6, 1.0],
+            methods: vec![Method::BCT],
+            seeds: Some(vec![1]),
+            ..SequentialConfig::default()
+        }),
+        ..ExperimentConfig::default()
+    };
+    let p = cfg.plan();
+    // main: 2 seeds × (old + 2 methods); sweeps: one value on the first seed only
+    assert_eq!((p.runs, p.main, p.sweeps), (2, 6, 1));
+    // selection: 2 seeds × (old + bct {0.5, 1 (default), 2} + ndpp {0.123, its default})
+    assert_eq!(p.selection, 2 * (1 + 3 + 2));
+    // report: 3 seeds × 2 grids, and seed 3's old model (seeds 1 and 2 share the main runs')
+    assert_eq!(p.report, 3 * 2 + 1);
+    // sequential: seed 1's first model and bct's two links
+    assert_eq!(p.sequential, 3);
+    assert_eq!(p.total(), 6 + 1 + 12 + 7 + 3);
+    let text = p.to_string();
+    assert!(
+        text.starts_with("29 models: 6 in 2 main runs, 1 sweeps"),
+        "{text}"
+    );
+}

@@ -502,6 +502,7 @@ fn select(
                 }
                 Some(Ok(v)) => {
                     notes.push(format!("extended to {v}"));
+                    crate::train::overall::plan_more(sel.seeds.len() as i64);
                     settings.extend(evaluate_grid(cfg, sel, grid, &[v], scenario, out, opts)?);
                     settings.sort_by(|a, b| a.value.total_cmp(&b.value));
                 }
@@ -536,16 +537,43 @@ fn select(
     Ok(outcomes)
 }
 
+/// A report criterion: its name, the setting it picks from a grid's outcome, and whether the
+/// experiment's plan counted its choices ([`ExperimentConfig::plan`] counts the first's).
+#[derive(Clone, Copy)]
+struct Criterion {
+    name: &'static str,
+    pick: fn(&GridOutcome) -> Option<f64>,
+    preplanned: bool,
+}
+
+/// The criteria reported, in order.
+const CRITERIA: [Criterion; 2] = [
+    Criterion {
+        name: "best compatible",
+        pick: |o| o.chosen,
+        preplanned: true,
+    },
+    Criterion {
+        name: "matched cross-test",
+        pick: |o| o.matched,
+        preplanned: false,
+    },
+];
+
 /// Trains each chosen setting on the report seeds and compares it with the reference's.
 fn report(
     cfg: &ExperimentConfig,
     sel: &SelectionConfig,
     grids: &[GridOutcome],
-    criterion: &str,
-    pick: impl Fn(&GridOutcome) -> Option<f64>,
+    criterion: &Criterion,
     out: &Path,
     opts: &StepOptions,
 ) -> Result<Vec<ReportRow>, RunError> {
+    let Criterion {
+        name: criterion,
+        pick,
+        preplanned,
+    } = *criterion;
     let seeds = sel.report_seeds(&cfg.seeds);
     let mut rows = Vec::new();
     for o in grids {
@@ -555,6 +583,13 @@ fn report(
             .find(|g| g.method == o.method)
             .expect("every outcome comes from a grid");
         let mut test = BTreeMap::new();
+        // the plan counted one criterion's choice per grid: the first criterion drops what it
+        // does not pick, the second adds what it does (a setting already trained is reused)
+        match (preplanned, pick(o)) {
+            (true, None) => crate::train::overall::plan_more(-(seeds.len() as i64)),
+            (false, Some(_)) => crate::train::overall::plan_more(seeds.len() as i64),
+            _ => {}
+        }
         if let Some(v) = pick(o) {
             for &seed in seeds {
                 let (dir, old) = trained(cfg, grid, v, "report", (o.scenario, seed), out, opts)?;
@@ -631,24 +666,9 @@ pub fn run_and_write(
     let mut rep = SelectionReport::default();
     for &scenario in &cfg.scenarios {
         let grids = select(cfg, sel, scenario, out, opts)?;
-        rep.report.extend(report(
-            cfg,
-            sel,
-            &grids,
-            "best compatible",
-            |o| o.chosen,
-            out,
-            opts,
-        )?);
-        rep.report.extend(report(
-            cfg,
-            sel,
-            &grids,
-            "matched cross-test",
-            |o| o.matched,
-            out,
-            opts,
-        )?);
+        for c in &CRITERIA {
+            rep.report.extend(report(cfg, sel, &grids, c, out, opts)?);
+        }
         rep.grids.extend(grids);
     }
     let exp = ExperimentDir::new(out);
@@ -808,7 +828,7 @@ pub fn selection_markdown(
     for &sc in &cfg.scenarios {
         s.push_str(&format!("\n## {sc}: choices on validation\n\n"));
         s.push_str(&choices_table(rep, sc).markdown());
-        for criterion in ["best compatible", "matched cross-test"] {
+        for criterion in CRITERIA.map(|c| c.name) {
             s.push_str(&format!(
                 "\n## {sc}: {criterion}, test figures on the report seeds\n\n"
             ));

@@ -34,7 +34,7 @@ impl EpochMeter {
                     .progress_chars("=> "),
             );
             b.set_prefix(label);
-            b
+            super::overall::attach(b)
         } else {
             ProgressBar::hidden()
         };
