@@ -308,6 +308,35 @@ fn report_refuses_a_directory_without_a_run() {
         .output()
         .unwrap();
     assert!(!o.status.success());
+    // a results table that is not one is refused with the file named (below); a file the
+    // page only shows is replaced by a note saying why, and the rest is written
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::write(
+        run.join("results.csv"),
+        "method,old_old_map,self_map,cross_map,self_r1,cross_r1,compatible,gain\n\
+         bct,0.3,0.4,0.32,0.5,0.4,true,0.2\n",
+    )
+    .unwrap();
+    std::fs::write(run.join("results.md"), b"| a |\n|---|\n| \xff\xfe |\n").unwrap();
+    let big = std::fs::File::create(run.join("compat_matrix.svg")).unwrap();
+    big.set_len((8 << 20) + 1).unwrap();
+    run_ok(bcl().arg("report").arg(&run));
+    let page = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        page.contains("<b>bct</b>: compatible"),
+        "the verdict is still there"
+    );
+    for (file, why) in [
+        ("results.md", "not UTF-8"),
+        ("compat_matrix.svg", "more than the 8388608"),
+    ] {
+        assert!(
+            page.contains(&format!("not shown: {}", run.join(file).display()))
+                && page.contains(why),
+            "{file}: no note saying {why}"
+        );
+    }
     // a results table that is not one is refused with the file named
     std::fs::write(dir.path().join("results.csv"), "method,x\nbct,1\n").unwrap();
     let o = bcl().arg("report").arg(dir.path()).output().unwrap();

@@ -156,16 +156,29 @@ fn markdown(md: &str) -> String {
     out
 }
 
+/// A file the page only shows (Markdown, a plot, configuration, the command): where it cannot
+/// be shown (unreadable, not UTF-8, too large to inline) the page says so in its place, and the
+/// rest of the page is still written. (Files the page reads figures from, the CSV tables and
+/// the models' records, are errors instead.)
+fn shown(read: Result<String, ReportError>) -> Result<String, ReportError> {
+    Ok(read.unwrap_or_else(|e| {
+        format!(
+            "<p class=\"skipped\">not shown: {}</p>\n",
+            escape(&e.to_string())
+        )
+    }))
+}
+
 /// A Markdown file as HTML, under a caption naming the file; empty where it does not exist.
 fn markdown_file(path: &Path) -> Result<String, ReportError> {
-    Ok(match read_text(path)? {
+    shown(read_text(path).map(|t| match t {
         Some(md) => format!(
             "<div class=\"file\" data-file=\"{}\">{}</div>\n",
             escape(&file_name(path)),
             markdown(&md)
         ),
         None => String::new(),
-    })
+    }))
 }
 
 fn file_name(path: &Path) -> String {
@@ -177,10 +190,10 @@ fn file_name(path: &Path) -> String {
 /// An SVG file as an inline image (a data URL: its scripts, if any, never run); empty where it
 /// does not exist.
 fn svg_file(path: &Path, alt: &str) -> Result<String, ReportError> {
-    match read_bounded(path, MAX_SVG)? {
-        Some(bytes) => Ok(svg_figure(&bytes, alt, &file_name(path))),
-        None => Ok(String::new()),
-    }
+    shown(read_bounded(path, MAX_SVG).map(|b| match b {
+        Some(bytes) => svg_figure(&bytes, alt, &file_name(path)),
+        None => String::new(),
+    }))
 }
 
 fn svg_figure(svg: &[u8], alt: &str, caption: &str) -> String {
@@ -194,14 +207,14 @@ fn svg_figure(svg: &[u8], alt: &str, caption: &str) -> String {
 
 /// A preformatted block of a text file (configuration, command), with its name.
 fn text_block(path: &Path) -> Result<String, ReportError> {
-    Ok(match read_text(path)? {
+    shown(read_text(path).map(|t| match t {
         Some(t) => format!(
             "<p class=\"name\">{}</p><pre>{}</pre>\n",
             escape(&file_name(path)),
             escape(&t)
         ),
         None => String::new(),
-    })
+    }))
 }
 
 /// The sections of a run directory.
@@ -632,13 +645,13 @@ fn tail_sections(dir: &Path, kind: Kind) -> Result<Vec<Section>, ReportError> {
         Kind::Run => run.config(),
         Kind::Experiment => ExperimentDir::new(dir).config(),
     };
-    let mut command = match read_text(&run.command())? {
+    let mut command = shown(read_text(&run.command()).map(|c| match c {
         Some(c) => format!(
             "<p>The command that wrote this directory:</p><pre><code id=\"command-line\">{}</code></pre>\n",
             escape(c.trim_end())
         ),
         None => String::new(),
-    };
+    }))?;
     if kind == Kind::Experiment {
         let d = dir.display().to_string();
         let (cfg, out) = (
@@ -720,7 +733,7 @@ th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowr
 th{background:#f0f0f0}thead th{cursor:pointer}td:first-child,th:first-child{text-align:left}\
 th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}\
 td.yes,li.yes{color:#176b2c}td.no,li.no{color:#a3261b}ul.verdicts{padding-left:1.2em}\
-.criterion{color:#333;font-style:italic}\
+.criterion{color:#333;font-style:italic}.skipped{color:#a3261b}\
 figure{margin:1em 0;overflow-x:auto}figure img{max-width:100%;min-width:480px;height:auto;\
 background:#fff;border:1px solid #eee}\
 figcaption{color:#666;font-size:.85em}pre{background:#fff;border:1px solid #ddd;padding:.6em;\
