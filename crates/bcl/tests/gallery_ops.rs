@@ -433,6 +433,24 @@ fn the_status_page_shows_the_gallery_and_searches_in_a_browser() {
     );
     assert_eq!(b["eta_s"].as_f64(), Some(0.0));
 
+    // an item's image: the data set's pixels as PNG; unknown and malformed ids refused
+    assert_eq!(stats["thumbnails"], true);
+    let p = 3;
+    let id = test.ids[p];
+    let (status, png) = get_bytes(addr, &format!("/item/{id}/image"), &cookie);
+    assert_eq!(status, 200);
+    let img = image::load_from_memory(&png).unwrap().to_luma8();
+    assert_eq!(
+        (img.width() as usize, img.height() as usize),
+        (test.cols, test.rows)
+    );
+    let n = test.item_size();
+    assert_eq!(img.into_raw(), test.pixels[p * n..(p + 1) * n].to_vec());
+    let (status, body) = get_bytes(addr, "/item/999999/image", &cookie);
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(get_bytes(addr, "/item/x1/image", &cookie).0, 400);
+    assert_eq!(get_bytes(addr, &format!("/item/{id}/image"), &[]).0, 401);
+
     let q: Vec<f32> = (0..16).map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0).collect();
     let want = st_search(addr, token, &q);
     let Some(chrome) = browser::chromium() else {
@@ -494,6 +512,14 @@ fn the_status_page_shows_the_gallery_and_searches_in_a_browser() {
         .map(|(id, s)| (id.to_string(), format!("{s:.4}")))
         .collect();
     assert_eq!(got, want);
+    // each hit's image, from the data set the gallery was built from (the page's requests for
+    // them are answered: a failed image load would be a console message)
+    for (id, _) in &want {
+        assert!(
+            dom.contains(&format!("src=\"/item/{id}/image\"")),
+            "no thumbnail of {id}"
+        );
+    }
     browser::assert_not_blank(&chrome, &url, 420);
     tx.send(()).unwrap();
     rt.block_on(h).unwrap().unwrap();
@@ -518,6 +544,33 @@ fn serve_on_loopback(
         let _ = rx.await;
     }));
     (rt, addr, tx, h)
+}
+
+/// A GET with `headers`: the status and the body's bytes.
+fn get_bytes(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    c.write_all(format!("{head}\r\n").as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // the body: hyper may send it chunked; a PNG here is small enough to arrive in one chunk
+    let mut body = raw[end + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let nl = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let len = usize::from_str_radix(std::str::from_utf8(&body[..nl]).unwrap(), 16).unwrap();
+        body = body[nl + 2..nl + 2 + len].to_vec();
+    }
+    (status, body)
 }
 
 /// A GET's raw answer (status line and headers included).

@@ -435,6 +435,10 @@ fn the_status_page_is_served_unless_turned_off() {
         raw.contains("getJSON('/stats')"),
         "the page reads the JSON endpoint"
     );
+    // a gallery of bare vectors has no images to show
+    let (status, body) = http_request(addr, "GET", "/item/0/image", None, b"");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("filled with vectors"), "{body}");
     tx.send(()).unwrap();
     server.join().unwrap().unwrap();
 

@@ -158,6 +158,8 @@ pub struct ServeState {
     backfill: Mutex<Option<BackfillStatus>>,
     stop: AtomicBool,
     token: Option<auth::Token>,
+    /// The gallery's data set as the status page's thumbnails read it, loaded on first use.
+    thumbnails: std::sync::OnceLock<Result<page::Thumbnails, String>>,
 }
 
 /// An adapter between the server's query model and the gallery's model: its map (locked for
@@ -271,6 +273,7 @@ impl ServeState {
             backfill: Mutex::new(None),
             stop: AtomicBool::new(false),
             token: None,
+            thumbnails: std::sync::OnceLock::new(),
         })
     }
 
@@ -441,7 +444,9 @@ fn error(status: StatusCode, reason: impl Into<String>) -> Response {
 pub fn router(state: Arc<ServeState>) -> Router {
     let limit = state.cfg.max_body_bytes;
     let routes = if state.cfg.page {
-        Router::new().route("/", get(status_page))
+        Router::new()
+            .route("/", get(status_page))
+            .route("/item/{id}/image", get(item_image))
     } else {
         Router::new()
     };
@@ -560,6 +565,45 @@ async fn status_page(State(st): State<Arc<ServeState>>) -> Response {
     page::page()
 }
 
+/// An item's image from the data set the gallery was built from (the page's thumbnails).
+async fn item_image(
+    State(st): State<Arc<ServeState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    st.requests.fetch_add(1, Ordering::Relaxed);
+    let resp = blocking(st.clone(), move |st| {
+        let Ok(id) = id.parse::<u64>() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("item id '{id}' is not a number"),
+            );
+        };
+        let Some(src) = st.store().manifest().source.clone() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "this gallery was filled with vectors, not from a data set: it has no images",
+            );
+        };
+        let thumbs = st
+            .thumbnails
+            .get_or_init(|| page::Thumbnails::load(&src).map_err(|e| e.to_string()));
+        match thumbs {
+            Ok(t) => t.png(id),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the gallery's data set: {e}"),
+            ),
+        }
+    })
+    .await;
+    if resp.status().is_client_error() {
+        st.client_errors.fetch_add(1, Ordering::Relaxed);
+    } else if resp.status().is_server_error() {
+        st.server_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
 async fn health(State(st): State<Arc<ServeState>>) -> Response {
     st.requests.fetch_add(1, Ordering::Relaxed);
     blocking(st, |st| {
@@ -608,6 +652,7 @@ fn stats_now(st: &ServeState) -> Response {
         "models": manifest.models,
         "graph": super::lineage::graph(manifest),
         "last_measurement": manifest.measured.last(),
+        "thumbnails": st.cfg.page && manifest.source.is_some(),
         "query_model": st.query_model,
         "adapter": st.adapter.as_ref().map(|a| json!({ "id": a.link.id, "kind": a.link.kind })),
         "lineage_at_start": st.lineage.as_ref().map(lineage_text),

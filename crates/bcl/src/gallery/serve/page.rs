@@ -3,12 +3,78 @@
 //! would (`GET /stats`, `GET /health`, `POST /search`) and adds no write action. With a token,
 //! a browser signs in once through `/?token=...`, which sets a same-site, script-invisible
 //! cookie and redirects to the bare address (browsers cannot add an `Authorization` header to
-//! a page they navigate to).
+//! a page they navigate to). Where the gallery was built from a data set, the page shows each
+//! hit's image, read from that data set (`GET /item/<id>/image`, PNG).
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Token;
+use crate::data::Dataset;
+use crate::gallery::DataSource;
+
+/// The gallery's data set, loaded once, and each item id's position in it.
+pub(super) struct Thumbnails {
+    data: Dataset,
+    position: std::collections::HashMap<u64, usize>,
+}
+
+impl Thumbnails {
+    /// Reads the data set the gallery records as its source.
+    pub(super) fn load(src: &DataSource) -> Result<Self, crate::data::DataError> {
+        let data = crate::gallery::ops::load_source(src)?;
+        let position = data
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(p, &id)| (id as u64, p))
+            .collect();
+        Ok(Self { data, position })
+    }
+
+    /// Item `id`'s image as PNG (404 for an id the data set does not hold).
+    pub(super) fn png(&self, id: u64) -> Response {
+        let Some(&p) = self.position.get(&id) else {
+            return super::error(
+                StatusCode::NOT_FOUND,
+                format!("no item {id} in the gallery's data set"),
+            );
+        };
+        let d = &self.data;
+        let n = d.item_size();
+        let pixels = d.pixels[p * n..(p + 1) * n].to_vec();
+        let (w, h) = (d.cols as u32, d.rows as u32);
+        let img = match d.channels {
+            1 => image::GrayImage::from_raw(w, h, pixels).map(image::DynamicImage::ImageLuma8),
+            3 => rgb_from_planes(&pixels, w, h).map(image::DynamicImage::ImageRgb8),
+            _ => None,
+        };
+        let Some(img) = img else {
+            return super::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("items of {} channels have no image form", d.channels),
+            );
+        };
+        let mut png = Vec::new();
+        if let Err(e) = img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png) {
+            return super::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        let mut r = ([(header::CONTENT_TYPE, "image/png")], png).into_response();
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    }
+}
+
+/// Channel-major pixels (`C × H × W`, as the data sets hold them) as an RGB image.
+fn rgb_from_planes(p: &[u8], w: u32, h: u32) -> Option<image::RgbImage> {
+    let plane = (w * h) as usize;
+    let mut out = Vec::with_capacity(3 * plane);
+    for i in 0..plane {
+        out.extend([p[i], p[plane + i], p[2 * plane + i]]);
+    }
+    image::RgbImage::from_raw(w, h, out)
+}
 
 /// The cookie a signed-in browser carries the token in.
 pub const COOKIE: &str = "bcl_token";
@@ -65,7 +131,7 @@ pub(super) fn page() -> Response {
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; img-src data:; form-action 'none'; frame-ancestors 'none'",
+             connect-src 'self'; img-src 'self' data:; form-action 'none'; frame-ancestors 'none'",
         ),
     );
     h.insert(
@@ -92,6 +158,7 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
 progress{width:100%;max-width:30em;height:1.2em}
 textarea{width:100%;max-width:40em;height:4em;font:13px monospace}
 svg{max-width:100%;height:auto;background:#fff;border:1px solid #eee}
+img.thumb{image-rendering:pixelated;border:1px solid #ddd;background:#fff}
 form>*{margin:.3em .6em .3em 0}
 </style></head>
 <body>
@@ -131,9 +198,9 @@ function secs(s){if(s==null)return '–';s=Math.round(s);if(s<60)return s+' s';i
 function problem(text){var p=$('problem');if(text){p.textContent=text;p.hidden=false;}else{p.hidden=true;}}
 function getJSON(path){return fetch(path,{credentials:'same-origin',cache:'no-store'}).then(function(r){
  return r.json().catch(function(){return {error:'not JSON (HTTP '+r.status+')'};}).then(function(j){if(!r.ok)throw new Error(j.error||('HTTP '+r.status));return j;});});}
-var names={};
+var names={},thumbs=false;
 function render(s){
- problem('');
+ problem('');thumbs=!!s.thumbnails;
  (s.models||[]).forEach(function(m){names[m.id]=m.name;});
  $('summary').textContent=s.items+' items of dimension '+s.dim+' in a '+s.backend+' gallery; query model: '+
   (s.query_model?s.query_model.name:'none (vectors only)')+(s.adapter?' through adapter '+s.adapter.kind+' '+s.adapter.id:'')+'; auth: '+s.auth;
@@ -179,8 +246,11 @@ function drawGraph(models,edges,per){
  svg.insertBefore(s('text',{x:'10',y:'20','font-size':'12',fill:'#555'},'models in order of arrival; arrows: queries (or stored vectors) of one model reach the other\u2019s space'),svg.firstChild.nextSibling);
  g.appendChild(svg);}
 function refresh(){return getJSON('/stats').then(render).catch(function(e){problem('cannot read /stats: '+e.message);});}
-function showHits(r){var rows=[];(r.results&&r.results[0]||[]).forEach(function(hit,i){rows.push([i+1,hit.id,num(hit.score,4)]);});
- fill('search-results',table(['rank','item id','score'],rows));
+function showHits(r){var rows=[],hits=(r.results&&r.results[0])||[];hits.forEach(function(hit,i){rows.push([i+1,hit.id,num(hit.score,4)]);});
+ var t=table(['rank','item id','score'].concat(thumbs?['image']:[]),rows);
+ if(thumbs)Array.prototype.forEach.call(t.tBodies[0].rows,function(tr,i){var td=el('td');
+  td.appendChild(el('img',{src:'/item/'+hits[i].id+'/image',alt:'item '+hits[i].id,width:'48',height:'48','class':'thumb'}));tr.appendChild(td);});
+ fill('search-results',t);
  $('search-status').textContent=rows.length+' hits ('+(r.exact?'exact':'approximate')+' search, k = '+r.k+(r.model?', query model '+(names[r.model]||r.model):'')+')';$('search-status').className='ok';}
 function search(ev){if(ev)ev.preventDefault();
  var k=parseInt($('q-k').value,10)||10,exact=$('q-exact').checked,file=$('q-image').files&&$('q-image').files[0],req;
