@@ -422,6 +422,16 @@ impl ServeState {
         }))
     }
 
+    /// Counts an answer's client or server error, and passes it on.
+    fn count_errors(&self, resp: Response) -> Response {
+        if resp.status().is_client_error() {
+            self.client_errors.fetch_add(1, Ordering::Relaxed);
+        } else if resp.status().is_server_error() {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        resp
+    }
+
     /// Asks background work (a live backfill) to stop at its next commit.
     pub fn stop_background(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -596,12 +606,7 @@ async fn item_image(
         }
     })
     .await;
-    if resp.status().is_client_error() {
-        st.client_errors.fetch_add(1, Ordering::Relaxed);
-    } else if resp.status().is_server_error() {
-        st.server_errors.fetch_add(1, Ordering::Relaxed);
-    }
-    resp
+    st.count_errors(resp)
 }
 
 async fn health(State(st): State<Arc<ServeState>>) -> Response {
@@ -727,12 +732,7 @@ async fn search(
         }
     })
     .await;
-    if resp.status().is_client_error() {
-        st.client_errors.fetch_add(1, Ordering::Relaxed);
-    } else if resp.status().is_server_error() {
-        st.server_errors.fetch_add(1, Ordering::Relaxed);
-    }
-    resp
+    st.count_errors(resp)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes. Each connection has `limits
