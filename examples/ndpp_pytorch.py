@@ -15,6 +15,7 @@ against the old model's class prototypes, refreshed each epoch from a bank of it
 
 import argparse
 import gzip
+import math
 import subprocess
 import sys
 import time
@@ -46,14 +47,21 @@ def load(data: Path, part: str, per_class: int, skip: int = 0):
 
 
 class Net(torch.nn.Module):
-    def __init__(self, dim: int, classes: int = 10):
+    """A small CNN: `stages` convolution stages of `width`, 2·`width`, ... channels (each a 3×3
+    convolution, batch norm and ReLU, all but the last followed by 2×2 max pooling), global
+    average pooling, a linear map to `dim`, and a cosine classifier."""
+
+    def __init__(self, dim: int, classes: int = 10, width: int = 16, stages: int = 2):
         super().__init__()
-        self.body = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, dim),
-        )
+        layers, c_in = [], 1
+        for i in range(stages):
+            c = width * 2**i
+            layers += [torch.nn.Conv2d(c_in, c, 3, padding=1), torch.nn.BatchNorm2d(c), torch.nn.ReLU()]
+            if i < stages - 1:
+                layers.append(torch.nn.MaxPool2d(2))
+            c_in = c
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(c_in, dim)]
+        self.body = torch.nn.Sequential(*layers)
         self.classifier = torch.nn.Parameter(torch.randn(classes, dim) * 0.1)
 
     def forward(self, x):
@@ -67,10 +75,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", type=Path, help="an old bcl run directory (default: train one)")
     ap.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--train-per-class", type=int, default=400)
     ap.add_argument("--test-per-class", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0, help="the new model's seed")
+    ap.add_argument("--width", type=int, default=32, help="channels of the CNN's first stage")
+    ap.add_argument("--stages", type=int, default=3, help="convolution stages of the CNN")
     ap.add_argument("--lambda", dest="lambda_", type=float, default=1.0,
                     help="weight of the compatibility loss")
     ap.add_argument(
@@ -102,10 +112,18 @@ def main():
     protos = F.normalize(torch.stack([g[torch.from_numpy(ytr == c)].mean(0) for c in range(10)]), dim=1)
     comp = bcl.losses.NDPPLoss(protos, lambda_=args.lambda_, ndpp={"eps": 0.3})
 
-    net = Net(old.dim)
+    net = Net(old.dim, width=args.width, stages=args.stages)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     x_all = torch.from_numpy(xtr).float().div(255.0).unsqueeze(1)
     y_all = torch.from_numpy(ytr)
+    # the CLI's schedule: linear warm-up over 0.3 epochs, then cosine decay to zero
+    per_epoch = (len(y_all) + 63) // 64
+    total, warm = args.epochs * per_epoch, max(1, round(0.3 * per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda k: (k + 1) / warm if k < warm
+        else 0.5 * (1 + math.cos(math.pi * (k - warm) / max(1, total - warm))),
+    )
     t0, step = time.time(), 0
     for epoch in range(args.epochs):
         order = torch.randperm(len(y_all))
@@ -124,6 +142,7 @@ def main():
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             step += 1
         print(f"epoch {epoch + 1}: loss {loss.item():.3f} ({time.time() - t0:.0f} s)")
 
