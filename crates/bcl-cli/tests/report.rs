@@ -194,6 +194,7 @@ fn an_experiment_page_shows_its_verdict_and_runs_in_a_browser() {
              [base.new]\nepochs = 2\nbatch_size = 32\nlr = 0.05\n\
              [base.compat.refresh]\nbank_per_class = 10\n\
              [backfill]\nfractions = [0.0, 0.5, 1.0]\nmethods = [\"bct\"]\nseed = 0\n\
+             [sequential]\nfractions = [0.5, 1.0]\nmethods = [\"bct\"]\nseeds = [1]\n\
              [selection]\nseeds = [11]\nreference = \"bct\"\n\
              [[selection.grids]]\nmethod = \"bct\"\nknob = \"lambda\"\nvalues = [4.0]\n\
              [[selection.grids]]\nmethod = \"ndpp\"\nknob = \"ndpp-eps\"\nvalues = [0.1]\n",
@@ -222,6 +223,7 @@ fn an_experiment_page_shows_its_verdict_and_runs_in_a_browser() {
         "results",
         "paired",
         "backfill",
+        "sequential",
         "diagnostics",
         "runs",
         "config",
@@ -232,6 +234,9 @@ fn an_experiment_page_shows_its_verdict_and_runs_in_a_browser() {
             "no section {id}"
         );
     }
+    // the chain's matrix, as the experiment plotted it
+    let seq = element_text(&dom, "<section id=\"sequential\"", "</section>").unwrap();
+    assert!(seq.contains("matrix-bct.svg"), "{seq}");
     // the protocol's verdict: each compared method's chosen setting, from selection.json
     let selection: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("selection.json")).unwrap())

@@ -544,10 +544,14 @@ fn experiment_sections(dir: &Path) -> Result<Vec<Section>, ReportError> {
         title: "Backfill curve and flips",
         body,
     });
+    let mut body = md(ExperimentFile::SequentialMd, &mut used)?;
+    if !body.is_empty() {
+        body.push_str(&sequential_plots(&exp)?);
+    }
     out.push(Section {
         id: "sequential",
         title: "Sequential upgrades",
-        body: md(ExperimentFile::SequentialMd, &mut used)?,
+        body,
     });
     out.push(Section {
         id: "benchmarks",
@@ -581,6 +585,29 @@ fn experiment_sections(dir: &Path) -> Result<Vec<Section>, ReportError> {
         body: runs(&exp, &scenarios)?,
     });
     Ok(out)
+}
+
+/// Each seed's chain matrices (`sequential/seed-N/matrix-<method>.svg`), seeds in order.
+fn sequential_plots(exp: &ExperimentDir) -> Result<String, ReportError> {
+    let mut seeds = Vec::new();
+    let dir = exp.sequential(0).path().parent().map(Path::to_path_buf);
+    if let Some(dir) = dir.filter(|d| d.is_dir()) {
+        for e in std::fs::read_dir(&dir).map_err(|e| read_err(&dir, e.to_string()))? {
+            let e = e.map_err(|e| read_err(&dir, e.to_string()))?;
+            if let Some(seed) = ExperimentDir::seed_of(&e.file_name().to_string_lossy()) {
+                seeds.push(seed);
+            }
+        }
+    }
+    seeds.sort_unstable();
+    let mut body = String::new();
+    for seed in seeds {
+        let d = exp.sequential(seed);
+        for (name, p) in svgs_in(d.path())? {
+            body.push_str(&svg_file(&p, &format!("seed {seed}: {name}"))?);
+        }
+    }
+    Ok(body)
 }
 
 /// The scenarios an experiment directory holds runs of, by name.
