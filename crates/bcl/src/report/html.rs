@@ -144,11 +144,25 @@ fn escape(s: &str) -> String {
     out
 }
 
-/// Markdown to HTML (tables on); any raw HTML in the file is shown as text.
+/// Markdown to HTML (tables on); any raw HTML in the file is shown as text, and its headings
+/// sit two levels down (a file's `#` is an `h3` under the section's `h2`).
 fn markdown(md: &str) -> String {
-    use pulldown_cmark::{Event, Options, Parser};
+    use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+    let down = |l: HeadingLevel| HeadingLevel::try_from((l as usize + 2).min(6)).unwrap_or(l);
     let parser = Parser::new_ext(md, Options::ENABLE_TABLES).map(|e| match e {
         Event::Html(s) | Event::InlineHtml(s) => Event::Text(s),
+        Event::Start(Tag::Heading {
+            level,
+            id,
+            classes,
+            attrs,
+        }) => Event::Start(Tag::Heading {
+            level: down(level),
+            id,
+            classes,
+            attrs,
+        }),
+        Event::End(TagEnd::Heading(level)) => Event::End(TagEnd::Heading(down(level))),
         e => e,
     });
     let mut out = String::new();
@@ -796,6 +810,13 @@ mod tests {
             markdown("| a | b |\n|---|---|\n| <script>x</script> | 1 |\n\n<img src=x onerror=y>\n");
         assert!(!h.contains("<script>") && !h.contains("<img"), "{h}");
         assert!(h.contains("&lt;script&gt;") && h.contains("<table>"), "{h}");
+        let h = markdown("# Title\n\n## Part\n\n##### Deep\n");
+        assert!(
+            h.contains("<h3>Title</h3>")
+                && h.contains("<h4>Part</h4>")
+                && h.contains("<h6>Deep</h6>"),
+            "{h}"
+        );
     }
 
     #[test]
