@@ -378,7 +378,8 @@ fn the_status_page_shows_the_gallery_and_searches_in_a_browser() {
         common::http_request(addr, "GET", "/?token=0123456789abcdef0124", None, b"");
     assert_eq!(status, 401);
     assert!(body.contains("token in the address"), "{body}");
-    let raw = raw_get(addr, &format!("/?token={token}"));
+    let (_, raw, _) =
+        common::http_exchange(addr, "GET", &format!("/?token={token}"), None, &[], b"");
     let head = raw.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 303"), "{raw}");
     assert!(head.contains("\r\nlocation: /\r\n"), "{raw}");
@@ -437,7 +438,7 @@ fn the_status_page_shows_the_gallery_and_searches_in_a_browser() {
     assert_eq!(stats["thumbnails"], true);
     let p = 3;
     let id = test.ids[p];
-    let (status, png) = get_bytes(addr, &format!("/item/{id}/image"), &cookie);
+    let (status, png) = get(addr, &format!("/item/{id}/image"), &cookie);
     assert_eq!(status, 200);
     let img = image::load_from_memory(&png).unwrap().to_luma8();
     assert_eq!(
@@ -446,10 +447,10 @@ fn the_status_page_shows_the_gallery_and_searches_in_a_browser() {
     );
     let n = test.item_size();
     assert_eq!(img.into_raw(), test.pixels[p * n..(p + 1) * n].to_vec());
-    let (status, body) = get_bytes(addr, "/item/999999/image", &cookie);
+    let (status, body) = get(addr, "/item/999999/image", &cookie);
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
-    assert_eq!(get_bytes(addr, "/item/x1/image", &cookie).0, 400);
-    assert_eq!(get_bytes(addr, &format!("/item/{id}/image"), &[]).0, 401);
+    assert_eq!(get(addr, "/item/x1/image", &cookie).0, 400);
+    assert_eq!(get(addr, &format!("/item/{id}/image"), &[]).0, 401);
 
     let q: Vec<f32> = (0..16).map(|i| ((i * 7 % 5) as f32 - 2.0) / 3.0).collect();
     let want = st_search(addr, token, &q);
@@ -547,44 +548,9 @@ fn serve_on_loopback(
 }
 
 /// A GET with `headers`: the status and the body's bytes.
-fn get_bytes(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    c.write_all(format!("{head}\r\n").as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = c.read_to_end(&mut raw);
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // the body: hyper may send it chunked; a PNG here is small enough to arrive in one chunk
-    let mut body = raw[end + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let nl = body.windows(2).position(|w| w == b"\r\n").unwrap();
-        let len = usize::from_str_radix(std::str::from_utf8(&body[..nl]).unwrap(), 16).unwrap();
-        body = body[nl + 2..nl + 2 + len].to_vec();
-    }
+fn get(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
+    let (status, _, body) = common::http_exchange(addr, "GET", path, None, headers, b"");
     (status, body)
-}
-
-/// A GET's raw answer (status line and headers included).
-fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = c.read_to_string(&mut raw);
-    raw
 }
 
 /// The exact top 5 of `q` through the JSON endpoint: (id, score).

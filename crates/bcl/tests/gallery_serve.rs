@@ -388,12 +388,7 @@ fn a_token_guards_every_endpoint() {
     assert_eq!(s["auth"], "bearer token");
     assert_eq!(s["client_errors"], 2);
     // the 401 carries the challenge
-    let mut c = TcpStream::connect(addr).unwrap();
-    use std::io::{Read, Write};
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut raw = String::new();
-    let _ = c.read_to_string(&mut raw);
+    let (_, raw, _) = common::http_exchange(addr, "GET", "/health", None, &[], b"");
     assert!(
         raw.to_ascii_lowercase()
             .contains("www-authenticate: bearer"),
@@ -414,25 +409,23 @@ fn the_status_page_is_served_unless_turned_off() {
         ext_store(&dir.path().join("a"), 4, &v),
         ServeConfig::default(),
     );
-    let mut c = TcpStream::connect(addr).unwrap();
-    use std::io::{Read, Write};
-    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut raw = String::new();
-    let _ = c.read_to_string(&mut raw);
-    let head = raw.to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{raw}");
+    let (_, raw_head, page) = common::http_exchange(addr, "GET", "/", None, &[], b"");
+    let (head, page) = (
+        raw_head.to_ascii_lowercase(),
+        String::from_utf8_lossy(&page),
+    );
+    assert!(head.starts_with("http/1.1 200"), "{raw_head}");
     assert!(
         head.contains("content-type: text/html; charset=utf-8"),
-        "{raw}"
+        "{raw_head}"
     );
     assert!(
         head.contains("content-security-policy: default-src 'none'"),
-        "{raw}"
+        "{raw_head}"
     );
-    assert!(raw.contains("<title>bcl gallery</title>"), "{raw}");
+    assert!(page.contains("<title>bcl gallery</title>"), "{page}");
     assert!(
-        raw.contains("getJSON('/stats')"),
+        page.contains("getJSON('/stats')"),
         "the page reads the JSON endpoint"
     );
     // a gallery of bare vectors has no images to show

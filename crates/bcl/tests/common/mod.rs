@@ -134,6 +134,20 @@ pub fn http_request_with(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
+    let (status, _, body) = http_exchange(addr, method, path, ctype, headers, body);
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status, the head (status line and header
+/// lines, each ending in CRLF) and the body's bytes.
+pub fn http_exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(c) = ctype {
@@ -148,18 +162,18 @@ pub fn http_request_with(
     let _ = s.write_all(body);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status: u16 = text
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match end {
+        Some(e) => (&buf[..e + 2], buf[e + 4..].to_vec()),
+        None => (&buf[..], Vec::new()),
+    };
+    let head = String::from_utf8_lossy(head).to_string();
+    let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    (status, body)
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (status, head, body)
 }
 
 /// A tiny grey-scale run on generated IDX files in `data` (`classes` classes of 60 training and
