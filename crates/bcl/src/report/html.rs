@@ -128,7 +128,8 @@ fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, ReportError> {
         .map_err(|e| read_err(path, e.to_string()))
 }
 
-/// Escapes text for HTML content and attribute values.
+/// Escapes text for HTML content and attribute values (pulldown-cmark keeps its escaper to
+/// itself).
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -270,15 +271,16 @@ fn run_sections(dir: &Path) -> Result<Vec<Section>, ReportError> {
         title: "Compatibility matrix",
         body: matrix,
     });
+    let models = model_dirs(&run)?;
     out.push(Section {
         id: "curves",
         title: "Training curves",
-        body: curves(&run)?,
+        body: curves(&run, &models)?,
     });
     out.push(Section {
         id: "diagnostics",
         title: "Refresh diagnostics",
-        body: refresh_diagnostics(&run)?,
+        body: refresh_diagnostics(&run, &models)?,
     });
     Ok(out)
 }
@@ -380,35 +382,28 @@ fn heat_map(csv: &str, path: &Path) -> Result<String, ReportError> {
 
 /// The model directories of a run: `old/` first, then the others by name.
 fn model_dirs(run: &RunDir) -> Result<Vec<(String, ModelDir)>, ReportError> {
-    let mut dirs = Vec::new();
-    let entries = match std::fs::read_dir(run.path()) {
-        Ok(e) => e,
-        Err(e) => return Err(read_err(run.path(), e.to_string())),
-    };
-    for e in entries {
-        let e = e.map_err(|e| read_err(run.path(), e.to_string()))?;
-        let d = ModelDir::new(e.path());
-        if d.history().is_file() {
-            dirs.push((e.file_name().to_string_lossy().into_owned(), d));
-        }
-    }
+    let mut dirs: Vec<(String, ModelDir)> = entries(run.path())?
+        .into_iter()
+        .map(|(name, p)| (name, ModelDir::new(p)))
+        .filter(|(_, d)| d.history().is_file())
+        .collect();
     let old = run.old();
     dirs.sort_by(|a, b| (a.1 != old).cmp(&(b.1 != old)).then_with(|| a.0.cmp(&b.0)));
     Ok(dirs)
 }
 
 /// The run's training curves: its plot where it has one, else drawn from the models' histories.
-fn curves(run: &RunDir) -> Result<String, ReportError> {
+fn curves(run: &RunDir, models: &[(String, ModelDir)]) -> Result<String, ReportError> {
     let plot = svg_file(&run.curves_plot(), "training curves")?;
     if !plot.is_empty() {
         return Ok(plot);
     }
     let mut curves = Vec::new();
-    for (name, d) in model_dirs(run)? {
+    for (name, d) in models {
         if let Some(h) = read_text(&d.history())? {
             let stats: Vec<EpochStats> = serde_json::from_str(&h)
                 .map_err(|e| read_err(&d.history(), format!("not a training history: {e}")))?;
-            curves.push((name, stats));
+            curves.push((name.clone(), stats));
         }
     }
     if curves.is_empty() {
@@ -423,9 +418,9 @@ fn curves(run: &RunDir) -> Result<String, ReportError> {
 }
 
 /// Each refreshing model's refreshes as a table, and the run's prototype plots.
-fn refresh_diagnostics(run: &RunDir) -> Result<String, ReportError> {
+fn refresh_diagnostics(run: &RunDir, models: &[(String, ModelDir)]) -> Result<String, ReportError> {
     let mut body = String::new();
-    for (name, d) in model_dirs(run)? {
+    for (name, d) in models {
         let Some(text) = read_text(&d.refreshes())? else {
             continue;
         };
@@ -464,11 +459,18 @@ fn refresh_diagnostics(run: &RunDir) -> Result<String, ReportError> {
         write!(
             body,
             "<h3>{}</h3>\n{}",
-            escape(&name),
+            escape(name),
             markdown(&t.markdown())
         )
         .expect("writing to a String");
     }
+    body.push_str(&prototype_plots(run)?);
+    Ok(body)
+}
+
+/// The run's plots of old against pseudo-old prototypes (`prototypes-<method>.svg`).
+fn prototype_plots(run: &RunDir) -> Result<String, ReportError> {
+    let mut body = String::new();
     for (name, path) in svgs_in(run.path())? {
         if name.starts_with("prototypes-") {
             body.push_str(&svg_file(&path, "old against pseudo-old prototypes")?);
@@ -477,22 +479,40 @@ fn refresh_diagnostics(run: &RunDir) -> Result<String, ReportError> {
     Ok(body)
 }
 
+/// The entries of `dir` (name and path), by name.
+fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, ReportError> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| read_err(dir, e.to_string()))? {
+        let e = e.map_err(|e| read_err(dir, e.to_string()))?;
+        out.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The seeds of the `seed-<N>` directories in `dir`, in order (none where `dir` is absent).
+fn seeds_in(dir: &Path) -> Result<Vec<u64>, ReportError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut seeds: Vec<u64> = entries(dir)?
+        .iter()
+        .filter_map(|(name, _)| ExperimentDir::seed_of(name))
+        .collect();
+    seeds.sort_unstable();
+    Ok(seeds)
+}
+
 /// The `.svg` files directly in `dir`, by name.
 fn svgs_in(dir: &Path) -> Result<Vec<(String, PathBuf)>, ReportError> {
     files_in(dir, "svg")
 }
 
 fn files_in(dir: &Path, ext: &str) -> Result<Vec<(String, PathBuf)>, ReportError> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| read_err(dir, e.to_string()))? {
-        let e = e.map_err(|e| read_err(dir, e.to_string()))?;
-        let p = e.path();
-        if p.is_file() && p.extension().is_some_and(|x| x == ext) {
-            out.push((e.file_name().to_string_lossy().into_owned(), p));
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(entries(dir)?
+        .into_iter()
+        .filter(|(_, p)| p.is_file() && p.extension().is_some_and(|x| x == ext))
+        .collect())
 }
 
 /// The sections of an experiment directory: the protocol's verdict first, then the tables
@@ -603,17 +623,10 @@ fn experiment_sections(dir: &Path) -> Result<Vec<Section>, ReportError> {
 
 /// Each seed's chain matrices (`sequential/seed-N/matrix-<method>.svg`), seeds in order.
 fn sequential_plots(exp: &ExperimentDir) -> Result<String, ReportError> {
-    let mut seeds = Vec::new();
-    let dir = exp.sequential(0).path().parent().map(Path::to_path_buf);
-    if let Some(dir) = dir.filter(|d| d.is_dir()) {
-        for e in std::fs::read_dir(&dir).map_err(|e| read_err(&dir, e.to_string()))? {
-            let e = e.map_err(|e| read_err(&dir, e.to_string()))?;
-            if let Some(seed) = ExperimentDir::seed_of(&e.file_name().to_string_lossy()) {
-                seeds.push(seed);
-            }
-        }
-    }
-    seeds.sort_unstable();
+    let seeds = match exp.sequential(0).path().parent() {
+        Some(dir) => seeds_in(dir)?,
+        None => Vec::new(),
+    };
     let mut body = String::new();
     for seed in seeds {
         let d = exp.sequential(seed);
@@ -626,32 +639,18 @@ fn sequential_plots(exp: &ExperimentDir) -> Result<String, ReportError> {
 
 /// The scenarios an experiment directory holds runs of, by name.
 fn scenarios_in(dir: &Path) -> Result<Vec<String>, ReportError> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| read_err(dir, e.to_string()))? {
-        let e = e.map_err(|e| read_err(dir, e.to_string()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.path().is_dir() && name.parse::<Scenario>().is_ok() {
-            out.push(name);
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(entries(dir)?
+        .into_iter()
+        .filter(|(name, p)| p.is_dir() && name.parse::<Scenario>().is_ok())
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Each run of the experiment, folded: its matrix, prototype plots and training curves.
 fn runs(exp: &ExperimentDir, scenarios: &[String]) -> Result<String, ReportError> {
     let mut body = String::new();
     for s in scenarios {
-        let sdir = exp.path().join(s);
-        let mut seeds = Vec::new();
-        for e in std::fs::read_dir(&sdir).map_err(|e| read_err(&sdir, e.to_string()))? {
-            let e = e.map_err(|e| read_err(&sdir, e.to_string()))?;
-            if let Some(seed) = ExperimentDir::seed_of(&e.file_name().to_string_lossy()) {
-                seeds.push(seed);
-            }
-        }
-        seeds.sort_unstable();
-        for seed in seeds {
+        for seed in seeds_in(&exp.path().join(s))? {
             let run = exp.run(s, seed);
             let models = model_dirs(&run)?;
             let names = models
@@ -667,12 +666,8 @@ fn runs(exp: &ExperimentDir, scenarios: &[String]) -> Result<String, ReportError
             )
             .expect("writing to a String");
             body.push_str(&svg_file(&run.matrix_plot(), "compatibility matrix")?);
-            for (name, p) in svgs_in(run.path())? {
-                if name.starts_with("prototypes-") {
-                    body.push_str(&svg_file(&p, "old against pseudo-old prototypes")?);
-                }
-            }
-            body.push_str(&curves(&run)?);
+            body.push_str(&prototype_plots(&run)?);
+            body.push_str(&curves(&run, &models)?);
             body.push_str("</details>\n");
         }
     }
