@@ -30,6 +30,7 @@ for s in "${SIZES[@]}"; do
   read -r nq ng d k <<<"$s"
   step "search-$nq-$ng-d$d-k$k" bench/search_faiss.sh --queries "$nq" --gallery "$ng" --dim "$d" --k "$k"
 done
+step hnsw-200k .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 20000 || echo 200000)"
 step hnsw .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 1000000)"
 # the gallery's index in bfloat16 (half the bytes per distance), recall still against float32
 step hnsw-bf16 .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 200000)" \
@@ -58,9 +59,14 @@ for path in sorted(glob.glob(os.path.join(logs, "search-*.txt"))):
     ratio = f / b
     rows.append((f"exact search {int(nq):,} x {int(ng):,}, {d}, {k} (agreement {agree:.4f})",
                  f"{b:.2f} s", f"faiss {f:.2f} s", ratio, ratio >= 1.0 and agree >= 0.9999))
-for name, what in (("hnsw", "generated, float32 index"), ("hnsw-bf16", "generated, bfloat16 index"),
+for name, what in (("hnsw-200k", "generated, float32 index"), ("hnsw", "generated, float32 index"),
+                   ("hnsw-bf16", "generated, bfloat16 index"),
                    ("hnsw-fmnist", "Fashion-MNIST embeddings, float32 index")):
     n = re.search(r": (\d+) vectors, d = (\d+)", text(name))
+    b = re.search(r"build: bcl ([\d.]+) s \(durable writes included\), faiss ([\d.]+) s", text(name))
+    ratio = float(b[2]) / float(b[1])
+    rows.append((f"gallery HNSW build, M 16, construction 128 ({what}, {int(n[1]):,} x {n[2]}; durable writes included)",
+                 f"{float(b[1]):.1f} s", f"faiss {float(b[2]):.1f} s", ratio, ratio >= 1.0))
     for m in re.finditer(r"QPS at recall ([\d.]+): bcl (\S+), faiss (\S+), ratio bcl/faiss (\S+)", text(name)):
         r = None if m[4] == "–" else float(m[4])
         qps = lambda v: "never reached" if v == "None" else f"{int(v):,} q/s"
@@ -86,7 +92,11 @@ for what, b, ref, ratio, ok in rows:
     table.append(f"| {what} | {b} | {ref} | {'–' if ratio is None else f'{ratio:.2f}'} | {'yes' if ok else 'no'} |")
 table.append(f"| (ODPP) refresh as a share of the epoch | {100*share:.2f}% | 1% | – | {'yes' if share <= 0.01 else 'no'} |")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-head = (f"Measured {datetime.date.today()} on {os.cpu_count()} cores ({cpu}), "
+flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
+ext = " ".join(sorted(f for f in set(flags) if f in ("avx2", "fma") or f.startswith("avx512"))) or "none"
+kernel = re.search(r"float32 kernel ([\w+]+)", text("hnsw"))
+head = (f"Measured {datetime.date.today()} on {os.cpu_count()} cores ({cpu}; vector extensions: {ext}; "
+        f"the gallery's float32 kernel: {kernel[1] if kernel else 'unknown'}), "
         f"`bench/all.sh{' --quick' if quick else ''}`; logs of every script in bench/logs/.")
 print(head); print(); print("\n".join(table))
 doc = "docs/performance.md"

@@ -137,7 +137,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     what = f"Fashion-MNIST embeddings of {a.fashion_mnist}" if a.fashion_mnist else "generated"
     print(f"{what}: {a.n} vectors, d = {a.dim}, {a.queries} queries, k = {a.k}, {threads} threads, "
-          f"gallery index in {a.quantization}; "
+          f"gallery index in {a.quantization} (float32 kernel {bcl.hnsw_kernel()}); "
           f"build: bcl {bcl_build:.1f} s (durable writes included), faiss {faiss_build:.1f} s")
     print("| ef | bcl recall@10 | bcl QPS | faiss recall@10 | faiss QPS |")
     print("|---:|---:|---:|---:|---:|")

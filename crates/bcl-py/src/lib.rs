@@ -364,6 +364,13 @@ fn method_facts(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(out)
 }
 
+/// What scores the gallery's float32 HNSW index on this CPU: "avx512f", "avx2+fma",
+/// "portable", or "usearch" (usearch's own kernel, under `BCL_KERNEL=usearch`).
+#[pyfunction]
+fn hnsw_kernel() -> String {
+    bcl::gallery::kernel::Kernel::index_kernel_name()
+}
+
 /// The extension module.
 #[pymodule]
 fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -377,6 +384,7 @@ fn _bcl(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backfill_curve, m)?)?;
     m.add_function(wrap_pyfunction!(flips, m)?)?;
     m.add_function(wrap_pyfunction!(criterion, m)?)?;
+    m.add_function(wrap_pyfunction!(hnsw_kernel, m)?)?;
     m.add_class::<losses::CompatLossCore>()?;
     m.add_class::<model::ModelCore>()?;
     m.add_class::<gallery::GalleryCore>()?;

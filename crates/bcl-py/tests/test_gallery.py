@@ -110,3 +110,20 @@ def test_half_precision_index(tmp_path, quantization, tol):
     assert ids[0, 0] == 3
     with pytest.raises(ValueError, match="bf16"):
         bcl.Gallery.create(tmp_path / "h", 16, quantization="int8")
+
+
+def test_the_hnsw_kernel_is_the_widest_this_cpu_runs(monkeypatch):
+    # the float32 kernel the gallery's HNSW index scores with, read from the CPU's flags here
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    want = "avx512f" if "avx512f" in flags else "avx2+fma" if {"avx2", "fma"} <= flags else "portable"
+    monkeypatch.delenv("BCL_KERNEL", raising=False)
+    assert bcl.hnsw_kernel() == want
+    monkeypatch.setenv("BCL_KERNEL", "portable")
+    assert bcl.hnsw_kernel() == "portable"
+    monkeypatch.setenv("BCL_KERNEL", "usearch")
+    assert bcl.hnsw_kernel() == "usearch"

@@ -8,6 +8,7 @@
 
 pub mod durable;
 pub mod index;
+pub mod kernel;
 pub mod lineage;
 #[cfg(feature = "milvus")]
 pub mod milvus_store;

@@ -382,11 +382,13 @@ proptest! {
     }
 
     /// Every score either search returns is the inner product of the query and the stored
-    /// vector (float64 reference), at dimensions on both sides of the float32 kernel's 16- and
-    /// 64-lane steps (vendor/usearch's patched inner product and its masked tail).
+    /// vector (float64 reference), at dimensions on both sides of the float32 kernels' 8-, 16-,
+    /// 32- and 64-lane steps and their tails (`gallery::kernel`, the one this CPU runs), in a
+    /// fresh index and in one loaded from its snapshot (loading restores usearch's own metric,
+    /// which the store replaces again).
     #[test]
     fn usearch_scores_are_inner_products_at_every_dimension(
-        dim in prop_oneof![1usize..20, 60usize..70, 120usize..136, Just(512), Just(1000)],
+        dim in prop_oneof![1usize..20, 28usize..36, 60usize..70, 120usize..136, Just(512), Just(1000)],
         n in 1usize..40,
         seed in 0u64..1000,
     ) {
@@ -399,7 +401,12 @@ proptest! {
         s.add("a", &ids, &v).unwrap();
         let q = random_rows(3, dim, &mut rng);
         let k = n.min(10);
-        for hits in [s.search_approx(&q, k).unwrap(), s.search_exact(&q, k).unwrap()] {
+        let fresh = [s.search_approx(&q, k).unwrap(), s.search_exact(&q, k).unwrap()];
+        s.checkpoint().unwrap();
+        drop(s);
+        let s = Usearch.reopen(dir.path());
+        let loaded = [s.search_approx(&q, k).unwrap(), s.search_exact(&q, k).unwrap()];
+        for hits in fresh.into_iter().chain(loaded) {
             for (row, hits) in q.chunks(dim).zip(hits) {
                 prop_assert_eq!(hits.len(), k);
                 for h in hits {

@@ -24,7 +24,7 @@ if torch.__version__.split("+")[0] != TORCH_VERSION:
     )
 
 from . import adapters, losses, metrics, splits
-from ._bcl import BclError, method_facts, methods
+from ._bcl import BclError, hnsw_kernel, method_facts, methods
 from .model import Model
 from .gallery import Gallery
 
@@ -34,6 +34,7 @@ __all__ = [
     "Gallery",
     "Model",
     "adapters",
+    "hnsw_kernel",
     "losses",
     "method_facts",
     "methods",

@@ -10,6 +10,7 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::durable::DurableStore;
 use super::index::VectorIndex;
+use super::kernel::Kernel;
 use super::{GalleryError, Hit, Result};
 
 /// The embedded gallery store: usearch's HNSW index made durable by the write-ahead log and
@@ -126,6 +127,30 @@ fn new_index(dim: usize, cfg: &UsearchConfig) -> Result<Index> {
     Index::new(&opts).map_err(index_err)
 }
 
+/// Gives a float32 index the project's inner-product kernel for this CPU ([`Kernel`]) in place
+/// of usearch's float64-summing one; usearch's distance for inner products is `1 - <a, b>`.
+/// Half-precision indexes keep usearch's kernels. A loaded index must be given it again
+/// (loading restores usearch's built-in metric), unless `BCL_KERNEL=usearch` ([`Kernel::for_index`]).
+fn use_kernel(index: &mut Index, cfg: &UsearchConfig) {
+    let Some(kernel) = Kernel::for_index().filter(|_| cfg.quantization == Quantization::F32) else {
+        return;
+    };
+    let dim = index.dimensions();
+    // one closure per kernel, so that each calls its kernel directly
+    let metric: Box<dyn Fn(*const f32, *const f32) -> f32 + Send + Sync> = match kernel {
+        // SAFETY (each): usearch passes two vectors of the index's `dim` floats; the kernel was
+        // detected on this CPU.
+        Kernel::Avx512 => Box::new(move |a, b| 1.0 - unsafe { Kernel::Avx512.dot_ptr(a, b, dim) }),
+        Kernel::Avx2Fma => {
+            Box::new(move |a, b| 1.0 - unsafe { Kernel::Avx2Fma.dot_ptr(a, b, dim) })
+        }
+        Kernel::Portable => {
+            Box::new(move |a, b| 1.0 - unsafe { Kernel::Portable.dot_ptr(a, b, dim) })
+        }
+    };
+    index.change_metric::<f32>(metric);
+}
+
 /// usearch's HNSW graph with the thread contexts its callers need (see [`Permits`]).
 pub struct HnswIndex {
     index: Index,
@@ -155,17 +180,20 @@ impl VectorIndex for HnswIndex {
     const EXTENSION: &'static str = "usearch";
 
     fn create(dim: usize, config: &UsearchConfig) -> Result<Self> {
-        Self::with_contexts(new_index(dim, config)?)
+        let mut index = new_index(dim, config)?;
+        use_kernel(&mut index, config);
+        Self::with_contexts(index)
     }
 
     fn load(path: &Path, dim: usize, config: &UsearchConfig) -> Result<Self> {
-        let index = new_index(dim, config)?;
+        let mut index = new_index(dim, config)?;
         index
             .load(path.to_str().unwrap_or_default())
             .map_err(|e| GalleryError::Corrupt {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
+        use_kernel(&mut index, config);
         Self::with_contexts(index)
     }
 
