@@ -1210,3 +1210,45 @@ fn half_precision_index_rounds_vectors_and_keeps_its_setting() {
         .to_string()
         .contains("bf16"));
 }
+
+/// A store file that says float32 over a snapshot written in bfloat16 (a hand-edited or
+/// swapped file): the index keeps the precision its snapshot holds, so the float32 kernel never
+/// reads half-precision vectors as float32; each vector still finds itself with its rounded
+/// score (or the store refuses to open, naming why).
+#[test]
+fn a_snapshot_in_another_precision_than_the_store_file_is_never_read_as_float32() {
+    use bcl::gallery::usearch_store::Quantization;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = UsearchConfig {
+        quantization: Quantization::Bf16,
+        ..Default::default()
+    };
+    let mut s = UsearchStore::create(dir.path(), GalleryManifest::new(16), cfg).unwrap();
+    register(&mut s, "a");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let rows = random_rows(100, 16, &mut rng);
+    let ids: Vec<u64> = (0..100).collect();
+    s.add("a", &ids, &rows).unwrap();
+    s.checkpoint().unwrap();
+    drop(s);
+    let file = dir.path().join(bcl::gallery::GALLERY_FILE);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"bf16\""), "{text}");
+    let edited = text
+        .replace(",\"quantization\":\"bf16\"", "")
+        .replace(",\n    \"quantization\": \"bf16\"", "");
+    assert!(!edited.contains("bf16"), "the test's edit missed: {edited}");
+    std::fs::write(&file, edited).unwrap();
+    let s = match UsearchStore::open(dir.path()) {
+        Ok(s) => s,
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            return;
+        }
+    };
+    for (i, row) in rows.chunks(16).enumerate().step_by(7) {
+        let h = &s.search_approx(row, 1).unwrap()[0][0];
+        assert_eq!(h.id, i as u64);
+        assert!((h.score - 1.0).abs() < 4e-2, "score {}", h.score);
+    }
+}

@@ -129,10 +129,13 @@ fn new_index(dim: usize, cfg: &UsearchConfig) -> Result<Index> {
 
 /// Gives a float32 index the project's inner-product kernel for this CPU ([`Kernel`]) in place
 /// of usearch's float64-summing one; usearch's distance for inner products is `1 - <a, b>`.
-/// Half-precision indexes keep usearch's kernels. A loaded index must be given it again
-/// (loading restores usearch's built-in metric), unless `BCL_KERNEL=usearch` ([`Kernel::for_index`]).
-fn use_kernel(index: &mut Index, cfg: &UsearchConfig) {
-    let Some(kernel) = Kernel::for_index().filter(|_| cfg.quantization == Quantization::F32) else {
+/// Half-precision indexes keep usearch's kernels: what decides is the precision the index
+/// holds (a loaded file's header), not the configuration, so that a snapshot in another
+/// precision is never read as float32. A loaded index must be given it again (loading restores
+/// usearch's built-in metric), unless `BCL_KERNEL=usearch` ([`Kernel::for_index`]).
+fn use_kernel(index: &mut Index) {
+    let Some(kernel) = Kernel::for_index().filter(|_| index.scalar_kind() == ScalarKind::F32)
+    else {
         return;
     };
     let dim = index.dimensions();
@@ -181,7 +184,7 @@ impl VectorIndex for HnswIndex {
 
     fn create(dim: usize, config: &UsearchConfig) -> Result<Self> {
         let mut index = new_index(dim, config)?;
-        use_kernel(&mut index, config);
+        use_kernel(&mut index);
         Self::with_contexts(index)
     }
 
@@ -193,7 +196,7 @@ impl VectorIndex for HnswIndex {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
-        use_kernel(&mut index, config);
+        use_kernel(&mut index);
         Self::with_contexts(index)
     }
 
