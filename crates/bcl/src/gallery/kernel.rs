@@ -21,21 +21,19 @@ impl Kernel {
     /// The widest kernel this CPU runs (`BCL_KERNEL=portable|avx2|avx512` narrows it, for
     /// measurements; a kernel the CPU lacks is never chosen).
     pub fn detect() -> Self {
-        let best = Self::widest();
-        match std::env::var("BCL_KERNEL").as_deref() {
-            Ok("portable") => Kernel::Portable,
-            Ok("avx2") if best != Kernel::Portable => Kernel::Avx2Fma,
-            _ => best,
-        }
+        Self::for_index().unwrap_or_else(Self::widest)
     }
 
     /// The kernel a float32 index is given: [`Kernel::detect`], or none (usearch's own
     /// float64-summing kernel) when `BCL_KERNEL=usearch`, for measuring one against the other
     /// in the same build.
     pub fn for_index() -> Option<Self> {
+        let best = Self::widest();
         match std::env::var("BCL_KERNEL").as_deref() {
             Ok("usearch") => None,
-            _ => Some(Self::detect()),
+            Ok("portable") => Some(Kernel::Portable),
+            Ok("avx2") if best != Kernel::Portable => Some(Kernel::Avx2Fma),
+            _ => Some(best),
         }
     }
 
@@ -59,24 +57,28 @@ impl Kernel {
         Kernel::Portable
     }
 
+    /// Whether this CPU runs the kernel.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            Kernel::Avx2Fma => Self::widest() != Kernel::Portable,
+            Kernel::Avx512 => Self::widest() == Kernel::Avx512,
+        }
+    }
+
     /// Every kernel this CPU can run (for tests that check each one).
     pub fn available() -> Vec<Self> {
-        let mut out = vec![Kernel::Portable];
-        let best = Self::widest();
-        if best != Kernel::Portable {
-            out.push(Kernel::Avx2Fma);
-        }
-        if best == Kernel::Avx512 {
-            out.push(Kernel::Avx512);
-        }
-        out
+        [Kernel::Portable, Kernel::Avx2Fma, Kernel::Avx512]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect()
     }
 
     /// `<a, b>` over the first `n` floats of each.
     ///
     /// # Safety
-    /// `a` and `b` point to at least `n` readable floats, and the kernel is one of
-    /// [`Kernel::available`] on this CPU.
+    /// `a` and `b` point to at least `n` readable floats, and the kernel
+    /// [`Kernel::runs_here`].
     #[inline(always)]
     pub unsafe fn dot_ptr(self, a: *const f32, b: *const f32, n: usize) -> f32 {
         match self {
@@ -91,12 +93,14 @@ impl Kernel {
     /// `<a, b>` (the shorter length of the two).
     pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
-        // SAFETY: both slices hold `n` floats; `self` is checked against this CPU below.
-        if Self::available().contains(&self) {
-            unsafe { self.dot_ptr(a.as_ptr(), b.as_ptr(), n) }
+        // SAFETY: both slices hold `n` floats; a kernel this CPU lacks falls back to the
+        // portable one.
+        let k = if self.runs_here() {
+            self
         } else {
-            unsafe { dot_portable(a.as_ptr(), b.as_ptr(), n) }
-        }
+            Kernel::Portable
+        };
+        unsafe { k.dot_ptr(a.as_ptr(), b.as_ptr(), n) }
     }
 }
 
