@@ -967,6 +967,18 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         Some(t) => state.require_token(t),
         None => state,
     });
+    // the address is taken before the backfill starts: a port in use stops the command before
+    // it changes the gallery
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(t) = a.threads {
+        rt.worker_threads(t.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    let listener = rt.block_on(async {
+        tokio::net::TcpListener::bind(&a.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", a.addr))
+    })?;
     let backfill = match a.backfill_fraction {
         Some(fraction) => {
             let Some(src) = source else {
@@ -993,15 +1005,7 @@ pub fn run_serve(a: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(t) = a.threads {
-        rt.worker_threads(t.max(1));
-    }
-    let rt = rt.enable_all().build()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&a.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", a.addr))?;
         let at = listener.local_addr()?;
         eprintln!(
             "serving {} on http://{at} (POST /search, GET /health, GET /stats; {}); Ctrl-C stops",

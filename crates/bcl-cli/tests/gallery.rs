@@ -292,3 +292,67 @@ fn serve_needs_a_token_beyond_loopback_and_checks_it() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// `bcl serve --backfill-fraction` on an address already in use stops, naming the address,
+/// before its backfill re-embeds anything: every item keeps the old model's vector.
+#[test]
+fn serve_on_a_port_in_use_stops_before_its_backfill_touches_the_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tr, te) = bcl::data::synthetic(4, 30, 10, 2);
+    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\ndir = {:?}\nclasses = 4\n[model]\nwidth = 4\ndim = 16\n\
+             [old]\nepochs = 1\nbatch_size = 16\n[new]\nepochs = 1\nbatch_size = 16\n",
+            dir.path().join("d")
+        ),
+    )
+    .unwrap();
+    let (old, new, store) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("g"),
+    );
+    ok(bcl()
+        .args(["train-old", "--device", "cpu", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&old));
+    ok(bcl()
+        .args(["train-new", "--device", "cpu", "--method", "bct", "--old"])
+        .arg(&old)
+        .arg("--out")
+        .arg(&new));
+    ok(bcl()
+        .args(["gallery", "build", "--device", "cpu", "--store"])
+        .arg(&store)
+        .arg("--model")
+        .arg(&old));
+    let per_model = || -> Vec<u64> {
+        status(&store)["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["items"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(per_model(), vec![40]);
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bcl()
+        .args(["serve", "--device", "cpu", "--backfill-fraction", "1"])
+        .args(["--backfill-commit", "1", "--addr", &addr, "--store"])
+        .arg(&store)
+        .arg("--model")
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains(&format!("cannot listen on {addr}")), "{e}");
+    assert_eq!(per_model(), vec![40], "the backfill ran: {e}");
+    drop(taken);
+}
