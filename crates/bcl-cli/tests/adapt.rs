@@ -6,6 +6,8 @@ use std::process::Command;
 
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 fn bcl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bcl"))
 }
@@ -143,19 +145,13 @@ fn fit_apply_and_search_through_an_adapter_on_vector_files() {
 #[test]
 fn fit_on_images_embedded_by_two_trained_models() {
     let dir = tempfile::tempdir().unwrap();
-    let (tr, te) = bcl::data::synthetic(4, 40, 10, 2);
-    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\ndir = {:?}\nclasses = 4\ntrain_per_class = 30\nvalidation_per_class = 10\n\
-             [model]\nwidth = 4\ndim = 16\n[old]\nepochs = 1\nbatch_size = 16\n\
-             [new]\nepochs = 1\nbatch_size = 16\n",
-            dir.path().join("d")
-        ),
-    )
-    .unwrap();
+    let cfg = common::tiny_config(
+        dir.path(),
+        (4, 40, 10),
+        2,
+        16,
+        "train_per_class = 30\nvalidation_per_class = 10\n",
+    );
     let (old, new) = (dir.path().join("old"), dir.path().join("new"));
     run_ok(
         bcl()

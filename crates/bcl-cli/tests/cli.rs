@@ -6,6 +6,8 @@ use std::process::Command;
 
 use tch::Tensor;
 
+mod common;
+
 fn bcl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bcl"))
 }
@@ -217,17 +219,7 @@ fn bad_training_input_gives_clear_errors() {
 #[test]
 fn train_eval_round_trip_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let (tr, te) = bcl::data::synthetic(4, 30, 10, 2);
-    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\ndir = {:?}\nclasses = 4\n[model]\nwidth = 4\ndim = 16\n[old]\nepochs = 1\nbatch_size = 16\n[new]\nepochs = 1\nbatch_size = 16\n",
-            dir.path().join("d")
-        ),
-    )
-    .unwrap();
+    let cfg = common::tiny_config(dir.path(), (4, 30, 10), 2, 16, "");
     let old = dir.path().join("old");
     let new = dir.path().join("new");
     let out = bcl()
@@ -530,18 +522,7 @@ fn help_lists_commands_in_the_order_a_user_needs_them() {
 #[test]
 fn the_demo_prints_the_criterion_and_each_margin() {
     let dir = tempfile::tempdir().unwrap();
-    let (tr, te) = bcl::data::synthetic(4, 30, 10, 3);
-    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\ndir = {:?}\nclasses = 4\n[model]\nwidth = 4\ndim = 8\n\
-             [old]\nepochs = 1\nbatch_size = 16\n[new]\nepochs = 1\nbatch_size = 16\n",
-            dir.path().join("d")
-        ),
-    )
-    .unwrap();
+    let cfg = common::tiny_config(dir.path(), (4, 30, 10), 3, 8, "");
     let out = dir.path().join("run");
     let o = bcl()
         .args(["demo", "--device", "cpu", "--config"])

@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 
 use tch::{Device, Kind, Tensor};
 
+mod common;
+
 fn bcl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bcl"))
 }
@@ -298,18 +300,7 @@ fn serve_needs_a_token_beyond_loopback_and_checks_it() {
 #[test]
 fn serve_on_a_port_in_use_stops_before_its_backfill_touches_the_gallery() {
     let dir = tempfile::tempdir().unwrap();
-    let (tr, te) = bcl::data::synthetic(4, 30, 10, 2);
-    bcl::data::write_idx_dir(&dir.path().join("d"), &tr, &te).unwrap();
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[data]\ndir = {:?}\nclasses = 4\n[model]\nwidth = 4\ndim = 16\n\
-             [old]\nepochs = 1\nbatch_size = 16\n[new]\nepochs = 1\nbatch_size = 16\n",
-            dir.path().join("d")
-        ),
-    )
-    .unwrap();
+    let cfg = common::tiny_config(dir.path(), (4, 30, 10), 2, 16, "");
     let (old, new, store) = (
         dir.path().join("old"),
         dir.path().join("new"),
