@@ -654,12 +654,14 @@ fn paired_differences_by_hand() {
                 vec![
                     row("bct", 0.70, 0.55),
                     row("ndpp", 0.70 + 0.01 * k, 0.55 + 0.1 + 0.001 * k),
+                    row("odpp", 0.70 + 0.05 + 0.001 * k, 0.55),
                 ],
             )
         })
         .collect();
     let p = paired(&runs, Method::BCT);
-    assert_eq!(p.len(), 1);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0].method, Method::named("ndpp").unwrap());
     assert_eq!(p[0].seeds, vec![1, 2, 3]);
     // self differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, half-width 4.303 · 0.01 / √3
     let half = 4.303 * 0.01 / 3f64.sqrt();
@@ -671,7 +673,24 @@ fn paired_differences_by_hand() {
     assert_eq!(t_975(2), 4.303);
     assert_eq!(t_975(1000), 1.96);
     assert!(interval(&[0.3]).low.is_nan(), "one value has no interval");
+    // Holm over the two rows' self-test differences: odpp's (0.051, 0.052, 0.053; t = 90) has
+    // the smaller p-value, so its interval is drawn at level 0.05 / 2, where Student's t with 2
+    // degrees of freedom is √(2 · 0.950625 / 0.049375) = 6.2053 (its CDF is
+    // 1/2 + t / (2√(2 + t²))); ndpp's, ranked second, at 0.05: the uncorrected interval
+    let t = (2.0 * 0.950625 / 0.049375f64).sqrt();
+    let odpp = p[1].self_holm.unwrap();
+    assert!((odpp.mean - 0.052).abs() < 1e-12);
+    assert!(
+        (odpp.high - odpp.mean - t * 0.001 / 3f64.sqrt()).abs() < 1e-9,
+        "{odpp:?}"
+    );
+    let ndpp = p[0].self_holm.unwrap();
+    assert!((ndpp.low - p[0].self_diff.low).abs() < 1e-3, "{ndpp:?}");
+    assert!(!ndpp.excludes_zero() && odpp.excludes_zero());
+    // odpp's cross-test differences are all zero: p = 1, within the seed spread either way
+    assert!(!p[1].cross_holm.unwrap().excludes_zero());
     let md = bcl::experiment::paired::paired_markdown(&p);
+    assert!(md.contains("Holm-adjusted"), "{md}");
     assert!(
         md.contains("within the seed spread") && md.contains("result"),
         "{md}"

@@ -179,7 +179,11 @@ pub fn write_main_tables(
     let mut pairs = Vec::new();
     let mut md = String::from(
         "Paired by seed (each scenario and seed shares split, data and old model); mean \
-         difference and 95% Student-t interval over seeds.\n\n",
+         difference and 95% Student-t interval over seeds. The Holm-adjusted columns correct \
+         for the number of rows compared with the same reference in a scenario: each interval \
+         is drawn at level 0.05 / (m − rank + 1), its rank that of its paired t-test p-value \
+         among the m, and a difference counts as a result only where that interval excludes \
+         zero.\n\n",
     );
     for reference in [Method::BCT, Method::INDEPENDENT] {
         let rows = paired::paired(runs, reference);

@@ -1,6 +1,7 @@
 //! Paired comparisons over seeds. Runs of one scenario and seed share their split, data and old
 //! model, so a method is compared with a reference seed by seed: the per-seed differences of
-//! self-test and cross-test mAP, their mean and a 95% Student-t interval. A difference is a
+//! self-test and cross-test mAP, their mean and a 95% Student-t interval, and the same interval
+//! Holm-adjusted over the rows of a scenario compared with one reference. A difference is a
 //! result only where its interval excludes zero; otherwise it is within the seed spread.
 
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,13 @@ pub struct PairedRow {
     pub self_diff: Interval,
     /// Mean and 95% interval of the cross-test differences.
     pub cross_diff: Interval,
+    /// The self-test interval Holm-adjusted over the rows compared with the same reference in
+    /// the scenario ([`holm_intervals`]); absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_holm: Option<Interval>,
+    /// The cross-test interval, Holm-adjusted likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_holm: Option<Interval>,
 }
 
 impl PairedRow {
@@ -194,6 +202,8 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Ve
                         cross_diffs: Vec::new(),
                         self_diff: interval(&[]),
                         cross_diff: interval(&[]),
+                        self_holm: None,
+                        cross_holm: None,
                     });
                     out.len() - 1
                 }
@@ -208,7 +218,36 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Ve
         p.self_diff = interval(&p.self_diffs);
         p.cross_diff = interval(&p.cross_diffs);
     }
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    for p in &out {
+        if !scenarios.contains(&p.scenario) {
+            scenarios.push(p.scenario);
+        }
+    }
+    for sc in scenarios {
+        let idx: Vec<usize> = (0..out.len()).filter(|&i| out[i].scenario == sc).collect();
+        let selfs: Vec<&[f64]> = idx.iter().map(|&i| &out[i].self_diffs[..]).collect();
+        let crosses: Vec<&[f64]> = idx.iter().map(|&i| &out[i].cross_diffs[..]).collect();
+        let (hs, hc) = (holm_intervals(&selfs), holm_intervals(&crosses));
+        for (k, &i) in idx.iter().enumerate() {
+            out[i].self_holm = Some(hs[k]);
+            out[i].cross_holm = Some(hc[k]);
+        }
+    }
     out
+}
+
+/// One family's intervals, Holm-adjusted: each sample's paired t-test p-value ranks it, and
+/// its interval is drawn at the level its rank gives ([`holm_levels`]), so that the family's
+/// intervals hold their true means together with probability at least 95%.
+pub fn holm_intervals(samples: &[&[f64]]) -> Vec<Interval> {
+    let p: Vec<f64> = samples.iter().map(|x| t_test_p(x)).collect();
+    let levels = holm_levels(&p);
+    samples
+        .iter()
+        .zip(levels)
+        .map(|(x, level)| interval_at(x, level))
+        .collect()
 }
 
 /// A difference with its interval and verdict (result, within the seed spread, one seed).
@@ -244,7 +283,10 @@ pub fn paired_markdown(rows: &[PairedRow]) -> String {
         Column::number("seeds"),
         Column::text("self mAP difference [95% CI]"),
         Column::text("cross mAP difference [95% CI]"),
+        Column::text("self, Holm-adjusted"),
+        Column::text("cross, Holm-adjusted"),
     ]);
+    let holm = |i: &Option<Interval>| i.as_ref().map_or_else(|| "–".to_string().into(), cell);
     for r in rows {
         t.push(vec![
             r.scenario.to_string().into(),
@@ -253,6 +295,8 @@ pub fn paired_markdown(rows: &[PairedRow]) -> String {
             r.seeds.len().to_string().into(),
             cell(&r.self_diff),
             cell(&r.cross_diff),
+            holm(&r.self_holm),
+            holm(&r.cross_holm),
         ]);
     }
     t.markdown()
