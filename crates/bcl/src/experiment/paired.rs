@@ -237,9 +237,9 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Ve
     out
 }
 
-/// One family's intervals, Holm-adjusted: each sample's paired t-test p-value ranks it, and
-/// its interval is drawn at the level its rank gives ([`holm_levels`]), so that the family's
-/// intervals hold their true means together with probability at least 95%.
+/// One family's intervals, Holm-adjusted as the protocol's report draws them: each sample's
+/// paired t-test p-value ranks it, and its interval is drawn at the level its rank gives
+/// ([`holm_levels`]; the first-ranked at Bonferroni's 0.05 / m, the last at 0.05).
 pub fn holm_intervals(samples: &[&[f64]]) -> Vec<Interval> {
     let p: Vec<f64> = samples.iter().map(|x| t_test_p(x)).collect();
     let levels = holm_levels(&p);
