@@ -96,6 +96,13 @@ fn register(store: &mut dyn GalleryStore, id: &str) {
     store.set_manifest(m).unwrap();
 }
 
+/// A new usearch store of dimension `dim` with `cfg`, model "a" registered.
+fn usearch_with(dir: &Path, dim: usize, cfg: UsearchConfig) -> UsearchStore {
+    let mut s = UsearchStore::create(dir, GalleryManifest::new(dim), cfg).unwrap();
+    register(&mut s, "a");
+    s
+}
+
 fn suite_add_search_reopen(b: &dyn Backend) {
     let dir = tempfile::tempdir().unwrap();
     let dim = 8;
@@ -837,9 +844,7 @@ mod hostile {
             checkpoint_bytes,
             ..Default::default()
         };
-        let mut s = UsearchStore::create(dir, GalleryManifest::new(dim), cfg).unwrap();
-        register(&mut s, "a");
-        s
+        usearch_with(dir, dim, cfg)
     }
 
     /// Adds `batches` batches of 10 vectors (ids `b*10..b*10+10`) one record each.
@@ -1166,8 +1171,7 @@ fn half_precision_index_rounds_vectors_and_keeps_its_setting() {
             quantization: q,
             ..Default::default()
         };
-        let mut s = UsearchStore::create(dir.path(), GalleryManifest::new(16), cfg).unwrap();
-        register(&mut s, "a");
+        let mut s = usearch_with(dir.path(), 16, cfg);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let rows = random_rows(200, 16, &mut rng);
         let ids: Vec<u64> = (0..200).collect();
@@ -1223,8 +1227,7 @@ fn a_snapshot_in_another_precision_than_the_store_file_is_never_read_as_float32(
         quantization: Quantization::Bf16,
         ..Default::default()
     };
-    let mut s = UsearchStore::create(dir.path(), GalleryManifest::new(16), cfg).unwrap();
-    register(&mut s, "a");
+    let mut s = usearch_with(dir.path(), 16, cfg);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let rows = random_rows(100, 16, &mut rng);
     let ids: Vec<u64> = (0..100).collect();

@@ -228,7 +228,11 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Ve
         let idx: Vec<usize> = (0..out.len()).filter(|&i| out[i].scenario == sc).collect();
         let selfs: Vec<&[f64]> = idx.iter().map(|&i| &out[i].self_diffs[..]).collect();
         let crosses: Vec<&[f64]> = idx.iter().map(|&i| &out[i].cross_diffs[..]).collect();
-        let (hs, hc) = (holm_intervals(&selfs), holm_intervals(&crosses));
+        let p = |xs: &[&[f64]]| -> Vec<f64> { xs.iter().map(|x| t_test_p(x)).collect() };
+        let (hs, hc) = (
+            holm_intervals(&selfs, &p(&selfs)),
+            holm_intervals(&crosses, &p(&crosses)),
+        );
         for (k, &i) in idx.iter().enumerate() {
             out[i].self_holm = Some(hs[k]);
             out[i].cross_holm = Some(hc[k]);
@@ -238,11 +242,11 @@ pub fn paired(runs: &[(Scenario, u64, Vec<ResultRow>)], reference: Method) -> Ve
 }
 
 /// One family's intervals, Holm-adjusted as the protocol's report draws them: each sample's
-/// paired t-test p-value ranks it, and its interval is drawn at the level its rank gives
-/// ([`holm_levels`]; the first-ranked at Bonferroni's 0.05 / m, the last at 0.05).
-pub fn holm_intervals(samples: &[&[f64]]) -> Vec<Interval> {
-    let p: Vec<f64> = samples.iter().map(|x| t_test_p(x)).collect();
-    let levels = holm_levels(&p);
+/// paired t-test p-value (`p`, in the samples' order) ranks it, and its interval is drawn at
+/// the level its rank gives ([`holm_levels`]; the first-ranked at Bonferroni's 0.05 / m, the
+/// last at 0.05).
+pub fn holm_intervals(samples: &[&[f64]], p: &[f64]) -> Vec<Interval> {
+    let levels = holm_levels(p);
     samples
         .iter()
         .zip(levels)

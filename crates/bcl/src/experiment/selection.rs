@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::paired::{holm, holm_levels, interval, interval_at, t_test_p, Interval};
+use super::paired::{holm, holm_intervals, interval, t_test_p, Interval};
 use super::sweeps::Sweep;
 use super::{cached, mean_std, model_ids, run_dir, ExperimentConfig};
 use crate::data::{Part, Scenario};
@@ -645,12 +645,14 @@ pub fn compare_with_reference(rows: &mut [ReportRow], reference: Method) {
         let ps: Vec<f64> = idx.iter().map(|&i| rows[i].p.0).collect();
         let pc: Vec<f64> = idx.iter().map(|&i| rows[i].p.1).collect();
         let (hs, hc) = (holm(&ps), holm(&pc));
-        let (ls, lc) = (holm_levels(&ps), holm_levels(&pc));
+        let selfs: Vec<&[f64]> = idx.iter().map(|&i| &rows[i].self_diffs[..]).collect();
+        let crosses: Vec<&[f64]> = idx.iter().map(|&i| &rows[i].cross_diffs[..]).collect();
+        let (is, ic) = (holm_intervals(&selfs, &ps), holm_intervals(&crosses, &pc));
         for (k, &i) in idx.iter().enumerate() {
             let row = &mut rows[i];
             row.p_holm = (hs[k], hc[k]);
-            row.self_diff = interval_at(&row.self_diffs, ls[k]);
-            row.cross_diff = interval_at(&row.cross_diffs, lc[k]);
+            row.self_diff = is[k];
+            row.cross_diff = ic[k];
         }
     }
 }
@@ -934,6 +936,7 @@ fn report_table(rep: &SelectionReport, reference: Method, sc: Scenario, criterio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::paired::{holm_levels, interval_at};
 
     fn by_seed(v: &[(f64, f64, f64)]) -> BTreeMap<u64, Figures> {
         v.iter()

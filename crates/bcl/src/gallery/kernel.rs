@@ -28,12 +28,11 @@ impl Kernel {
     /// float64-summing kernel) when `BCL_KERNEL=usearch`, for measuring one against the other
     /// in the same build.
     pub fn for_index() -> Option<Self> {
-        let best = Self::widest();
         match std::env::var("BCL_KERNEL").as_deref() {
             Ok("usearch") => None,
             Ok("portable") => Some(Kernel::Portable),
-            Ok("avx2") if best != Kernel::Portable => Some(Kernel::Avx2Fma),
-            _ => Some(best),
+            Ok("avx2") if Kernel::Avx2Fma.runs_here() => Some(Kernel::Avx2Fma),
+            _ => Some(Self::widest()),
         }
     }
 
