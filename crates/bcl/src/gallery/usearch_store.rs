@@ -177,6 +177,69 @@ impl HnswIndex {
     }
 }
 
+/// The first, cheap pass of [`HnswIndex::reattach`]: candidate list size, and how many of its
+/// best hits a vector's own id must be among (two, so that one exact duplicate ranked first
+/// does not send every vector to the second pass).
+const PROBE: (usize, usize) = (4, 2);
+
+/// The second pass's hits (its candidate list is the index's own): more than one, so that
+/// exact duplicates ranked first do not count as lost.
+const CONFIRM_K: usize = 8;
+
+impl HnswIndex {
+    /// The positions `among` those of `ids` whose own vector does not find them among its
+    /// best `k` hits at the current search expansion.
+    fn unreachable(
+        &self,
+        ids: &[u64],
+        vectors: &[f32],
+        among: &[usize],
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        let dim = self.index.dimensions();
+        let k = k.min(self.index.size());
+        let lost = among
+            .par_iter()
+            .map(|&i| {
+                let v = &vectors[i * dim..(i + 1) * dim];
+                let m = self
+                    .permits
+                    .with(|| self.index.search(v, k))
+                    .map_err(index_err)?;
+                Ok((!m.keys.contains(&ids[i])).then_some(i))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lost.into_iter().flatten().collect())
+    }
+
+    /// usearch 2.26's concurrent inserts can leave a node that no search reaches: it is
+    /// stored, `get` returns it, but no graph walk visits it (upstream issue
+    /// unum-cloud/USearch#735, a fix proposed in PR #772; measured here on two threads: one
+    /// build in ten of 100 vectors lost an item, and 2 to 7 of every 4,096 vectors were lost
+    /// while 200,000 were added). Each vector just added in parallel is searched for with
+    /// itself, first with a short candidate list (about 7% missed), then the misses again at
+    /// the configured one; what is still not found is removed and inserted again on this
+    /// thread alone, where no concurrent insert can strand it (about a tenth of the build's
+    /// time at 200,000 vectors). Returns how many were.
+    fn reattach(&mut self, ids: &[u64], vectors: &[f32]) -> Result<usize> {
+        let dim = self.index.dimensions();
+        let ef = self.index.expansion_search();
+        let all: Vec<usize> = (0..ids.len()).collect();
+        self.index.change_expansion_search(PROBE.0.min(ef.max(1)));
+        let missed = self.unreachable(ids, vectors, &all, PROBE.1);
+        self.index.change_expansion_search(ef);
+        let missed = missed?;
+        let lost = self.unreachable(ids, vectors, &missed, CONFIRM_K)?;
+        for &i in &lost {
+            self.index.remove(ids[i]).map_err(index_err)?;
+            self.index
+                .add(ids[i], &vectors[i * dim..(i + 1) * dim])
+                .map_err(index_err)?;
+        }
+        Ok(lost.len())
+    }
+}
+
 impl VectorIndex for HnswIndex {
     type Config = UsearchConfig;
     const BACKEND: &'static str = "usearch";
@@ -227,12 +290,21 @@ impl VectorIndex for HnswIndex {
         self.index.remove(id).map(|_| ()).map_err(index_err)
     }
 
+    /// Inserts in parallel, then [reattaches](HnswIndex::reattach) what the concurrent
+    /// inserts left out of the graph.
     fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
         let dim = self.index.dimensions();
         let (index, permits) = (&self.index, &self.permits);
         ids.par_iter()
             .zip(vectors.par_chunks(dim))
-            .try_for_each(|(&id, v)| permits.with(|| index.add(id, v)).map_err(index_err))
+            .try_for_each(|(&id, v)| permits.with(|| index.add(id, v)).map_err(index_err))?;
+        if ids.len() > 1 && rayon::current_num_threads() > 1 {
+            let n = self.reattach(ids, vectors)?;
+            if n > 0 {
+                tracing::debug!(reattached = n, of = ids.len(), "HNSW insert");
+            }
+        }
+        Ok(())
     }
 
     fn get(&self, id: u64, out: &mut [f32]) -> Result<bool> {
@@ -257,5 +329,55 @@ impl VectorIndex for HnswIndex {
 
     fn checkpoint_bytes(config: &UsearchConfig) -> u64 {
         config.checkpoint_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// 100 unit rows of dimension 16.
+    fn rows(seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut v: Vec<f32> = (0..1600).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+        for row in v.chunks_mut(16) {
+            let s = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|x| *x /= s);
+        }
+        v
+    }
+
+    /// Without `reattach`, these builds leave items that their own vector never finds
+    /// (usearch#735): one build in ten on two threads, the very first build on four.
+    #[test]
+    fn every_vector_added_in_parallel_finds_itself() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let ids: Vec<u64> = (0..100).collect();
+        for (build, q) in (0..60).zip([Quantization::F32, Quantization::Bf16].iter().cycle()) {
+            let v = rows(build);
+            let cfg = UsearchConfig {
+                quantization: *q,
+                ..Default::default()
+            };
+            let lost: Vec<u64> = pool.install(|| {
+                let mut idx = HnswIndex::create(16, &cfg).unwrap();
+                idx.reserve(100).unwrap();
+                idx.add(&ids, &v).unwrap();
+                assert_eq!(idx.len(), 100);
+                ids.iter()
+                    .filter(|&&i| {
+                        let row = &v[i as usize * 16..(i as usize + 1) * 16];
+                        idx.search(row, 1).unwrap()[0].id != i
+                    })
+                    .copied()
+                    .collect()
+            });
+            assert!(lost.is_empty(), "build {build} ({q:?}): {lost:?} not found");
+        }
     }
 }
