@@ -1255,3 +1255,36 @@ fn a_snapshot_in_another_precision_than_the_store_file_is_never_read_as_float32(
         assert!((h.score - 1.0).abs() < 4e-2, "score {}", h.score);
     }
 }
+
+/// Without `HnswIndex::reattach`, these builds leave items that their own vector never finds
+/// (usearch#735): one build in ten on two threads, the very first build on four.
+#[test]
+fn every_vector_added_in_parallel_finds_itself() {
+    use bcl::gallery::usearch_store::{HnswIndex, Quantization};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let ids: Vec<u64> = (0..100).collect();
+    for (build, q) in (0..60).zip([Quantization::F32, Quantization::Bf16].iter().cycle()) {
+        let v = random_rows(100, 16, &mut ChaCha8Rng::seed_from_u64(build));
+        let cfg = UsearchConfig {
+            quantization: *q,
+            ..Default::default()
+        };
+        let lost: Vec<u64> = pool.install(|| {
+            let mut idx = HnswIndex::create(16, &cfg).unwrap();
+            idx.reserve(100).unwrap();
+            idx.add(&ids, &v).unwrap();
+            assert_eq!(idx.len(), 100);
+            ids.iter()
+                .filter(|&&i| {
+                    let row = &v[i as usize * 16..(i as usize + 1) * 16];
+                    idx.search(row, 1).unwrap()[0].id != i
+                })
+                .copied()
+                .collect()
+        });
+        assert!(lost.is_empty(), "build {build} ({q:?}): {lost:?} not found");
+    }
+}
