@@ -34,7 +34,7 @@ step hnsw-200k .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && ech
 step hnsw .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 1000000)"
 # the gallery's index in bfloat16 (half the bytes per distance), recall still against float32
 step hnsw-bf16 .venv/bin/python bench/hnsw_faiss.py --n "$([ $QUICK = 1 ] && echo 50000 || echo 200000)" \
-  --quantization bf16
+  --quantization bf16 --backends usearch
 # real embeddings: a default model trained 2 epochs on Fashion-MNIST, its 60,000 + 10,000
 step fmnist-model ./target/release/bcl train-old --device cpu --epochs 2 --out "$LOGS/fmnist-old"
 step hnsw-fmnist .venv/bin/python bench/hnsw_faiss.py --fashion-mnist "$LOGS/fmnist-old"
@@ -63,15 +63,17 @@ for name, what in (("hnsw-200k", "generated, float32 index"), ("hnsw", "generate
                    ("hnsw-bf16", "generated, bfloat16 index"),
                    ("hnsw-fmnist", "Fashion-MNIST embeddings, float32 index")):
     n = re.search(r": (\d+) vectors, d = (\d+)", text(name))
-    b = re.search(r"build: bcl ([\d.]+) s \(durable writes included\), faiss ([\d.]+) s", text(name))
-    ratio = float(b[2]) / float(b[1])
-    rows.append((f"gallery HNSW build, M 16, construction 128 ({what}, {int(n[1]):,} x {n[2]}; durable writes included)",
-                 f"{float(b[1]):.1f} s", f"faiss {float(b[2]):.1f} s", ratio, ratio >= 1.0))
-    for m in re.finditer(r"QPS at recall ([\d.]+): bcl (\S+), faiss (\S+), ratio bcl/faiss (\S+)", text(name)):
-        r = None if m[4] == "–" else float(m[4])
+    b = re.search(r"build: (.*?) \(durable writes included\), faiss ([\d.]+) s", text(name))
+    for backend, secs in re.findall(r"(\w+) ([\d.]+) s", b[1]):
+        ratio = float(b[2]) / float(secs)
+        rows.append((f"gallery HNSW ({backend}) build, M 16, construction 128 ({what}, {int(n[1]):,} x {n[2]}; durable writes included)",
+                     f"{float(secs):.1f} s", f"faiss {float(b[2]):.1f} s", ratio, ratio >= 1.0))
+    for m in re.finditer(r"QPS at recall ([\d.]+): faiss (\S+); (.*)", text(name)):
         qps = lambda v: "never reached" if v == "None" else f"{int(v):,} q/s"
-        rows.append((f"gallery HNSW QPS at recall@10 {m[1]} ({what}, {int(n[1]):,} x {n[2]})",
-                     qps(m[2]), f"faiss {qps(m[3])}", r, r is not None and r >= 1.0))
+        for backend, q, r in re.findall(r"(\w+) (\S+) \(ratio (\S+)\)", m[3]):
+            r = None if r == "–" else float(r)
+            rows.append((f"gallery HNSW ({backend}) QPS at recall@10 {m[1]} ({what}, {int(n[1]):,} x {n[2]})",
+                         qps(q), f"faiss {qps(m[2])}", r, r is not None and r >= 1.0))
 for name, what in (("train", "training step (default model, batch 128)"),
                    ("embed", "embedding pass (default model, batch 256)"),
                    ("train-exec", "training step, both under bf16 autocast + channels-last"),

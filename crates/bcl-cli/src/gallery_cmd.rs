@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bcl::data::DataConfig;
 use bcl::data::Dataset;
+use bcl::gallery::flat_hnsw::FlatHnswConfig;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{self, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{Quantization, UsearchConfig};
@@ -140,9 +141,11 @@ pub struct EmbedArgs {
 /// Where a new gallery lives.
 #[derive(Args)]
 pub struct BackendArgs {
-    /// usearch (embedded, in --store) or milvus (a Milvus server; --store keeps a pointer).
-    #[arg(long, value_enum, default_value = "usearch")]
-    backend: BackendArg,
+    /// hnsw or usearch (embedded, in --store) or milvus (a Milvus server; --store keeps a
+    /// pointer). Default: hnsw, the project's engine; usearch when --quantization asks for
+    /// bf16 or f16, which only usearch keeps.
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
     /// HNSW graph degree (0: the backend's default, 16).
     #[arg(long, default_value_t = 0)]
     connectivity: usize,
@@ -156,8 +159,8 @@ pub struct BackendArgs {
     /// the default, 256 MiB).
     #[arg(long, default_value_t = 0)]
     checkpoint_bytes: u64,
-    /// Precision of the vectors inside the usearch index: f32, or bf16/f16 (half the memory
-    /// each distance reads; the log keeps float32).
+    /// Precision of the vectors inside the index: f32, or bf16/f16 (usearch only; half the
+    /// memory each distance reads; the log keeps float32).
     #[arg(long, default_value = "f32", value_parser = parse_quantization)]
     quantization: Quantization,
     /// Milvus server address.
@@ -174,15 +177,37 @@ pub struct BackendArgs {
 /// Gallery backends on the command line.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum BackendArg {
-    /// usearch HNSW with a write-ahead log, in the gallery directory.
+    /// The project's own HNSW engine (float32) with a write-ahead log, in the gallery
+    /// directory (the default).
+    Hnsw,
+    /// usearch HNSW (float32, bf16 or f16) with the same log, in the gallery directory.
     Usearch,
     /// A Milvus collection (a `bcl` built with the `milvus` feature).
     Milvus,
 }
 
 impl BackendArgs {
-    fn config(&self) -> BackendConfig {
-        match self.backend {
+    fn config(&self) -> Result<BackendConfig> {
+        let backend = self.backend.unwrap_or(if self.quantization.is_f32() {
+            BackendArg::Hnsw
+        } else {
+            BackendArg::Usearch
+        });
+        Ok(match backend {
+            BackendArg::Hnsw => {
+                if !self.quantization.is_f32() {
+                    bail!(
+                        "--quantization: the hnsw backend keeps float32 vectors only; use \
+                         --backend usearch for bf16 or f16"
+                    );
+                }
+                BackendConfig::Hnsw(FlatHnswConfig {
+                    connectivity: self.connectivity,
+                    expansion_add: self.expansion_add,
+                    expansion_search: self.expansion_search,
+                    checkpoint_bytes: self.checkpoint_bytes,
+                })
+            }
             BackendArg::Usearch => BackendConfig::Usearch(UsearchConfig {
                 connectivity: self.connectivity,
                 expansion_add: self.expansion_add,
@@ -209,7 +234,7 @@ impl BackendArgs {
                     ..d
                 })
             }
-        }
+        })
     }
 }
 
@@ -575,7 +600,7 @@ fn gallery_build(a: BuildArgs) -> Result<()> {
     let created = gal::create(
         &a.store,
         GalleryManifest::new(emb.card.arch.dim as usize),
-        &a.backend.config(),
+        &a.backend.config()?,
     );
     let r = match created {
         Ok(mut s) => ops::build_on(
@@ -609,7 +634,7 @@ fn gallery_add(a: AddArgs) -> Result<()> {
         let info = ModelInfo::external(name, dim);
         let mut store: Box<dyn GalleryStore> =
             if a.create && !a.store.join(gal::GALLERY_FILE).exists() {
-                gal::create(&a.store, GalleryManifest::new(dim), &a.backend.config())?
+                gal::create(&a.store, GalleryManifest::new(dim), &a.backend.config()?)?
             } else {
                 gal::open(&a.store)?
             };

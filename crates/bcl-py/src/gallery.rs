@@ -94,25 +94,40 @@ impl GalleryCore {
         Ok(Self { store })
     }
 
-    /// Creates an empty gallery of dimension `dim` in `path`: `backend` "usearch" (embedded;
-    /// `quantization` "f32", "bf16" or "f16": the index's precision) or "milvus"
-    /// (`milvus_uri`, `milvus_collection`).
+    /// Creates an empty gallery of dimension `dim` in `path`: `backend` "hnsw" (embedded, the
+    /// project's engine, float32; the default), "usearch" (embedded; `quantization` "f32",
+    /// "bf16" or "f16": the index's precision; the default when `quantization` is not "f32")
+    /// or "milvus" (`milvus_uri`, `milvus_collection`).
     #[staticmethod]
-    #[pyo3(signature = (path, dim, backend="usearch", milvus_uri=None, milvus_collection=None, quantization="f32"))]
+    #[pyo3(signature = (path, dim, backend=None, milvus_uri=None, milvus_collection=None, quantization="f32"))]
     fn create(
         py: Python<'_>,
         path: PathBuf,
         dim: usize,
-        backend: &str,
+        backend: Option<&str>,
         milvus_uri: Option<String>,
         milvus_collection: Option<String>,
         quantization: &str,
     ) -> PyResult<Self> {
+        // the project's engine by default; usearch for the half precisions only it keeps
+        let backend = backend.unwrap_or(if quantization == "f32" {
+            "hnsw"
+        } else {
+            "usearch"
+        });
         let cfg = match backend {
             "usearch" => BackendConfig::Usearch(UsearchConfig {
                 quantization: Quantization::parse(quantization).map_err(gallery_err)?,
                 ..Default::default()
             }),
+            "hnsw" => {
+                if quantization != "f32" {
+                    return Err(PyValueError::new_err(
+                        "quantization: the hnsw backend keeps float32 vectors only",
+                    ));
+                }
+                BackendConfig::Hnsw(Default::default())
+            }
             "milvus" => {
                 let mut m = MilvusConfig::default();
                 if let Some(u) = milvus_uri {
@@ -125,7 +140,7 @@ impl GalleryCore {
             }
             other => {
                 return Err(PyValueError::new_err(format!(
-                    "backend: expected usearch or milvus, got {other:?}"
+                    "backend: expected usearch, hnsw or milvus, got {other:?}"
                 )))
             }
         };

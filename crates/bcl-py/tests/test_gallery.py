@@ -44,7 +44,8 @@ def test_the_cli_writes_python_searches(tmp_path, bcl_cli):
         check=True, capture_output=True,
     )
     g = bcl.Gallery.open(tmp_path / "g")
-    assert g.status() == {"backend": "usearch", "dim": 8, "items": 20, "models": {"cli-model": 20}}
+    # the default backend is the project's HNSW engine
+    assert g.status() == {"backend": "hnsw", "dim": 8, "items": 20, "models": {"cli-model": 20}}
     ids, _, _ = g.search(v[5:6], k=1, model="cli-model")
     assert ids[0, 0] == 5
     # an unrelated model may not search it, unless forced (and then the verdict says so)
@@ -110,6 +111,34 @@ def test_half_precision_index(tmp_path, quantization, tol):
     assert ids[0, 0] == 3
     with pytest.raises(ValueError, match="bf16"):
         bcl.Gallery.create(tmp_path / "h", 16, quantization="int8")
+
+
+def test_the_projects_hnsw_backend_from_python_and_the_cli(tmp_path, bcl_cli):
+    g = bcl.Gallery.create(tmp_path / "g", 16)
+    v = unit(300, 16)
+    g.add(v, model="m")
+    g.set_search_expansion(300)
+    for exact in (True, False):
+        ids, scores, _ = g.search(v[:20], k=1, exact=exact)
+        assert ids[:, 0].tolist() == list(range(20))
+        assert np.abs(scores[:, 0] - 1.0).max() < 1e-5
+    assert g.status()["backend"] == "hnsw"
+    del g
+    # the CLI opens it by the backend its gallery.json names, and searches its graph
+    np.save(tmp_path / "q.npy", v[[4, 8]])
+    out = subprocess.run(
+        [bcl_cli, "gallery", "search", "--store", tmp_path / "g", "--vectors", tmp_path / "q.npy",
+         "--name", "m", "--k", "1", "--device", "cpu"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    hits = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [h["hits"][0]["id"] for h in hits] == [4, 8]
+    # float32 only: a half-precision request is refused, naming the backend that has it, and
+    # without a backend named it goes to usearch
+    with pytest.raises(ValueError, match="float32"):
+        bcl.Gallery.create(tmp_path / "h", 16, backend="hnsw", quantization="bf16")
+    assert bcl.Gallery.create(tmp_path / "u", 16, quantization="bf16").status()["backend"] == "usearch"
+    assert bcl.Gallery.create(tmp_path / "w", 16, backend="usearch").status()["backend"] == "usearch"
 
 
 def test_the_hnsw_kernel_is_the_widest_this_cpu_runs(monkeypatch):

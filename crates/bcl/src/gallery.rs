@@ -7,6 +7,7 @@
 //! operations over an `Embedder` ([`ops`]) and the HTTP service over a store ([`serve`]).
 
 pub mod durable;
+pub mod flat_hnsw;
 pub mod index;
 pub mod kernel;
 pub mod lineage;
@@ -730,6 +731,8 @@ impl Default for MilvusConfig {
 pub enum BackendConfig {
     /// The embedded usearch store (the default).
     Usearch(usearch_store::UsearchConfig),
+    /// The embedded store over the project's own HNSW engine ([`flat_hnsw`]).
+    Hnsw(flat_hnsw::FlatHnswConfig),
     /// A Milvus collection (needs the `milvus` cargo feature).
     Milvus(MilvusConfig),
 }
@@ -750,6 +753,9 @@ pub fn create(
 ) -> Result<Box<dyn GalleryStore>> {
     match backend {
         BackendConfig::Usearch(c) => Ok(Box::new(usearch_store::UsearchStore::create(
+            dir, manifest, *c,
+        )?)),
+        BackendConfig::Hnsw(c) => Ok(Box::new(flat_hnsw::FlatHnswStore::create(
             dir, manifest, *c,
         )?)),
         #[cfg(feature = "milvus")]
@@ -786,6 +792,7 @@ pub fn open(dir: &std::path::Path) -> Result<Box<dyn GalleryStore>> {
             #[cfg(not(feature = "milvus"))]
             return Err(no_milvus());
         }
+        Some("hnsw") => Ok(Box::new(flat_hnsw::FlatHnswStore::open(dir)?)),
         _ => Ok(Box::new(usearch_store::UsearchStore::open(dir)?)),
     }
 }

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use bcl::gallery::durable::DurableStore;
+use bcl::gallery::flat_hnsw::{FlatHnsw, FlatHnswConfig, FlatHnswStore};
 use bcl::gallery::index::VectorIndex;
 use bcl::gallery::usearch_store::{UsearchConfig, UsearchStore};
 use bcl::gallery::{
@@ -24,6 +25,21 @@ trait Backend {
 }
 
 struct Usearch;
+
+/// The project's own HNSW engine (`gallery::flat_hnsw`) behind the same durable store.
+struct Hnsw;
+
+impl Backend for Hnsw {
+    fn create(&self, dir: &Path, dim: usize) -> Box<dyn GalleryStore> {
+        Box::new(
+            FlatHnswStore::create(dir, GalleryManifest::new(dim), FlatHnswConfig::default())
+                .unwrap(),
+        )
+    }
+    fn reopen(&self, dir: &Path) -> Box<dyn GalleryStore> {
+        Box::new(FlatHnswStore::open(dir).unwrap())
+    }
+}
 
 impl Backend for Usearch {
     fn create(&self, dir: &Path, dim: usize) -> Box<dyn GalleryStore> {
@@ -211,6 +227,12 @@ fn usearch_passes_the_store_suite() {
     suite_rejects_bad_input(&Usearch);
 }
 
+#[test]
+fn hnsw_passes_the_store_suite() {
+    suite_add_search_reopen(&Hnsw);
+    suite_rejects_bad_input(&Hnsw);
+}
+
 /// A second index, defined only here: brute force over a map, saved as id and vector bytes.
 /// It reaches the gallery through the `VectorIndex` seam alone: the durable store (log,
 /// snapshots, store file, exact search) is the one every index shares.
@@ -377,6 +399,71 @@ fn exact_equals_brute(
     Ok(())
 }
 
+/// Every score either search of `b` returns is the float64 inner product of the query and the
+/// stored vector, in a fresh index and in one loaded from its snapshot.
+fn scores_are_inner_products(
+    b: &dyn Backend,
+    dim: usize,
+    n: usize,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut s = b.create(dir.path(), dim);
+    register(s.as_mut(), "a");
+    let v = random_rows(n, dim, &mut rng);
+    let ids: Vec<u64> = (0..n as u64).collect();
+    s.add("a", &ids, &v).unwrap();
+    let q = random_rows(3, dim, &mut rng);
+    let k = n.min(10);
+    let fresh = [
+        s.search_approx(&q, k).unwrap(),
+        s.search_exact(&q, k).unwrap(),
+    ];
+    s.checkpoint().unwrap();
+    drop(s);
+    let s = b.reopen(dir.path());
+    let loaded = [
+        s.search_approx(&q, k).unwrap(),
+        s.search_exact(&q, k).unwrap(),
+    ];
+    for hits in fresh.into_iter().chain(loaded) {
+        for (row, hits) in q.chunks(dim).zip(hits) {
+            prop_assert_eq!(hits.len(), k);
+            for h in hits {
+                let stored = &v[h.id as usize * dim..][..dim];
+                let dot: f64 = stored
+                    .iter()
+                    .zip(row)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                prop_assert!(
+                    (h.score as f64 - dot).abs() < 1e-5,
+                    "dim {dim}: {} vs {dot}",
+                    h.score
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dimensions on both sides of the kernels' steps and tails, gallery sizes and seeds.
+fn score_cases() -> impl Strategy<Value = (usize, usize, u64)> {
+    (
+        prop_oneof![
+            1usize..20,
+            28usize..36,
+            60usize..70,
+            120usize..136,
+            Just(512),
+            Just(1000)
+        ],
+        1usize..40,
+        0u64..1000,
+    )
+}
+
 fn cases() -> impl Strategy<Value = (usize, usize, usize, usize, u64)> {
     (1usize..150, 2usize..12, 1usize..20, 0usize..40, 0u64..1000)
 }
@@ -395,34 +482,22 @@ proptest! {
     /// which the store replaces again).
     #[test]
     fn usearch_scores_are_inner_products_at_every_dimension(
-        dim in prop_oneof![1usize..20, 28usize..36, 60usize..70, 120usize..136, Just(512), Just(1000)],
-        n in 1usize..40,
-        seed in 0u64..1000,
+        (dim, n, seed) in score_cases(),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut s = Usearch.create(dir.path(), dim);
-        register(s.as_mut(), "a");
-        let v = random_rows(n, dim, &mut rng);
-        let ids: Vec<u64> = (0..n as u64).collect();
-        s.add("a", &ids, &v).unwrap();
-        let q = random_rows(3, dim, &mut rng);
-        let k = n.min(10);
-        let fresh = [s.search_approx(&q, k).unwrap(), s.search_exact(&q, k).unwrap()];
-        s.checkpoint().unwrap();
-        drop(s);
-        let s = Usearch.reopen(dir.path());
-        let loaded = [s.search_approx(&q, k).unwrap(), s.search_exact(&q, k).unwrap()];
-        for hits in fresh.into_iter().chain(loaded) {
-            for (row, hits) in q.chunks(dim).zip(hits) {
-                prop_assert_eq!(hits.len(), k);
-                for h in hits {
-                    let stored = &v[h.id as usize * dim..][..dim];
-                    let dot: f64 = stored.iter().zip(row).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    prop_assert!((h.score as f64 - dot).abs() < 1e-5, "dim {dim}: {} vs {dot}", h.score);
-                }
-            }
-        }
+        scores_are_inner_products(&Usearch, dim, n, seed)?;
+    }
+
+    /// The same for the project's own HNSW engine.
+    #[test]
+    fn hnsw_scores_are_inner_products_at_every_dimension(
+        (dim, n, seed) in score_cases(),
+    ) {
+        scores_are_inner_products(&Hnsw, dim, n, seed)?;
+    }
+
+    #[test]
+    fn hnsw_exact_search_equals_brute_force(c in cases()) {
+        exact_equals_brute(&Hnsw, c)?;
     }
 
     /// The per-model counts the store keeps (for /stats) equal a walk over every item, after
@@ -593,15 +668,18 @@ fn damaged_snapshots_and_a_second_opener_get_clear_errors() {
 
 #[test]
 fn approximate_recall_at_10_against_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let rng = ChaCha8Rng::seed_from_u64(5);
     let (n, dim) = (20_000, 32);
-    let s = filled(&Usearch, dir.path(), n, dim, &mut rng);
-    let q = bcl::gallery::ops::probe_queries(s.as_ref(), 200, 0.5, 1).unwrap();
-    let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
-    // Reported, not a timing: HNSW at usearch's defaults on random 32-d unit vectors.
-    println!("usearch recall@10 against exact, {n} vectors, d = {dim}: {r:.4}");
-    assert!(r > 0.8, "recall@10 {r}");
+    for (name, b) in [("usearch", &Usearch as &dyn Backend), ("hnsw", &Hnsw)] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = filled(b, dir.path(), n, dim, &mut rng.clone());
+        let q = bcl::gallery::ops::probe_queries(s.as_ref(), 200, 0.5, 1).unwrap();
+        let r = bcl::gallery::ops::ann_recall(s.as_ref(), &q, 10).unwrap();
+        // Reported, not a timing: HNSW at the defaults (M 16, ef 128 / 64) on random 32-d unit
+        // vectors.
+        println!("{name} recall@10 against exact, {n} vectors, d = {dim}: {r:.4}");
+        assert!(r > 0.8, "{name} recall@10 {r}");
+    }
 }
 
 fn info(id: &str, compatible_with: Option<&str>) -> ModelInfo {
@@ -1287,4 +1365,129 @@ fn every_vector_added_in_parallel_finds_itself() {
         });
         assert!(lost.is_empty(), "build {build} ({q:?}): {lost:?} not found");
     }
+}
+
+/// The project's engine: what 4 threads insert at once is found by its own vector, in small
+/// graphs (every insert its own batch) and past the size where inserts run in parallel batches.
+#[test]
+fn every_vector_the_hnsw_engine_adds_in_parallel_finds_itself() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    for (build, n) in (0..20u64).zip([100usize, 3000].iter().cycle()) {
+        let dim = 16;
+        let v = random_rows(*n, dim, &mut ChaCha8Rng::seed_from_u64(build));
+        let ids: Vec<u64> = (0..*n as u64).map(|i| i * 7 + 3).collect();
+        let lost: Vec<u64> = pool.install(|| {
+            let mut idx = FlatHnsw::create(dim, &FlatHnswConfig::default()).unwrap();
+            // in two calls, so that the second links against a graph the first built
+            let half = n / 2;
+            idx.add(&ids[..half], &v[..half * dim]).unwrap();
+            idx.add(&ids[half..], &v[half * dim..]).unwrap();
+            assert_eq!(idx.len(), *n);
+            ids.iter()
+                .zip(v.chunks(dim))
+                .filter(|(&i, row)| idx.search(row, 1).unwrap()[0].id != i)
+                .map(|(&i, _)| i)
+                .collect()
+        });
+        assert!(lost.is_empty(), "build {build} of {n}: {lost:?} not found");
+    }
+}
+
+/// Removal: a removed item is never returned, its vector is gone, the count follows, and the
+/// id can be added again with another vector; all of it survives a snapshot.
+#[test]
+fn the_hnsw_engine_removes_and_reloads() {
+    let dim = 12;
+    let n = 2000;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let v = random_rows(n, dim, &mut rng);
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let mut idx = FlatHnsw::create(dim, &FlatHnswConfig::default()).unwrap();
+    idx.add(&ids, &v).unwrap();
+    let removed: Vec<u64> = (0..n as u64).filter(|i| i % 3 == 0).collect();
+    for &i in &removed {
+        idx.remove(i).unwrap();
+    }
+    assert_eq!(idx.len(), n - removed.len());
+    let mut out = vec![0.0; dim];
+    assert!(!idx.get(0, &mut out).unwrap());
+    assert!(idx.get(1, &mut out).unwrap());
+    assert_eq!(out, v[dim..2 * dim]);
+    let fresh = random_rows(1, dim, &mut rng);
+    idx.add(&[0], &fresh).unwrap();
+    assert!(idx.get(0, &mut out).unwrap());
+    assert_eq!(out, fresh);
+    let q = random_rows(50, dim, &mut rng);
+    let before: Vec<Vec<Hit>> = q.chunks(dim).map(|r| idx.search(r, 10).unwrap()).collect();
+    for hits in &before {
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| h.id == 0 || h.id % 3 != 0), "{hits:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.hnsw");
+    idx.save(&path).unwrap();
+    let back = FlatHnsw::load(&path, dim, &FlatHnswConfig::default()).unwrap();
+    assert_eq!(back.len(), idx.len());
+    for (r, want) in q.chunks(dim).zip(&before) {
+        assert_same(&back.search(r, 10).unwrap(), want);
+    }
+    // a snapshot read as another dimension is refused, naming both
+    match FlatHnsw::load(&path, dim + 1, &FlatHnswConfig::default()) {
+        Err(GalleryError::Corrupt { reason, .. }) => assert!(reason.contains("dimension 12")),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+/// A snapshot file of the engine, damaged: every truncation and every flipped byte is refused
+/// as corrupt (the checksum), and so is a file whose checksum was recomputed after a link was
+/// pointed past the last slot (the structural checks): no file makes a search read out of
+/// bounds.
+#[test]
+fn the_hnsw_engine_refuses_damaged_snapshots() {
+    let dim = 4;
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut idx = FlatHnsw::create(dim, &FlatHnswConfig::default()).unwrap();
+    idx.add(
+        &(0..60).collect::<Vec<_>>(),
+        &random_rows(60, dim, &mut rng),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.hnsw");
+    idx.save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let load = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        FlatHnsw::load(&path, dim, &FlatHnswConfig::default())
+    };
+    let refused = |r: bcl::gallery::Result<FlatHnsw>, what: &str| match r {
+        Err(GalleryError::Corrupt { reason, .. }) => reason,
+        other => panic!("{what}: {:?}", other.map(|i| i.len())),
+    };
+    assert_eq!(load(&good).unwrap().len(), 60);
+    for cut in 0..good.len() {
+        refused(load(&good[..cut]), &format!("cut at {cut}"));
+    }
+    for at in 0..good.len() {
+        let mut b = good.clone();
+        b[at] ^= 0x41;
+        refused(load(&b), &format!("byte {at} flipped"));
+    }
+    // the first level-0 list starts after the header (8 + 4 * 3 + 8 + 4 + 4), the ids, the
+    // deletion marks, the levels and the vectors; its first link is one word in
+    let header = 8 + 12 + 8 + 8;
+    let link = header + 60 * (8 + 1 + 1) + 60 * dim * 4 + 4;
+    let mut b = good[..good.len() - 4].to_vec();
+    assert!(
+        u32::from_le_bytes(b[link - 4..link].try_into().unwrap()) > 0,
+        "slot 0 has links"
+    );
+    b[link..link + 4].copy_from_slice(&1000u32.to_le_bytes());
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let reason = refused(load(&b), "a link past the end");
+    assert!(reason.contains("slot 1000"), "{reason}");
 }

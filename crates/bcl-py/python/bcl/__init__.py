@@ -4,7 +4,7 @@
 embeddings (class-level retrieval, the Revisited Oxford/Paris protocol) exactly as ``bcl
 metrics`` does; ``bcl.splits`` gives the CLI's seeded old/new splits; ``bcl.methods()`` and ``bcl.method_facts()`` read the method registry; ``bcl.Model`` loads a
 trained ``bcl`` model and embeds images with it; ``bcl.Gallery`` opens or creates a gallery
-(usearch or Milvus) with the CLI's lineage rules; ``bcl.adapters`` fits, applies, saves and
+(the project's HNSW engine, usearch or Milvus) with the CLI's lineage rules; ``bcl.adapters`` fits, applies, saves and
 loads adapters between two models' spaces (``bcl adapt``). Inputs may be NumPy arrays or torch tensors. Errors: ``ValueError`` for inputs that do not fit,
 ``FileNotFoundError`` for a missing file, ``bcl.BclError`` for everything else the library
 refuses, each with the reason.

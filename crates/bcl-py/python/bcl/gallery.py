@@ -50,13 +50,14 @@ class Gallery:
         cls,
         path: str | os.PathLike,
         dim: int,
-        backend: str = "usearch",
+        backend: Optional[str] = None,
         milvus_uri: Optional[str] = None,
         milvus_collection: Optional[str] = None,
         quantization: str = "f32",
     ) -> "Gallery":
-        """Creates an empty gallery of dimension ``dim`` (``backend``: usearch or milvus;
-        ``quantization``: the usearch index's precision, "f32", "bf16" or "f16")."""
+        """Creates an empty gallery of dimension ``dim`` (``backend``: "hnsw", the project's
+        HNSW engine, float32; "usearch"; or "milvus". By default "hnsw", or "usearch" when
+        ``quantization``, the index's precision, is "bf16" or "f16", which only usearch keeps)."""
         return cls(
             GalleryCore.create(
                 os.fspath(path), int(dim), backend, milvus_uri, milvus_collection, quantization
@@ -121,7 +122,7 @@ class Gallery:
 
     def set_search_expansion(self, ef: int) -> None:
         """The approximate index's candidate list size for ``exact=False`` searches (HNSW's
-        ef; usearch's default 64)."""
+        ef; the default 64)."""
         self._core.set_search_expansion(int(ef))
 
     def status(self) -> dict:
