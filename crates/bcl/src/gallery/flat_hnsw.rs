@@ -660,8 +660,20 @@ impl FlatHnsw {
             check(list, s.m0)?;
         }
         for v in &s.upper {
-            for list in v.chunks_exact(per) {
+            for (l, list) in v.chunks_exact(per).enumerate() {
                 check(list, s.m)?;
+                // a link on level l + 1 leads to a node that has that level (searches index
+                // its lists there)
+                if let Some(&x) = list[1..1 + list[0] as usize]
+                    .iter()
+                    .find(|&&x| (s.level[x as usize] as usize) < l + 1)
+                {
+                    return Err(format!(
+                        "a link on level {} to slot {x}, whose level is {}",
+                        l + 1,
+                        s.level[x as usize]
+                    ));
+                }
             }
         }
         if n == 0 {
