@@ -1490,4 +1490,34 @@ fn the_hnsw_engine_refuses_damaged_snapshots() {
     b.extend_from_slice(&crc.to_le_bytes());
     let reason = refused(load(&b), "a link past the end");
     assert!(reason.contains("slot 1000"), "{reason}");
+
+    // an upper-level link to a node of level 0 (checksum recomputed): refused, not indexed
+    let n = 3000;
+    let mut idx = FlatHnsw::create(dim, &FlatHnswConfig::default()).unwrap();
+    idx.add(
+        &(0..n as u64).collect::<Vec<_>>(),
+        &random_rows(n, dim, &mut rng),
+    )
+    .unwrap();
+    idx.save(&path).unwrap();
+    let mut b = std::fs::read(&path).unwrap();
+    b.truncate(b.len() - 4);
+    let levels = b[header + n * 9..header + n * 10].to_vec();
+    let flat = levels.iter().position(|&l| l == 0).unwrap();
+    // the upper lists follow the level-0 lists, slot by slot (M + 1 words per level)
+    let mut at = header + n * 10 + n * dim * 4 + n * 33 * 4;
+    let mut patched = false;
+    for &l in &levels {
+        if l > 0 && u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) > 0 {
+            b[at + 4..at + 8].copy_from_slice(&(flat as u32).to_le_bytes());
+            patched = true;
+            break;
+        }
+        at += l as usize * 17 * 4;
+    }
+    assert!(patched, "a node above level 0 with links");
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    let reason = refused(load(&b), "an upper link to level 0");
+    assert!(reason.contains("whose level is 0"), "{reason}");
 }
