@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bcl::data::DataConfig;
 use bcl::data::Dataset;
-use bcl::gallery::flat_hnsw::FlatHnswConfig;
 use bcl::gallery::ops::{self, BackfillStrategy, EmbedOptions};
 use bcl::gallery::serve::{self, ServeConfig, ServeState};
 use bcl::gallery::usearch_store::{Quantization, UsearchConfig};
@@ -188,34 +187,23 @@ pub enum BackendArg {
 
 impl BackendArgs {
     fn config(&self) -> Result<BackendConfig> {
-        let backend = self.backend.unwrap_or(if self.quantization.is_f32() {
-            BackendArg::Hnsw
-        } else {
-            BackendArg::Usearch
-        });
-        Ok(match backend {
-            BackendArg::Hnsw => {
-                if !self.quantization.is_f32() {
-                    bail!(
-                        "--quantization: the hnsw backend keeps float32 vectors only; use \
-                         --backend usearch for bf16 or f16"
-                    );
-                }
-                BackendConfig::Hnsw(FlatHnswConfig {
+        let embedded = |name| {
+            gal::embedded_backend(
+                name,
+                UsearchConfig {
                     connectivity: self.connectivity,
                     expansion_add: self.expansion_add,
                     expansion_search: self.expansion_search,
                     checkpoint_bytes: self.checkpoint_bytes,
-                })
-            }
-            BackendArg::Usearch => BackendConfig::Usearch(UsearchConfig {
-                connectivity: self.connectivity,
-                expansion_add: self.expansion_add,
-                expansion_search: self.expansion_search,
-                checkpoint_bytes: self.checkpoint_bytes,
-                quantization: self.quantization,
-            }),
-            BackendArg::Milvus => {
+                    quantization: self.quantization,
+                },
+            )
+        };
+        Ok(match self.backend {
+            None => embedded(None)?,
+            Some(BackendArg::Hnsw) => embedded(Some("hnsw"))?,
+            Some(BackendArg::Usearch) => embedded(Some("usearch"))?,
+            Some(BackendArg::Milvus) => {
                 let d = MilvusConfig::default();
                 BackendConfig::Milvus(MilvusConfig {
                     uri: self.milvus_uri.clone(),

@@ -109,40 +109,21 @@ impl GalleryCore {
         milvus_collection: Option<String>,
         quantization: &str,
     ) -> PyResult<Self> {
-        // the project's engine by default; usearch for the half precisions only it keeps
-        let backend = backend.unwrap_or(if quantization == "f32" {
-            "hnsw"
+        let cfg = if backend == Some("milvus") {
+            let mut m = MilvusConfig::default();
+            if let Some(u) = milvus_uri {
+                m.uri = u;
+            }
+            if let Some(c) = milvus_collection {
+                m.collection = c;
+            }
+            BackendConfig::Milvus(m)
         } else {
-            "usearch"
-        });
-        let cfg = match backend {
-            "usearch" => BackendConfig::Usearch(UsearchConfig {
+            let settings = UsearchConfig {
                 quantization: Quantization::parse(quantization).map_err(gallery_err)?,
                 ..Default::default()
-            }),
-            "hnsw" => {
-                if quantization != "f32" {
-                    return Err(PyValueError::new_err(
-                        "quantization: the hnsw backend keeps float32 vectors only",
-                    ));
-                }
-                BackendConfig::Hnsw(Default::default())
-            }
-            "milvus" => {
-                let mut m = MilvusConfig::default();
-                if let Some(u) = milvus_uri {
-                    m.uri = u;
-                }
-                if let Some(c) = milvus_collection {
-                    m.collection = c;
-                }
-                BackendConfig::Milvus(m)
-            }
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "backend: expected usearch, hnsw or milvus, got {other:?}"
-                )))
-            }
+            };
+            gal::embedded_backend(backend, settings).map_err(gallery_err)?
         };
         let store = py
             .allow_threads(|| gal::create(&path, GalleryManifest::new(dim), &cfg))

@@ -737,6 +737,33 @@ pub enum BackendConfig {
     Milvus(MilvusConfig),
 }
 
+/// The embedded backend of a new gallery: `name` ("hnsw" or "usearch") with `settings`, or
+/// without a name the project's HNSW engine, unless `settings.quantization` asks for bf16 or
+/// f16, which only usearch keeps (and `hnsw` named with them is refused).
+pub fn embedded_backend(
+    name: Option<&str>,
+    settings: usearch_store::UsearchConfig,
+) -> Result<BackendConfig> {
+    let f32 = settings.quantization.is_f32();
+    match name.unwrap_or(if f32 { "hnsw" } else { "usearch" }) {
+        "hnsw" if !f32 => Err(GalleryError::Invalid(
+            "quantization: the hnsw backend keeps float32 vectors only; use the usearch \
+             backend for bf16 or f16"
+                .into(),
+        )),
+        "hnsw" => Ok(BackendConfig::Hnsw(flat_hnsw::FlatHnswConfig {
+            connectivity: settings.connectivity,
+            expansion_add: settings.expansion_add,
+            expansion_search: settings.expansion_search,
+            checkpoint_bytes: settings.checkpoint_bytes,
+        })),
+        "usearch" => Ok(BackendConfig::Usearch(settings)),
+        other => Err(GalleryError::Invalid(format!(
+            "backend: expected hnsw, usearch or milvus, got {other:?}"
+        ))),
+    }
+}
+
 #[cfg(not(feature = "milvus"))]
 fn no_milvus() -> GalleryError {
     GalleryError::Invalid(

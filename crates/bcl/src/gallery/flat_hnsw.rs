@@ -9,7 +9,7 @@
 //! routes searches and is never returned (as in hnswlib).
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
@@ -101,10 +101,6 @@ impl Ord for Cand {
     }
 }
 
-/// The lowest-first wrapper of [`Cand`] (the result heap keeps its worst on top).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Worst(std::cmp::Reverse<Cand>);
-
 /// Which slots a search has visited: a stamp per slot, one table per thread, cleared by
 /// moving to the next stamp.
 struct Visited {
@@ -137,8 +133,10 @@ impl Visited {
 /// heaps and the list of a node's unvisited neighbours (no allocation per search).
 struct Scratch {
     visited: Visited,
+    /// Candidates to expand, best on top.
     todo: BinaryHeap<Cand>,
-    best: BinaryHeap<Worst>,
+    /// The best found so far, worst on top.
+    best: BinaryHeap<Reverse<Cand>>,
     fresh: Vec<u32>,
 }
 
@@ -288,8 +286,8 @@ impl FlatHnsw {
         list[1..1 + to.len()].copy_from_slice(to);
     }
 
-    /// Greedy descent from the entry point to the best node at `down_to` (exclusive of the
-    /// levels below it).
+    /// Greedy descent from the entry point through the levels from the top down to `down_to`;
+    /// the entry point itself when `down_to` is above the top.
     fn descend(&self, q: &[f32], down_to: usize) -> Cand {
         let mut cur = Cand {
             score: self.score(q, self.entry),
@@ -337,7 +335,7 @@ impl FlatHnsw {
             if visited.first_visit(e.slot) {
                 todo.push(e);
                 if !live_only || !self.deleted[e.slot as usize] {
-                    best.push(Worst(std::cmp::Reverse(e)));
+                    best.push(Reverse(e));
                 }
             }
         }
@@ -346,7 +344,7 @@ impl FlatHnsw {
         }
         let bytes = self.dim * 4;
         while let Some(c) = todo.pop() {
-            let bound = best.peek().map_or(f32::NEG_INFINITY, |w| w.0 .0.score);
+            let bound = best.peek().map_or(f32::NEG_INFINITY, |w| w.0.score);
             if best.len() >= ef && c.score < bound {
                 break;
             }
@@ -361,12 +359,12 @@ impl FlatHnsw {
                 }
             }
             let mut offer = |s: f32, n: u32| {
-                let bound = best.peek().map_or(f32::NEG_INFINITY, |w| w.0 .0.score);
+                let bound = best.peek().map_or(f32::NEG_INFINITY, |w| w.0.score);
                 if best.len() < ef || s > bound {
                     let cand = Cand { score: s, slot: n };
                     todo.push(cand);
                     if !live_only || !self.deleted[n as usize] {
-                        best.push(Worst(std::cmp::Reverse(cand)));
+                        best.push(Reverse(cand));
                         if best.len() > ef {
                             best.pop();
                         }
@@ -389,7 +387,7 @@ impl FlatHnsw {
                 offer(self.score(q, n), n);
             }
         }
-        let mut out: Vec<Cand> = best.drain().map(|w| w.0 .0).collect();
+        let mut out: Vec<Cand> = best.drain().map(|w| w.0).collect();
         out.sort_unstable_by(|a, b| b.cmp(a));
         out
     }
@@ -417,14 +415,7 @@ impl FlatHnsw {
         let q = self.vector(slot);
         let level = self.level[slot as usize] as usize;
         let reach = level.min(self.top);
-        let mut entries = vec![if self.top > reach {
-            self.descend(q, reach + 1)
-        } else {
-            Cand {
-                score: self.score(q, self.entry),
-                slot: self.entry,
-            }
-        }];
+        let mut entries = vec![self.descend(q, reach + 1)];
         let mut out = vec![Vec::new(); reach + 1];
         for l in (0..=reach).rev() {
             let found = self.search_level(q, &entries, self.ef_add, l, false, scratch);
@@ -557,6 +548,9 @@ impl Reader<'_> {
     fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
     }
+    fn u32s(&mut self, n: usize, what: &str) -> std::result::Result<Vec<u32>, String> {
+        self.array(n, 4, what, |b| u32::from_le_bytes(b.try_into().unwrap()))
+    }
     fn array<T>(
         &mut self,
         n: usize,
@@ -633,15 +627,11 @@ impl FlatHnsw {
             return Err("a vector holds a non-finite value".into());
         }
         let per0 = s.m0 + 1;
-        s.links0 = r.array(n * per0, 4, "level-0 links", |b| {
-            u32::from_le_bytes(b.try_into().unwrap())
-        })?;
+        s.links0 = r.u32s(n * per0, "level-0 links")?;
         let per = s.m + 1;
         for slot in 0..n {
             let words = s.level[slot] as usize * per;
-            s.upper.push(r.array(words, 4, "upper links", |b| {
-                u32::from_le_bytes(b.try_into().unwrap())
-            })?);
+            s.upper.push(r.u32s(words, "upper links")?);
         }
         if r.at != body.len() {
             return Err(format!("{} bytes after its last list", body.len() - r.at));
@@ -839,14 +829,7 @@ impl VectorIndex for FlatHnsw {
         if self.entry == NONE || self.slot_of.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let start = if self.top > 0 {
-            self.descend(query, 1)
-        } else {
-            Cand {
-                score: self.score(query, self.entry),
-                slot: self.entry,
-            }
-        };
+        let start = self.descend(query, 1);
         let ef = self.ef_search.max(k);
         let found =
             SCRATCH.with(|v| self.search_level(query, &[start], ef, 0, true, &mut v.borrow_mut()));
